@@ -1,0 +1,89 @@
+"""Markdown pages from templates: report dict + image paths -> {path: text}.
+
+Pure: no disk access beyond reading the packaged templates. Images are linked
+with page-relative paths so the site works under any sub-path.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from reportgen.analysis.findings import anchor
+from reportgen.spec import ReportSpec
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}#|!~])")
+
+
+def md_escape(text: object) -> str:
+    """Text shown literally in Markdown: HTML and Markdown syntax are neutralised."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def html_escape_only(text: object) -> str:
+    """Markdown is kept (descriptions are Markdown) but raw HTML is not injected."""
+    return html.escape(str(text), quote=False)
+
+
+def _fmt(x: object, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _shape(s: list | int | None) -> str:
+    if isinstance(s, int) and not isinstance(s, bool):
+        return str(s)
+    return "–" if not s else "×".join(map(str, s))
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=PackageLoader("reportgen.pages", "templates"),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown output; values are escaped explicitly with |md
+    )
+    env.filters.update(md=md_escape, html_only=html_escape_only, fmt=_fmt, pct=_pct, shape=_shape,
+                       anchor=anchor)
+    return env
+
+
+def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
+                 charts: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """All Markdown pages of a report, keyed by path relative to the report directory.
+
+    images: (run key, layer) -> {view name: path relative to the report directory}.
+    charts: layer -> [(model, chart path relative to the report directory)].
+    """
+    env = _env()
+    runs = report["runs"]
+    layer_names = list(dict.fromkeys(lay["name"] for r in runs for lay in r["layers"]))
+    ctx = {
+        "report": report,
+        "description": spec.description,
+        "layers": layer_names,
+        "images": {f"{k}|{layer}": v for (k, layer), v in images.items()},
+        "findings": report["findings"],
+        "charts": charts,
+    }
+    pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
+    for run in runs:
+        pages[f"locations/{run['key']}.md"] = env.get_template("location.md.j2").render(run=run, **ctx)
+    for layer in layer_names:
+        entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
+        pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
+            layer=layer, entries=entries, has_chart=any(lay["filters"] for _, lay in entries), **ctx)
+    return pages

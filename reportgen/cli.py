@@ -1,0 +1,72 @@
+"""Command line: parse arguments, call the library, map errors to exit codes.
+
+Exit codes: 0 success, 1 a user error (one ``Error:`` line, no traceback),
+2 a usage error (click's own). Unexpected exceptions keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from reportgen import __version__
+from reportgen.errors import ReportgenError
+
+
+def _fail(exc: ReportgenError) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reportgen")
+def cli() -> None:
+    """Turn trained CNNs into a browsable MkDocs report."""
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--docs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              show_default=True, help="MkDocs docs directory; the report goes to DIR/<report>/.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="Where to run the networks; auto uses CUDA when available.")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors (nothing is written).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
+def build(spec: Path, docs_dir: Path, device: str, strict: bool, quiet: bool) -> None:
+    """Build the report described by SPEC."""
+    from reportgen.build import build as run_build
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    try:
+        result = run_build(spec, docs_dir, device=device, strict=strict, log=log)
+    except ReportgenError as exc:
+        _fail(exc)
+    for w in result.warnings:
+        click.echo(f"Warning: {w}", err=True)
+    click.echo(
+        f"Built {result.out_dir} in {result.seconds:.1f} s: {result.pages} pages, {result.images} images, "
+        f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings."
+    )
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+def check(spec: Path) -> None:
+    """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
+    from reportgen.inspect import check_spec
+
+    try:
+        summary = check_spec(spec)
+    except ReportgenError as exc:
+        _fail(exc)
+    click.echo(summary)
+
+
+def main() -> None:
+    cli(prog_name="reportgen")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Loading networks: a registry of loaders keyed by the spec's model kinds.
+
+``state_dict``: an architecture (a class or factory from a file or a package)
+plus an optional checkpoint, loaded with ``torch.load(weights_only=True)`` unless
+the spec marks the file as trusted. ``torchscript``: a saved ScriptModule.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from reportgen.errors import DeviceError, ModelLoadError
+from reportgen.spec import ReportSpec, Run
+from reportgen.yamlsrc import format_key_path
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for analysis (eval mode, on its device)."""
+
+    module: nn.Module
+    kind: str  # a key of LOADERS
+    hookable: bool  # TorchScript modules do not run Python forward hooks
+    source: Path | None  # the checkpoint or TorchScript file, if any
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' / 'cuda:N' must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device '{name}' was asked for but this machine has no CUDA GPU "
+                "(or this torch build has no CUDA); use --device auto or cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device '{name}' does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise DeviceError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def load_model(spec: ReportSpec, run: Run, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the run's network with its weights, in eval mode, on ``device``."""
+    kind = "torchscript" if run.model.torchscript else "state_dict"
+    loaded = LOADERS[kind](spec, run)
+    loaded.module.eval()
+    loaded.module.to(device)
+    return loaded
+
+
+def _load_torchscript(spec: ReportSpec, run: Run) -> LoadedModel:
+    path = run.torchscript
+    assert path is not None  # the spec guarantees it for this kind
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError/ValueError for bad archives
+        raise ModelLoadError(
+            f"location '{run.location}': {path} is not a readable TorchScript file "
+            f"({_first_line(exc)}); re-export it with torch.jit.save"
+        ) from None
+    return LoadedModel(module=module, kind="torchscript", hookable=False, source=path)
+
+
+def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
+    factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(_model_kp(spec, run) + ("arch",)))
+    try:
+        module = factory(**run.model.arch_args)
+    except TypeError as exc:
+        raise ModelLoadError(
+            f"{spec.where(_model_kp(spec, run) + ('arch_args',))}: cannot build '{run.model.arch}' "
+            f"with arch_args {run.model.arch_args}: {exc}"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"{spec.where(_model_kp(spec, run) + ('arch',))}: '{run.model.arch}' returned "
+            f"{type(module).__name__}, not a torch.nn.Module"
+        )
+    if run.checkpoint is not None:
+        state = read_checkpoint(run.checkpoint, run.location, run.model.trusted, run.model.checkpoint_key)
+        apply_state_dict(module, state, run.location, run.checkpoint)
+    return LoadedModel(module=module, kind="state_dict", hookable=True, source=run.checkpoint)
+
+
+LOADERS: dict[str, Callable[[ReportSpec, Run], LoadedModel]] = {
+    "state_dict": _load_state_dict_model,
+    "torchscript": _load_torchscript,
+}
+
+_ARCH_CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
+def resolve_arch(arch: str, base_dir: Path, where: str) -> Callable[..., Any]:
+    """'file.py:Name' (relative to base_dir) or 'pkg.module:Name' -> the callable."""
+    if ":" not in arch:
+        raise ModelLoadError(
+            f"{where}: arch '{arch}' must look like 'path/to/file.py:ClassName' or 'package.module:factory'"
+        )
+    target, name = arch.rsplit(":", 1)
+    cache_key = (str(base_dir), arch)
+    if cache_key in _ARCH_CACHE:
+        return _ARCH_CACHE[cache_key]
+    if target.endswith(".py") or "/" in target:
+        file = (base_dir / target).resolve()
+        mod_name = "reportgen_arch_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+        try:
+            mod_spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+            sys.modules[mod_name] = module
+            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except FileNotFoundError:
+            raise ModelLoadError(f"{where}: architecture file not found: {file}") from None
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ModelLoadError(
+                f"{where}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{where}: cannot import module '{target}': {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+    if not hasattr(module, name):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ModelLoadError(f"{where}: '{target}' has no '{name}'{hint}")
+    _ARCH_CACHE[cache_key] = getattr(module, name)
+    return _ARCH_CACHE[cache_key]
+
+
+def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file and return its state_dict (tensors by parameter name)."""
+    where = f"location '{location}': checkpoint {path}"
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        if not trusted and "weights_only" in str(exc):
+            raise ModelLoadError(
+                f"{where} contains Python objects that safe loading (weights_only=True) refuses, "
+                "because unpickling them can run code; re-save it as a plain state_dict, or set "
+                "'trusted: true' on the model if you trust the file"
+            ) from None
+        raise ModelLoadError(f"{where} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"{where} is truncated, corrupt or not a PyTorch checkpoint ({_first_line(exc)}); "
+            "re-save it with torch.save"
+        ) from None
+    state = _pick_state_dict(obj, key, where)
+    # Checkpoints saved from nn.DataParallel prefix every key with 'module.'.
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _pick_state_dict(obj: Any, key: str | None, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{where} holds a {type(obj).__name__}, not a state_dict")
+    if key is not None:
+        if key not in obj:
+            keys = ", ".join(map(str, list(obj)[:8]))
+            raise ModelLoadError(
+                f"{where} has no key '{key}' (it has: {keys}); fix 'checkpoint_key'"
+            )
+        obj = obj[key]
+        if isinstance(obj, nn.Module):
+            return obj.state_dict()
+    elif not _is_state_dict(obj):
+        for guess in ("state_dict", "model_state_dict", "model", "net"):
+            if guess in obj and _is_state_dict(obj[guess]):
+                return obj[guess]
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise ModelLoadError(
+            f"{where} is a dict whose entries are not all tensors (keys: {keys}); "
+            "name the entry holding the weights with 'checkpoint_key'"
+        )
+    if not _is_state_dict(obj):
+        raise ModelLoadError(f"{where}: entry '{key}' is not a state_dict of tensors")
+    return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], location: str, path: Path) -> None:
+    """Strictly load ``state`` into ``module`` with an error that names what differs."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {_few(unexpected)}")
+    if wrong:
+        parts.append(f"wrong shapes (checkpoint vs model) {_few(wrong)}")
+    if parts:
+        raise ModelLoadError(
+            f"location '{location}': checkpoint {path} does not fit the architecture: "
+            + "; ".join(parts)
+            + "; check 'arch' and 'arch_args' or the checkpoint path"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _model_kp(spec: ReportSpec, run: Run) -> tuple:
+    return ("models", [m.name for m in spec.models].index(run.model.name))
+
+
+def resolve_layers(spec: ReportSpec, run: Run, module: nn.Module) -> list[str]:
+    """Check that every layer of ``run`` exists in ``module``; return the problems."""
+    names = [n for n, _ in module.named_modules() if n]
+    problems = []
+    mi = _model_kp(spec, run)
+    layer_kp = mi + ("layers",) if run.model.layers is not None else ("layers",)
+    for li, layer in enumerate(run.layers):
+        if layer.name not in names:
+            close = difflib.get_close_matches(layer.name, names, n=3, cutoff=0.5)
+            hint = (
+                "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+                if close else "run 'reportgen check' to list the model's layers"
+            )
+            problems.append(
+                f"{spec.where(layer_kp + (li,))}: {format_key_path(layer_kp + (li,))}: model '{run.model.name}' "
+                f"has no layer '{layer.name}'; {hint}"
+            )
+    return problems

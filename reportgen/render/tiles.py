@@ -1,0 +1,133 @@
+"""Filter and feature-map grids composed with numpy.
+
+Normalisations (see docs/reference/views.md):
+- ``per_filter``: each filter min-max scaled to [0, 1] on its own (shows the
+  pattern of even a tiny filter, so it must never be the only view);
+- ``per_layer``: ``0.5 + 0.5 * w / max|W|`` with one scale for the whole layer
+  (or one passed in, shared across locations), so 0 is mid grey and a dead filter
+  looks flat grey.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reportgen.render.colour import NAN_RGB, apply_lut, to_uint8
+
+BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
+MARK_RGB = np.array([220, 20, 20], dtype=np.uint8)  # frame of flagged (dead) tiles
+
+
+def per_filter(w: np.ndarray) -> np.ndarray:
+    """(N, ...) -> same shape in [0, 1], each filter min-max scaled over its finite values.
+
+    A constant filter maps to 0.5; non-finite values stay NaN (shown flagged).
+    """
+    x = np.asarray(w, dtype=np.float64)
+    flat = x.reshape(x.shape[0], -1)
+    finite = np.isfinite(flat)
+    lo = np.where(finite, flat, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(finite, flat, -np.inf).max(axis=1, keepdims=True)
+    span = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1.0), 0.5)
+    out = np.where(finite, out, np.nan)
+    return out.reshape(x.shape)
+
+
+def layer_scale(w: np.ndarray) -> float:
+    """max |w| over the finite weights (0.0 when there are none)."""
+    x = np.abs(np.asarray(w, dtype=np.float64))
+    x = x[np.isfinite(x)]
+    return float(x.max()) if x.size else 0.0
+
+
+def per_layer(w: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """(N, ...) -> [0, 1] with 0 at 0.5, symmetric around 0; ``scale`` defaults to max|W|."""
+    x = np.asarray(w, dtype=np.float64)
+    s = layer_scale(x) if scale is None else float(scale)
+    if s <= 0:
+        return np.where(np.isfinite(x), 0.5, np.nan)
+    with np.errstate(invalid="ignore"):
+        out = 0.5 + 0.5 * x / s
+    return np.where(np.isfinite(x), np.clip(out, 0.0, 1.0), np.nan)
+
+
+NORMALISERS = {"per_filter": per_filter, "per_layer": per_layer}
+
+
+def upscale_for(size: int, target_px: int) -> int:
+    """Integer nearest-neighbour factor that brings ``size`` near ``target_px``."""
+    return max(1, round(target_px / max(size, 1)))
+
+
+def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: int = 2,
+         marks: np.ndarray | None = None) -> np.ndarray:
+    """Compose tiles into one image.
+
+    tiles: (N, h, w, 3) uint8. Each tile is enlarged ``upscale`` times (nearest
+    neighbour) and surrounded by ``margin`` pixels of white; where ``marks[i]`` is
+    true the margin around tile i is drawn red instead. Tiles fill rows of
+    ``ncols`` (default: a near-square layout). Returns (H, W, 3) uint8.
+    """
+    tiles = np.asarray(tiles)
+    n, h, w = tiles.shape[:3]
+    if ncols is None:
+        ncols = max(1, math.ceil(math.sqrt(n)))
+    nrows = max(1, math.ceil(n / ncols))
+    th, tw = h * upscale, w * upscale
+    ch, cw = th + 2 * margin, tw + 2 * margin
+    out = np.empty((nrows * ch, ncols * cw, 3), dtype=np.uint8)
+    out[:] = BACKGROUND
+    big = tiles.repeat(upscale, axis=1).repeat(upscale, axis=2) if upscale > 1 else tiles
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        y, x = r * ch, c * cw
+        if marks is not None and marks[i] and margin > 0:
+            out[y:y + ch, x:x + cw] = MARK_RGB
+        out[y + margin:y + margin + th, x + margin:x + margin + tw] = big[i]
+    return out
+
+
+def rgb_filter_tiles(w01: np.ndarray) -> np.ndarray:
+    """(N, 3, h, w) values in [0, 1] -> (N, h, w, 3) uint8 RGB tiles."""
+    return to_uint8(np.moveaxis(np.asarray(w01), 1, -1))
+
+
+def mapped_tiles(x01: np.ndarray, cmap: str) -> np.ndarray:
+    """(N, h, w) values in [0, 1] -> (N, h, w, 3) uint8 through a colour map."""
+    return apply_lut(x01, cmap)
+
+
+def heatmap(m: np.ndarray, cmap: str = "RdBu_r", max_side: int = 512, min_side: int = 160) -> np.ndarray:
+    """Dense weight matrix (out, in) -> (H, W, 3) uint8, symmetric around 0.
+
+    Matrices larger than ``max_side`` are block-averaged; small ones are enlarged
+    so the picture is readable.
+    """
+    x = np.asarray(m, dtype=np.float64)
+    x = _block_mean(x, max_side)
+    img = apply_lut(per_layer(x), cmap)
+    k = max(1, math.ceil(min_side / max(1, min(x.shape))))
+    k = min(k, max(1, max_side // max(x.shape)))
+    return img.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def _block_mean(x: np.ndarray, max_side: int) -> np.ndarray:
+    fy = math.ceil(x.shape[0] / max_side)
+    fx = math.ceil(x.shape[1] / max_side)
+    if fy == 1 and fx == 1:
+        return x
+    ph, pw = -x.shape[0] % fy, -x.shape[1] % fx
+    padded = np.pad(x, ((0, ph), (0, pw)), constant_values=np.nan)
+    blocks = padded.reshape(padded.shape[0] // fy, fy, padded.shape[1] // fx, fx)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(blocks, axis=(1, 3))
+
+
+__all__ = [
+    "NAN_RGB", "NORMALISERS", "grid", "heatmap", "layer_scale", "mapped_tiles", "per_filter",
+    "per_layer", "rgb_filter_tiles", "upscale_for",
+]

@@ -1,0 +1,82 @@
+"""The pictures of a layer: which grids a weight tensor or a feature map becomes.
+
+Each function takes arrays and returns ``{view_name: (H, W, 3) uint8}``; the
+view names become file names (``{run}/{layer}/{view}.png``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reportgen.analysis.activations import rank_channels
+from reportgen.render import tiles as T
+from reportgen.render.colour import apply_lut, fit_width
+
+MAX_WIDTH = 1600  # px; wider grids are shrunk for the screen
+MAX_CHANNEL_COLUMNS = 64  # per-input-channel view shows at most this many inputs
+
+
+def filter_views(w: np.ndarray, dead: np.ndarray | None = None, scale: float | None = None,
+                 tile_px: int = 0) -> dict[str, np.ndarray]:
+    """Views of one layer's weights.
+
+    w: (N, C, kh, kw) conv weights or (N, D) dense weights. ``dead``: (N,) bool,
+    framed red. ``scale``: the per-layer symmetric scale (pass one shared across
+    locations to compare magnitudes); defaults to this layer's max|W|.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim == 2:
+        return {"weights_heatmap": T.heatmap(w)}
+    if w.ndim != 4:
+        w = w.reshape(w.shape[0], w.shape[1], -1, 1) if w.ndim == 3 else w.reshape(w.shape[0], 1, -1, 1)
+    n, c, kh, kw = w.shape
+    s = T.layer_scale(w) if scale is None else scale
+    views: dict[str, np.ndarray] = {}
+    if c == 3:
+        up = T.upscale_for(max(kh, kw), tile_px or 36)
+        views["filters_per_layer"] = T.grid(T.rgb_filter_tiles(T.per_layer(w, s)), upscale=up, marks=dead)
+        views["filters_per_filter"] = T.grid(T.rgb_filter_tiles(T.per_filter(w)), upscale=up, marks=dead)
+    else:
+        up = T.upscale_for(max(kh, kw), tile_px or 24)
+        mean = w.mean(axis=1)
+        views["filters_mean"] = T.grid(T.mapped_tiles(T.per_layer(mean, T.layer_scale(mean)), "gray"),
+                                       upscale=up, marks=dead)
+        l2 = np.sqrt((w**2).sum(axis=1))
+        l2max = T.layer_scale(l2)
+        views["filters_l2"] = T.grid(T.mapped_tiles(l2 / l2max if l2max > 0 else l2 * 0, "gray"),
+                                     upscale=up, marks=dead)
+        if c > 1:
+            cc = min(c, MAX_CHANNEL_COLUMNS)
+            sub = T.per_layer(w[:, :cc], s).reshape(n * cc, kh, kw)
+            up_c = T.upscale_for(max(kh, kw), 12)
+            rows = T.grid(T.mapped_tiles(sub, "gray"), ncols=cc, upscale=up_c, margin=1)
+            views["filters_channels"] = rows
+        else:
+            views["filters_per_filter"] = T.grid(T.mapped_tiles(T.per_filter(w[:, 0]), "gray"),
+                                                 upscale=up, marks=dead)
+    return {k: fit_width(v, MAX_WIDTH) for k, v in views.items()}
+
+
+def activation_grid(maps: np.ndarray, target_px: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """One image's feature maps as a grid, most active channel first.
+
+    maps: (C, H, W) or (C,) for dense layers. Non-negative maps use one colour
+    scale [0, max] for all channels (weak channels look weak); maps with negative
+    values use a diverging scale symmetric around 0. Returns (image, order).
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim == 1:
+        maps = maps[:, None, None]
+    order = rank_channels(maps)
+    ranked = maps[order]
+    finite = ranked[np.isfinite(ranked)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 0.0
+    if lo < 0:
+        x01, cmap = T.per_layer(ranked), "RdBu_r"
+    else:
+        x01, cmap = (ranked / hi if hi > 0 else np.where(np.isfinite(ranked), 0.0, np.nan)), "viridis"
+    h, w = maps.shape[1:]
+    up = T.upscale_for(max(h, w), target_px)
+    img = T.grid(apply_lut(x01, cmap), upscale=up, margin=1)
+    return fit_width(img, MAX_WIDTH), order

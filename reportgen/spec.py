@@ -1,0 +1,425 @@
+"""The report spec: schema, loading and validation.
+
+``load_spec(path)`` reads a YAML spec, validates it against the pydantic schema
+below, resolves every path relative to the spec file and expands each model's
+locations into runs. Every problem found is reported at once, each as one line
+``file:line: key.path: what is wrong; how to fix it``. Downstream code only ever
+sees the frozen objects defined here, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reportgen.errors import SpecError
+from reportgen.yamlsrc import KeyPath, Located, format_key_path, load_yaml
+
+# Names that become directory or file names: no separators, no leading dot.
+SLUG_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SLUG_HELP = "use letters, digits, '-', '_' and '.', starting with a letter or digit"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LayerSpec(_Strict):
+    """One layer to inspect, by its ``named_modules()`` name."""
+
+    name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
+    relu: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="Show activations after a ReLU: 'auto' applies one when the module is a ReLU "
+        "or the next module registered beside it is one; 'yes' always; 'no' never.",
+    )
+
+    @field_validator("relu", mode="before")
+    @classmethod
+    def _bool_relu(cls, v: Any) -> Any:
+        if v is True:
+            return "yes"
+        if v is False:
+            return "no"
+        return v
+
+
+def _layer_list(v: Any) -> Any:
+    # "conv1" is shorthand for {name: conv1}.
+    if isinstance(v, list):
+        return [{"name": item} if isinstance(item, str) else item for item in v]
+    return v
+
+
+class ModelSpec(_Strict):
+    """One architecture with one checkpoint per location."""
+
+    name: str = Field(pattern=SLUG_RE, description="Short name used in headings and paths.")
+    arch: Optional[str] = Field(
+        None,
+        description="'path/to/file.py:ClassName' (relative to the spec) or 'package.module:factory'.",
+    )
+    arch_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for arch.")
+    torchscript: Optional[str] = Field(
+        None, description="TorchScript file (template with {location}) instead of arch + checkpoint."
+    )
+    checkpoint: Optional[str] = Field(
+        None, description="Checkpoint path template, e.g. 'ckpt/{location}.pt'. Omit to use the "
+        "architecture's own initial weights."
+    )
+    checkpoint_key: Optional[str] = Field(
+        None, description="Key inside the checkpoint dict that holds the state_dict "
+        "(default: the file itself, or its 'state_dict' / 'model' entry)."
+    )
+    trusted: bool = Field(
+        False, description="Allow full pickle loading (can run code). Only for files you trust."
+    )
+    locations: Optional[list[str]] = Field(
+        None, min_length=1, description="One run per location; omit for a single run named after the model."
+    )
+    layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
+    images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_shorthand(cls, v: Any) -> Any:
+        return _layer_list(v)
+
+    @field_validator("locations")
+    @classmethod
+    def _check_locations(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        bad = [loc for loc in v if not re.match(SLUG_RE, str(loc))]
+        if bad:
+            raise ValueError(f"location name {bad[0]!r} is not allowed; {_SLUG_HELP}")
+        dup = sorted({loc for loc in v if v.count(loc) > 1})
+        if dup:
+            raise ValueError(f"location {dup[0]!r} is listed twice; list each location once")
+        return v
+
+    @field_validator("locations", mode="before")
+    @classmethod
+    def _str_locations(cls, v: Any) -> Any:
+        # YAML reads `locations: [1, 2]` as ints; location names are strings.
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.arch is None) == (self.torchscript is None):
+            raise ValueError("give exactly one of 'arch' (with an optional 'checkpoint') or 'torchscript'")
+        if self.torchscript is not None and self.checkpoint is not None:
+            raise ValueError("a TorchScript model carries its weights; remove 'checkpoint'")
+        template = self.checkpoint or self.torchscript or ""
+        if self.locations and len(self.locations) > 1 and template and "{location}" not in template:
+            raise ValueError(
+                "several locations share one file; put '{location}' in the checkpoint path"
+            )
+        if not self.locations and "{location}" in template:
+            raise ValueError("the path uses '{location}' but the model lists no 'locations'")
+        return self
+
+
+class InputSpec(_Strict):
+    """How an image file becomes the network's input tensor."""
+
+    size: Optional[tuple[int, int]] = Field(
+        None, description="Resize to [height, width] (or one number for a square); omit to keep."
+    )
+    channels: Literal["rgb", "grey"] = "rgb"
+    mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
+    std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and min(v) < 1:
+            raise ValueError("sizes must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _stats_match(self) -> "InputSpec":
+        n = 3 if self.channels == "rgb" else 1
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) not in (1, n):
+                raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("'std' values must be positive")
+        return self
+
+
+class FilterOptions(_Strict):
+    enabled: bool = True
+    tile_px: int = Field(0, ge=0, description="Tile size in pixels; 0 picks one from the kernel size.")
+
+
+class ActivationOptions(_Strict):
+    enabled: bool = True
+    max_images: int = Field(4, ge=1, description="Images shown per layer on each location page.")
+    batch_size: int = Field(8, ge=1)
+
+
+class HealthOptions(_Strict):
+    """Thresholds of the filter-health rules (see docs/reference/health.md)."""
+
+    dead_norm_ratio: float = Field(
+        0.1, gt=0, description="A filter is dead when its L2 norm is below this fraction of the "
+        "layer's median filter norm over all runs of the model."
+    )
+    near_zero_ratio: float = Field(
+        0.1, gt=0, description="A weight is near zero when |w| is below this fraction of the "
+        "layer's RMS weight over all runs of the model."
+    )
+    dead_share_warn: float = Field(
+        0.25, ge=0, le=1, description="Findings flag a layer when at least this share of its filters is dead."
+    )
+    never_active_share_warn: float = Field(
+        0.25, ge=0, le=1, description="Findings flag a layer when at least this share of channels never fires."
+    )
+    saturated_fraction: float = Field(
+        0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
+    )
+
+
+class AnalysesSpec(_Strict):
+    filters: FilterOptions = FilterOptions()
+    activations: ActivationOptions = ActivationOptions()
+    health: HealthOptions = HealthOptions()
+
+
+class ReportSchema(_Strict):
+    """The top level of a report spec file."""
+
+    report: str = Field(pattern=SLUG_RE, description="Slug: the report is written to docs/<report>/.")
+    title: str = Field(min_length=1)
+    description: str = Field("", description="Markdown shown on the report's home page.")
+    models: list[ModelSpec] = Field(min_length=1)
+    input: InputSpec = InputSpec()
+    images: list[str] = Field(default_factory=list, description="Globs relative to the spec; may use {location}.")
+    layers: list[LayerSpec] = Field(min_length=1)
+    analyses: AnalysesSpec = AnalysesSpec()
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_shorthand(cls, v: Any) -> Any:
+        return _layer_list(v)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> "ReportSchema":
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model name {dup[0]!r} is used twice; give each model its own name")
+        return self
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model at one location: the unit that is loaded and analysed."""
+
+    model: ModelSpec
+    location: str
+    checkpoint: Optional[Path]
+    torchscript: Optional[Path]
+    images: tuple[Path, ...]
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def key(self) -> str:
+        """Stable identifier, also the directory name of the run's images."""
+        return self.location if self.model.name == self.location else f"{self.model.name}-{self.location}"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """A validated spec: the schema values plus resolved paths and runs."""
+
+    schema: ReportSchema
+    path: Path
+    base_dir: Path
+    runs: tuple[Run, ...]
+    source: Located
+
+    def __getattr__(self, name: str) -> Any:
+        # Convenience: spec.report, spec.title, spec.analyses, ...
+        return getattr(self.schema, name)
+
+    def where(self, key_path: KeyPath) -> str:
+        """``file:line`` of a key path, for error messages raised after loading."""
+        return self.source.where(key_path)
+
+
+def load_spec(path: str | Path) -> ReportSpec:
+    """Read, validate and resolve a spec file; raise SpecError listing every problem."""
+    path = Path(path)
+    src = load_yaml(path)
+    if not isinstance(src.data, dict):
+        raise SpecError(
+            f"{path}:1: the spec must be a YAML mapping with keys like 'report', 'title', "
+            "'models' and 'layers'; see docs/reference/spec.md"
+        )
+    try:
+        schema = ReportSchema.model_validate(src.data)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda e: src.line(tuple(e["loc"])))
+        raise SpecError([_format_error(err, src) for err in errors]) from None
+    base = path.resolve().parent
+    problems: list[str] = []
+    runs = _expand_runs(schema, base, src, problems)
+    if problems:
+        raise SpecError(problems)
+    return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src)
+
+
+def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[str]) -> list[Run]:
+    runs = []
+    for mi, model in enumerate(schema.models):
+        mkp: KeyPath = ("models", mi)
+        if model.arch is not None and _is_file_arch(model.arch):
+            file_part = model.arch.rsplit(":", 1)[0]
+            if not (base / file_part).is_file():
+                problems.append(
+                    f"{src.where(mkp + ('arch',))}: {format_key_path(mkp + ('arch',))}: "
+                    f"architecture file '{file_part}' not found (paths are relative to the spec file)"
+                )
+        locations = model.locations or [model.name]
+        image_globs = model.images if model.images is not None else schema.images
+        images_kp = mkp + ("images",) if model.images is not None else ("images",)
+        for li, location in enumerate(locations):
+            lkp = mkp + ("locations", li) if model.locations else mkp
+            ckpt = ts = None
+            if model.checkpoint:
+                ckpt = base / model.checkpoint.replace("{location}", location)
+                if not ckpt.is_file():
+                    problems.append(
+                        f"{src.where(lkp)}: {format_key_path(lkp)}: checkpoint for location "
+                        f"'{location}' not found: {_rel(ckpt)}; check the 'checkpoint' template "
+                        "and the location name"
+                    )
+            if model.torchscript:
+                ts = base / model.torchscript.replace("{location}", location)
+                if not ts.is_file():
+                    problems.append(
+                        f"{src.where(lkp)}: {format_key_path(lkp)}: TorchScript file for location "
+                        f"'{location}' not found: {_rel(ts)}"
+                    )
+            images = _resolve_images(image_globs, location, base, src, images_kp, problems)
+            runs.append(
+                Run(
+                    model=model,
+                    location=location,
+                    checkpoint=ckpt,
+                    torchscript=ts,
+                    images=tuple(images),
+                    layers=tuple(model.layers or schema.layers),
+                )
+            )
+    keys = [r.key for r in runs]
+    for k in sorted({k for k in keys if keys.count(k) > 1}):
+        problems.append(
+            f"{src.where(('models',))}: models: two runs are both named '{k}'; "
+            "rename a model or a location"
+        )
+    return runs
+
+
+def _resolve_images(globs: list[str], location: str, base: Path, src: Located,
+                    kp: KeyPath, problems: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for gi, pattern in enumerate(globs):
+        concrete = pattern.replace("{location}", location)
+        matches = sorted(
+            Path(p) for p in glob.glob(str(base / concrete), recursive=True)
+            if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
+        )
+        if not matches:
+            problems.append(
+                f"{src.where(kp + (gi,))}: {format_key_path(kp + (gi,))}: no image files match "
+                f"'{concrete}' (relative to the spec file); fix the pattern or add images"
+            )
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def _is_file_arch(arch: str) -> bool:
+    return ":" in arch and (arch.rsplit(":", 1)[0].endswith(".py") or "/" in arch)
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# -- turning pydantic errors into one line each ------------------------------------
+
+
+def _format_error(err: dict, src: Located) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, key = loc[:-1], loc[-1]
+        allowed = _allowed_keys(parent)
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+        return f"{src.where(loc)}: {format_key_path(loc)}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{src.where(loc[:-1])}: {format_key_path(loc)}: missing required key; add it"
+    # model_validator errors carry the model's own loc; plain messages from ValueError.
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif kind == "string_pattern_mismatch":
+        msg = f"{err['input']!r} is not allowed; {_SLUG_HELP}"
+    elif kind == "literal_error":
+        msg = f"{err['input']!r} is not one of {err['ctx']['expected']}"
+    else:
+        msg = f"{msg[0].lower()}{msg[1:]}, got {_short(err.get('input'))}"
+    return f"{src.where(loc)}: {format_key_path(loc)}: {msg}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _allowed_keys(loc: KeyPath) -> list[str]:
+    """Field names of the schema class found at ``loc`` (walking lists and Optionals)."""
+    tp: Any = ReportSchema
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(part, int):
+            args = typing.get_args(tp)
+            tp = args[0] if args else Any
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+        return non_none[0] if non_none else tp
+    return tp
