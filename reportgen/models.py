@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import pickle
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -157,11 +158,12 @@ def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
-        if not trusted and "weights_only" in str(exc):
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        if not trusted and blocked:
             raise ModelLoadError(
-                f"{where} contains Python objects that safe loading (weights_only=True) refuses, "
-                "because unpickling them can run code; re-save it as a plain state_dict, or set "
-                "'trusted: true' on the model if you trust the file"
+                f"{where} contains Python objects ({blocked.group(1)}) that safe loading "
+                "(weights_only=True) refuses, because unpickling them can run code; re-save it as a "
+                "plain state_dict, or set 'trusted: true' on the model if you trust the file"
             ) from None
         raise ModelLoadError(f"{where} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:

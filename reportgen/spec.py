@@ -235,15 +235,11 @@ class Run:
 
     model: ModelSpec
     location: str
+    key: str  # the location when the spec has one model, else "model-location"
     checkpoint: Optional[Path]
     torchscript: Optional[Path]
     images: tuple[Path, ...]
     layers: tuple[LayerSpec, ...]
-
-    @property
-    def key(self) -> str:
-        """Stable identifier, also the directory name of the run's images."""
-        return self.location if self.model.name == self.location else f"{self.model.name}-{self.location}"
 
 
 @dataclass(frozen=True)
@@ -283,7 +279,8 @@ def load_spec(path: str | Path) -> ReportSpec:
     problems: list[str] = []
     runs = _expand_runs(schema, base, src, problems)
     if problems:
-        raise SpecError(problems)
+        # A shared image glob fails once per location; say it once.
+        raise SpecError(list(dict.fromkeys(problems)))
     return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src)
 
 
@@ -324,6 +321,8 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                 Run(
                     model=model,
                     location=location,
+                    key=location if len(schema.models) == 1 or location == model.name
+                    else f"{model.name}-{location}",
                     checkpoint=ckpt,
                     torchscript=ts,
                     images=tuple(images),

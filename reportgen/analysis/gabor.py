@@ -33,7 +33,6 @@ Kernels with n <= p + 1 pixels (3x3) have no defined adjusted R^2: score NaN.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -54,7 +53,7 @@ _TWO_PI = 2.0 * np.pi
 _GAMMA_RANGE = (0.5, 2.0)  # envelope aspect: up to 2:1 elongation either way
 _NYQUIST = 0.5  # cycles/pixel
 _CENTRE_PAD = 0.5  # centre may sit anywhere on the kernel, up to its outer edge
-_MAX_NFEV = (30, 15)  # per least-squares run: best-ranked start, other starts
+_MAX_NFEV = (40, 20)  # per least-squares run: best-ranked start, other starts
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,25 +286,36 @@ def _make_fit(p: np.ndarray, r2: float, score: float, fitted: np.ndarray) -> Gab
     return GaborFit(*(float(v) for v in p), r2=float(r2), score=float(score), fitted=fitted)
 
 
+def _constant_fit(value: float, shape: tuple[int, int]) -> GaborFit:
+    """The fit reported for a constant filter: zero amplitude, score 0."""
+    h, w = shape
+    p = np.array([0.0, 0.0, 0.0, 1.0, 1.0, (w - 1) / 2.0, (h - 1) / 2.0, 0.0, value])
+    return _make_fit(p, 0.0, 0.0, np.full((h, w), value))
+
+
 def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray, max_starts: int = 3) -> GaborFit:
     """Fit one (h, w) filter given its precomputed coordinate grid."""
     h, w = f.shape
     n = h * w
     f = np.asarray(f, dtype=np.float64)
-    centre = [(w - 1) / 2.0, (h - 1) / 2.0]
     if not np.isfinite(f).all():
         nan = float("nan")
         return _make_fit(np.full(N_PARAMS, nan), nan, nan, np.full((h, w), nan))
-    mean = float(f.mean())
-    g = f - mean
-    scale = float(np.abs(g).max())
-    if scale == 0.0 or scale <= 1e-12 * abs(mean):
+    # Work on a copy scaled to max |.| = 1 and then zero-mean, and undo both at the
+    # end: the mean cannot overflow, and the optimiser's tolerances do not depend
+    # on the weights' magnitude (first-layer weights are often ~1e-2).
+    peak = float(np.abs(f).max())
+    if peak == 0.0:
+        return _constant_fit(0.0, (h, w))
+    f1 = f / peak
+    mean1 = float(f1.mean())
+    g = f1 - mean1
+    scale1 = float(np.abs(g).max())
+    if scale1 <= 1e-12:
         # Constant filter (up to round-off in the mean): nothing Gabor-like in it.
-        p = np.array([0.0, 0.0, 0.0, 1.0, 1.0, *centre, 0.0, mean])
-        return _make_fit(p, 0.0, 0.0, np.full((h, w), mean))
-    # Fit a unit-scale zero-mean copy: conditioning and tolerances then do not
-    # depend on the weights' magnitude (first-layer weights are often ~1e-2).
-    g = g / scale
+        return _constant_fit(peak * mean1, (h, w))
+    g = g / scale1
+    scale, mean = peak * scale1, peak * mean1
     target = g.ravel()
     ss_tot = float(target @ target)
     lo, hi = _bounds((h, w))
@@ -322,8 +332,9 @@ def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray, max_starts: int = 3)
     costs = [float(np.sum(resid(p) ** 2)) for p in starts]
     order = np.argsort(costs)[:max_starts]
     best_p, best_cost = starts[order[0]], costs[order[0]]
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
+    # errstate: a trial step may underflow the envelope to 0 or overflow a
+    # derivative; the optimiser rejects such steps, the user need not hear of them.
+    with np.errstate(all="ignore"):
         for rank, i in enumerate(order):
             # dogbox rather than trf: as accurate on Gabor-like filters, about twice
             # as fast here, and it wanders less into the many shallow optima of
@@ -351,14 +362,16 @@ def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray, max_starts: int = 3)
 def fit_gabor(f: np.ndarray) -> GaborFit:
     """Fit a 2-D Gabor to one filter.
 
-    f: (h, w) float -> GaborFit. Bounded trust-region least squares
-    (``scipy.optimize.least_squares``, analytic Jacobian): freq in [0, 0.5]
-    cycles/px (Nyquist), sigma in [0.5, max(h, w)] px, centre inside the kernel,
-    gamma in [0.25, 4]. Starts come from the two strongest peaks of the
-    zero-padded FFT of the zero-mean filter (orientation and frequency from the
-    peak position; phase, amplitude and offset solved linearly) at two envelope
-    widths and two centres, plus a low-frequency blob start; the few with the
-    lowest starting cost are polished and the best fit kept. Deterministic.
+    f: (h, w) float -> GaborFit. Bounded least squares
+    (``scipy.optimize.least_squares``, dogbox, analytic Jacobian): freq in
+    [0, 0.5] cycles/px (Nyquist), sigma in [0.5, max(h, w)] px, centre inside
+    the kernel ([-0.5, w-0.5] x [-0.5, h-0.5]), gamma in [0.5, 2].
+    Candidate starts: the two strongest peaks of the zero-padded FFT of the
+    zero-mean filter (orientation and frequency from the peak position; phase,
+    amplitude and offset then solved linearly, see ``_linear_fill``) at two
+    envelope widths and two centres (kernel centre, energy centroid), plus two
+    low-frequency blob starts at the peak pixel. The 3 with the lowest starting
+    cost are polished (iteration-capped) and the best fit kept. Deterministic.
     A constant (or zero) filter gives score 0; a filter with NaN/inf gives NaN
     everywhere. No warnings are emitted in either case.
     """
@@ -424,27 +437,47 @@ def gabor_scores(w: np.ndarray) -> list[GaborFit]:
     return [_fit_one(m, xs, ys) for m in maps]
 
 
+def _theta_sensitivity(fit: GaborFit) -> float:
+    """How much the fitted pattern changes per radian of rotation, relative to its size.
+
+    ||d fitted / d theta|| / ||fitted - offset|| over the kernel's pixels
+    (dimensionless, per radian). 0 for an isotropic blob, whose theta is
+    arbitrary; of order 1 for stripes, edges and elongated bars. Frequency alone
+    cannot tell these apart: an odd (edge-like) fit can have freq near 0 with a
+    large amplitude and still be sharply oriented.
+    """
+    h, w = fit.fitted.shape
+    xs, ys = _grid((h, w))
+    p = np.array([fit.theta, fit.freq, fit.phase, fit.sigma, fit.gamma, fit.x0, fit.y0,
+                  fit.amplitude, fit.offset])
+    size = np.linalg.norm(_model(p, xs, ys) - fit.offset)
+    if not np.isfinite(size) or size == 0.0:
+        return 0.0
+    return float(np.linalg.norm(_jacobian(p, xs, ys)[:, 0]) / size)
+
+
 def orientation_histogram(
     fits: Sequence[GaborFit],
     bins: int = 8,
     min_score: float = 0.7,
-    min_freq: float = 0.05,
+    min_orientedness: float = 0.2,
 ) -> np.ndarray:
     """Histogram of orientations theta (mod pi) of the Gabor-like filters.
 
     fits: sequence of GaborFit -> (bins,) int64 counts over [0, pi) in equal
-    bins, bin 0 starting at theta = 0 (vertical stripes).
-    Only fits with score >= min_score (NaN scores excluded) and freq >= min_freq
-    cycles/px are counted: below a few hundredths of a cycle per pixel the
-    carrier is nearly flat across the kernel, the fit is a blob and its theta
-    is arbitrary (it would pile up at the start value, theta = 0).
+    bins, bin 0 starting at theta = 0 (vertical stripes; see module docstring).
+    Counted: fits with score >= min_score (NaN scores never) whose orientation
+    is defined, i.e. the fitted pattern changes by at least min_orientedness
+    (relative norm, per radian) when rotated. This drops round blobs, whose
+    theta is arbitrary and would otherwise pile up at the start value 0.
     """
     if bins < 1:
         raise ValueError("bins must be >= 1")
     thetas = [
         fit.theta % np.pi
         for fit in fits
-        if np.isfinite(fit.score) and fit.score >= min_score and fit.freq >= min_freq
+        if np.isfinite(fit.score) and fit.score >= min_score
+        and _theta_sensitivity(fit) >= min_orientedness
     ]
     counts, _ = np.histogram(np.asarray(thetas, dtype=np.float64), bins=bins, range=(0.0, np.pi))
     return counts.astype(np.int64)

@@ -1,0 +1,66 @@
+"""Tiny models with hand-set weights and helpers that write specs to tmp dirs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# An architecture file as a user would write it; tests copy it next to their spec.
+TINY_ARCH = (ROOT / "tests" / "tinynet.py").read_text()
+
+
+def tiny_module(width: int = 4, seed: int = 0) -> nn.Module:
+    from tests.tinynet import TinyNet
+
+    torch.manual_seed(seed)
+    return TinyNet(width)
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A folder with the tiny architecture, checkpoints for three locations and images."""
+    (tmp_path / "arch.py").write_text(TINY_ARCH)
+    (tmp_path / "ckpt").mkdir()
+    for i, loc in enumerate(["a", "b", "c"]):
+        m = tiny_module(seed=i)
+        torch.save({"state_dict": m.state_dict(), "epoch": 3}, tmp_path / "ckpt" / f"{loc}.pt")
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(tmp_path / "img" / f"im{i}.png")
+    return tmp_path
+
+
+SPEC = """\
+report: tiny
+title: Tiny report
+description: Three locations of a tiny network.
+models:
+  - name: tiny
+    arch: arch.py:TinyNet
+    arch_args: {width: 4}
+    checkpoint: ckpt/{location}.pt
+    locations: [a, b, c]
+input:
+  size: [16, 16]
+images:
+  - img/*.png
+layers:
+  - conv1
+  - conv2
+  - fc
+"""
+
+
+def write_spec(folder: Path, text: str = SPEC, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path

@@ -1,0 +1,81 @@
+"""Hooks: values equal a hand forward; nothing survives an exception."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from reportgen.capture import LayerRecorder, inference, relu_follows
+from tests.conftest import tiny_module
+
+
+def seq() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 2, 3), nn.Tanh())
+
+
+def test_recorded_outputs_equal_truncated_sequential():
+    model = seq()
+    x = torch.randn(2, 3, 12, 12)
+    with inference(model), LayerRecorder(model, ["0", "3"]) as rec:
+        out = rec.run(x)
+    with torch.no_grad():
+        np0 = model[0](x)
+        np3 = model[3](model[2](model[1](np0)))
+    assert torch.allclose(out["0"], np0) and torch.allclose(out["3"], np3)
+
+
+def test_conv_output_equals_hand_convolution():
+    conv = nn.Conv2d(1, 1, 2, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
+        conv.bias.fill_(0.5)
+    model = nn.Sequential(conv)
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    with inference(model), LayerRecorder(model, ["0"]) as rec:
+        out = rec.run(x)["0"][0, 0]
+    # hand: top-left window [[0,1],[3,4]] -> 0*1+1*2+3*3+4*4 + 0.5 = 27.5
+    assert out.tolist() == [[27.5, 37.5], [57.5, 67.5]]
+
+
+def test_stops_after_last_layer():
+    model = seq()
+    calls = []
+    model[4].register_forward_hook(lambda *a: calls.append(1))
+    with inference(model), LayerRecorder(model, ["0"]) as rec:
+        rec.run(torch.randn(1, 3, 12, 12))
+    assert calls == []  # nothing after layer 0 ran
+
+
+def test_hooks_removed_and_mode_restored_after_exception():
+    model = seq()
+    model.train()
+    model[2].eval()  # mixed flags must come back exactly
+    with pytest.raises(RuntimeError):
+        with inference(model), LayerRecorder(model, ["0", "3"]) as rec:
+            rec.run(torch.randn(1, 5, 12, 12))  # wrong channel count fails inside forward
+    assert all(not m._forward_hooks for m in model.modules())
+    assert model.training and model[0].training and not model[2].training
+    assert torch.is_grad_enabled()
+
+
+def test_hooks_removed_after_error_in_caller_code():
+    model = seq()
+    with pytest.raises(ValueError):
+        with LayerRecorder(model, ["0"]):
+            raise ValueError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_unknown_layer_is_rejected():
+    with pytest.raises(KeyError):
+        LayerRecorder(seq(), ["9"])
+
+
+def test_relu_follows():
+    model = seq()
+    assert relu_follows(model, "0") and relu_follows(model, "1")
+    assert not relu_follows(model, "3") and not relu_follows(model, "2")
+    tiny = tiny_module()
+    assert relu_follows(tiny, "conv1") and relu_follows(tiny, "conv2") and not relu_follows(tiny, "fc")
