@@ -14,7 +14,6 @@ import importlib.util
 import pickle
 import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -166,7 +165,7 @@ def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -
                 "plain state_dict, or set 'trusted: true' on the model if you trust the file"
             ) from None
         raise ModelLoadError(f"{where} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch raises many types on damaged files (IndexError, EOFError, ...)
         raise ModelLoadError(
             f"{where} is truncated, corrupt or not a PyTorch checkpoint ({_first_line(exc)}); "
             "re-save it with torch.save"

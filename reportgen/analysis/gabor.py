@@ -53,7 +53,7 @@ _TWO_PI = 2.0 * np.pi
 _GAMMA_RANGE = (0.5, 2.0)  # envelope aspect: up to 2:1 elongation either way
 _NYQUIST = 0.5  # cycles/pixel
 _CENTRE_PAD = 0.5  # centre may sit anywhere on the kernel, up to its outer edge
-_MAX_NFEV = (40, 20)  # per least-squares run: best-ranked start, other starts
+_MAX_NFEV = (30, 15)  # per least-squares run: best-ranked start, other starts
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,23 +183,36 @@ def _bounds(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _linear_fill(p: np.ndarray, g: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Given the nonlinear parameters of p, solve amplitude, phase and offset exactly.
+def _linear_fill(ps: np.ndarray, target: np.ndarray, xs: np.ndarray, ys: np.ndarray):
+    """Complete candidate starts: solve amplitude, phase and offset exactly.
 
+    ps: (C, 9) starts (phase, amplitude, offset ignored), target: (n,)
+    -> (C, 9) completed starts, (C,) their residual sums of squares.
     A cos(u + phase) = a cos(u) - b sin(u) with a = A cos(phase), b = A sin(phase),
-    so for fixed theta, freq, sigma, gamma, centre the rest is a 3-column linear
-    least-squares problem: the best possible phase and amplitude for a start,
-    cheaper and more reliable than reading the phase off the FFT alone.
+    so for fixed theta, freq, sigma, gamma and centre the rest is a 3-column
+    linear least-squares problem: the best phase and amplitude for that start,
+    more reliable than reading the phase off the FFT. All candidates are solved
+    in one batched pseudo-inverse; near-DC starts (freq < 1e-3) drop the sine
+    column, which would otherwise turn a blob start into a huge-amplitude ramp.
     """
-    q = p.copy()
-    q[2] = 0.0
-    _, _, _, _, env, cos_, sin_ = _parts(q, xs, ys)
-    design = np.column_stack([env * cos_, -env * sin_, np.ones_like(env)])
-    (a, b, off), *_ = np.linalg.lstsq(design, g, rcond=None)
-    q[2] = np.arctan2(b, a)
-    q[7] = np.hypot(a, b)
-    q[8] = off
-    return q
+    ps = np.array(ps, dtype=np.float64)
+    col = lambda k: ps[:, k : k + 1]  # noqa: E731  (C, 1), broadcasts against (n,)
+    theta, freq, sigma, gamma, x0, y0 = col(0), col(1), col(3), col(4), col(5), col(6)
+    c, s = np.cos(theta), np.sin(theta)
+    dx, dy = xs - x0, ys - y0
+    xr = dx * c + dy * s
+    yr = -dx * s + dy * c
+    env = np.exp(-(xr * xr + gamma * gamma * yr * yr) / (2.0 * sigma * sigma))
+    arg = _TWO_PI * freq * xr
+    sine = np.where(freq >= 1e-3, -env * np.sin(arg), 0.0)
+    design = np.stack([env * np.cos(arg), sine, np.ones_like(env)], axis=2)  # (C, n, 3)
+    coef = np.linalg.pinv(design) @ target  # (C, 3)
+    a, b, off = coef[:, 0], coef[:, 1], coef[:, 2]
+    ps[:, 2] = np.arctan2(b, a)
+    ps[:, 7] = np.hypot(a, b)
+    ps[:, 8] = off
+    resid = design @ coef[:, :, None] - target[:, None]
+    return ps, np.sum(resid[:, :, 0] ** 2, axis=1)
 
 
 def _fft_peaks(g: np.ndarray, n_peaks: int) -> list[tuple[float, float]]:
@@ -228,8 +241,18 @@ def _fft_peaks(g: np.ndarray, n_peaks: int) -> list[tuple[float, float]]:
     return peaks
 
 
-def _starts(g: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
-    """Candidate starting points for g (h, w), zero-mean and scaled to max |g| = 1."""
+def _start_groups(g: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Candidate starting points for g (h, w), zero-mean and scaled to max |g| = 1.
+
+    -> list of (starts (C, 9), costs (C,)), one entry per group. Groups are the
+    basins we probe: one per FFT peak (4 envelope widths x 2 centres: kernel
+    centre and energy centroid) and one low-frequency blob group. Starts within
+    a group usually converge to the same optimum while the groups often do not
+    (a noisy low-frequency pattern may fit best as a blob even when its FFT-peak
+    start looks better), so the fit polishes the best start of each group rather
+    than the best few overall. The width grid matters because the FFT peak of a
+    narrow Gabor is broad and its frequency estimate rough.
+    """
     h, w = g.shape
     lo, hi = _bounds(g.shape)
     size = float(max(h, w))
@@ -241,20 +264,17 @@ def _starts(g: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
     k = int(np.argmax(np.abs(g)))
     bx, by = float(xs[k]), float(ys[k])
 
-    cands = []
+    groups = []
     for theta, freq in _fft_peaks(g, 2):
-        for sigma in (size / 4.0, size / 2.5):
-            for x0, y0 in ((cx, cy), (ex, ey)):
-                cands.append([theta, freq, 0.0, sigma, 1.0, x0, y0, 0.0, 0.0])
-    # Low-frequency blob (centre-surround-less colour blobs, DC-like filters).
-    for sigma in (size / 6.0, size / 4.0):
-        cands.append([0.0, 0.0, 0.0, sigma, 1.0, bx, by, 0.0, 0.0])
-    margin = 1e-6
-    out = []
-    for c in cands:
-        p = np.clip(np.array(c), lo + margin, hi - margin)
-        out.append(_linear_fill(p, g.ravel(), xs, ys))
-    return out
+        groups.append([
+            [theta, freq, 0.0, sigma, 1.0, x0, y0, 0.0, 0.0]
+            for sigma in (size / 8.0, size / 5.0, size / 3.0, size / 2.0)
+            for x0, y0 in ((cx, cy), (ex, ey))
+        ])
+    groups.append([[0.0, 0.0, 0.0, sigma, 1.0, bx, by, 0.0, 0.0] for sigma in (size / 6.0, size / 4.0)])
+    margin = 1e-6  # strictly inside the bounds (freq = 0 is a bound)
+    target = g.ravel()
+    return [_linear_fill(np.clip(np.array(grp), lo + margin, hi - margin), target, xs, ys) for grp in groups]
 
 
 def _canonical(p: np.ndarray) -> np.ndarray:
@@ -293,7 +313,7 @@ def _constant_fit(value: float, shape: tuple[int, int]) -> GaborFit:
     return _make_fit(p, 0.0, 0.0, np.full((h, w), value))
 
 
-def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray, max_starts: int = 3) -> GaborFit:
+def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> GaborFit:
     """Fit one (h, w) filter given its precomputed coordinate grid."""
     h, w = f.shape
     n = h * w
@@ -326,11 +346,14 @@ def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray, max_starts: int = 3)
     def jac(p):
         return _jacobian(p, xs, ys)
 
-    # Rank the candidate starts by their starting cost and polish only the best few:
-    # evaluating a start costs microseconds, a least-squares run a millisecond.
-    starts = _starts(g, xs, ys)
-    costs = [float(np.sum(resid(p) ** 2)) for p in starts]
-    order = np.argsort(costs)[:max_starts]
+    # Evaluating a start costs microseconds, a least-squares run a millisecond: take
+    # the cheapest start of each group and polish those, most promising first.
+    starts, costs = [], []
+    for group, group_costs in _start_groups(g, xs, ys):
+        j = int(np.argmin(group_costs))
+        starts.append(group[j])
+        costs.append(float(group_costs[j]))
+    order = np.argsort(costs)
     best_p, best_cost = starts[order[0]], costs[order[0]]
     # errstate: a trial step may underflow the envelope to 0 or overflow a
     # derivative; the optimiser rejects such steps, the user need not hear of them.
@@ -370,8 +393,9 @@ def fit_gabor(f: np.ndarray) -> GaborFit:
     zero-mean filter (orientation and frequency from the peak position; phase,
     amplitude and offset then solved linearly, see ``_linear_fill``) at two
     envelope widths and two centres (kernel centre, energy centroid), plus two
-    low-frequency blob starts at the peak pixel. The 3 with the lowest starting
-    cost are polished (iteration-capped) and the best fit kept. Deterministic.
+    low-frequency blob starts at the peak pixel. The lowest-cost start of each
+    of these three groups is polished (iteration-capped) and the best fit kept.
+    Deterministic.
     A constant (or zero) filter gives score 0; a filter with NaN/inf gives NaN
     everywhere. No warnings are emitted in either case.
     """
