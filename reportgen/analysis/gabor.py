@@ -54,6 +54,7 @@ _GAMMA_RANGE = (0.5, 2.0)  # envelope aspect: up to 2:1 elongation either way
 _NYQUIST = 0.5  # cycles/pixel
 _CENTRE_PAD = 0.5  # centre may sit anywhere on the kernel, up to its outer edge
 _MAX_NFEV = (30, 15)  # per least-squares run: best-ranked start, other starts
+_METHOD = "trf"
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,7 +365,7 @@ def _fit_one(f: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> GaborFit:
             # noise (white-noise scores ~0.16 vs ~0.19 on 5x5). Evaluation caps:
             # the most promising start may take longer, the others are checks.
             res = least_squares(
-                resid, starts[i], jac=jac, bounds=(lo, hi), method="dogbox",
+                resid, starts[i], jac=jac, bounds=(lo, hi), method=_METHOD,
                 x_scale="jac", ftol=1e-6, xtol=1e-6, gtol=1e-8,
                 max_nfev=_MAX_NFEV[0] if rank == 0 else _MAX_NFEV[1],
             )

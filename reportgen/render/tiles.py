@@ -64,13 +64,15 @@ def upscale_for(size: int, target_px: int) -> int:
 
 
 def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: int = 2,
-         marks: np.ndarray | None = None) -> np.ndarray:
+         marks: np.ndarray | None = None, labels: list[str] | None = None) -> np.ndarray:
     """Compose tiles into one image.
 
     tiles: (N, h, w, 3) uint8. Each tile is enlarged ``upscale`` times (nearest
     neighbour) and surrounded by ``margin`` pixels of white; where ``marks[i]`` is
     true the margin around tile i is drawn red instead. Tiles fill rows of
-    ``ncols`` (default: a near-square layout). Returns (H, W, 3) uint8.
+    ``ncols`` (default: a near-square layout). ``labels[i]`` is written small in
+    the tile's top-left corner when tiles are at least LABEL_MIN_PX wide.
+    Returns (H, W, 3) uint8.
     """
     tiles = np.asarray(tiles)
     n, h, w = tiles.shape[:3]
@@ -88,7 +90,27 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
         if marks is not None and marks[i] and margin > 0:
             out[y:y + ch, x:x + cw] = MARK_RGB
         out[y + margin:y + margin + th, x + margin:x + margin + tw] = big[i]
+    if labels is not None and tw >= LABEL_MIN_PX:
+        out = _draw_labels(out, labels, ncols, ch, cw, margin)
     return out
+
+
+LABEL_MIN_PX = 28
+
+
+def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: int, margin: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    for i, text in enumerate(labels):
+        r, c = divmod(i, ncols)
+        x, y = c * cw + margin, r * ch + margin
+        # A dark box under white digits stays readable on any tile colour.
+        box = draw.textbbox((x + 1, y), text)
+        draw.rectangle((x, y, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((x + 1, y), text, fill=(255, 255, 255))
+    return np.asarray(pil).copy()
 
 
 def rgb_filter_tiles(w01: np.ndarray) -> np.ndarray:

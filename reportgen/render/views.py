@@ -31,20 +31,23 @@ def filter_views(w: np.ndarray, dead: np.ndarray | None = None, scale: float | N
         w = w.reshape(w.shape[0], w.shape[1], -1, 1) if w.ndim == 3 else w.reshape(w.shape[0], 1, -1, 1)
     n, c, kh, kw = w.shape
     s = T.layer_scale(w) if scale is None else scale
+    labels = [str(i) for i in range(n)]
     views: dict[str, np.ndarray] = {}
     if c == 3:
         up = T.upscale_for(max(kh, kw), tile_px or 36)
-        views["filters_per_layer"] = T.grid(T.rgb_filter_tiles(T.per_layer(w, s)), upscale=up, marks=dead)
-        views["filters_per_filter"] = T.grid(T.rgb_filter_tiles(T.per_filter(w)), upscale=up, marks=dead)
+        views["filters_per_layer"] = T.grid(T.rgb_filter_tiles(T.per_layer(w, s)), upscale=up, marks=dead,
+                                             labels=labels)
+        views["filters_per_filter"] = T.grid(T.rgb_filter_tiles(T.per_filter(w)), upscale=up, marks=dead,
+                                              labels=labels)
     else:
         up = T.upscale_for(max(kh, kw), tile_px or 24)
         mean = w.mean(axis=1)
         views["filters_mean"] = T.grid(T.mapped_tiles(T.per_layer(mean, T.layer_scale(mean)), "gray"),
-                                       upscale=up, marks=dead)
+                                       upscale=up, marks=dead, labels=labels)
         l2 = np.sqrt((w**2).sum(axis=1))
         l2max = T.layer_scale(l2)
         views["filters_l2"] = T.grid(T.mapped_tiles(l2 / l2max if l2max > 0 else l2 * 0, "gray"),
-                                     upscale=up, marks=dead)
+                                     upscale=up, marks=dead, labels=labels)
         if c > 1:
             cc = min(c, MAX_CHANNEL_COLUMNS)
             sub = T.per_layer(w[:, :cc], s).reshape(n * cc, kh, kw)
@@ -53,7 +56,7 @@ def filter_views(w: np.ndarray, dead: np.ndarray | None = None, scale: float | N
             views["filters_channels"] = rows
         else:
             views["filters_per_filter"] = T.grid(T.mapped_tiles(T.per_filter(w[:, 0]), "gray"),
-                                                 upscale=up, marks=dead)
+                                                 upscale=up, marks=dead, labels=labels)
     return {k: fit_width(v, MAX_WIDTH) for k, v in views.items()}
 
 
@@ -78,5 +81,5 @@ def activation_grid(maps: np.ndarray, target_px: int = 64) -> tuple[np.ndarray, 
         x01, cmap = (ranked / hi if hi > 0 else np.where(np.isfinite(ranked), 0.0, np.nan)), "viridis"
     h, w = maps.shape[1:]
     up = T.upscale_for(max(h, w), target_px)
-    img = T.grid(apply_lut(x01, cmap), upscale=up, margin=1)
+    img = T.grid(apply_lut(x01, cmap), upscale=up, margin=1, labels=[str(int(i)) for i in order])
     return fit_width(img, MAX_WIDTH), order

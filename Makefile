@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make example` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel; on a machine with a GPU, set TORCH to the build you want.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup example test serve clean
+
+$(BIN)/reportgen: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/reportgen
+
+example: setup
+	$(BIN)/reportgen build specs/towncenter.yaml
+	$(BIN)/reportgen build specs/edges.yaml
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "Open site/index.html, or run: $(BIN)/mkdocs serve"
+
+test: setup
+	$(BIN)/python -m pytest
+
+serve: example
+	$(BIN)/mkdocs serve
+
+clean:
+	rm -rf site docs/towncenter docs/edges docs/.*.lock
