@@ -79,7 +79,8 @@ def main() -> None:
         for kind, layer in layers.items():
             seconds, means[kind] = _time(layer)
             ms = 1e3 * seconds / args.filters
-            print(f"{size}x{size:<4} {kind:>6} {args.filters:>8} {seconds:>8.3f} {ms:>10.2f} {means[kind]:>11.3f}")
+            label = f"{size}x{size}"
+            print(f"{label:>6} {kind:>6} {args.filters:>8} {seconds:>8.3f} {ms:>10.2f} {means[kind]:>11.3f}")
         ratios.append((size, means["gabor"], means["noise"]))
     for size, g, n in ratios:
         ratio = g / n if n > 0 else float("inf")

@@ -149,7 +149,9 @@ def test_adjusted_r2_formula():
 
 @pytest.mark.parametrize("size,limit", [(5, 0.2), (11, 0.1)])
 def test_white_noise_scores_near_zero(size, limit, no_warnings):
-    # Measured means are ~0.15 (5x5) and ~0.06 (11x11); plain R^2 would be ~0.5 / ~0.15.
+    # Measured: mean score 0.18 (5x5) and 0.07 (11x11), mean plain R^2 0.49 and 0.14.
+    # The 9-parameter adjustment cannot fully remove the bias of a searched
+    # nonlinear fit (see the module docstring), hence 0.2 rather than 0.15 on 5x5.
     fits = [fit_gabor(np.random.default_rng(seed).normal(size=(size, size))) for seed in range(50)]
     scores = np.array([f.score for f in fits])
     assert scores.mean() < limit
