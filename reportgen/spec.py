@@ -195,12 +195,64 @@ class HealthOptions(_Strict):
     saturated_fraction: float = Field(
         0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
     )
+    duplicate_cosine: float = Field(
+        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their |cosine| "
+        "reaches this."
+    )
+    outlier_z: float = Field(
+        3.5, gt=0, description="A filter's norm is an outlier when its robust z-score (median and "
+        "MAD of the layer's norms at that location) exceeds this."
+    )
+
+
+class CompareOptions(_Strict):
+    """Cross-location comparison (docs/reference/methods.md#comparison-across-locations)."""
+
+    enabled: bool = True
+    base: Optional[str] = Field(
+        None, description="Location whose filters head the 'filter k across locations' view "
+        "(default: the first location)."
+    )
+    max_samples: int = Field(
+        4096, ge=16, description="Positions sampled from the shared images per layer for CKA and "
+        "activation matching."
+    )
+    similar: float = Field(
+        0.5, ge=0, le=1, description="Findings call two locations' layers similar at or above this "
+        "matched similarity."
+    )
+
+
+class GaborOptions(_Strict):
+    enabled: bool = True
+    min_score: float = Field(
+        0.7, ge=0, le=1, description="A filter is Gabor-like when its fit's adjusted R^2 reaches this."
+    )
 
 
 class AnalysesSpec(_Strict):
     filters: FilterOptions = FilterOptions()
     activations: ActivationOptions = ActivationOptions()
     health: HealthOptions = HealthOptions()
+    compare: CompareOptions = CompareOptions()
+    gabor: GaborOptions = GaborOptions()
+
+
+class ReferenceSpec(ModelSpec):
+    """A well-trained model whose first layer the locations are compared with."""
+
+    name: str = Field("reference", pattern=SLUG_RE)
+    layer: str = Field(min_length=1, description="The reference's layer to compare, e.g. 'conv1' or 'features.0'.")
+    against: Optional[str] = Field(
+        None, description="The locations' layer it is compared with (default: the first listed layer "
+        "whose weights have 3 input channels)."
+    )
+
+    @model_validator(mode="after")
+    def _single(self) -> "ReferenceSpec":
+        if self.locations:
+            raise ValueError("a reference is one model: remove 'locations'")
+        return self
 
 
 class ReportSchema(_Strict):
@@ -214,6 +266,7 @@ class ReportSchema(_Strict):
     images: list[str] = Field(default_factory=list, description="Globs relative to the spec; may use {location}.")
     layers: list[LayerSpec] = Field(min_length=1)
     analyses: AnalysesSpec = AnalysesSpec()
+    reference: Optional[ReferenceSpec] = None
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -251,6 +304,7 @@ class ReportSpec:
     base_dir: Path
     runs: tuple[Run, ...]
     source: Located
+    reference_run: Optional[Run] = None
 
     def __getattr__(self, name: str) -> Any:
         # Convenience: spec.report, spec.title, spec.analyses, ...
@@ -278,10 +332,41 @@ def load_spec(path: str | Path) -> ReportSpec:
     base = path.resolve().parent
     problems: list[str] = []
     runs = _expand_runs(schema, base, src, problems)
+    reference = _reference_run(schema, base, src, problems, runs)
+    compare_base = schema.analyses.compare.base
+    if compare_base is not None and compare_base not in {r.key for r in runs}:
+        close = difflib.get_close_matches(compare_base, [r.key for r in runs], n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
+        problems.append(f"{src.where(('analyses', 'compare', 'base'))}: analyses.compare.base: "
+                        f"no location '{compare_base}'; {hint}")
     if problems:
         # A shared image glob fails once per location; say it once.
         raise SpecError(list(dict.fromkeys(problems)))
-    return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src)
+    return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src,
+                      reference_run=reference)
+
+
+def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: list[str],
+                   runs: list[Run]) -> Optional[Run]:
+    ref = schema.reference
+    if ref is None:
+        return None
+    kp: KeyPath = ("reference",)
+    if ref.arch is not None and _is_file_arch(ref.arch) and not (base / ref.arch.rsplit(":", 1)[0]).is_file():
+        problems.append(f"{src.where(kp + ('arch',))}: reference.arch: architecture file "
+                        f"'{ref.arch.rsplit(':', 1)[0]}' not found (paths are relative to the spec file)")
+    for key in ("checkpoint", "torchscript"):
+        value = getattr(ref, key)
+        if value and not (base / value).is_file():
+            problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {_rel(base / value)}")
+    if ref.name in {r.key for r in runs}:
+        problems.append(f"{src.where(kp)}: reference: its name '{ref.name}' is also a location; rename it")
+    return Run(
+        model=ref, location=ref.name, key=ref.name,
+        checkpoint=base / ref.checkpoint if ref.checkpoint else None,
+        torchscript=base / ref.torchscript if ref.torchscript else None,
+        images=(), layers=(LayerSpec(name=ref.layer),),
+    )
 
 
 def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[str]) -> list[Run]:

@@ -36,7 +36,7 @@ def test_unknown_keys_suggest_the_right_one(project):
 def test_unknown_key_without_close_match_lists_allowed(project):
     assert problems(project, SPEC + "colour: red\n") == [
         "SPEC:18: colour: unknown key; allowed keys: report, title, description, models, input, "
-        "images, layers, analyses"
+        "images, layers, analyses, reference"
     ]
 
 
@@ -93,7 +93,7 @@ def test_every_problem_reported_at_once(project):
         "SPEC:2: title: string should have at least 1 character, got ''",
         "SPEC:17: layers[2].relu: 'sometimes' is not one of 'auto', 'yes' or 'no'",
         "SPEC:18: extra: unknown key; allowed keys: report, title, description, models, input, "
-        "images, layers, analyses",
+        "images, layers, analyses, reference",
     ]
 
 
@@ -143,3 +143,24 @@ def test_numeric_location_names_become_strings(project):
         (project / "ckpt" / f"{i}.pt").write_bytes((project / "ckpt" / "a.pt").read_bytes())
     spec = load_spec(write_spec(project, SPEC.replace("[a, b, c]", "[1, 2]")))
     assert [r.location for r in spec.runs] == ["1", "2"]
+
+
+def test_reference_and_compare_base(project):
+    text = SPEC + """reference:
+  arch: arch.py:TinyNet
+  checkpoint: ckpt/missing.pt
+  locations: [x]
+  layer: conv1
+analyses:
+  compare: {base: bb}
+"""
+    assert problems(project, text) == [
+        "SPEC:18: reference: a reference is one model: remove 'locations'",
+    ]
+    text = text.replace("  locations: [x]\n", "")
+    assert problems(project, text) == [
+        f"SPEC:20: reference.checkpoint: file not found: {project / 'ckpt' / 'missing.pt'}",
+        "SPEC:23: analyses.compare.base: no location 'bb'; did you mean 'b'?",
+    ]
+    spec = load_spec(write_spec(project, text.replace("missing", "a").replace("bb", "b")))
+    assert spec.reference_run.key == "reference" and spec.reference_run.layers[0].name == "conv1"

@@ -69,3 +69,50 @@ def filter_health(w: np.ndarray, scale: LayerScale, dead_norm_ratio: float,
         "nonfinite": nonfinite,
         "dead": dead,
     }
+
+
+def near_duplicates(w: np.ndarray, threshold: float, skip: np.ndarray | None = None) -> np.ndarray:
+    """For each filter, the index of an earlier filter it nearly duplicates, else -1.
+
+    w: (N, ...) weights. Two filters are near-duplicates when |cosine| >= threshold
+    (a filter and its negation carry one feature up to the next layer's sign).
+    ``skip``: (N,) bool, filters left out (dead or non-finite: their direction is noise).
+    Returns (N,) int.
+    """
+    from reportgen.analysis.compare import cosine_matrix
+
+    rows = as_filters(w)
+    n = len(rows)
+    out = np.full(n, -1, dtype=np.int64)
+    ok = np.isfinite(rows).all(axis=1) & (np.linalg.norm(rows, axis=1) > 0)
+    if skip is not None:
+        ok &= ~skip
+    idx = np.flatnonzero(ok)
+    if len(idx) < 2:
+        return out
+    cos = cosine_matrix(rows[idx], rows[idx], absolute=True)
+    for j in range(1, len(idx)):
+        earlier = cos[j, :j]
+        k = int(np.argmax(earlier))
+        if earlier[k] >= threshold:
+            out[idx[j]] = idx[k]
+    return out
+
+
+def norm_outliers(l2: np.ndarray, z: float, skip: np.ndarray | None = None) -> np.ndarray:
+    """Filters whose L2 norm is far from the layer's others: robust |z| > ``z``.
+
+    Robust z = (norm - median) / (1.4826 * MAD), over the filters not skipped
+    (dead and non-finite ones, which have their own flags). Returns (N,) bool.
+    """
+    l2 = np.asarray(l2, dtype=np.float64)
+    ok = np.isfinite(l2) if skip is None else np.isfinite(l2) & ~skip
+    out = np.zeros(len(l2), dtype=bool)
+    if ok.sum() < 4:
+        return out
+    med = np.median(l2[ok])
+    mad = 1.4826 * np.median(np.abs(l2[ok] - med))
+    if mad <= 0:
+        return out
+    out[ok] = np.abs(l2[ok] - med) / mad > z
+    return out

@@ -1,80 +1,247 @@
 """Written findings: ranked sentences generated from report.json's numbers.
 
-Pure: takes the report dict (the same numbers users read in report.json) and
-the health thresholds; returns findings, most severe and largest first. Every
-sentence quotes the number behind it and links to the view that shows it.
+Pure: takes the report dict (the very numbers users read in report.json) and the
+spec's analysis options; returns findings, most severe and largest first. Every
+sentence quotes the numbers behind it and links to the view that shows them.
+The rules and thresholds are documented in docs/reference/methods.md#findings.
 """
 
 from __future__ import annotations
 
 from statistics import median
 
+import numpy as np
+
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
+NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median
+OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
 
 
-def findings(report: dict, health) -> list[dict]:
+def findings(report: dict, analyses) -> list[dict]:
     """Each finding: ``severity``, ``text`` (Markdown), ``location``, ``layer``, ``link``, ``value``."""
+    health = analyses.health
     out: list[dict] = []
-    near_zero_median = _median_by_layer(report, "near_zero_fraction")
+    unhealthy = []
     for run in report["runs"]:
-        for layer in run["layers"]:
-            s = layer["summary"]
-            link = f"locations/{run['key']}.md#{anchor(layer['name'])}"
-            where = f"**{run['key']}** · `{layer['name']}`"
-            if s["nonfinite"]:
-                out.append(_f("danger", f"{where}: {s['nonfinite']} of {s['filters']} filters contain NaN "
-                              "or Inf weights (magenta in the filter grids); the checkpoint is broken "
-                              "or training diverged.", run, layer, link, s["nonfinite"] / s["filters"]))
-            if s["filters"] and s["dead"] / s["filters"] >= health.dead_share_warn:
-                share = s["dead"] / s["filters"]
-                ref = layer.get("pooled_scale", {}).get("median_norm")
-                out.append(_f(
-                    "danger" if share >= 0.5 else "warning",
-                    f"{where}: {s['dead']} of {s['filters']} filters ({share:.0%}) are dead: their L2 norm "
-                    f"is below {health.dead_norm_ratio:g} × the layer's median filter norm over all "
-                    f"locations ({_num(ref)}). This location looks under-trained or over-regularised.",
-                    run, layer, link, share))
-            nz, nz_ref = s["near_zero_fraction"], near_zero_median.get((run["model"], layer["name"]))
-            if nz is not None and nz_ref is not None and nz >= max(2 * nz_ref, nz_ref + 0.15):
-                out.append(_f(
-                    "warning",
-                    f"{where}: {nz:.0%} of the weights are near zero (|w| < {health.near_zero_ratio:g} × "
-                    f"the layer's RMS weight), against a median of {nz_ref:.0%} over locations.",
-                    run, layer, link, nz))
-            if s["channels"] and s["never_active"] / s["channels"] >= health.never_active_share_warn:
-                share = s["never_active"] / s["channels"]
-                out.append(_f(
-                    "warning",
-                    f"{where}: {s['never_active']} of {s['channels']} channels ({share:.0%}) never activate "
-                    f"(max ≤ 0) on the {len(run['images'])} test images.", run, layer, link, share))
-            if s["channels"] and s["saturated"]:
-                share = s["saturated"] / s["channels"]
-                out.append(_f(
-                    "info",
-                    f"{where}: {s['saturated']} of {s['channels']} channels are active at ≥ "
-                    f"{health.saturated_fraction:.0%} of positions (saturated: they barely select).",
-                    run, layer, link, share))
-    out.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"], f["location"], f["layer"]))
-    out.append(_overview(report, out))
+        f = _run_health(run, report, health)
+        if f:
+            out.append(f)
+            if f["severity"] != "info":
+                unhealthy.append(run["key"])
+        out += _layer_notes(run, health)
+    out += _similarity(report, analyses.compare.similar)
+    gabor = _gabor(report, analyses.gabor.min_score)
+    out += gabor
+    out.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"], f["location"] or "", f["layer"] or ""))
+    out.append(_overview(report, unhealthy))
+    nxt = _next_step(report, unhealthy, gabor)
+    if nxt:
+        out.append(nxt)
     return out
 
 
-def _overview(report: dict, flagged: list[dict]) -> dict:
+def anchor(layer: str) -> str:
+    """HTML id of a layer's section on a location page."""
+    return "layer-" + "".join(c if c.isalnum() else "-" for c in layer)
+
+
+def _loc_link(run: dict, layer: str) -> str:
+    return f"locations/{run['key']}.md#{anchor(layer)}"
+
+
+def _run_health(run: dict, report: dict, health) -> dict | None:
+    """One finding per run that looks broken, under-trained or over-regularised, with its reasons."""
+    reasons, worst, worst_layer, severity = [], 0.0, None, "info"
+    norm_ref = _median_norm_of_others(report, run)
+    nz_ref = _median_by_layer(report, "near_zero_fraction")
+    for layer in run["layers"]:
+        s, name = layer["summary"], layer["name"]
+        link = _loc_link(run, name)
+        if s["nonfinite"]:
+            reasons.append(f"[{s['nonfinite']} of {s['filters']} `{name}` filters hold NaN or Inf]({link})")
+            worst, worst_layer, severity = max(worst, 1.0), worst_layer or name, "danger"
+        if s["filters"] and s["dead"] / s["filters"] >= health.dead_share_warn:
+            share = s["dead"] / s["filters"]
+            reasons.append(f"[{s['dead']} of {s['filters']} `{name}` filters ({share:.0%}) are dead]({link})")
+            if share > worst:
+                worst, worst_layer = share, name
+            severity = "danger" if share >= 0.5 or severity == "danger" else "warning"
+        ref = norm_ref.get(name)
+        if ref and s["median_l2_norm"] is not None and s["median_l2_norm"] < NORM_COLLAPSE * ref:
+            ratio = s["median_l2_norm"] / ref
+            reasons.append(f"[`{name}`'s median filter norm is {ratio:.0%} of the other locations' median]({link}) "
+                           f"({s['median_l2_norm']:.3g} vs {ref:.3g})")
+            worst_layer = worst_layer or name
+            worst = max(worst, 1 - ratio)
+            severity = "danger" if severity == "danger" else "warning"
+        nz, nzr = s["near_zero_fraction"], nz_ref.get((run["model"], name))
+        if nz is not None and nzr is not None and nz >= max(2 * nzr, nzr + 0.15):
+            reasons.append(f"[{nz:.0%} of `{name}`'s weights are near zero]({link}) (median over locations {nzr:.0%})")
+            worst_layer = worst_layer or name
+            worst = max(worst, nz)
+            severity = "warning" if severity == "info" else severity
+        # max <= 0 means "never fires" only for rectified outputs; raw logits may well stay negative.
+        if (layer["relu_applied"] and s["channels"]
+                and s["never_active"] / s["channels"] >= health.never_active_share_warn):
+            share = s["never_active"] / s["channels"]
+            reasons.append(f"[{s['never_active']} of {s['channels']} `{name}` channels ({share:.0%}) never activate]"
+                           f"({link}) on the {len(run['images'])} test images")
+            worst_layer = worst_layer or name
+            worst = max(worst, share)
+            severity = "warning" if severity == "info" else severity
+    if not reasons:
+        return None
+    verdict = ("is broken" if any("NaN" in r for r in reasons)
+               else "looks under-trained or over-regularised")
+    text = f"**{run['key']}** {verdict}: " + "; ".join(reasons) + "."
+    return _f(severity, text, run["key"], worst_layer, _loc_link(run, worst_layer), worst)
+
+
+def _layer_notes(run: dict, health) -> list[dict]:
+    out = []
+    for layer in run["layers"]:
+        s, name = layer["summary"], layer["name"]
+        link = _loc_link(run, name)
+        where = f"**{run['key']}** · `{name}`"
+        if s.get("duplicates"):
+            pairs = [(f["index"], f["duplicate_of"]) for f in layer["filters"] if f.get("duplicate_of") is not None]
+            shown = ", ".join(f"{a}≈{b}" for a, b in pairs[:5]) + (" …" if len(pairs) > 5 else "")
+            share = s["duplicates"] / s["filters"]
+            out.append(_f("warning" if share >= 0.1 else "info",
+                          f"{where}: {s['duplicates']} filters nearly duplicate another (|cos| ≥ "
+                          f"{health.duplicate_cosine:g}): {shown}. [See the filters]({link}).",
+                          run["key"], name, link, share))
+        if s.get("norm_outliers"):
+            idx = [f["index"] for f in layer["filters"] if f.get("norm_outlier")]
+            out.append(_f("info", f"{where}: filter{'s' if len(idx) > 1 else ''} "
+                          f"{', '.join(map(str, idx[:8]))} {'have norms' if len(idx) > 1 else 'has a norm'} far from "
+                          f"the layer's others (robust z > {health.outlier_z:g}). [See the statistics]({link}).",
+                          run["key"], name, link, s["norm_outliers"] / s["filters"]))
+        if s["channels"] and s["saturated"]:
+            share = s["saturated"] / s["channels"]
+            out.append(_f("info", f"{where}: {s['saturated']} of {s['channels']} channels are active at ≥ "
+                          f"{health.saturated_fraction:.0%} of positions (saturated: they barely select). "
+                          f"[See the statistics]({link}).", run["key"], name, link, share))
+    return out
+
+
+def _similarity(report: dict, similar: float) -> list[dict]:
+    out = []
+    cka_by_layer = []
+    for c in report.get("comparisons", []):
+        layer, runs = c["layer"], c["runs"]
+        link = f"layers/{layer}.md#similarity"
+        measure, mat = next(((m, c[k]) for m, k in (("matched |cos| of weights", "weight_similarity"),
+                                                       ("CKA of activations", "cka"))
+                             if c[k] is not None), (None, None))
+        if mat is None:
+            continue
+        m = np.array(mat, dtype=np.float64)
+        iu = np.triu_indices(len(runs), 1)
+        pair_med = float(np.nanmedian(m[iu]))
+        means = np.array([np.nanmean(np.delete(m[i], i)) for i in range(len(runs))])
+        order = np.argsort(-means)
+        ranking = " > ".join(f"{runs[i]} ({means[i]:.2f})" for i in order)
+        med = float(np.median(means))
+        mad = float(np.median(np.abs(means - med))) * 1.4826
+        outliers = [runs[i] for i in order if med - means[i] > max(OUTLIER_GAP, 3 * mad)]
+        i, j = np.unravel_index(np.nanargmax(np.where(np.eye(len(runs), dtype=bool), -np.inf, m)), m.shape)
+        verdict = ("similar" if pair_med >= similar else "different")
+        text = (f"`{layer}`: the locations learned {verdict} filters: median {measure} over pairs is "
+                f"{pair_med:.2f} (1 = identical up to order and sign). Most alike: {runs[i]} and {runs[j]} "
+                f"({m[i, j]:.2f}). Ranked by mean similarity to the others: {ranking}.")
+        if outliers:
+            text += f" Outlier{'s' if len(outliers) > 1 else ''}: {', '.join(f'**{o}**' for o in outliers)}."
+        if c.get("cka") is not None:
+            ck = np.array(c["cka"], dtype=np.float64)[iu]
+            cka_by_layer.append((layer, float(np.nanmedian(ck))))
+            if measure != "CKA of activations":
+                text += f" Median CKA of their activations on the shared images: {np.nanmedian(ck):.2f}."
+        text += f" [See the similarity matrices]({link})."
+        out.append(_f("warning" if outliers else "info", text, None, layer, link, 1 - pair_med))
+    if len(cka_by_layer) >= 2:
+        trend = " → ".join(f"`{name}` {v:.2f}" for name, v in cka_by_layer)
+        first, last = cka_by_layer[0][1], cka_by_layer[-1][1]
+        change = ("diverge with depth" if last < first - 0.1 else
+                  "converge with depth" if last > first + 0.1 else "agree about as much at every stage")
+        out.append(_f("info", f"Across stages, the locations' activations {change}: median CKA {trend}. "
+                      "[See the same images at every stage](stages.md).", None, None, "stages.md", abs(last - first)))
+    return out
+
+
+def _gabor(report: dict, min_score: float) -> list[dict]:
+    shares = {}
+    layer_name = None
+    for run in report["runs"]:
+        for layer in run["layers"]:
+            if layer.get("gabor") and layer["gabor"]["share_gabor_like"] is not None:
+                if layer_name in (None, layer["name"]):
+                    layer_name = layer["name"]
+                    shares[run["key"]] = layer["gabor"]["share_gabor_like"]
+    if not shares:
+        return []
+    med = median(shares.values())
+    best = max(shares, key=shares.get)
+    text = (f"`{layer_name}`: few filters are Gabor-like" if med < 0.5 else f"`{layer_name}`: most filters are Gabor-like")
+    text += (f": the median location has {med:.0%} of filters whose Gabor fit reaches an adjusted R² of "
+             f"{min_score:g} (highest: {best}, {shares[best]:.0%}).")
+    ref = report.get("reference")
+    severity, value = "info", 1 - med
+    if ref and ref.get("gabor") and ref["gabor"]["share_gabor_like"] is not None:
+        rs = ref["gabor"]["share_gabor_like"]
+        text += f" The reference ({ref['name']}, `{ref['layer']}`) has {rs:.0%}."
+        matched = [p["matched_similarity"] for p in ref["per_run"]]
+        if matched:
+            text += (f" Matched similarity of each location's `{ref['against']}` to the reference: median "
+                     f"{median(matched):.2f}.")
+        if rs - med >= 0.3:
+            severity = "warning"
+    text += f" [See the fits](layers/{layer_name}.md#gabor-likeness)."
+    return [_f(severity, text, None, layer_name, f"layers/{layer_name}.md#gabor-likeness", value)]
+
+
+def _overview(report: dict, unhealthy: list[str]) -> dict:
     runs = [r["key"] for r in report["runs"]]
-    bad = sorted({f["location"] for f in flagged if f["severity"] in ("danger", "warning")},
-                 key=runs.index)
-    if bad:
-        text = (f"{len(runs) - len(bad)} of {len(runs)} locations show no health problem at the inspected "
-                f"layers; look first at {', '.join(f'**{b}**' for b in bad)}.")
+    if unhealthy:
+        text = (f"{len(runs) - len(unhealthy)} of {len(runs)} locations show no health problem at the "
+                f"inspected layers; look first at {', '.join(f'**{b}**' for b in unhealthy)}.")
     else:
         text = f"All {len(runs)} locations pass every health check at the inspected layers."
-    return {"severity": "info", "text": text, "location": None, "layer": None, "link": None,
-            "value": len(bad) / max(1, len(runs))}
+    return _f("info", text, None, None, None, len(unhealthy) / max(1, len(runs)))
 
 
-def _f(severity: str, text: str, run: dict, layer: dict, link: str, value: float) -> dict:
-    return {"severity": severity, "text": text, "location": run["key"], "layer": layer["name"],
-            "link": link, "value": float(value)}
+def _next_step(report: dict, unhealthy: list[str], gabor: list[dict]) -> dict | None:
+    steps = []
+    if unhealthy:
+        steps.append(f"retrain {', '.join(unhealthy)} (more steps or lighter weight decay / L1) and rebuild: "
+                     "their statistics, not the architecture, set them apart")
+    ref = report.get("reference")
+    runs = report["runs"]
+    if gabor and ref and ref.get("gabor") and gabor[0]["severity"] == "warning":
+        steps.append(f"the healthy locations' first layers are far less Gabor-like than the reference's; "
+                     f"to tell the multi-task setup from under-training, train one location longer, or start "
+                     f"its `{ref['against']}` from the reference, and compare the Gabor share")
+    if len(runs) > 1 and not any(c.get("cka") for c in report.get("comparisons", [])):
+        steps.append("add test images shared by all locations (same file in every location's image list) "
+                     "to compare their activations with CKA")
+    if not steps:
+        return None
+    return _f("info", "Suggested next step: " + "; ".join(steps) + ".", None, None, None, 0.0)
+
+
+def _f(severity: str, text: str, location: str | None, layer: str | None, link: str | None, value: float) -> dict:
+    return {"severity": severity, "text": text, "location": location, "layer": layer, "link": link,
+            "value": float(value)}
+
+
+def _median_norm_of_others(report: dict, run: dict) -> dict[str, float]:
+    out = {}
+    for layer in run["layers"]:
+        vals = [lay["summary"]["median_l2_norm"] for r in report["runs"] if r is not run and r["model"] == run["model"]
+                for lay in r["layers"] if lay["name"] == layer["name"] and lay["summary"]["median_l2_norm"] is not None]
+        if len(vals) >= 2:
+            out[layer["name"]] = median(vals)
+    return out
 
 
 def _median_by_layer(report: dict, key: str) -> dict[tuple[str, str], float]:
@@ -85,12 +252,3 @@ def _median_by_layer(report: dict, key: str) -> dict[tuple[str, str], float]:
             if v is not None:
                 vals.setdefault((run["model"], layer["name"]), []).append(v)
     return {k: median(v) for k, v in vals.items() if len(v) >= 3}
-
-
-def anchor(layer: str) -> str:
-    """HTML id of a layer's section on a location page."""
-    return "layer-" + "".join(c if c.isalnum() else "-" for c in layer)
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"

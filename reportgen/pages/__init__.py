@@ -47,6 +47,18 @@ def _shape(s: list | int | None) -> str:
     return "–" if not s else "×".join(map(str, s))
 
 
+def _offdiag_median(m: list | None) -> float | None:
+    """Median of a square matrix's off-diagonal entries (pairs of different runs)."""
+    if not m or len(m) < 2:
+        return None
+    import numpy as np
+
+    a = np.array(m, dtype=np.float64)
+    vals = a[~np.eye(len(a), dtype=bool)]
+    vals = vals[np.isfinite(vals)]
+    return float(np.median(vals)) if vals.size else None
+
+
 def _env() -> Environment:
     env = Environment(
         loader=PackageLoader("reportgen.pages", "templates"),
@@ -57,16 +69,19 @@ def _env() -> Environment:
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
     env.filters.update(md=md_escape, html_only=html_escape_only, fmt=_fmt, pct=_pct, shape=_shape,
-                       anchor=anchor)
+                       anchor=anchor, offdiag_median=_offdiag_median)
     return env
 
 
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
-                 charts: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+                 layer_imgs: dict[str, dict[str, list[tuple[str, str]]]],
+                 shared_inputs: list[str]) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
-    images: (run key, layer) -> {view name: path relative to the report directory}.
-    charts: layer -> [(model, chart path relative to the report directory)].
+    images: (run key, layer) -> {view name: path relative to the report directory};
+    ("reference", "__ref__") holds the reference's views and (run, "__stages__") the
+    stage strips. layer_imgs: layer -> kind -> [(model, path)] for charts and
+    comparisons. shared_inputs: the shared images shown on the stages page.
     """
     env = _env()
     runs = report["runs"]
@@ -77,7 +92,11 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "layers": layer_names,
         "images": {f"{k}|{layer}": v for (k, layer), v in images.items()},
         "findings": report["findings"],
-        "charts": charts,
+        "layer_imgs": layer_imgs,
+        "comparisons": {c["layer"]: c for c in report.get("comparisons", [])},
+        "reference": report.get("reference"),
+        "shared_inputs": shared_inputs,
+        "has_stages": any(k[1] == "__stages__" for k in images),
     }
     pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
     for run in runs:
@@ -85,5 +104,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     for layer in layer_names:
         entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
         pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
-            layer=layer, entries=entries, has_chart=any(lay["filters"] for _, lay in entries), **ctx)
+            layer=layer, entries=entries, imgs=layer_imgs.get(layer, {}), **ctx)
+    if ctx["has_stages"]:
+        pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
     return pages

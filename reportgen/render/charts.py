@@ -39,3 +39,46 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
     ax.set_title(title, fontsize=10)
     ax.set_ylim(bottom=0)
     return _png(fig)
+
+
+def similarity_heatmap(mat: np.ndarray, names: list[str], title: str) -> bytes:
+    """Runs x runs similarity matrix in [0, 1], each cell annotated with its value."""
+    k = len(names)
+    side = max(3.2, 0.42 * k + 1.6)
+    fig = Figure(figsize=(side + 0.8, side), layout="constrained")
+    ax = fig.add_subplot()
+    shown = np.ma.masked_invalid(np.asarray(mat, dtype=np.float64))
+    im = ax.imshow(shown, vmin=0, vmax=1, cmap="viridis")
+    for i in range(k):
+        for j in range(k):
+            v = mat[i][j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7 if k > 6 else 9,
+                        color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(k), names, rotation=90 if k > 6 else 0, fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:
+    """One histogram of weight values per run, on a shared x range (small multiples)."""
+    names = list(weights)
+    cols = min(5, len(names))
+    rows = -(-len(names) // cols)
+    finite = [np.asarray(w, dtype=np.float64).ravel() for w in weights.values()]
+    finite = [x[np.isfinite(x)] for x in finite]
+    lim = max((np.percentile(np.abs(x), 99.5) for x in finite if x.size), default=1.0) or 1.0
+    bins = np.linspace(-lim, lim, 41)
+    fig = Figure(figsize=(2.2 * cols, 1.7 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
+    for ax, name, x in zip(axes.ravel(), names, finite):
+        ax.hist(np.clip(x, -lim, lim), bins=bins, color="tab:blue")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)

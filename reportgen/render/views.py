@@ -83,3 +83,88 @@ def activation_grid(maps: np.ndarray, target_px: int = 64) -> tuple[np.ndarray, 
     up = T.upscale_for(max(h, w), target_px)
     img = T.grid(apply_lut(x01, cmap), upscale=up, margin=1, labels=[str(int(i)) for i in order])
     return fit_width(img, MAX_WIDTH), order
+
+
+def filter_tiles(w: np.ndarray, scale: float) -> np.ndarray:
+    """(N, C, kh, kw) -> (N, kh, kw, 3) uint8 tiles on a shared symmetric scale:
+    RGB for 3 input channels, else the mean over input channels in grey."""
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape[1] == 3:
+        return T.rgb_filter_tiles(T.per_layer(w, scale))
+    mean = w.mean(axis=1)
+    return T.mapped_tiles(T.per_layer(mean, T.layer_scale(mean)), "gray")
+
+
+def across_locations(base: np.ndarray, others: list[np.ndarray],
+                     matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: float,
+                     tile_px: int = 30) -> np.ndarray:
+    """Each base filter (rows) beside its matched filter at every other location (columns).
+
+    base: (N, C, kh, kw); others: K arrays (M, C, kh, kw); matches from
+    ``locations.best_matches`` (index, sign, score). Matched filters are sign-aligned
+    to the base filter; unmatched cells stay white. Returns (H, W, 3) uint8.
+    """
+    n, _, kh, kw = base.shape
+    cols = [filter_tiles(base, scale)]
+    for w, (idx, sign, _score) in zip(others, matches):
+        aligned = np.zeros_like(base, dtype=np.float64)
+        ok = idx >= 0
+        aligned[ok] = sign[ok, None, None, None] * w[idx[ok]]
+        tiles = filter_tiles(aligned, scale)
+        tiles[~ok] = 255
+        cols.append(tiles)
+    stacked = np.stack(cols, axis=1).reshape(n * len(cols), kh, kw, 3)  # row-major: filter, location
+    labels = [str(i) if j == 0 else "" for i in range(n) for j in range(len(cols))]
+    img = T.grid(stacked, ncols=len(cols), upscale=T.upscale_for(max(kh, kw), tile_px), margin=1, labels=labels)
+    return fit_width(img, MAX_WIDTH)
+
+
+def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 36) -> np.ndarray:
+    """Per filter: the filter (RGB or grey, min-max), its spatial pattern and the fitted Gabor.
+
+    w: (N, C, kh, kw) with C in (1, 3); fits: N GaborFit. The spatial pattern is the
+    rank-1 spatial map the fit used (see analysis.gabor.rgb_to_spatial); pattern and
+    fit share one symmetric grey scale so they compare directly.
+    """
+    from reportgen.analysis.gabor import rgb_to_spatial
+
+    w = np.asarray(w, dtype=np.float64)
+    n, c, kh, kw = w.shape
+    first = T.rgb_filter_tiles(T.per_filter(w)) if c == 3 else T.mapped_tiles(T.per_filter(w[:, 0]), "gray")
+    out = []
+    for i in range(n):
+        spatial = rgb_to_spatial(w[i])[0] if c == 3 else w[i, 0]
+        pair = np.stack([spatial, fits[i].fitted])
+        s = T.layer_scale(pair)
+        grey = T.mapped_tiles(T.per_layer(pair, s), "gray")
+        out += [first[i], grey[0], grey[1]]
+    labels = []
+    for i in range(n):
+        score = fits[i].score
+        labels += [str(i), "", "nan" if not np.isfinite(score) else f"{score:.2f}"]
+    img = T.grid(np.stack(out), ncols=3 * min(8, n), upscale=T.upscale_for(max(kh, kw), tile_px),
+                 margin=1, labels=labels)
+    return fit_width(img, MAX_WIDTH)
+
+
+def stage_strip(maps: list[np.ndarray], height: int = 96) -> np.ndarray:
+    """One image's activations at several layers, left to right.
+
+    maps: per layer (C, H, W) (or (C,) for dense layers, drawn as a bar of channels).
+    Each panel is the mean over channels, scaled to its own [0, max] and resized to
+    ``height`` pixels (nearest), so panels of different resolution line up.
+    """
+    from PIL import Image
+
+    panels = []
+    for m in maps:
+        m = np.asarray(m, dtype=np.float64)
+        mean = m.mean(axis=0) if m.ndim == 3 else m[None, :]
+        hi = np.nanmax(mean) if np.isfinite(mean).any() else 0.0
+        x01 = mean / hi if hi > 0 else np.zeros_like(mean)
+        rgb = apply_lut(x01, "viridis")
+        w = max(1, round(rgb.shape[1] * height / rgb.shape[0])) if m.ndim == 3 else height
+        panels.append(np.asarray(Image.fromarray(rgb).resize((w, height), Image.Resampling.NEAREST)))
+    gap = np.full((height, 6, 3), 255, dtype=np.uint8)
+    row = [p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1]
+    return fit_width(np.concatenate(row, axis=1), MAX_WIDTH)

@@ -1,0 +1,243 @@
+"""Results -> the report's files, in memory: pictures, report.json and pages.
+
+Paths inside a report (all relative to docs/<report>/):
+  img/{run}/{layer}/{view}.png      filter views and activations of one run
+  img/{run}/input_{k}.png           the images shown
+  img/{run}/stages_{k}.png          shared image k through every layer
+  img/{model}/{layer}/*.png         charts and comparisons of a layer across runs
+  img/reference/*.png               the reference model's filters
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reportgen import __version__
+from reportgen.analysis.findings import findings as make_findings
+from reportgen.analysis.locations import best_matches
+from reportgen.comparison import Comparisons, gabor_summary
+from reportgen.pages import render_pages
+from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
+from reportgen.render.colour import encode_png
+from reportgen.render.tiles import layer_scale
+from reportgen.render.views import activation_grid, across_locations, filter_views, gabor_triplets, stage_strip
+from reportgen.report_json import SCHEMA_VERSION, to_json
+from reportgen.site import ReportFiles
+from reportgen.spec import ReportSpec
+
+FILTER_KEYS = ["l2_norm", "max_abs", "near_zero_fraction", "dead", "nonfinite", "duplicate_of",
+               "norm_outlier", "gabor_score"]
+CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
+
+
+def group_layers(results) -> dict[tuple[str, str], list]:
+    """(model, layer) -> [(run result, layer result)] in run order."""
+    groups: dict[tuple[str, str], list] = {}
+    for r in results:
+        for lr in r.layers:
+            groups.setdefault((r.run.model.name, lr.name), []).append((r, lr))
+    return groups
+
+
+def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.device) -> tuple[ReportFiles, dict]:
+    """All pictures, report.json and pages of a report."""
+    files = ReportFiles()
+    images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
+    layer_imgs: dict[str, dict[str, list[tuple[str, str]]]] = {}  # layer -> kind -> [(model, path)]
+    h = spec.analyses.health
+    for (model, layer), items in group_layers(results).items():
+        ws = [lr.weight for _, lr in items if lr.weight is not None]
+        shared = max((layer_scale(w) for w in ws), default=0.0)
+        per_layer = layer_imgs.setdefault(layer, {})
+
+        def add_layer_img(kind: str, name: str, png: bytes) -> None:
+            per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{layer}/{name}.png", png)))
+
+        for r, lr in items:
+            paths = images.setdefault((r.run.key, layer), {})
+            if lr.weight is not None and spec.analyses.filters.enabled:
+                marks = lr.health["dead"] if lr.health else None
+                for view, img in filter_views(lr.weight, marks, shared, spec.analyses.filters.tile_px).items():
+                    paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", encode_png(img))
+            fits = comp.gabor.get((r.run.key, layer))
+            if fits:
+                paths["gabor"] = files.add(f"img/{r.run.key}/{layer}/gabor.png",
+                                           encode_png(gabor_triplets(lr.weight, fits)))
+            for k, maps in enumerate(lr.maps):
+                grid_img, order = activation_grid(maps)
+                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{layer}/activations_{k}.png", encode_png(grid_img))
+                paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
+        if ws:
+            norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
+            median = items[0][1].info["pooled_scale"]["median_norm"]
+            add_layer_img("norms", "norms", norms_by_run(norms, h.dead_norm_ratio * median,
+                                                         f"{layer}: filter L2 norms by location"))
+            add_layer_img("histograms", "histograms", weight_histograms(
+                {r.run.key: lr.weight for r, lr in items if lr.weight is not None}, f"{layer}: weight values"))
+        cmp = comp.layers.get((model, layer))
+        if cmp is not None:
+            for kind, mat, title in (("weights", cmp.weights, "matched |cos| of filter weights"),
+                                     ("activations", cmp.activations, "matched activation correlation"),
+                                     ("cka", cmp.cka, "linear CKA of activations")):
+                if mat is not None:
+                    add_layer_img(f"sim_{kind}", f"similarity_{kind}", similarity_heatmap(mat, cmp.runs, f"{layer}: {title}"))
+            wts = [lr.weight for _, lr in items]
+            if cmp.weights is not None and wts[0].ndim == 4:
+                base_i = _base_index(spec, [r.run.key for r, _ in items])
+                others = [w for i, w in enumerate(wts) if i != base_i]
+                img = across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)
+                add_layer_img("across", "across_locations", encode_png(img))
+                per_layer["across_order"] = [(model, ",".join(
+                    [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
+    for r in results:
+        for k, im in enumerate(r.images):
+            files.add(f"img/{r.run.key}/input_{k}.png", encode_png(im.pixels))
+        stages = _stage_images(r)
+        for k, img in enumerate(stages):
+            images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
+                f"img/{r.run.key}/stages_{k}.png", encode_png(img))
+    shared_inputs = _shared_inputs(results, files)
+    if comp.reference_weight is not None:
+        ref_views = filter_views(comp.reference_weight, None, None, spec.analyses.filters.tile_px)
+        for view, img in ref_views.items():
+            images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", encode_png(img))
+        if comp.reference_fits:
+            images[("reference", "__ref__")]["gabor"] = files.add(
+                "img/reference/gabor.png", encode_png(gabor_triplets(comp.reference_weight, comp.reference_fits)))
+    report = report_dict(spec, results, comp, device)
+    report["findings"] = make_findings(report, spec.analyses)
+    files.add("report.json", to_json(report))
+    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs).items():
+        files.add(rel, text)
+    return files, report
+
+
+def _base_index(spec: ReportSpec, keys: list[str]) -> int:
+    base = spec.analyses.compare.base
+    return keys.index(base) if base in keys else 0
+
+
+def _stage_images(r) -> list[np.ndarray]:
+    n = min((len(lr.shared_maps) for lr in r.layers), default=0)
+    return [stage_strip([lr.shared_maps[k] for lr in r.layers]) for k in range(n)]
+
+
+def _shared_inputs(results, files: ReportFiles) -> list[str]:
+    """Write the shared images of the stages page once (the first run's); return their paths."""
+    if not results:
+        return []
+    return [files.add(f"img/shared_{k}.png", encode_png(im.pixels)) for k, im in enumerate(results[0].shared_shown)]
+
+
+def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.device) -> dict:
+    """The machine-readable report (documented in docs/reference/report-json.md)."""
+    min_score = spec.analyses.gabor.min_score
+    runs = []
+    for r in results:
+        layers = []
+        for lr in r.layers:
+            entry = {
+                "name": lr.name,
+                "type": lr.type,
+                "weight_shape": list(lr.weight.shape) if lr.weight is not None else None,
+                "relu_applied": lr.relu_applied,
+                **lr.info,
+                "filters": _rows(lr.health, FILTER_KEYS),
+                "channels": _rows(lr.stats, CHANNEL_KEYS),
+            }
+            fits = comp.gabor.get((r.run.key, lr.name))
+            if fits:
+                entry["gabor"] = gabor_summary(fits, min_score)
+            entry["summary"] = _summary(entry)
+            layers.append(entry)
+        runs.append({
+            "key": r.run.key,
+            "model": r.run.model.name,
+            "location": r.run.location,
+            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript, spec),
+            "checkpoint_sha256": r.checkpoint_sha256,
+            "images": [_display_path(p, spec) for p in r.run.images],
+            "layers": layers,
+        })
+    comparisons = [{"model": model, "layer": layer, **c.to_dict()} for (model, layer), c in comp.layers.items()]
+    reference = dict(comp.reference) if comp.reference else None
+    if reference:
+        reference["checkpoint"] = _display_path(Path(reference["checkpoint"]), spec) if reference["checkpoint"] else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "report": spec.report,
+        "title": spec.title,
+        "spec": _display_path(spec.path.resolve(), spec),
+        "spec_sha256": sha256(spec.path),
+        "versions": {"reportgen": __version__, "torch": torch.__version__, "numpy": np.__version__},
+        "device": str(device),
+        "thresholds": {**spec.analyses.health.model_dump(), "gabor_min_score": min_score,
+                       "similar": spec.analyses.compare.similar},
+        "runs": runs,
+        "comparisons": comparisons,
+        "reference": reference,
+    }
+
+
+def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
+    if not arrays:
+        return []
+    keys = [k for k in keys if k in arrays]
+    n = len(arrays[keys[0]])
+    return [{"index": i, **{k: _py(k, arrays[k][i]) for k in keys}} for i in range(n)]
+
+
+def _py(key: str, v):
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if key == "duplicate_of":
+        return None if int(v) < 0 else int(v)
+    f = float(v)
+    return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
+
+
+def _summary(layer: dict) -> dict:
+    f, c = layer["filters"], layer["channels"]
+    norms = [x["l2_norm"] for x in f if x["l2_norm"] is not None]
+    nz = [x["near_zero_fraction"] for x in f if x["near_zero_fraction"] is not None]
+    out = {
+        "filters": len(f),
+        "dead": sum(x["dead"] for x in f),
+        "nonfinite": sum(x["nonfinite"] for x in f),
+        "duplicates": sum(x.get("duplicate_of") is not None for x in f),
+        "norm_outliers": sum(bool(x.get("norm_outlier")) for x in f),
+        "median_l2_norm": float(np.median(norms)) if norms else None,
+        "near_zero_fraction": float(np.mean(nz)) if nz else None,
+        "channels": len(c),
+        "never_active": sum(x["never_active"] for x in c),
+        "saturated": sum(x["saturated"] for x in c),
+    }
+    if "gabor" in layer:
+        out["gabor_like"] = layer["gabor"]["share_gabor_like"]
+    return out
+
+
+def sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _display_path(p: Path | None, spec: ReportSpec) -> str | None:
+    if p is None:
+        return None
+    p = Path(p).resolve()
+    for base in (Path.cwd(), spec.base_dir):
+        try:
+            return p.relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.as_posix()

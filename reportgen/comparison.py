@@ -1,0 +1,141 @@
+"""Cross-run steps of a build: health extras, Gabor fits, location comparison, reference.
+
+Takes the per-run results of ``build.analyse`` and adds numbers to them; no I/O
+except loading the reference model through the ordinary loaders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reportgen.analysis.filters import near_duplicates, norm_outliers
+from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
+from reportgen.analysis.compare import matched_similarity
+from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
+from reportgen.models import load_model
+from reportgen.spec import ReportSpec
+
+GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
+
+
+@dataclass
+class Comparisons:
+    layers: dict[tuple[str, str], LayerComparison] = field(default_factory=dict)  # (model, layer)
+    gabor: dict[tuple[str, str], list[GaborFit]] = field(default_factory=dict)  # (run key, layer)
+    reference: dict | None = None  # JSON-ready summary, see report_json docs
+    reference_weight: np.ndarray | None = None
+    reference_fits: list[GaborFit] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def gabor_applies(w: np.ndarray | None) -> bool:
+    return w is not None and w.ndim == 4 and w.shape[1] in (1, 3) and min(w.shape[2:]) >= GABOR_MIN_SIZE
+
+
+def add_health_extras(spec: ReportSpec, results) -> None:
+    """Near-duplicate filters and norm outliers, into each layer's ``health``."""
+    h = spec.analyses.health
+    for r in results:
+        for lr in r.layers:
+            if lr.health is None:
+                continue
+            skip = lr.health["dead"] | lr.health["nonfinite"]
+            lr.health["duplicate_of"] = near_duplicates(lr.weight, h.duplicate_cosine, skip)
+            lr.health["norm_outlier"] = norm_outliers(lr.health["l2_norm"], h.outlier_z, skip)
+
+
+def fit_gabors(spec: ReportSpec, results, comp: Comparisons) -> None:
+    if not spec.analyses.gabor.enabled:
+        return
+    for r in results:
+        for lr in r.layers:
+            if gabor_applies(lr.weight):
+                fits = gabor_scores(lr.weight)
+                comp.gabor[(r.run.key, lr.name)] = fits
+                lr.health["gabor_score"] = np.array([f.score for f in fits])
+
+
+def compare_locations(spec: ReportSpec, results, comp: Comparisons) -> None:
+    if not spec.analyses.compare.enabled:
+        return
+    groups: dict[tuple[str, str], list] = {}
+    for r in results:
+        for lr in r.layers:
+            groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
+    for key, items in groups.items():
+        if len(items) < 2:
+            continue
+        comp.layers[key] = compare_layer([k for k, _ in items], [lr.weight for _, lr in items],
+                                         [lr.features for _, lr in items])
+
+
+def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
+    scores = np.array([f.score for f in fits], dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    return {
+        "median_score": float(np.median(finite)) if finite.size else None,
+        "share_gabor_like": float((finite >= min_score).mean()) if finite.size else None,
+        "orientation_histogram": orientation_histogram(fits, bins=8, min_score=min_score).tolist(),
+    }
+
+
+def compare_reference(spec: ReportSpec, results, comp: Comparisons, device) -> None:
+    run = spec.reference_run
+    if run is None:
+        return
+    ref_spec = spec.reference
+    module = load_model(spec, run, device).module
+    modules = dict(module.named_modules())
+    if ref_spec.layer not in modules or getattr(modules[ref_spec.layer], "weight", None) is None:
+        from reportgen.errors import SpecError
+
+        raise SpecError(f"{spec.where(('reference', 'layer'))}: reference.layer: the reference has no "
+                        f"weighted layer '{ref_spec.layer}'; run 'reportgen check' to list its layers")
+    ref_w = modules[ref_spec.layer].weight.detach().float().cpu().numpy()
+    against = ref_spec.against or next(
+        (lr.name for lr in results[0].layers if lr.weight is not None and lr.weight.ndim == 4
+         and lr.weight.shape[1] == ref_w.shape[1]), None)
+    comp.reference_weight = ref_w
+    min_score = spec.analyses.gabor.min_score
+    comp.reference_fits = gabor_scores(ref_w) if gabor_applies(ref_w) and spec.analyses.gabor.enabled else None
+    norms = np.linalg.norm(ref_w.reshape(len(ref_w), -1), axis=1)
+    per_run = []
+    for r in results:
+        lr = next((x for x in r.layers if x.name == against), None)
+        if lr is None or lr.weight is None or lr.weight.ndim != ref_w.ndim or lr.weight.shape[1] != ref_w.shape[1]:
+            continue
+        ref_cmp = resize_filters(ref_w, lr.weight.shape[2:]) if ref_w.ndim == 4 else ref_w
+        m = matched_similarity(lr.weight, ref_cmp)
+        fits = comp.gabor.get((r.run.key, lr.name))
+        per_run.append({
+            "run": r.run.key,
+            "matched_similarity": float(m.mean),
+            "median_l2_norm": float(np.nanmedian(lr.health["l2_norm"])),
+            **({"share_gabor_like": gabor_summary(fits, min_score)["share_gabor_like"]} if fits else {}),
+        })
+    if against is None or not per_run:
+        comp.warnings.append(f"reference: no location layer with {ref_w.shape[1]} input channels to compare "
+                             f"with reference layer '{ref_spec.layer}'; set reference.against")
+    comp.reference = {
+        "name": run.key,
+        "layer": ref_spec.layer,
+        "against": against,
+        "checkpoint": str(run.checkpoint or run.torchscript or ""),
+        "weight_shape": list(ref_w.shape),
+        "median_l2_norm": float(np.median(norms)),
+        "gabor": gabor_summary(comp.reference_fits, min_score) if comp.reference_fits else None,
+        "resized": bool(per_run) and ref_w.ndim == 4 and tuple(ref_w.shape[2:]) != tuple(
+            next(x for x in results[0].layers if x.name == against).weight.shape[2:]),
+        "per_run": per_run,
+    }
+
+
+def run_comparisons(spec: ReportSpec, results, device) -> Comparisons:
+    comp = Comparisons()
+    add_health_extras(spec, results)
+    fit_gabors(spec, results, comp)
+    compare_locations(spec, results, comp)
+    compare_reference(spec, results, comp, device)
+    return comp
