@@ -64,6 +64,14 @@ def check(spec: Path) -> None:
     click.echo(summary)
 
 
+@cli.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (for editor completion and checking)."""
+    from reportgen.spec import json_schema
+
+    click.echo(json_schema(), nl=False)
+
+
 def main() -> None:
     cli(prog_name="reportgen")
 

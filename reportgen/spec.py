@@ -507,3 +507,13 @@ def _unwrap(tp: Any) -> Any:
         non_none = [a for a in typing.get_args(tp) if a is not type(None)]
         return non_none[0] if non_none else tp
     return tp
+
+
+def json_schema() -> str:
+    """The spec's JSON Schema as text (docs/reference/spec.schema.json is this output)."""
+    import json
+
+    schema = ReportSchema.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "reportgen report spec"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

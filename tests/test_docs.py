@@ -1,0 +1,36 @@
+"""The docs describe what the code does: schema file in sync, every spec key documented."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from reportgen.spec import ReportSchema, json_schema
+from tests.conftest import ROOT
+
+
+def test_committed_json_schema_is_current():
+    committed = (ROOT / "docs/reference/spec.schema.json").read_text()
+    assert committed == json_schema(), "run: reportgen schema > docs/reference/spec.schema.json"
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        out.append(prefix + name)
+        ann = field.annotation
+        for arg in (getattr(ann, "__args__", None) or (ann,)):
+            inner = getattr(arg, "__args__", None)
+            target = inner[0] if inner else arg
+            if isinstance(target, type) and issubclass(target, BaseModel) and target is not model:
+                if prefix == "" and name in ("models", "reference", "layers", "input"):
+                    out += _keys(target, "")
+                elif prefix == "" and name == "analyses":
+                    for sub, f2 in target.model_fields.items():
+                        out += _keys(f2.annotation, f"{sub}.")
+    return out
+
+
+def test_every_spec_key_is_in_the_reference_page():
+    page = (ROOT / "docs/reference/spec.md").read_text()
+    missing = [k for k in _keys(ReportSchema) if f"`{k}`" not in page]
+    assert not missing, f"undocumented spec keys: {missing}"
