@@ -247,6 +247,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _model_kp(spec: ReportSpec, run: Run) -> tuple:
+    """Key path of the spec entry that defines ``run``'s model (for file:line in errors)."""
+    if spec.reference is not None and run.model is spec.reference:
+        return ("reference",)
     return ("models", [m.name for m in spec.models].index(run.model.name))
 
 

@@ -100,10 +100,11 @@ def near_duplicates(w: np.ndarray, threshold: float, skip: np.ndarray | None = N
 
 
 def norm_outliers(l2: np.ndarray, z: float, skip: np.ndarray | None = None) -> np.ndarray:
-    """Filters whose L2 norm is far from the layer's others: robust |z| > ``z``.
+    """Filters whose L2 norm is far above the layer's others: robust z > ``z``.
 
     Robust z = (norm - median) / (1.4826 * MAD), over the filters not skipped
-    (dead and non-finite ones, which have their own flags). Returns (N,) bool.
+    (dead and non-finite ones, which have their own flags). One-sided: unusually
+    small norms are what the dead-filter rule is for. Returns (N,) bool.
     """
     l2 = np.asarray(l2, dtype=np.float64)
     ok = np.isfinite(l2) if skip is None else np.isfinite(l2) & ~skip
@@ -114,5 +115,5 @@ def norm_outliers(l2: np.ndarray, z: float, skip: np.ndarray | None = None) -> n
     mad = 1.4826 * np.median(np.abs(l2[ok] - med))
     if mad <= 0:
         return out
-    out[ok] = np.abs(l2[ok] - med) / mad > z
+    out[ok] = (l2[ok] - med) / mad > z
     return out

@@ -28,7 +28,7 @@ def findings(report: dict, analyses) -> list[dict]:
             out.append(f)
             if f["severity"] != "info":
                 unhealthy.append(run["key"])
-        out += _layer_notes(run, health)
+    out += _layer_notes(report, health)
     out += _similarity(report, analyses.compare.similar)
     gabor = _gabor(report, analyses.gabor.min_score)
     out += gabor
@@ -54,6 +54,7 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
     reasons, worst, worst_layer, severity = [], 0.0, None, "info"
     norm_ref = _median_norm_of_others(report, run)
     nz_ref = _median_by_layer(report, "near_zero_fraction")
+    na_median = _median_by_layer(report, "never_active_share")
     for layer in run["layers"]:
         s, name = layer["summary"], layer["name"]
         link = _loc_link(run, name)
@@ -81,8 +82,11 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
             worst = max(worst, nz)
             severity = "warning" if severity == "info" else severity
         # max <= 0 means "never fires" only for rectified outputs; raw logits may well stay negative.
+        # A share as high as the other locations' is the layer's pattern, reported once per layer.
+        na_ref = na_median.get((run["model"], name))
         if (layer["relu_applied"] and s["channels"]
-                and s["never_active"] / s["channels"] >= health.never_active_share_warn):
+                and s["never_active"] / s["channels"] >= health.never_active_share_warn
+                and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
             share = s["never_active"] / s["channels"]
             reasons.append(f"[{s['never_active']} of {s['channels']} `{name}` channels ({share:.0%}) never activate]"
                            f"({link}) on the {len(run['images'])} test images")
@@ -97,31 +101,42 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
     return _f(severity, text, run["key"], worst_layer, _loc_link(run, worst_layer), worst)
 
 
-def _layer_notes(run: dict, health) -> list[dict]:
+def _layer_notes(report: dict, health) -> list[dict]:
+    """Per layer, one note per pattern across all runs: widespread never-active channels,
+    near-duplicate filters, norm outliers, saturated channels."""
     out = []
-    for layer in run["layers"]:
-        s, name = layer["summary"], layer["name"]
-        link = _loc_link(run, name)
-        where = f"**{run['key']}** · `{name}`"
-        if s.get("duplicates"):
-            pairs = [(f["index"], f["duplicate_of"]) for f in layer["filters"] if f.get("duplicate_of") is not None]
-            shown = ", ".join(f"{a}≈{b}" for a, b in pairs[:5]) + (" …" if len(pairs) > 5 else "")
-            share = s["duplicates"] / s["filters"]
-            out.append(_f("warning" if share >= 0.1 else "info",
-                          f"{where}: {s['duplicates']} filters nearly duplicate another (|cos| ≥ "
-                          f"{health.duplicate_cosine:g}): {shown}. [See the filters]({link}).",
-                          run["key"], name, link, share))
-        if s.get("norm_outliers"):
-            idx = [f["index"] for f in layer["filters"] if f.get("norm_outlier")]
-            out.append(_f("info", f"{where}: filter{'s' if len(idx) > 1 else ''} "
-                          f"{', '.join(map(str, idx[:8]))} {'have norms' if len(idx) > 1 else 'has a norm'} far from "
-                          f"the layer's others (robust z > {health.outlier_z:g}). [See the statistics]({link}).",
-                          run["key"], name, link, s["norm_outliers"] / s["filters"]))
-        if s["channels"] and s["saturated"]:
-            share = s["saturated"] / s["channels"]
-            out.append(_f("info", f"{where}: {s['saturated']} of {s['channels']} channels are active at ≥ "
-                          f"{health.saturated_fraction:.0%} of positions (saturated: they barely select). "
-                          f"[See the statistics]({link}).", run["key"], name, link, share))
+    by_layer: dict[str, list[tuple[dict, dict]]] = {}
+    for run in report["runs"]:
+        for layer in run["layers"]:
+            by_layer.setdefault(layer["name"], []).append((run, layer))
+    for name, items in by_layer.items():
+        link = f"layers/{name}.md"
+        shares = [lay["summary"]["never_active"] / lay["summary"]["channels"] for _, lay in items
+                  if lay["relu_applied"] and lay["summary"]["channels"]]
+        if len(shares) >= 2 and median(shares) >= health.never_active_share_warn:
+            n_img = median(len(r["images"]) for r, _ in items)
+            out.append(_f("info", f"`{name}`: channels that never activate are common everywhere: a median of "
+                          f"{median(shares):.0%} per location (range {min(shares):.0%}–{max(shares):.0%}) on "
+                          f"{n_img:g} test images. Being shared by all locations, this is a property of the "
+                          f"architecture, the data or the test images rather than of one location; more varied "
+                          f"test images would tell which. [See the layer]({link}).", None, name, link,
+                          median(shares)))
+        for key, what, fmt in (
+                ("duplicates", f"near-duplicate filters (|cos| ≥ {health.duplicate_cosine:g} with an earlier one)",
+                 "filters"),
+                ("norm_outliers", f"filters with unusually large norms (robust z > {health.outlier_z:g})",
+                 "filters"),
+                ("saturated", f"saturated channels (active at ≥ {health.saturated_fraction:.0%} of positions, "
+                              "so they barely select)", "channels")):
+            hits = [(r["key"], lay["summary"][key], lay["summary"][fmt]) for r, lay in items if lay["summary"].get(key)]
+            if not hits:
+                continue
+            share = max(n / max(1, total) for _, n, total in hits)
+            listing = ", ".join(f"{k} {n}/{total}" for k, n, total in sorted(hits, key=lambda h: -h[1])[:6])
+            more = f" and {len(hits) - 6} more" if len(hits) > 6 else ""
+            severity = "warning" if key == "duplicates" and share >= 0.1 else "info"
+            out.append(_f(severity, f"`{name}`: {what} at {len(hits)} of {len(items)} locations: {listing}{more}. "
+                          f"[See the statistics on each location's page]({link}).", None, name, link, share))
     return out
 
 
@@ -146,10 +161,16 @@ def _similarity(report: dict, similar: float) -> list[dict]:
         mad = float(np.median(np.abs(means - med))) * 1.4826
         outliers = [runs[i] for i in order if med - means[i] > max(OUTLIER_GAP, 3 * mad)]
         i, j = np.unravel_index(np.nanargmax(np.where(np.eye(len(runs), dtype=bool), -np.inf, m)), m.shape)
-        verdict = ("similar" if pair_med >= similar else "different")
+        chance = c.get("weight_chance") if measure.endswith("weights") else None
+        near_chance = chance is not None and pair_med < chance + 0.05
+        verdict = ("similar" if pair_med >= similar else
+                   "unrelated" if near_chance else "different")
         text = (f"`{layer}`: the locations learned {verdict} filters: median {measure} over pairs is "
-                f"{pair_med:.2f} (1 = identical up to order and sign). Most alike: {runs[i]} and {runs[j]} "
-                f"({m[i, j]:.2f}). Ranked by mean similarity to the others: {ranking}.")
+                f"{pair_med:.2f} (1 = identical up to order and sign"
+                + (f"; {chance:.2f} for independent random filters of this shape" if chance is not None else "")
+                + f"). Most alike: {runs[i]} and {runs[j]} ({m[i, j]:.2f}).")
+        if means.max() - means.min() >= 0.05:
+            text += f" Ranked by mean similarity to the others: {ranking}."
         if outliers:
             text += f" Outlier{'s' if len(outliers) > 1 else ''}: {', '.join(f'**{o}**' for o in outliers)}."
         if c.get("cka") is not None:
@@ -245,10 +266,12 @@ def _median_norm_of_others(report: dict, run: dict) -> dict[str, float]:
 
 
 def _median_by_layer(report: dict, key: str) -> dict[tuple[str, str], float]:
+    """Median of a summary value per (model, layer) over runs (3 runs at least)."""
     vals: dict[tuple[str, str], list[float]] = {}
     for run in report["runs"]:
         for layer in run["layers"]:
-            v = layer["summary"][key]
+            s = layer["summary"]
+            v = (s["never_active"] / s["channels"] if s["channels"] else None) if key == "never_active_share" else s[key]
             if v is not None:
                 vals.setdefault((run["model"], layer["name"]), []).append(v)
     return {k: median(v) for k, v in vals.items() if len(v) >= 3}

@@ -22,6 +22,7 @@ from reportgen.analysis.compare import correlation_matrix, flatten_filters, line
 class LayerComparison:
     runs: list[str]
     weights: np.ndarray | None  # (K, K) mean matched |cos|, None without weights
+    weight_chance: float | None  # the same measure for independent random filters of this shape
     activations: np.ndarray | None  # (K, K) mean matched correlation, None without shared images
     cka: np.ndarray | None  # (K, K)
 
@@ -29,7 +30,7 @@ class LayerComparison:
         def m(x):
             return None if x is None else x.tolist()
 
-        return {"runs": self.runs, "weight_similarity": m(self.weights),
+        return {"runs": self.runs, "weight_similarity": m(self.weights), "weight_chance": self.weight_chance,
                 "activation_similarity": m(self.activations), "cka": m(self.cka),
                 "mean_to_others": {k: m(v) for k, v in self.mean_to_others().items()}}
 
@@ -59,6 +60,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     return LayerComparison(
         runs=runs,
         weights=pairwise(weights, lambda a, b: matched_similarity(a, b).mean) if w_ok else None,
+        weight_chance=chance_similarity(weights[0].shape, weights[1].shape) if w_ok else None,
         activations=pairwise(features, lambda a, b: match(correlation_matrix(a, b)).mean) if f_ok else None,
         cka=pairwise(features, linear_cka) if f_ok else None,
     )
@@ -108,3 +110,12 @@ def resize_filters(w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return w
     t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
     return F.interpolate(t, size=size, mode="bilinear", align_corners=True).numpy()
+
+
+def chance_similarity(shape_a: tuple, shape_b: tuple, trials: int = 3, seed: int = 0) -> float:
+    """Mean matched |cos| of independent Gaussian filters of these shapes: the level that
+    similarity reaches by chance (it grows as filters get fewer dimensions)."""
+    rng = np.random.default_rng(seed)
+    vals = [matched_similarity(rng.standard_normal(shape_a), rng.standard_normal(shape_b)).mean
+            for _ in range(trials)]
+    return float(np.mean(vals))
