@@ -112,3 +112,18 @@ def test_activation_grid_orders_by_mean():
     img, order = activation_grid(maps, target_px=2)
     assert list(order) == [1, 2, 0]
     assert img.shape[2] == 3
+
+
+def test_empty_labels_draw_nothing():
+    tiles = np.full((2, 10, 10, 3), 200, dtype=np.uint8)
+    plain = T.grid(tiles, upscale=4, margin=1)
+    labelled = T.grid(tiles, upscale=4, margin=1, labels=["", ""])
+    np.testing.assert_array_equal(plain, labelled)
+    assert (T.grid(tiles, upscale=4, margin=1, labels=["7", ""]) != plain).any()
+
+
+def test_relink_rebases_relative_links_only():
+    from reportgen.pages import relink
+
+    text = "[a](locations/x.md#l) [b](#top) [c](https://e.org/x) [d](layers/c.md)"
+    assert relink(text, "../") == "[a](../locations/x.md#l) [b](#top) [c](https://e.org/x) [d](../layers/c.md)"

@@ -20,19 +20,21 @@ OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
 def findings(report: dict, analyses) -> list[dict]:
     """Each finding: ``severity``, ``text`` (Markdown), ``location``, ``layer``, ``link``, ``value``."""
     health = analyses.health
-    out: list[dict] = []
+    runs: list[dict] = []
     unhealthy = []
     for run in report["runs"]:
         f = _run_health(run, report, health)
         if f:
-            out.append(f)
+            runs.append(f)
             if f["severity"] != "info":
                 unhealthy.append(run["key"])
-    out += _layer_notes(report, health)
-    out += _similarity(report, analyses.compare.similar)
     gabor = _gabor(report, analyses.gabor.min_score)
-    out += gabor
-    out.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"], f["location"] or "", f["layer"] or ""))
+    # Locations by severity and size of the problem; then the report-wide notes in reading
+    # order (Gabor, stage trend and similarity layer by layer, per-layer patterns).
+    runs.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"], f["location"]))
+    notes = gabor + _similarity(report, analyses.compare.similar) + _layer_notes(report, health)
+    notes = sorted(notes, key=lambda f: SEVERITY_ORDER[f["severity"]])  # stable: keeps reading order
+    out = [f for f in runs if f["severity"] != "info"] + notes + [f for f in runs if f["severity"] == "info"]
     out.append(_overview(report, unhealthy))
     nxt = _next_step(report, unhealthy, gabor)
     if nxt:
@@ -180,13 +182,14 @@ def _similarity(report: dict, similar: float) -> list[dict]:
                 text += f" Median CKA of their activations on the shared images: {np.nanmedian(ck):.2f}."
         text += f" [See the similarity matrices]({link})."
         out.append(_f("warning" if outliers else "info", text, None, layer, link, 1 - pair_med))
-    if len(cka_by_layer) >= 2:
+    if len(cka_by_layer) >= 2:  # the trend reads best before the layer-by-layer notes
         trend = " → ".join(f"`{name}` {v:.2f}" for name, v in cka_by_layer)
         first, last = cka_by_layer[0][1], cka_by_layer[-1][1]
         change = ("diverge with depth" if last < first - 0.1 else
                   "converge with depth" if last > first + 0.1 else "agree about as much at every stage")
-        out.append(_f("info", f"Across stages, the locations' activations {change}: median CKA {trend}. "
-                      "[See the same images at every stage](stages.md).", None, None, "stages.md", abs(last - first)))
+        out.insert(0, _f("info", f"Across stages, the locations' activations {change}: median CKA {trend}. "
+                         "[See the same images at every stage](stages.md).", None, None, "stages.md",
+                         abs(last - first)))
     return out
 
 

@@ -27,6 +27,18 @@ def html_escape_only(text: object) -> str:
     return html.escape(str(text), quote=False)
 
 
+_MD_LINK = re.compile(r"\]\((?!https?:|#|/|mailto:)([^)\s]+)\)")
+
+
+def relink(text: str, prefix: str) -> str:
+    """Rebase Markdown links written relative to the report root for a page ``prefix`` deep.
+
+    Findings are written once (report.json) with links from the report's home page;
+    a page in ``locations/`` shows them with ``prefix='../'``.
+    """
+    return _MD_LINK.sub(lambda m: f"]({prefix}{m.group(1)})", text)
+
+
 def _fmt(x: object, digits: int = 3) -> str:
     if x is None:
         return "–"
@@ -69,7 +81,7 @@ def _env() -> Environment:
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
     env.filters.update(md=md_escape, html_only=html_escape_only, fmt=_fmt, pct=_pct, shape=_shape,
-                       anchor=anchor, offdiag_median=_offdiag_median)
+                       anchor=anchor, offdiag_median=_offdiag_median, relink=relink)
     return env
 
 

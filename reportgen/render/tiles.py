@@ -104,6 +104,8 @@ def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: in
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
     for i, text in enumerate(labels):
+        if not text:
+            continue
         r, c = divmod(i, ncols)
         x, y = c * cw + margin, r * ch + margin
         # A dark box under white digits stays readable on any tile colour.

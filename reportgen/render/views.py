@@ -119,7 +119,7 @@ def across_locations(base: np.ndarray, others: list[np.ndarray],
     return fit_width(img, MAX_WIDTH)
 
 
-def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 36) -> np.ndarray:
+def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 56) -> np.ndarray:
     """Per filter: the filter (RGB or grey, min-max), its spatial pattern and the fitted Gabor.
 
     w: (N, C, kh, kw) with C in (1, 3); fits: N GaborFit. The spatial pattern is the
@@ -141,7 +141,7 @@ def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 36) -> np.ndarray:
     labels = []
     for i in range(n):
         score = fits[i].score
-        labels += [str(i), "", "nan" if not np.isfinite(score) else f"{score:.2f}"]
+        labels += [f"{i}: {'nan' if not np.isfinite(score) else f'{score:.2f}'}", "", ""]
     img = T.grid(np.stack(out), ncols=3 * min(8, n), upscale=T.upscale_for(max(kh, kw), tile_px),
                  margin=1, labels=labels)
     return fit_width(img, MAX_WIDTH)
