@@ -52,7 +52,10 @@ def fit_gabors(spec: ReportSpec, results, comp: Comparisons) -> None:
     for r in results:
         for lr in r.layers:
             if gabor_applies(lr.weight):
-                fits = gabor_scores(lr.weight)
+                # Dead and non-finite filters are not fitted (score NaN): their pattern is noise.
+                w = lr.weight.astype(np.float64)
+                w[lr.health["dead"] | lr.health["nonfinite"]] = np.nan
+                fits = gabor_scores(w)
                 comp.gabor[(r.run.key, lr.name)] = fits
                 lr.health["gabor_score"] = np.array([f.score for f in fits])
 

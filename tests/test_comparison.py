@@ -94,3 +94,18 @@ def test_gabor_scores_reach_report_json(project):
     assert layer["gabor"]["share_gabor_like"] == 0.5
     finding = next(f for f in result.report["findings"] if "Gabor-like" in f["text"])
     assert re.search(r"median location has 50% of filters", finding["text"])
+
+
+def test_prepared_fast_path_equals_reference_functions():
+    from reportgen.analysis.compare import correlation_matrix, linear_cka, match
+    from reportgen.analysis.locations import compare_layer
+
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) for _ in range(3)]
+    feats[1][:, 2] = 4.0  # a constant channel
+    c = compare_layer(["a", "b", "c"], [None] * 3, feats)
+    for i in range(3):
+        for j in range(3):
+            assert np.isclose(c.cka[i, j], linear_cka(feats[i], feats[j]), atol=1e-12)
+            assert np.isclose(c.activations[i, j], match(correlation_matrix(feats[i], feats[j])).mean, atol=1e-12)
+    assert c.weights is None

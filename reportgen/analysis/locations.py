@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen.analysis.compare import correlation_matrix, flatten_filters, linear_cka, match, matched_similarity, pairwise
+from reportgen.analysis.compare import (_centre_columns, _unit_rows, flatten_filters, match, matched_similarity,
+                                       pairwise)
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,44 @@ class LayerComparison:
 
 def compare_layer(runs: list[str], weights: list[np.ndarray | None],
                   features: list[np.ndarray | None]) -> LayerComparison:
-    """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples."""
+    """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
+
+    Each run's features are centred and normalised once (``_Prepared``) rather than once
+    per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
+    """
     w_ok = all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
     f_ok = all(f is not None for f in features) and len({f.shape[0] for f in features}) == 1
+    prepared = [_Prepared(f) for f in features] if f_ok else []
     return LayerComparison(
         runs=runs,
         weights=pairwise(weights, lambda a, b: matched_similarity(a, b).mean) if w_ok else None,
         weight_chance=chance_similarity(weights[0].shape, weights[1].shape) if w_ok else None,
-        activations=pairwise(features, lambda a, b: match(correlation_matrix(a, b)).mean) if f_ok else None,
-        cka=pairwise(features, linear_cka) if f_ok else None,
+        activations=pairwise(prepared, lambda a, b: a.matched_correlation(b)) if f_ok else None,
+        cka=pairwise(prepared, lambda a, b: a.cka(b)) if f_ok else None,
     )
+
+
+class _Prepared:
+    """One run's activations (S, C), centred once for many pairwise comparisons."""
+
+    def __init__(self, x: np.ndarray):
+        xc = _centre_columns(x)
+        self.finite = bool(np.isfinite(xc).all())
+        peak = float(np.abs(xc).max(initial=0.0)) if self.finite else 0.0
+        self.xc = xc / peak if peak > 0 else xc  # CKA is scale-invariant; this avoids overflow
+        self.self_norm = float(np.linalg.norm(self.xc.T @ self.xc)) if peak > 0 else 0.0
+        self.unit = _unit_rows(xc.T)  # (C, S): Pearson r between channels is a dot product
+
+    def matched_correlation(self, other: "_Prepared") -> float:
+        with np.errstate(invalid="ignore"):
+            r = np.clip(self.unit @ other.unit.T, -1.0, 1.0)
+        return match(r).mean
+
+    def cka(self, other: "_Prepared") -> float:
+        if not (self.finite and other.finite) or self.self_norm == 0 or other.self_norm == 0:
+            return float("nan")
+        cross = float(np.sum((other.xc.T @ self.xc) ** 2))
+        return cross / (self.self_norm * other.self_norm)
 
 
 def best_matches(base: np.ndarray, others: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

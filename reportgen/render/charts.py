@@ -22,7 +22,8 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
     norms: run name -> (N,) filter norms.
     """
     names = list(norms)
-    fig = Figure(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.2), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.2))
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.22)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
     for i, name in enumerate(names):
@@ -45,7 +46,8 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str) -> bytes:
     """Runs x runs similarity matrix in [0, 1], each cell annotated with its value."""
     k = len(names)
     side = max(3.2, 0.42 * k + 1.6)
-    fig = Figure(figsize=(side + 0.8, side), layout="constrained")
+    fig = Figure(figsize=(side + 0.8, side))
+    fig.subplots_adjust(left=0.14, right=0.98, top=0.93, bottom=0.14)
     ax = fig.add_subplot()
     shown = np.ma.masked_invalid(np.asarray(mat, dtype=np.float64))
     im = ax.imshow(shown, vmin=0, vmax=1, cmap="viridis")
@@ -71,7 +73,9 @@ def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:
     finite = [x[np.isfinite(x)] for x in finite]
     lim = max((np.percentile(np.abs(x), 99.5) for x in finite if x.size), default=1.0) or 1.0
     bins = np.linspace(-lim, lim, 41)
-    fig = Figure(figsize=(2.2 * cols, 1.7 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(2.2 * cols, 1.7 * rows + 0.4))
+    fig.subplots_adjust(left=0.04, right=0.98, top=1 - 0.5 / (1.7 * rows + 0.4), bottom=0.12 / rows,
+                        hspace=0.45, wspace=0.12)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     for ax, name, x in zip(axes.ravel(), names, finite):
         ax.hist(np.clip(x, -lim, lim), bins=bins, color="tab:blue")
