@@ -23,7 +23,7 @@ from reportgen.comparison import Comparisons, gabor_summary
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import encode_png
-from reportgen.render.tiles import layer_scale
+from reportgen.render.tiles import health_marks, layer_scale
 from reportgen.render.views import activation_grid, across_locations, filter_views, gabor_triplets, stage_strip
 from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
@@ -60,7 +60,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
         for r, lr in items:
             paths = images.setdefault((r.run.key, layer), {})
             if lr.weight is not None and spec.analyses.filters.enabled:
-                marks = lr.health["dead"] if lr.health else None
+                marks = health_marks(lr.health)
                 for view, img in filter_views(lr.weight, marks, shared, spec.analyses.filters.tile_px).items():
                     paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", encode_png(img))
             fits = comp.gabor.get((r.run.key, layer))

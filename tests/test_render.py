@@ -127,3 +127,14 @@ def test_relink_rebases_relative_links_only():
 
     text = "[a](locations/x.md#l) [b](#top) [c](https://e.org/x) [d](layers/c.md)"
     assert relink(text, "../") == "[a](../locations/x.md#l) [b](#top) [c](https://e.org/x) [d](../layers/c.md)"
+
+
+def test_health_marks_priority_and_colours():
+    health = {"dead": np.array([1, 0, 0, 0, 1], bool), "nonfinite": np.array([0, 0, 0, 0, 1], bool),
+              "duplicate_of": np.array([-1, 0, -1, -1, -1]), "norm_outlier": np.array([0, 1, 1, 0, 0], bool)}
+    codes = T.health_marks(health)
+    assert list(codes) == [1, 2, 3, 0, 4]
+    img = T.grid(np.zeros((5, 1, 1, 3), np.uint8), ncols=5, margin=1, marks=codes)
+    assert [tuple(img[0, 3 * i]) for i in range(5)] == [
+        tuple(T.MARK_COLOURS[1]), tuple(T.MARK_COLOURS[2]), tuple(T.MARK_COLOURS[3]), (255, 255, 255),
+        tuple(T.MARK_COLOURS[4])]

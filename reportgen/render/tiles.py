@@ -17,7 +17,26 @@ import numpy as np
 from reportgen.render.colour import NAN_RGB, apply_lut, to_uint8
 
 BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
-MARK_RGB = np.array([220, 20, 20], dtype=np.uint8)  # frame of flagged (dead) tiles
+MARK_RGB = np.array([220, 20, 20], dtype=np.uint8)  # frame of dead tiles
+# Frame colours by mark code (see health_marks); True counts as 1.
+MARK_COLOURS = {
+    1: MARK_RGB,                                   # dead
+    2: np.array([245, 150, 0], dtype=np.uint8),    # near-duplicate of an earlier filter
+    3: np.array([30, 100, 230], dtype=np.uint8),   # unusually large norm
+    4: np.array([255, 0, 255], dtype=np.uint8),    # NaN / Inf
+}
+
+
+def health_marks(health: dict | None) -> np.ndarray | None:
+    """(N,) int mark codes from a layer's health arrays: NaN/Inf > dead > duplicate > outlier."""
+    if not health:
+        return None
+    codes = np.zeros(len(health["dead"]), dtype=np.int64)
+    for code, key in ((3, "norm_outlier"), (2, "duplicate_of"), (1, "dead"), (4, "nonfinite")):
+        if key in health:
+            flag = health[key] >= 0 if key == "duplicate_of" else health[key].astype(bool)
+            codes[flag] = code
+    return codes
 
 
 def per_filter(w: np.ndarray) -> np.ndarray:
@@ -69,7 +88,7 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
 
     tiles: (N, h, w, 3) uint8. Each tile is enlarged ``upscale`` times (nearest
     neighbour) and surrounded by ``margin`` pixels of white; where ``marks[i]`` is
-    true the margin around tile i is drawn red instead. Tiles fill rows of
+    non-zero the margin is drawn in ``MARK_COLOURS[marks[i]]`` instead (True: red). Tiles fill rows of
     ``ncols`` (default: a near-square layout). ``labels[i]`` is written small in
     the tile's top-left corner when tiles are at least LABEL_MIN_PX wide.
     Returns (H, W, 3) uint8.
@@ -88,7 +107,7 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
         r, c = divmod(i, ncols)
         y, x = r * ch, c * cw
         if marks is not None and marks[i] and margin > 0:
-            out[y:y + ch, x:x + cw] = MARK_RGB
+            out[y:y + ch, x:x + cw] = MARK_COLOURS[int(marks[i])]
         out[y + margin:y + margin + th, x + margin:x + margin + tw] = big[i]
     if labels is not None and tw >= LABEL_MIN_PX:
         out = _draw_labels(out, labels, ncols, ch, cw, margin)
