@@ -34,3 +34,30 @@ def test_every_spec_key_is_in_the_reference_page():
     page = (ROOT / "docs/reference/spec.md").read_text()
     missing = [k for k in _keys(ReportSchema) if f"`{k}`" not in page]
     assert not missing, f"undocumented spec keys: {missing}"
+
+
+def _all_keys(value, out: set) -> set:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.add(k)
+            _all_keys(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _all_keys(v, out)
+    return out
+
+
+def test_every_report_json_key_is_documented(project):
+    import json
+
+    from reportgen.build import build
+    from tests.conftest import SPEC, write_spec
+
+    (project / "ref.py").write_text("from torch import nn\n\n\nclass Ref(nn.Module):\n    def __init__(self):\n"
+                                    "        super().__init__()\n        self.conv1 = nn.Conv2d(3, 4, 3)\n")
+    build(write_spec(project, SPEC + "reference:\n  arch: ref.py:Ref\n  layer: conv1\n"), project / "docs", device="cpu")
+    report = json.loads((project / "docs/tiny/report.json").read_text())
+    page = (ROOT / "docs/reference/report-json.md").read_text()
+    missing = sorted(k for k in _all_keys(report, set()) if f'"{k}"' not in page and f"`{k}`" not in page
+                     and f"{k}`" not in page)
+    assert not missing, f"report.json keys missing from docs/reference/report-json.md: {missing}"
