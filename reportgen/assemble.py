@@ -19,6 +19,7 @@ import torch
 from reportgen import __version__
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
+from reportgen.cache import Cache, digest
 from reportgen.comparison import Comparisons, gabor_summary
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
@@ -43,8 +44,21 @@ def group_layers(results) -> dict[tuple[str, str], list]:
     return groups
 
 
-def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.device) -> tuple[ReportFiles, dict]:
-    """All pictures, report.json and pages of a report."""
+def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.device,
+                  cache: Cache | None = None) -> tuple[ReportFiles, dict]:
+    """All pictures, report.json and pages of a report.
+
+    Every picture is cached under a digest of the arrays and options it is drawn
+    from, so an unchanged layer is not drawn again.
+    """
+    cache = cache or Cache(None)
+
+    def png(tag: str, inputs: tuple, draw) -> bytes:
+        return cache.memo_bytes("png", digest("png", tag, inputs), lambda: encode_png(draw()))
+
+    def chart(tag: str, inputs: tuple, draw) -> bytes:
+        return cache.memo_bytes("png", digest("chart", tag, inputs), draw)
+
     files = ReportFiles()
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
     layer_imgs: dict[str, dict[str, list[tuple[str, str]]]] = {}  # layer -> kind -> [(model, path)]
@@ -61,53 +75,73 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
             paths = images.setdefault((r.run.key, layer), {})
             if lr.weight is not None and spec.analyses.filters.enabled:
                 marks = health_marks(lr.health)
-                for view, img in filter_views(lr.weight, marks, shared, spec.analyses.filters.tile_px).items():
-                    paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", encode_png(img))
+                views = cache.memo("png", digest("filter-views", lr.weight, marks, shared, spec.analyses.filters.tile_px),
+                                   lambda: {v: encode_png(img) for v, img in filter_views(
+                                       lr.weight, marks, shared, spec.analyses.filters.tile_px).items()})
+                for view, data in views.items():
+                    paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", data)
             fits = comp.gabor.get((r.run.key, layer))
             if fits:
-                paths["gabor"] = files.add(f"img/{r.run.key}/{layer}/gabor.png",
-                                           encode_png(gabor_triplets(lr.weight, fits)))
+                paths["gabor"] = files.add(f"img/{r.run.key}/{layer}/gabor.png", png(
+                    "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
+                    lambda: gabor_triplets(lr.weight, fits)))
             for k, maps in enumerate(lr.maps):
-                grid_img, order = activation_grid(maps)
-                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{layer}/activations_{k}.png", encode_png(grid_img))
+                # The layer's key already digests everything the maps come from.
+                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", maps)
+                data, order = cache.memo("png", act_key, lambda maps=maps: _act_png(maps))
+                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{layer}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
         if ws:
             norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
             median = items[0][1].info["pooled_scale"]["median_norm"]
-            add_layer_img("norms", "norms", norms_by_run(norms, h.dead_norm_ratio * median,
-                                                         f"{layer}: filter L2 norms by location"))
-            add_layer_img("histograms", "histograms", weight_histograms(
-                {r.run.key: lr.weight for r, lr in items if lr.weight is not None}, f"{layer}: weight values"))
+            threshold = h.dead_norm_ratio * median
+            add_layer_img("norms", "norms", chart("norms", (list(norms), list(norms.values()), threshold, layer),
+                                                  lambda: norms_by_run(norms, threshold,
+                                                                       f"{layer}: filter L2 norms by location")))
+            named = {r.run.key: lr.weight for r, lr in items if lr.weight is not None}
+            add_layer_img("histograms", "histograms", chart(
+                "hist", (list(named), list(named.values()), layer),
+                lambda: weight_histograms(named, f"{layer}: weight values")))
         cmp = comp.layers.get((model, layer))
         if cmp is not None:
             for kind, mat, title in (("weights", cmp.weights, "matched |cos| of filter weights"),
                                      ("activations", cmp.activations, "matched activation correlation"),
                                      ("cka", cmp.cka, "linear CKA of activations")):
                 if mat is not None:
-                    add_layer_img(f"sim_{kind}", f"similarity_{kind}", similarity_heatmap(mat, cmp.runs, f"{layer}: {title}"))
+                    add_layer_img(f"sim_{kind}", f"similarity_{kind}", chart(
+                        "sim", (mat, cmp.runs, layer, title),
+                        lambda mat=mat, title=title: similarity_heatmap(mat, cmp.runs, f"{layer}: {title}")))
             wts = [lr.weight for _, lr in items]
             if cmp.weights is not None and wts[0].ndim == 4:
                 base_i = _base_index(spec, [r.run.key for r, _ in items])
                 others = [w for i, w in enumerate(wts) if i != base_i]
-                img = across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)
-                add_layer_img("across", "across_locations", encode_png(img))
+                add_layer_img("across", "across_locations", png(
+                    "across", (wts[base_i], others, shared),
+                    lambda: across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)))
                 per_layer["across_order"] = [(model, ",".join(
                     [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
     for r in results:
         for k, im in enumerate(r.images):
-            files.add(f"img/{r.run.key}/input_{k}.png", encode_png(im.pixels))
-        stages = _stage_images(r)
-        for k, img in enumerate(stages):
+            files.add(f"img/{r.run.key}/input_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
+        n_stages = min((len(lr.shared_maps) for lr in r.layers), default=0)
+        for k in range(n_stages):
+            maps = [lr.shared_maps[k] for lr in r.layers]
+            stage_inputs = tuple(lr.key for lr in r.layers) if all(lr.key for lr in r.layers) else tuple(maps)
             images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
-                f"img/{r.run.key}/stages_{k}.png", encode_png(img))
-    shared_inputs = _shared_inputs(results, files)
+                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k), lambda maps=maps: stage_strip(maps)))
+    shared_inputs = [files.add(f"img/shared_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
+                     for k, im in enumerate(results[0].shared_shown)] if results else []
     if comp.reference_weight is not None:
-        ref_views = filter_views(comp.reference_weight, None, None, spec.analyses.filters.tile_px)
-        for view, img in ref_views.items():
-            images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", encode_png(img))
+        ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
+        ref_views = cache.memo("png", digest("filter-views", ref_w, None, None, tile_px), lambda: {
+            v: encode_png(img) for v, img in filter_views(ref_w, None, None, tile_px).items()})
+        for view, data in ref_views.items():
+            images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", data)
         if comp.reference_fits:
-            images[("reference", "__ref__")]["gabor"] = files.add(
-                "img/reference/gabor.png", encode_png(gabor_triplets(comp.reference_weight, comp.reference_fits)))
+            fits = comp.reference_fits
+            images[("reference", "__ref__")]["gabor"] = files.add("img/reference/gabor.png", png(
+                "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits]),
+                lambda: gabor_triplets(ref_w, fits)))
     report = report_dict(spec, results, comp, device)
     report["findings"] = make_findings(report, spec.analyses)
     files.add("report.json", to_json(report))
@@ -121,16 +155,9 @@ def _base_index(spec: ReportSpec, keys: list[str]) -> int:
     return keys.index(base) if base in keys else 0
 
 
-def _stage_images(r) -> list[np.ndarray]:
-    n = min((len(lr.shared_maps) for lr in r.layers), default=0)
-    return [stage_strip([lr.shared_maps[k] for lr in r.layers]) for k in range(n)]
-
-
-def _shared_inputs(results, files: ReportFiles) -> list[str]:
-    """Write the shared images of the stages page once (the first run's); return their paths."""
-    if not results:
-        return []
-    return [files.add(f"img/shared_{k}.png", encode_png(im.pixels)) for k, im in enumerate(results[0].shared_shown)]
+def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray]:
+    img, order = activation_grid(maps)
+    return encode_png(img), order
 
 
 def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.device) -> dict:

@@ -21,7 +21,9 @@ from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.filters import filter_health, pooled_scale
 from reportgen.analysis.locations import sample_positions
 from reportgen.capture import LayerRecorder, inference, relu_follows
-from reportgen.assemble import group_layers, render_report, sha256
+from reportgen.assemble import group_layers, render_report
+from reportgen.cache import default_dir as default_cache_dir
+from reportgen.cache import Cache, digest, file_digest
 from reportgen.comparison import run_comparisons
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
@@ -43,6 +45,7 @@ class LayerResult:
     maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) per shown image
     health: dict[str, np.ndarray] | None = None
     features: np.ndarray | None = None  # (S, C) sampled positions of the shared images
+    key: str = ""  # cache key: a digest of everything this result depends on
     shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
 
 
@@ -65,30 +68,38 @@ class BuildResult:
     seconds: float
     warnings: list[str]
     report: dict
+    cache: Cache
 
 
 def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "auto",
-          strict: bool = False, log: Log = lambda msg: None) -> BuildResult:
-    """Build the report of ``spec_path`` into ``docs_dir/<report>/``."""
+          strict: bool = False, log: Log = lambda msg: None,
+          cache_dir: str | Path | None | bool = True) -> BuildResult:
+    """Build the report of ``spec_path`` into ``docs_dir/<report>/``.
+
+    ``cache_dir``: where results are cached between builds; True: the default
+    (``$REPORTGEN_CACHE_DIR`` or ``.reportgen-cache``); None or False: no cache.
+    """
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
     dev = resolve_device(device)
     docs = Path(docs_dir)
+    cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
     with build_lock(docs, spec.report):
         check_layers(spec)
-        results, warnings = analyse(spec, dev, log)
+        results, warnings = analyse(spec, dev, log, cache)
         log("comparing locations")
-        comp = run_comparisons(spec, results, dev)
+        comp = run_comparisons(spec, results, dev, cache)
         warnings += comp.warnings
         if strict and warnings:
             raise StrictWarningsError(
                 f"{len(warnings)} warning(s) and --strict was given: " + "; ".join(warnings)
             )
-        files, report = render_report(spec, results, comp, dev)
+        log("drawing pictures and writing pages")
+        files, report = render_report(spec, results, comp, dev, cache)
         out = publish(files, docs, spec.report)
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
-        seconds=time.perf_counter() - t0, warnings=warnings, report=report,
+        seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
     )
 
 
@@ -117,19 +128,21 @@ def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
     return found
 
 
-def analyse(spec: ReportSpec, device: torch.device, log: Log) -> tuple[list[RunResult], list[str]]:
+def analyse(spec: ReportSpec, device: torch.device, log: Log,
+            cache: Cache | None = None) -> tuple[list[RunResult], list[str]]:
     """Run every model over its images; health statistics use scales pooled per model."""
-    cache: dict[Path, LoadedImage] = {}
+    cache = cache or Cache(None)
+    loaded: dict[Path, LoadedImage] = {}
     warnings: list[str] = []
     results = []
     shared = shared_images(spec)
     for i, run in enumerate(spec.runs, 1):
         log(f"[{i}/{len(spec.runs)}] {run.key}")
         for p in run.images:
-            if p not in cache:  # shared images are read once for all runs
-                cache[p] = load_image(p, spec.input)
-        images = [cache[p] for p in run.images]
-        result = analyse_run(spec, run, device, images, shared.get(run.model.name, []))
+            if p not in loaded:  # shared images are read once for all runs
+                loaded[p] = load_image(p, spec.input)
+        images = [loaded[p] for p in run.images]
+        result = analyse_run(spec, run, device, images, shared.get(run.model.name, []), cache)
         warnings += [f"{run.key}: {n}" for n in result.notes]
         results.append(result)
     _add_health(spec, results)
@@ -147,32 +160,75 @@ def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:
 
 
 def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[LoadedImage],
-                shared: list[Path] = ()) -> RunResult:
+                shared: list[Path] = (), cache: Cache | None = None) -> RunResult:
+    """Weights, activation statistics and maps of every layer of one run.
+
+    Each layer's result is cached under a key of everything it depends on; the
+    model is loaded, and the images run through it, only for the layers that miss.
+    """
+    cache = cache or Cache(None)
+    opts = spec.analyses.activations
+    hookable = run.model.torchscript is None
+    with_acts = opts.enabled and bool(images) and hookable
+    keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts) for ls in run.layers}
+    found = {name: cache.get("layer", key) for name, key in keys.items()}
+    missing = [ls for ls in run.layers if found[ls.name] is None]
+    source = run.checkpoint or run.torchscript
+    if missing:
+        fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts)
+        for lr in fresh:
+            lr.key = keys[lr.name]
+            cache.put("layer", keys[lr.name], lr)
+            found[lr.name] = lr
+    notes = []
+    if opts.enabled and images and not hookable:
+        notes.append("activation views skipped: TorchScript modules do not run forward hooks; "
+                     "give the architecture and a state_dict to see activations")
+    return RunResult(
+        run=run, layers=[found[ls.name] for ls in run.layers], images=images[: opts.max_images],
+        n_images=len(images), checkpoint_sha256=file_digest(source) if source else None, notes=notes,
+        shared_shown=[im for im in images if im.path in shared[:SHARED_MAPS]],
+    )
+
+
+def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared: list[Path],
+               device: torch.device, with_acts: bool) -> str:
+    """Everything one layer's weights, statistics and maps depend on."""
+    model = run.model
+    arch_file = None
+    if model.arch and ":" in model.arch and model.arch.rsplit(":", 1)[0].endswith(".py"):
+        arch_file = spec.base_dir / model.arch.rsplit(":", 1)[0]
+    return digest(
+        "layer", model.arch, model.arch_args, model.checkpoint_key,
+        run.checkpoint, run.torchscript, arch_file,  # paths hash by content
+        ls.name, ls.relu, device.type, with_acts,
+        spec.input.model_dump() if with_acts else None,
+        [im.digest for im in images] if with_acts else None,
+        [str(p) in {str(q) for q in shared} for p in (im.path for im in images)] if with_acts else None,
+        spec.analyses.activations.model_dump(), spec.analyses.health.saturated_fraction,
+        spec.analyses.compare.max_samples,
+    )
+
+
+def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch.device,
+                    images: list[LoadedImage], shared: list[Path], with_acts: bool) -> list[LayerResult]:
     loaded = load_model(spec, run, device)
     model = loaded.module
     modules = dict(model.named_modules())
     layers = []
-    for ls in run.layers:
+    for ls in layer_specs:
         m = modules[ls.name]
         w = getattr(m, "weight", None)
         weight = w.detach().float().cpu().numpy() if isinstance(w, torch.Tensor) and w.ndim >= 2 else None
         relu = ls.relu == "yes" or (ls.relu == "auto" and loaded.hookable and relu_follows(model, ls.name))
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
                                   relu_applied=relu))
-    notes = []
-    opts = spec.analyses.activations
-    if opts.enabled and images and not loaded.hookable:
-        notes.append("activation views skipped: TorchScript modules do not run forward hooks; "
-                     "give the architecture and a state_dict to see activations")
-    elif opts.enabled and images:
+    if with_acts:
+        opts = spec.analyses.activations
         _stream_activations(model, layers, images, device, opts.batch_size, opts.max_images,
                             spec.analyses.health.saturated_fraction, shared,
                             spec.analyses.compare.max_samples)
-    return RunResult(
-        run=run, layers=layers, images=images[: opts.max_images], n_images=len(images),
-        checkpoint_sha256=sha256(loaded.source) if loaded.source else None, notes=notes,
-        shared_shown=[im for im in images if im.path in shared[:SHARED_MAPS]],
-    )
+    return layers
 
 
 SHARED_MAPS = 2  # shared images whose maps are kept for the stages view

@@ -33,21 +33,33 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
               help="Where to run the networks; auto uses CUDA when available.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors (nothing is written).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache of results between builds [default: $REPORTGEN_CACHE_DIR or .reportgen-cache].")
+@click.option("--no-cache", is_flag=True, help="Compute everything again and store nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
-def build(spec: Path, docs_dir: Path, device: str, strict: bool, quiet: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Print each step and the cache hits per kind.")
+def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path | None, no_cache: bool,
+          quiet: bool, verbose: bool) -> None:
     """Build the report described by SPEC."""
     from reportgen.build import build as run_build
+    from reportgen.progress import Progress
 
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    progress = Progress(enabled=not quiet, verbose=verbose)
+    cache = None if no_cache else (cache_dir or True)
     try:
-        result = run_build(spec, docs_dir, device=device, strict=strict, log=log)
+        with progress:
+            result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache)
     except ReportgenError as exc:
         _fail(exc)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
+    if verbose:
+        for kind in sorted(set(result.cache.hits) | set(result.cache.misses)):
+            click.echo(f"  cache {kind}: {result.cache.hits[kind]} hits, {result.cache.misses[kind]} computed",
+                       err=True)
     click.echo(
         f"Built {result.out_dir} in {result.seconds:.1f} s: {result.pages} pages, {result.images} images, "
-        f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings."
+        f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings, {result.cache.summary()}."
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reportgen.analysis.filters import near_duplicates, norm_outliers
+from reportgen.cache import Cache, digest
 from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
@@ -34,7 +35,7 @@ def gabor_applies(w: np.ndarray | None) -> bool:
     return w is not None and w.ndim == 4 and w.shape[1] in (1, 3) and min(w.shape[2:]) >= GABOR_MIN_SIZE
 
 
-def add_health_extras(spec: ReportSpec, results) -> None:
+def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
     """Near-duplicate filters and norm outliers, into each layer's ``health``."""
     h = spec.analyses.health
     for r in results:
@@ -42,11 +43,14 @@ def add_health_extras(spec: ReportSpec, results) -> None:
             if lr.health is None:
                 continue
             skip = lr.health["dead"] | lr.health["nonfinite"]
-            lr.health["duplicate_of"] = near_duplicates(lr.weight, h.duplicate_cosine, skip)
-            lr.health["norm_outlier"] = norm_outliers(lr.health["l2_norm"], h.outlier_z, skip)
+            lr.health.update(cache.memo(
+                "health", digest("health-extras", lr.weight, skip, h.duplicate_cosine, h.outlier_z),
+                lambda lr=lr, skip=skip: {
+                    "duplicate_of": near_duplicates(lr.weight, h.duplicate_cosine, skip),
+                    "norm_outlier": norm_outliers(lr.health["l2_norm"], h.outlier_z, skip)}))
 
 
-def fit_gabors(spec: ReportSpec, results, comp: Comparisons) -> None:
+def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:
     if not spec.analyses.gabor.enabled:
         return
     for r in results:
@@ -55,12 +59,12 @@ def fit_gabors(spec: ReportSpec, results, comp: Comparisons) -> None:
                 # Dead and non-finite filters are not fitted (score NaN): their pattern is noise.
                 w = lr.weight.astype(np.float64)
                 w[lr.health["dead"] | lr.health["nonfinite"]] = np.nan
-                fits = gabor_scores(w)
+                fits = cache.memo("gabor", digest("gabor", w), lambda w=w: gabor_scores(w))
                 comp.gabor[(r.run.key, lr.name)] = fits
                 lr.health["gabor_score"] = np.array([f.score for f in fits])
 
 
-def compare_locations(spec: ReportSpec, results, comp: Comparisons) -> None:
+def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:
     if not spec.analyses.compare.enabled:
         return
     groups: dict[tuple[str, str], list] = {}
@@ -70,8 +74,15 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons) -> None:
     for key, items in groups.items():
         if len(items) < 2:
             continue
+        # One cache entry per pair and measure, keyed by the two runs' inputs: a changed
+        # location recomputes only its own pairs.
+        ids = [lr.key or digest("compare-input", lr.weight, lr.features) for _, lr in items]
+
+        def memo(measure: str, i: int, j: int, compute, ids=ids) -> float:
+            return cache.memo("pair", digest("pair", measure, ids[i], ids[j]), compute)
+
         comp.layers[key] = compare_layer([k for k, _ in items], [lr.weight for _, lr in items],
-                                         [lr.features for _, lr in items])
+                                         [lr.features for _, lr in items], memo=memo)
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
@@ -84,7 +95,7 @@ def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
     }
 
 
-def compare_reference(spec: ReportSpec, results, comp: Comparisons, device) -> None:
+def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cache: Cache) -> None:
     run = spec.reference_run
     if run is None:
         return
@@ -102,7 +113,8 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device) -> N
          and lr.weight.shape[1] == ref_w.shape[1]), None)
     comp.reference_weight = ref_w
     min_score = spec.analyses.gabor.min_score
-    comp.reference_fits = gabor_scores(ref_w) if gabor_applies(ref_w) and spec.analyses.gabor.enabled else None
+    comp.reference_fits = (cache.memo("gabor", digest("gabor", ref_w.astype(np.float64)), lambda: gabor_scores(ref_w))
+                           if gabor_applies(ref_w) and spec.analyses.gabor.enabled else None)
     norms = np.linalg.norm(ref_w.reshape(len(ref_w), -1), axis=1)
     per_run = []
     for r in results:
@@ -135,10 +147,11 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device) -> N
     }
 
 
-def run_comparisons(spec: ReportSpec, results, device) -> Comparisons:
+def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None) -> Comparisons:
+    cache = cache or Cache(None)
     comp = Comparisons()
-    add_health_extras(spec, results)
-    fit_gabors(spec, results, comp)
-    compare_locations(spec, results, comp)
-    compare_reference(spec, results, comp, device)
+    add_health_extras(spec, results, cache)
+    fit_gabors(spec, results, comp, cache)
+    compare_locations(spec, results, comp, cache)
+    compare_reference(spec, results, comp, device, cache)
     return comp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class LoadedImage:
     path: Path
     pixels: np.ndarray  # (H, W, 3) uint8, what the network sees before normalisation
     tensor: torch.Tensor  # (C, H, W) float32, normalised
+    digest: str  # SHA-256 of the normalised tensor: what the network sees
 
 
 def load_image(path: Path, spec: InputSpec) -> LoadedImage:
@@ -50,5 +52,6 @@ def load_image(path: Path, spec: InputSpec) -> LoadedImage:
         pixels = np.repeat((x * 255).round().astype(np.uint8), 3, axis=2)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    x = (x - mean) / std
-    return LoadedImage(path=path, pixels=pixels, tensor=torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))))
+    x = np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+    return LoadedImage(path=path, pixels=pixels, tensor=torch.from_numpy(x),
+                       digest=hashlib.sha256(x.tobytes() + str(x.shape).encode()).hexdigest())

@@ -24,6 +24,12 @@ def tiny_module(width: int = 4, seed: int = 0) -> nn.Module:
     return TinyNet(width)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test builds with a cache of its own, never the working directory's."""
+    monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with the tiny architecture, checkpoints for three locations and images."""

@@ -12,6 +12,8 @@ Every matrix is runs x runs, symmetric, with 1 on the diagonal for healthy runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -53,22 +55,38 @@ class LayerComparison:
         return out
 
 
+def _no_memo(measure: str, i: int, j: int, compute: Callable[[], float]) -> float:
+    return compute()
+
+
 def compare_layer(runs: list[str], weights: list[np.ndarray | None],
-                  features: list[np.ndarray | None]) -> LayerComparison:
+                  features: list[np.ndarray | None], memo: Callable = _no_memo) -> LayerComparison:
     """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
 
     Each run's features are centred and normalised once (``_Prepared``) rather than once
     per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
+    ``memo(measure, i, j, compute)`` may return a stored value instead of calling
+    ``compute()`` (the build's cache); runs' features are prepared only on demand.
     """
     w_ok = all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
     f_ok = all(f is not None for f in features) and len({f.shape[0] for f in features}) == 1
-    prepared = [_Prepared(f) for f in features] if f_ok else []
+    prepared: dict[int, _Prepared] = {}
+
+    def prep(i: int) -> _Prepared:
+        if i not in prepared:
+            prepared[i] = _Prepared(features[i])
+        return prepared[i]
+
+    def matrix(measure: str, fn: Callable[[int, int], float]) -> np.ndarray:
+        idx = list(range(len(runs)))
+        return pairwise(idx, lambda i, j: memo(measure, i, j, lambda: fn(i, j)))
+
     return LayerComparison(
         runs=runs,
-        weights=pairwise(weights, lambda a, b: matched_similarity(a, b).mean) if w_ok else None,
-        weight_chance=chance_similarity(weights[0].shape, weights[1].shape) if w_ok else None,
-        activations=pairwise(prepared, lambda a, b: a.matched_correlation(b)) if f_ok else None,
-        cka=pairwise(prepared, lambda a, b: a.cka(b)) if f_ok else None,
+        weights=matrix("weights", lambda i, j: matched_similarity(weights[i], weights[j]).mean) if w_ok else None,
+        weight_chance=chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok else None,
+        activations=matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None,
+        cka=matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None,
     )
 
 
@@ -141,6 +159,7 @@ def resize_filters(w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=True).numpy()
 
 
+@lru_cache(maxsize=64)
 def chance_similarity(shape_a: tuple, shape_b: tuple, trials: int = 3, seed: int = 0) -> float:
     """Mean matched |cos| of independent Gaussian filters of these shapes: the level that
     similarity reaches by chance (it grows as filters get fewer dimensions)."""

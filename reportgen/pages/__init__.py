@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import lru_cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -71,7 +72,9 @@ def _offdiag_median(m: list | None) -> float | None:
     return float(np.median(vals)) if vals.size else None
 
 
+@lru_cache(maxsize=1)
 def _env() -> Environment:
+    """The template environment, built once per process (templates compile on first use)."""
     env = Environment(
         loader=PackageLoader("reportgen.pages", "templates"),
         undefined=StrictUndefined,
