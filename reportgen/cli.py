@@ -77,6 +77,49 @@ def check(spec: Path) -> None:
 
 
 @cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+def layers(spec: Path) -> None:
+    """List every layer of SPEC's models with weight and output shapes."""
+    from reportgen.inspect import list_layers
+
+    try:
+        click.echo(list_layers(spec))
+    except ReportgenError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@click.argument("arch")
+@click.option("--checkpoint", help="A checkpoint of the model (checked to fit the architecture).")
+@click.option("--arch-args", default="{}", help='Keyword arguments as JSON, e.g. \'{"width": 64}\'.')
+@click.option("--images", default="../images/*.jpg", show_default=True,
+              help="Test-image glob, relative to the spec.")
+@click.option("--size", default=224, show_default=True, help="Input height and width.")
+@click.option("--channels", type=click.Choice(["rgb", "grey"]), default="rgb", show_default=True)
+@click.option("--trusted", is_flag=True, help="The checkpoint is a full pickle you trust.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("specs/report.yaml"), show_default=True, help="Where to write the spec.")
+def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: int, channels: str,
+         trusted: bool, output: Path) -> None:
+    """Write a commented spec for your model ARCH ('file.py:Class' or 'package.module:factory')."""
+    import json
+
+    from reportgen.inspect import init_spec
+
+    try:
+        args = json.loads(arch_args)
+        if not isinstance(args, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        click.echo(f"Error: --arch-args must be a JSON object like '{{\"width\": 64}}' ({exc})", err=True)
+        sys.exit(1)
+    try:
+        click.echo(init_spec(arch, output, checkpoint, args, images, size, channels, trusted))
+    except ReportgenError as exc:
+        _fail(exc)
+
+
+@cli.command()
 def schema() -> None:
     """Print the spec's JSON Schema (for editor completion and checking)."""
     from reportgen.spec import json_schema

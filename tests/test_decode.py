@@ -31,8 +31,8 @@ def _conv(cin, cout, k, stride=1, dilation=1, bias=False, seed=0, groups=1):
     return c
 
 
-def _rf_gradient(model, layer, channel, size, pos, origin, jump=None):
-    """Autograd d(unit at pos)/d(input), the (C, s, s) RF window and the rest of the image."""
+def _rf_gradient(model, layer, channel, size, pos):
+    """Autograd d(unit at pos)/d(input) on a random (1, 3, size, size) image, as (3, size, size)."""
     model = model.double()
     x = torch.randn(1, 3, size, size, dtype=torch.float64, requires_grad=True)
     out = {}
@@ -51,7 +51,7 @@ def _check_against_autograd(model, layer, size=32, pos=(2, 3)):
     chain = module_chain(model, layer)
     jump = decode_modules(chain).jump
     for k in range(dec.shape[0]):
-        g = _rf_gradient(copy.deepcopy(model), layer, k, size, pos, None)
+        g = _rf_gradient(copy.deepcopy(model), layer, k, size, pos)
         # No padding anywhere: the RF of unit pos starts at pos * jump.
         y0, x0 = pos[0] * jump[0], pos[1] * jump[1]
         np.testing.assert_allclose(g[:, y0:y0 + s_h, x0:x0 + s_w], dec[k], atol=1e-10)

@@ -58,6 +58,9 @@ strongest position to the input, changing only the backward rule of every
 positive (the forward mask is ignored), guided backprop where both the
 forward input and the gradient are positive; ``plain_gradient`` is the
 ordinary gradient. ReLUs applied as functions (``F.relu``) keep the plain rule.
+Max pooling routes the signal through each window's argmax (the deconvnet's
+"switches"), which is autograd's own max-pool backward. Units whose field
+crosses the image border get a truncated map: the gradient has no pixels there.
 """
 
 from __future__ import annotations
