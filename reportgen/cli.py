@@ -120,6 +120,39 @@ def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: i
 
 
 @cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--docs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              show_default=True)
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N")
+@click.option("-a", "--dev-addr", default="127.0.0.1:8000", show_default=True, help="Address to serve on.")
+@click.option("-f", "--config-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("mkdocs.yml"),
+              show_default=True, help="The MkDocs configuration.")
+def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: Path) -> None:
+    """Build SPEC's report, then preview the site with live reload (mkdocs serve)."""
+    import os
+    import subprocess
+
+    from reportgen.build import build as run_build
+    from reportgen.progress import Progress
+
+    if not config_file.is_file():
+        click.echo(f"Error: {config_file} not found; run from the folder that holds mkdocs.yml or pass -f", err=True)
+        sys.exit(1)
+    try:
+        with Progress() as progress:
+            result = run_build(spec, docs_dir, device=device, log=progress)
+    except ReportgenError as exc:
+        _fail(exc)
+    click.echo(f"Built {result.out_dir}; serving on http://{dev_addr}/ (Ctrl-C stops)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    try:
+        sys.exit(subprocess.call([sys.executable, "-m", "mkdocs", "serve", "-f", str(config_file),
+                                  "-a", dev_addr], env=env))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@cli.command()
 def schema() -> None:
     """Print the spec's JSON Schema (for editor completion and checking)."""
     from reportgen.spec import json_schema
