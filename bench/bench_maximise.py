@@ -28,6 +28,7 @@ Throughput is units x steps per second; the ratios compare it with (b).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -54,10 +55,10 @@ LAYER = "conv3"
 
 
 def load_model(device: str) -> torch.nn.Module:
-    sys.path.insert(0, str(ROOT / "examples" / "towncenter"))
-    from model import SceneNet
-
-    model = SceneNet()
+    spec = importlib.util.spec_from_file_location("_towncenter_model", ROOT / "examples/towncenter/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.SceneNet()
     ckpt = torch.load(ROOT / "examples/towncenter/checkpoints/loc01.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
@@ -85,7 +86,7 @@ def loop_one_at_a_time(model, layer, channels, size, steps, step, device, seed=0
                 with torch.no_grad():
                     x = x + step * g / (g.pow(2).mean().sqrt() + 1e-5)
                 x.requires_grad_(True)
-            losses.append(float(loss))
+            losses.append(loss.item())
     finally:
         handle.remove()
     return losses

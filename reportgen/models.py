@@ -242,8 +242,12 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first clause of an exception's message: enough to tell causes apart, short
+    enough for a one-line error (torch's messages run to paragraphs)."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    first = text[0] if text else ""
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 def _model_kp(spec: ReportSpec, run: Run) -> tuple:

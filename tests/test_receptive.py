@@ -7,7 +7,7 @@ unit 0 moves by ((k_eff - 1) / 2 - padding) * jump_in.
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,16 @@ import torch
 from torch import nn
 
 from reportgen.optim.receptive import ReceptiveField, receptive_field
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids oversubscription on shared machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,12 +130,11 @@ def test_unknown_layer():
 
 
 def test_scenenet():
-    sys.path.insert(0, str(ROOT / "examples" / "towncenter"))
-    try:
-        from model import SceneNet
-    finally:
-        sys.path.pop(0)
-    m = SceneNet()
+    # Loaded under its own name: a bare "import model" could collide with other tests.
+    spec = importlib.util.spec_from_file_location("_towncenter_model", ROOT / "examples/towncenter/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    m = module.SceneNet()
     # conv1 5 s2 -> pool 2: 5 + 2 = 7, jump 4 -> conv2, conv3: +8 each -> 23; conv4 dilated 2: + 4*4 -> 39
     assert rf(m, "conv3") == ReceptiveField(size=(23, 23), jump=(4, 4), start=(1.0, 1.0))
     assert rf(m, "conv4").size == (39, 39)
