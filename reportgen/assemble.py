@@ -142,10 +142,11 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
             images[("reference", "__ref__")]["gabor"] = files.add("img/reference/gabor.png", png(
                 "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
+    unit_pages = _unit_pictures(results, files, cache)
     report = report_dict(spec, results, comp, device)
     report["findings"] = make_findings(report, spec.analyses)
     files.add("report.json", to_json(report))
-    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs).items():
+    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages).items():
         files.add(rel, text)
     return files, report
 
@@ -153,6 +154,54 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
 def _base_index(spec: ReportSpec, keys: list[str]) -> int:
     base = spec.analyses.compare.base
     return keys.index(base) if base in keys else 0
+
+
+def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
+    """Grids and per-unit cards of every (run, layer) with unit views; returns their paths."""
+    from reportgen.render.tiles import mapped_tiles, per_layer
+    from reportgen.render.units import card_legend, unit_card, unit_grids
+
+    pages = {}
+    for r in results:
+        for layer, u in r.units.items():
+            lr = next(x for x in r.layers if x.name == layer)
+            key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+                         u.stuck, lr.weight)
+
+            def draw(u=u, lr=lr) -> dict:
+                w_tiles = None
+                if lr.weight is not None and lr.weight.ndim == 4:
+                    mean = lr.weight.mean(axis=1)
+                    w_tiles = mapped_tiles(per_layer(mean), "gray")
+                grids = {name: encode_png(img) for name, img in unit_grids(u).items()}
+                cards = [encode_png(unit_card(u, i, None if w_tiles is None else w_tiles[i]))
+                         for i in range(len(u.patches))]
+                return {"grids": grids, "cards": cards, "legend": card_legend(u, w_tiles is not None)}
+
+            pics = cache.memo("png", key, draw)
+            base = f"img/{r.run.key}/{layer}/units"
+            pages[(r.run.key, layer)] = {
+                "grids": {name: files.add(f"{base}/{name}.png", data) for name, data in pics["grids"].items()},
+                "cards": [files.add(f"{base}/unit_{i}.png", data) for i, data in enumerate(pics["cards"])],
+                "legend": pics["legend"],
+            }
+    return pages
+
+
+def _units_json(u) -> dict:
+    n = len(u.patches)
+
+    def val(a, i):
+        return None if a is None else _py("", a[i])
+
+    return {
+        "receptive_field": list(u.rf_size), "jump": list(u.rf_jump), "image_size": list(u.image_size),
+        "decoded": u.decoded is not None, "decode_note": u.decode_note,
+        "units": [{"index": i, "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
+                   "fourier_loss": val(u.fourier_loss, i), "colour_selectivity": _py("", u.colour_index[i]),
+                   "top_values": [_py("", v) for v in u.patch_values[i]],
+                   "top_images": [int(j) for j in u.patch_images[i]]} for i in range(n)],
+    }
 
 
 def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -179,6 +228,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
             fits = comp.gabor.get((r.run.key, lr.name))
             if fits:
                 entry["gabor"] = gabor_summary(fits, min_score)
+            if lr.name in r.units:
+                entry["units"] = _units_json(r.units[lr.name])
             entry["summary"] = _summary(entry)
             layers.append(entry)
         runs.append({

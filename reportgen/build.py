@@ -58,6 +58,7 @@ class RunResult:
     checkpoint_sha256: str | None
     notes: list[str] = field(default_factory=list)
     shared_shown: list[LoadedImage] = field(default_factory=list)  # first shared images (stages view)
+    units: dict = field(default_factory=dict)  # layer -> units.UnitViews (analyses.units)
 
 
 @dataclass
@@ -146,7 +147,51 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log,
         warnings += [f"{run.key}: {n}" for n in result.notes]
         results.append(result)
     _add_health(spec, results)
+    warnings += _add_units(spec, results, device, cache, log, loaded)
     return results, warnings
+
+
+def unit_runs(spec: ReportSpec) -> list[str]:
+    """Run keys that get unit views: analyses.units.locations, else the comparison base or the first run."""
+    opts = spec.analyses.units
+    if not opts.layers:
+        return []
+    return list(opts.locations or [spec.analyses.compare.base or spec.runs[0].key])
+
+
+def _add_units(spec: ReportSpec, results: list[RunResult], device: torch.device, cache: Cache, log: Log,
+               loaded_images: dict[Path, LoadedImage]) -> list[str]:
+    """Unit views for the selected layers and runs, each cached under its layer's key."""
+    from reportgen.units import compute_units
+
+    opts = spec.analyses.units
+    warnings = []
+    wanted = set(unit_runs(spec))
+    for r in results:
+        if r.run.key not in wanted:
+            continue
+        images = [loaded_images[p] for p in r.run.images]
+        if not images or r.run.torchscript is not None:
+            warnings.append(f"{r.run.key}: unit views need test images and a model that runs Python hooks")
+            continue
+        if len({tuple(im.tensor.shape) for im in images}) > 1:
+            warnings.append(f"{r.run.key}: unit views need test images of one size; set input.size")
+            continue
+        model = None
+        for lr in r.layers:
+            if lr.name not in opts.layers:
+                continue
+            key = digest("units", lr.key, opts.model_dump(), spec.input.model_dump())
+            views = cache.get("units", key)
+            if views is None:
+                log(f"units of {r.run.key} · {lr.name}")
+                if model is None:
+                    model = load_model(spec, r.run, device).module
+                views = compute_units(model, lr.name, images, opts, lr.relu_applied, spec.input.mean,
+                                      spec.input.std, device)
+                cache.put("units", key, views)
+            r.units[lr.name] = views
+    return warnings
 
 
 def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:

@@ -230,12 +230,43 @@ class GaborOptions(_Strict):
     )
 
 
+class UnitsOptions(_Strict):
+    """What deeper units respond to (docs/reference/methods.md#units)."""
+
+    layers: list[str] = Field(default_factory=list, description="Layers whose units get unit pages.")
+    locations: Optional[list[str]] = Field(
+        None, description="Runs that get unit views (default: analyses.compare.base or the first run)."
+    )
+    maximise: Literal["plain", "fourier", "both", "none"] = "plain"
+    objective: Literal["mean", "centre"] = "mean"
+    steps: int = Field(20, ge=1, description="Plain gradient-ascent steps.")
+    fourier_steps: int = Field(128, ge=1, description="Steps of the regularised (Fourier) optimisation.")
+    size: Optional[int] = Field(None, ge=8, description="Image side for maximisation; default from the "
+                                "unit's receptive field.")
+    top_n: int = Field(9, ge=1, description="Top-activating crops per unit.")
+    max_units: int = Field(64, ge=1, description="Units shown per layer (the first ones).")
+    pooling: Literal["subsample", "average"] = Field(
+        "subsample", description="How filter decoding treats pooling layers."
+    )
+    baselines: bool = Field(True, description="Deconvnet and guided backprop of each unit's top activation.")
+    seed: int = 0
+
+
+class TraceOptions(_Strict):
+    """Numeric trace of a small dense network on one batch."""
+
+    batch: Optional[str] = Field(None, description="JSON file with 'inputs', 'labels' and 'loss' "
+                                 "(mse or bce), relative to the spec.")
+
+
 class AnalysesSpec(_Strict):
     filters: FilterOptions = FilterOptions()
     activations: ActivationOptions = ActivationOptions()
     health: HealthOptions = HealthOptions()
     compare: CompareOptions = CompareOptions()
     gabor: GaborOptions = GaborOptions()
+    units: UnitsOptions = UnitsOptions()
+    trace: TraceOptions = TraceOptions()
 
 
 class ReferenceSpec(ModelSpec):
@@ -333,6 +364,21 @@ def load_spec(path: str | Path) -> ReportSpec:
     problems: list[str] = []
     runs = _expand_runs(schema, base, src, problems)
     reference = _reference_run(schema, base, src, problems, runs)
+    units = schema.analyses.units
+    layer_names = {ls.name for m in schema.models for ls in (m.layers or schema.layers)}
+    for i, name in enumerate(units.layers):
+        if name not in layer_names:
+            problems.append(f"{src.where(('analyses', 'units', 'layers', i))}: analyses.units.layers[{i}]: "
+                            f"'{name}' is not among the inspected layers; add it to 'layers' first")
+    for i, name in enumerate(units.locations or []):
+        if name not in {r.key for r in runs}:
+            close = difflib.get_close_matches(name, [r.key for r in runs], n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
+            problems.append(f"{src.where(('analyses', 'units', 'locations', i))}: "
+                            f"analyses.units.locations[{i}]: no run '{name}'; {hint}")
+    if schema.analyses.trace.batch and not (base / schema.analyses.trace.batch).is_file():
+        problems.append(f"{src.where(('analyses', 'trace', 'batch'))}: analyses.trace.batch: file not found: "
+                        f"{_rel(base / schema.analyses.trace.batch)}")
     compare_base = schema.analyses.compare.base
     if compare_base is not None and compare_base not in {r.key for r in runs}:
         close = difflib.get_close_matches(compare_base, [r.key for r in runs], n=1)

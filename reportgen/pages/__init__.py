@@ -90,7 +90,7 @@ def _env() -> Environment:
 
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
                  layer_imgs: dict[str, dict[str, list[tuple[str, str]]]],
-                 shared_inputs: list[str]) -> dict[str, str]:
+                 shared_inputs: list[str], unit_pages: dict | None = None) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
     images: (run key, layer) -> {view name: path relative to the report directory};
@@ -112,6 +112,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "reference": report.get("reference"),
         "shared_inputs": shared_inputs,
         "has_stages": any(k[1] == "__stages__" for k in images),
+        "unit_pages": {f"{k}|{layer}": v for (k, layer), v in (unit_pages or {}).items()},
     }
     pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
     for run in runs:
@@ -120,6 +121,11 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
         pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
             layer=layer, entries=entries, imgs=layer_imgs.get(layer, {}), **ctx)
+    for (key, layer), pics in (unit_pages or {}).items():
+        run = next(r for r in runs if r["key"] == key)
+        lay = next(x for x in run["layers"] if x["name"] == layer)
+        pages[f"units/{key}/{layer}.md"] = env.get_template("units.md.j2").render(
+            run=run, lay=lay, pics=pics, **ctx)
     if ctx["has_stages"]:
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
     return pages

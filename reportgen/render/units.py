@@ -1,0 +1,76 @@
+"""Pictures of a layer's units: grids over all units, and one card per unit."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from reportgen.render import tiles as T
+from reportgen.render.colour import fit_width, to_uint8
+from reportgen.render.views import MAX_WIDTH
+
+CARD_TILE = 64  # px per tile on a unit card
+
+
+def _rgb(x01: np.ndarray) -> np.ndarray:
+    """(N, C, h, w) in [0, 1] (C = 1 or 3, NaN allowed) -> (N, h, w, 3) uint8."""
+    x = np.asarray(x01, dtype=np.float64)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    return to_uint8(np.moveaxis(x, 1, -1))
+
+
+def _signed(g: np.ndarray) -> np.ndarray:
+    """(N, C, h, w) signed maps -> [0, 1], each scaled by its own max |value| (0 -> grey)."""
+    return np.stack([T.per_layer(gi[None])[0] for gi in np.asarray(g, dtype=np.float64)])
+
+
+def unit_tiles(u) -> dict[str, np.ndarray]:
+    """Per view, (U, h, w, 3) uint8 tiles of every unit (views the run could compute)."""
+    out = {}
+    if u.plain is not None:
+        out["maximise_plain"] = _rgb(u.plain)
+    if u.fourier is not None:
+        out["maximise_fourier"] = _rgb(u.fourier)
+    if u.decoded is not None:
+        out["decoded"] = _rgb(T.per_filter(u.decoded))
+    out["neuron_feature"] = _rgb(u.nf)
+    if u.deconv is not None:
+        out["deconvnet"] = _rgb(_signed(u.deconv))
+        out["guided_backprop"] = _rgb(_signed(u.guided))
+    return out
+
+
+def unit_grids(u) -> dict[str, np.ndarray]:
+    """Grids of all units for the layer page: one per view, plus the top patches (rows = units)."""
+    grids = {}
+    stuck = u.stuck if u.stuck is not None else None
+    for name, tiles in unit_tiles(u).items():
+        marks = stuck if name == "maximise_plain" else None
+        labels = [str(i) for i in range(len(tiles))]
+        grids[name] = fit_width(T.grid(tiles, upscale=T.upscale_for(tiles.shape[1], 48), marks=marks,
+                                       labels=labels), MAX_WIDTH)
+    k = u.patches.shape[1]
+    crops = _rgb(u.patches.reshape(-1, *u.patches.shape[2:]))
+    labels = [str(i) if j == 0 else "" for i in range(len(u.patches)) for j in range(k)]
+    grids["top_patches"] = fit_width(T.grid(crops, ncols=k, upscale=T.upscale_for(crops.shape[1], 40), margin=1,
+                                            labels=labels), MAX_WIDTH)
+    return grids
+
+
+def unit_card(u, i: int, weight_tile: np.ndarray | None) -> np.ndarray:
+    """One unit in one row: weights, decoded filter, maximisation images, neuron feature,
+    deconvnet, guided backprop, a gap, then its top-activating crops. (H, W, 3) uint8."""
+    tiles = [] if weight_tile is None else [weight_tile]
+    tiles += [t[i] for t in unit_tiles(u).values()]
+    tiles.append(np.full((4, 4, 3), 255, dtype=np.uint8))
+    tiles += list(_rgb(u.patches[i]))
+    resized = [np.asarray(Image.fromarray(t).resize((CARD_TILE, CARD_TILE), Image.Resampling.NEAREST)) for t in tiles]
+    return T.grid(np.stack(resized), ncols=len(resized), margin=2)
+
+
+def card_legend(u, with_weights: bool) -> list[str]:
+    """Names of the card's tiles, left to right (for the page)."""
+    names = ["weights (mean over inputs)"] if with_weights else []
+    names += [n.replace("_", " ") for n in unit_tiles(u)]
+    return names + ["", f"top {u.patches.shape[1]} crops"]

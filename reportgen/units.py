@@ -1,0 +1,135 @@
+"""What deeper units respond to: every view of one layer's units for one run.
+
+For each unit (output channel) of a layer the spec selects under ``analyses.units``:
+activation maximisation (plain gradient ascent and/or the regularised Fourier kind),
+the top-activating receptive-field crops from the test images with their neuron
+feature and colour-selectivity index, the decoded image-space filter (substitution
+through the layers below) and, for the top activation, deconvnet and guided-backprop
+images. The numerics live in ``reportgen.optim``; this module runs them for a build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from reportgen.capture import LayerRecorder, inference
+from reportgen.images import LoadedImage
+from reportgen.optim.decode import decode_layer, deconvnet, guided_backprop
+from reportgen.optim.maximise import default_size, fourier_ascent, plain_ascent
+from reportgen.optim.patches import colour_selectivity, neuron_feature, to_grey, top_patches
+from reportgen.optim.receptive import receptive_field
+
+
+@dataclass
+class UnitViews:
+    """Arrays for the units 0..U-1 of one layer of one run (U <= max_units)."""
+
+    layer: str
+    rf_size: tuple[int, int]
+    rf_jump: tuple[int, int]
+    image_size: tuple[int, int]
+    plain: np.ndarray | None  # (U, 3, S, S) in [0, 1], display-ready
+    plain_loss: np.ndarray | None  # (U,)
+    stuck: np.ndarray | None  # (U,) bool: the objective stayed <= 0
+    fourier: np.ndarray | None  # (U, 3, S, S) in [0, 1]
+    fourier_loss: np.ndarray | None
+    decoded: np.ndarray | None  # (U, C_in, s, s) linear templates (None if the path is not a chain)
+    decode_note: str | None
+    patches: np.ndarray  # (U, K, 3, h, w) top receptive-field crops in [0, 1], zero-padded
+    patch_values: np.ndarray  # (U, K)
+    patch_images: np.ndarray  # (U, K) index of the image each crop comes from
+    nf: np.ndarray  # (U, 3, h, w) neuron feature (NaN where undefined)
+    colour_index: np.ndarray  # (U,) colour selectivity in [0, 1], NaN without positive activations
+    deconv: np.ndarray | None  # (U, 3, h, w) deconvnet image of the top activation, RF crop
+    guided: np.ndarray | None  # (U, 3, h, w) guided backprop, RF crop
+
+
+def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts, relu: bool,
+                  mean, std, device: torch.device) -> UnitViews:
+    """All unit views of ``layer``. images: the run's test images (all of one shape)."""
+    shape = tuple(images[0].tensor.shape)
+    rf = receptive_field(model, layer, input_shape=shape)
+    x = torch.stack([im.tensor for im in images]).to(device)
+    pixels = np.stack([im.pixels.transpose(2, 0, 1) for im in images]).astype(np.float64) / 255.0
+    acts = _acts(model, layer, x, relu)
+    n_units = min(acts.shape[1], opts.max_units)
+    acts = acts[:, :n_units]
+    grey_x = _normalise(to_grey(pixels), mean, std).to(device)
+    acts_grey = _acts(model, layer, grey_x, relu)[:, :n_units]
+
+    tops = top_patches(pixels, acts, rf.size, rf.jump, rf.start, top_n=opts.top_n)
+    patches = np.stack([t.crops for t in tops])
+    values = np.stack([t.value for t in tops])
+    where = np.stack([t.image_index for t in tops])
+    nf = np.stack([neuron_feature(t.crops, t.value, t.valid) for t in tops])
+    colour = np.array([
+        colour_selectivity(t.value, acts_grey[t.image_index, t.channel, t.position[:, 0], t.position[:, 1]])
+        for t in tops])
+
+    size = (opts.size, opts.size) if opts.size else tuple(default_size(rf, objective=opts.objective))
+    channels = list(range(n_units))
+    plain = fourier = None
+    if opts.maximise in ("plain", "both"):
+        plain = plain_ascent(model, layer, channels, size, steps=opts.steps, objective=opts.objective,
+                             mean=mean, std=std, seed=opts.seed, device=device)
+    if opts.maximise in ("fourier", "both"):
+        fourier = fourier_ascent(model, layer, channels, size, steps=opts.fourier_steps, objective=opts.objective,
+                                 mean=mean, std=std, seed=opts.seed, device=device)
+
+    decoded, note = None, None
+    try:
+        decoded = decode_layer(model, layer, input_channels=shape[0], pooling=opts.pooling)[:n_units]
+    except ValueError as exc:  # not a plain chain of convolutions and pooling
+        note = str(exc)
+
+    deconv = guided = None
+    if opts.baselines:
+        deconv, guided = _baselines(model, layer, x, tops, rf)
+    return UnitViews(
+        layer=layer, rf_size=tuple(rf.size), rf_jump=tuple(rf.jump), image_size=size,
+        plain=_np(plain.images) if plain else None, plain_loss=_np(plain.loss) if plain else None,
+        stuck=_np(plain.stuck) if plain else None,
+        fourier=_np(fourier.images) if fourier else None, fourier_loss=_np(fourier.loss) if fourier else None,
+        decoded=decoded, decode_note=note, patches=patches, patch_values=values, patch_images=where, nf=nf,
+        colour_index=colour, deconv=deconv, guided=guided,
+    )
+
+
+def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarray:
+    with inference(model), LayerRecorder(model, [layer]) as rec:
+        a = rec.run(x)[layer].float()
+    if relu:
+        a = torch.relu(a)
+    return a.cpu().numpy().astype(np.float64)
+
+
+def _normalise(pixels01: np.ndarray, mean, std) -> torch.Tensor:
+    m = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float64).reshape(1, -1, 1, 1)
+    if pixels01.shape[1] != m.shape[1]:  # grey models take one channel
+        pixels01 = pixels01[:, :1]
+    return torch.from_numpy(((pixels01 - m) / s).astype(np.float32))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _baselines(model, layer, x, tops, rf) -> tuple[np.ndarray, np.ndarray]:
+    """Deconvnet and guided backprop of each unit's top activation, cropped to its field."""
+    from reportgen.optim.patches import crop_origin, crop_padded
+
+    out = {"deconv": [], "guided": []}
+    for t in tops:
+        j, pos = int(t.image_index[0]), tuple(int(v) for v in t.position[0])
+        for name, fn in (("deconv", deconvnet), ("guided", guided_backprop)):
+            g = fn(model, layer, t.channel, x[j], position=pos)
+            g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+            origin = crop_origin(np.array(pos), rf.size, rf.jump, rf.start)
+            crop, _ = crop_padded(g.astype(np.float64), origin, rf.size, pad="zero")
+            out[name].append(crop)
+    return np.stack(out["deconv"]), np.stack(out["guided"])
