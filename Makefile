@@ -18,6 +18,7 @@ setup: $(BIN)/reportgen
 example: setup
 	$(BIN)/reportgen build specs/towncenter.yaml
 	$(BIN)/reportgen build specs/edges.yaml
+	$(BIN)/reportgen build specs/colour_mlp.yaml
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	@echo "Open site/index.html, or run: $(BIN)/mkdocs serve"
 
@@ -28,4 +29,4 @@ serve: example
 	$(BIN)/mkdocs serve
 
 clean:
-	rm -rf site docs/towncenter docs/edges docs/.*.lock
+	rm -rf site docs/towncenter docs/edges docs/colour-mlp docs/.*.lock

@@ -230,10 +230,23 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                 entry["gabor"] = gabor_summary(fits, min_score)
             if lr.name in r.units:
                 entry["units"] = _units_json(r.units[lr.name])
+            if r.trace:
+                lt = next((t for t in r.trace["trace"].layers if t.name == lr.name), None)
+                if lt is not None:
+                    entry["trace"] = {k: getattr(lt, k).tolist() for k in
+                                      ("Z", "A", "dZ", "grad_weight", "grad_bias", "weight", "bias")}
+                    entry["trace"]["activation"] = lt.activation_kind
             entry["summary"] = _summary(entry)
             layers.append(entry)
+        trace = None
+        if r.trace:
+            t = r.trace["trace"]
+            trace = {"inputs": t.x.tolist(), "targets": t.y.tolist(), "output": t.output.tolist(),
+                     "loss": t.loss, "loss_kind": t.loss_kind, "finite_difference_max_error": r.trace["fd_error"],
+                     "names": r.trace["names"], "layers": [lt.name for lt in t.layers]}
         runs.append({
             "key": r.run.key,
+            **({"trace": trace} if trace else {}),
             "model": r.run.model.name,
             "location": r.run.location,
             "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript, spec),

@@ -59,6 +59,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     shared_shown: list[LoadedImage] = field(default_factory=list)  # first shared images (stages view)
     units: dict = field(default_factory=dict)  # layer -> units.UnitViews (analyses.units)
+    trace: dict | None = None  # {"trace": analysis.trace.Trace, "fd_error": float, "names": [...]}
 
 
 @dataclass
@@ -148,7 +149,42 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log,
         results.append(result)
     _add_health(spec, results)
     warnings += _add_units(spec, results, device, cache, log, loaded)
+    warnings += _add_traces(spec, results)
     return results, warnings
+
+
+def _add_traces(spec: ReportSpec, results: list[RunResult]) -> list[str]:
+    """Forward and backward pass of each run's network on the spec's trace batch (tiny dense nets)."""
+    import json
+
+    from reportgen.analysis.trace import finite_difference_check, trace_mlp
+
+    if not spec.analyses.trace.batch:
+        return []
+    path = spec.base_dir / spec.analyses.trace.batch
+    try:
+        batch = json.loads(path.read_text())
+        x, y, loss = batch["inputs"], batch["labels"], batch.get("loss", "mse")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"{spec.where(('analyses', 'trace', 'batch'))}: analyses.trace.batch: {path} must be JSON "
+                        f"with 'inputs', 'labels' and optionally 'loss' ({type(exc).__name__}: {exc})") from None
+    warnings = []
+    for r in results:
+        model = load_model(spec, r.run, "cpu").module
+        try:
+            trace = trace_mlp(model, x, y, loss)
+        except (ValueError, TypeError) as exc:
+            warnings.append(f"{r.run.key}: no numeric trace: {exc}")
+            continue
+        r.trace = {"trace": trace, "fd_error": finite_difference_check(model, x, y, loss),
+                   "names": _batch_names(batch)}
+    return warnings
+
+
+def _batch_names(batch: dict) -> list[str] | None:
+    """Optional example names: 'names' (strings) or 'colours' (objects with a 'name')."""
+    names = batch.get("names") or [c.get("name") for c in batch.get("colours", []) if isinstance(c, dict)]
+    return [str(n) for n in names] if names and len(names) == len(batch["inputs"]) else None
 
 
 def unit_runs(spec: ReportSpec) -> list[str]:

@@ -33,7 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("site")
     docs = tmp / "docs"
-    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", ".*"))
+    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
     for spec in ("towncenter.yaml", "edges.yaml"):
         build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=tmp / "cache")
     proc = mkdocs_strict(docs, tmp)

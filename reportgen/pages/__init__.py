@@ -121,6 +121,11 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
         pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
             layer=layer, entries=entries, imgs=layer_imgs.get(layer, {}), **ctx)
+    for run in runs:
+        if run.get("trace"):
+            pages[f"trace/{run['key']}.md"] = env.get_template("trace.md.j2").render(
+                run=run, traced=[lay for lay in run["layers"] if lay.get("trace")],
+                all_layers={lay["name"]: lay for lay in run["layers"]}, **ctx)
     for (key, layer), pics in (unit_pages or {}).items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
