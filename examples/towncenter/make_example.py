@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -143,7 +144,7 @@ LOCATIONS: dict[str, LocationStyle] = {
 # --------------------------------------------------------------------------
 
 
-def _jitter(colour, rng: np.random.Generator, amount: float) -> tuple[int, int, int]:
+def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: float) -> tuple[int, int, int]:
     """A random variant of ``colour`` (each channel moved by up to ``amount``)."""
     c = np.asarray(colour, float) + rng.uniform(-amount, amount, 3)
     return tuple(int(v) for v in np.clip(c, 0, 255))
@@ -433,7 +434,7 @@ PLANS: dict[str, TrainPlan] = {
     "loc03": TrainPlan(500),
     "loc04": TrainPlan(600, conv1_group=0.006, expect="partial"),
     "loc05": TrainPlan(700),
-    "loc06": TrainPlan(500, conv1_group=0.008, expect="partial"),
+    "loc06": TrainPlan(500, conv1_group=0.011, expect="partial"),
     "loc07": TrainPlan(450),
     "loc08": TrainPlan(300, weight_decay=0.05, conv1_l1=0.015, expect="collapsed"),
     "loc09": TrainPlan(550),
@@ -573,7 +574,10 @@ def write_frames(out_dir: Path) -> dict:
         "keypoint_format": "[x, y] in pixels; left/right are image sides; may lie outside the image",
         "frames": frames,
     }
-    (out_dir / "annotations.json").write_text(json.dumps(annotations, indent=1))
+    text = json.dumps(annotations, indent=1)
+    # Put each list of numbers (a box or a keypoint) on one line to keep the file short.
+    text = re.sub(r"\[\s+([^\[\]{}]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    (out_dir / "annotations.json").write_text(text + "\n")
     return annotations
 
 
@@ -628,7 +632,7 @@ def print_table(rows: list[dict], pooled: dict) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['location']} | {r['expect']} | {r['steps']} | {r['train_det']:.3f} | {r['train_seg']:.3f} "
-              f"| {r['train_pose']:.3f} | {r['val_total']:.3f} | {r['median_norm']:.3f} "
+              f"| {r['train_pose']:.3f} | {r['val_total']:.3f} | {r['median_norm']:.4f} "
               f"| {r['small_filters']}/64 | {r['tiny_filters']}/64 | {r['small_weight_frac']:.0%} |")
 
 
@@ -650,6 +654,7 @@ def check_expectations(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
+    """Train all locations, write checkpoints and frames, print and check the health table."""
     torch.set_num_threads(2)
     # Collapsed weights become denormal floats, which are very slow on CPUs.
     torch.set_flush_denormal(True)
