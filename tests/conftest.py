@@ -24,6 +24,15 @@ def tiny_module(width: int = 4, seed: int = 0) -> nn.Module:
     return TinyNet(width)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on threads fighting over a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch):
     """Each test builds with a cache of its own, never the working directory's."""

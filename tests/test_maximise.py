@@ -22,13 +22,7 @@ from reportgen.optim.maximise import (
 from reportgen.optim.receptive import ReceptiveField
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids oversubscription on shared machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MEAN = (0.4, 0.5, 0.6)
