@@ -2,8 +2,9 @@
 
 Run:  python bench/bench_compare.py [SPEC] [--repeat N]
 
-Builds SPEC twice per repeat into temporary docs directories, alternating: once with
-`analyses.compare`, `analyses.gabor` and `reference` switched off, once as the spec says.
+Builds SPEC twice per repeat into temporary docs directories, cold (no cache), alternating:
+once with `analyses.compare`, `analyses.gabor` and `reference` switched off, once with them
+as the spec says; unit views are off in both.
 Prints the best time of each, the split of the comparison step, and the ratio
 (with / without). Issue target: the comparison adds at most a third (ratio <= 1.33).
 """
@@ -32,8 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     spec = Path(args.spec)
     data = yaml.safe_load(spec.read_text())
+    # Unit views off in both builds: they would add the same time to both and flatter the ratio.
+    data.setdefault("analyses", {}).pop("units", None)
+    full = spec.parent / f".bench-{spec.stem}-compare.yaml"
+    full.write_text(yaml.safe_dump(data, sort_keys=False))
     data.pop("reference", None)
-    data.setdefault("analyses", {})["compare"] = {"enabled": False}
+    data["analyses"]["compare"] = {"enabled": False}
     data["analyses"]["gabor"] = {"enabled": False}
     # Same folder as the original, so its relative paths still resolve.
     plain = spec.parent / f".bench-{spec.stem}-nocompare.yaml"
@@ -56,17 +61,18 @@ def main() -> None:
     steps = []
     try:
         for _ in range(args.repeat):
-            for name, path in (("without", plain), ("with", spec)):
+            for name, path in (("without", plain), ("with", full)):
                 step["t"] = 0.0
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
-                    res = build(path, Path(tmp) / "docs", device="cpu")
+                    res = build(path, Path(tmp) / "docs", device="cpu", cache_dir=None)  # cold
                     times[name].append(time.perf_counter() - t0)
                 if name == "with":
                     steps.append(step["t"])
                     images = res.images
     finally:
         plain.unlink()
+        full.unlink()
     best_without, best_with = min(times["without"]), min(times["with"])
     print(f"spec: {spec}  (best of {args.repeat})")
     print(f"{'build':<52} {'seconds':>8}")

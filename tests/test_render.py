@@ -138,3 +138,14 @@ def test_health_marks_priority_and_colours():
     assert [tuple(img[0, 3 * i]) for i in range(5)] == [
         tuple(T.MARK_COLOURS[1]), tuple(T.MARK_COLOURS[2]), tuple(T.MARK_COLOURS[3]), (255, 255, 255),
         tuple(T.MARK_COLOURS[4])]
+
+
+def test_similarity_heatmap_cells_use_the_colour_map():
+    from reportgen.render.charts import similarity_heatmap
+    from reportgen.render.colour import lut
+
+    m = np.array([[1.0, 0.0], [0.0, 1.0]])
+    img = np.asarray(Image.open(io.BytesIO(similarity_heatmap(m, ["a", "b"], "t"))).convert("RGB"))
+    viridis = lut("viridis")
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert tuple(viridis[255]) in colours and tuple(viridis[0]) in colours  # 1 and 0 cells

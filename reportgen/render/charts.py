@@ -43,25 +43,49 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
 
 
 def similarity_heatmap(mat: np.ndarray, names: list[str], title: str) -> bytes:
-    """Runs x runs similarity matrix in [0, 1], each cell annotated with its value."""
+    """Runs x runs similarity matrix in [0, 1] (viridis), each cell annotated with its value.
+
+    Composed with numpy and Pillow rather than matplotlib: a report draws one per layer and
+    measure, and a figure per matrix cost more than the comparison itself.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from reportgen.render.colour import apply_lut, encode_png
+
+    m = np.asarray(mat, dtype=np.float64)
     k = len(names)
-    side = max(3.2, 0.42 * k + 1.6)
-    fig = Figure(figsize=(side + 0.8, side))
-    fig.subplots_adjust(left=0.14, right=0.98, top=0.93, bottom=0.14)
-    ax = fig.add_subplot()
-    shown = np.ma.masked_invalid(np.asarray(mat, dtype=np.float64))
-    im = ax.imshow(shown, vmin=0, vmax=1, cmap="viridis")
-    for i in range(k):
+    cell = 44 if k <= 12 else 28
+    font = ImageFont.load_default(size=11 if k <= 12 else 9)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8
+    top, bar_w = 24 + label_w, 46
+    width, height = label_w + k * cell + bar_w + 10, top + k * cell + 8
+    img = Image.new("RGB", (width, height), "white")
+    cells = apply_lut(np.clip(m, 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
+    grid = cells.copy()
+    grid[::cell, :] = 255
+    grid[:, ::cell] = 255
+    img.paste(Image.fromarray(grid), (label_w, top))
+    draw = ImageDraw.Draw(img)
+    draw.text((label_w, 4), title, fill="black", font=font)
+    for i, name in enumerate(names):
+        y = top + i * cell + cell // 2
+        draw.text((label_w - 4, y), name, fill="black", font=font, anchor="rm")
+        # column labels, written vertically above the matrix
+        txt = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(txt).text((4, cell // 2), name, fill="black", font=font, anchor="lm")
+        img.paste(txt.rotate(90, expand=True), (label_w + i * cell, top - label_w))
         for j in range(k):
-            v = mat[i][j]
+            v = m[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7 if k > 6 else 9,
-                        color="white" if v < 0.6 else "black")
-    ax.set_xticks(range(k), names, rotation=90 if k > 6 else 0, fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    return _png(fig)
+                draw.text((label_w + j * cell + cell // 2, y), f"{v:.2f}", font=font, anchor="mm",
+                          fill="white" if v < 0.6 else "black")
+    bar = apply_lut(np.linspace(1, 0, k * cell)[:, None].repeat(12, axis=1), "viridis")
+    x_bar = label_w + k * cell + 8
+    img.paste(Image.fromarray(bar), (x_bar, top))
+    for v in (0.0, 0.5, 1.0):
+        draw.text((x_bar + 16, top + (1 - v) * (k * cell - 1)), f"{v:g}", fill="black", font=font, anchor="lm")
+    return encode_png(np.asarray(img))
 
 
 def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:
