@@ -1,5 +1,4 @@
 """The tiny architecture used by the tests; copied next to test specs as arch.py."""
-import torch
 from torch import nn
 
 
