@@ -86,8 +86,13 @@ class LayerRecorder:
 
         return hook
 
-    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One forward pass of ``x``; the requested layers' outputs by name."""
+    def run(self, x: torch.Tensor, require_all: bool = True) -> dict[str, torch.Tensor]:
+        """One forward pass of ``x``; the requested layers' outputs by name.
+
+        With ``require_all=False`` layers that never ran are simply absent, and an
+        exception raised by the model after some layers fired is swallowed (used to
+        list shapes of whatever a model computes on a dummy input).
+        """
         if not self._handles:
             raise RuntimeError("LayerRecorder.run() must be called inside its 'with' block")
         self._out = {}
@@ -95,6 +100,11 @@ class LayerRecorder:
             self.model(x)
         except _StopForward:
             pass
+        except Exception:
+            if require_all:
+                raise
+        if not require_all:
+            return dict(self._out)
         missing = [n for n in self.names if n not in self._out]
         if missing:
             raise RuntimeError(f"layers never ran in the forward pass: {missing}")

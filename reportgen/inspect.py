@@ -54,12 +54,9 @@ def layer_table(module, input_shape: tuple[int, int, int] | None) -> list[dict]:
     outputs: dict[str, tuple] = {}
     if input_shape is not None and not hasattr(module, "_c"):  # TorchScript has no hooks
         with inference(module), LayerRecorder(module, names, stop_early=False) as rec:
-            rec._out = {}
-            try:
-                module(torch.zeros(1, *input_shape))
-            except Exception:  # noqa: BLE001 - a model that cannot run on zeros still lists its layers
-                pass
-            outputs = {k: tuple(v.shape[1:]) for k, v in rec._out.items()}
+            # A model that cannot run on zeros still lists its layers, without output shapes.
+            got = rec.run(torch.zeros(1, *input_shape), require_all=False)
+            outputs = {k: tuple(v.shape[1:]) for k, v in got.items()}
     rows = []
     for name, m in module.named_modules():
         if not name:

@@ -79,3 +79,11 @@ def test_relu_follows():
     assert not relu_follows(model, "3") and not relu_follows(model, "2")
     tiny = tiny_module()
     assert relu_follows(tiny, "conv1") and relu_follows(tiny, "conv2") and not relu_follows(tiny, "fc")
+
+
+def test_tolerant_run_returns_what_fired():
+    model = seq()
+    with LayerRecorder(model, ["0", "3"], stop_early=False) as rec:
+        got = rec.run(torch.randn(1, 3, 5, 5), require_all=False)  # too small: conv "3" fails
+    assert list(got) == ["0"]
+    assert all(not m._forward_hooks for m in model.modules())
