@@ -2,6 +2,7 @@
 
 Paths inside a report (all relative to docs/<report>/):
   img/{run}/{layer}/{view}.png      filter views and activations of one run
+                                    ({layer}: names.slug of the module name)
   img/{run}/input_{k}.png           the images shown
   img/{run}/stages_{k}.png          shared image k through every layer
   img/{model}/{layer}/*.png         charts and comparisons of a layer across runs
@@ -21,6 +22,7 @@ from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
 from reportgen.comparison import Comparisons, gabor_summary
+from reportgen.names import slug
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import encode_png
@@ -69,7 +71,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
         per_layer = layer_imgs.setdefault(layer, {})
 
         def add_layer_img(kind: str, name: str, png: bytes) -> None:
-            per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{layer}/{name}.png", png)))
+            per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{slug(layer)}/{name}.png", png)))
 
         for r, lr in items:
             paths = images.setdefault((r.run.key, layer), {})
@@ -79,17 +81,17 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                                    lambda: {v: encode_png(img) for v, img in filter_views(
                                        lr.weight, marks, shared, spec.analyses.filters.tile_px).items()})
                 for view, data in views.items():
-                    paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", data)
+                    paths[view] = files.add(f"img/{r.run.key}/{slug(layer)}/{view}.png", data)
             fits = comp.gabor.get((r.run.key, layer))
             if fits:
-                paths["gabor"] = files.add(f"img/{r.run.key}/{layer}/gabor.png", png(
+                paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
                     "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
                     lambda: gabor_triplets(lr.weight, fits)))
             for k, maps in enumerate(lr.maps):
                 # The layer's key already digests everything the maps come from.
                 act_key = digest("activations", lr.key, k) if lr.key else digest("activations", maps)
                 data, order = cache.memo("png", act_key, lambda maps=maps: _act_png(maps))
-                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{layer}/activations_{k}.png", data)
+                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
         if ws:
             norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
@@ -179,7 +181,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
                 return {"grids": grids, "cards": cards, "legend": card_legend(u, w_tiles is not None)}
 
             pics = cache.memo("png", key, draw)
-            base = f"img/{r.run.key}/{layer}/units"
+            base = f"img/{r.run.key}/{slug(layer)}/units"
             pages[(r.run.key, layer)] = {
                 "grids": {name: files.add(f"{base}/{name}.png", data) for name, data in pics["grids"].items()},
                 "cards": [files.add(f"{base}/unit_{i}.png", data) for i, data in enumerate(pics["cards"])],

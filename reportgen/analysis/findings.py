@@ -12,6 +12,8 @@ from statistics import median
 
 import numpy as np
 
+from reportgen.names import anchor_id, code, slug
+
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
 NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median
 OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
@@ -44,7 +46,7 @@ def findings(report: dict, analyses) -> list[dict]:
 
 def anchor(layer: str) -> str:
     """HTML id of a layer's section on a location page."""
-    return "layer-" + "".join(c if c.isalnum() else "-" for c in layer)
+    return "layer-" + anchor_id(layer)
 
 
 def _loc_link(run: dict, layer: str) -> str:
@@ -61,25 +63,25 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
         s, name = layer["summary"], layer["name"]
         link = _loc_link(run, name)
         if s["nonfinite"]:
-            reasons.append(f"[{s['nonfinite']} of {s['filters']} `{name}` filters hold NaN or Inf]({link})")
+            reasons.append(f"[{s['nonfinite']} of {s['filters']} {code(name)} filters hold NaN or Inf]({link})")
             worst, worst_layer, severity = max(worst, 1.0), worst_layer or name, "danger"
         if s["filters"] and s["dead"] / s["filters"] >= health.dead_share_warn:
             share = s["dead"] / s["filters"]
-            reasons.append(f"[{s['dead']} of {s['filters']} `{name}` filters ({share:.0%}) are dead]({link})")
+            reasons.append(f"[{s['dead']} of {s['filters']} {code(name)} filters ({share:.0%}) are dead]({link})")
             if share > worst:
                 worst, worst_layer = share, name
             severity = "danger" if share >= 0.5 or severity == "danger" else "warning"
         ref = norm_ref.get(name)
         if ref and s["median_l2_norm"] is not None and s["median_l2_norm"] < NORM_COLLAPSE * ref:
             ratio = s["median_l2_norm"] / ref
-            reasons.append(f"[`{name}`'s median filter norm is {ratio:.0%} of the other locations' median]({link}) "
+            reasons.append(f"[{code(name)}'s median filter norm is {ratio:.0%} of the other locations' median]({link}) "
                            f"({s['median_l2_norm']:.3g} vs {ref:.3g})")
             worst_layer = worst_layer or name
             worst = max(worst, 1 - ratio)
             severity = "danger" if severity == "danger" else "warning"
         nz, nzr = s["near_zero_fraction"], nz_ref.get((run["model"], name))
         if nz is not None and nzr is not None and nz >= max(2 * nzr, nzr + 0.15):
-            reasons.append(f"[{nz:.0%} of `{name}`'s weights are near zero]({link}) (median over locations {nzr:.0%})")
+            reasons.append(f"[{nz:.0%} of {code(name)}'s weights are near zero]({link}) (median over locations {nzr:.0%})")
             worst_layer = worst_layer or name
             worst = max(worst, nz)
             severity = "warning" if severity == "info" else severity
@@ -90,7 +92,7 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
                 and s["never_active"] / s["channels"] >= health.never_active_share_warn
                 and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
             share = s["never_active"] / s["channels"]
-            reasons.append(f"[{s['never_active']} of {s['channels']} `{name}` channels ({share:.0%}) never activate]"
+            reasons.append(f"[{s['never_active']} of {s['channels']} {code(name)} channels ({share:.0%}) never activate]"
                            f"({link}) on the {len(run['images'])} test images")
             worst_layer = worst_layer or name
             worst = max(worst, share)
@@ -112,12 +114,12 @@ def _layer_notes(report: dict, health) -> list[dict]:
         for layer in run["layers"]:
             by_layer.setdefault(layer["name"], []).append((run, layer))
     for name, items in by_layer.items():
-        link = f"layers/{name}.md"
+        link = f"layers/{slug(name)}.md"
         shares = [lay["summary"]["never_active"] / lay["summary"]["channels"] for _, lay in items
                   if lay["relu_applied"] and lay["summary"]["channels"]]
         if len(shares) >= 2 and median(shares) >= health.never_active_share_warn:
             n_img = median(len(r["images"]) for r, _ in items)
-            out.append(_f("info", f"`{name}`: channels that never activate are common everywhere: a median of "
+            out.append(_f("info", f"{code(name)}: channels that never activate are common everywhere: a median of "
                           f"{median(shares):.0%} per location (range {min(shares):.0%}–{max(shares):.0%}) on "
                           f"{n_img:g} test images. Being shared by all locations, this is a property of the "
                           f"architecture, the data or the test images rather than of one location; more varied "
@@ -137,7 +139,7 @@ def _layer_notes(report: dict, health) -> list[dict]:
             listing = ", ".join(f"{k} {n}/{total}" for k, n, total in sorted(hits, key=lambda h: -h[1])[:6])
             more = f" and {len(hits) - 6} more" if len(hits) > 6 else ""
             severity = "warning" if key == "duplicates" and share >= 0.1 else "info"
-            out.append(_f(severity, f"`{name}`: {what} at {len(hits)} of {len(items)} locations: {listing}{more}. "
+            out.append(_f(severity, f"{code(name)}: {what} at {len(hits)} of {len(items)} locations: {listing}{more}. "
                           f"[See the statistics on each location's page]({link}).", None, name, link, share))
     return out
 
@@ -147,7 +149,7 @@ def _similarity(report: dict, similar: float) -> list[dict]:
     cka_by_layer = []
     for c in report.get("comparisons", []):
         layer, runs = c["layer"], c["runs"]
-        link = f"layers/{layer}.md#similarity"
+        link = f"layers/{slug(layer)}.md#similarity"
         measure, mat = next(((m, c[k]) for m, k in (("matched |cos| of weights", "weight_similarity"),
                                                        ("CKA of activations", "cka"))
                              if c[k] is not None), (None, None))
@@ -167,7 +169,7 @@ def _similarity(report: dict, similar: float) -> list[dict]:
         near_chance = chance is not None and pair_med < chance + 0.05
         verdict = ("similar" if pair_med >= similar else
                    "unrelated" if near_chance else "different")
-        text = (f"`{layer}`: the locations learned {verdict} filters: median {measure} over pairs is "
+        text = (f"{code(layer)}: the locations learned {verdict} filters: median {measure} over pairs is "
                 f"{pair_med:.2f} (1 = identical up to order and sign"
                 + (f"; {chance:.2f} for independent random filters of this shape" if chance is not None else "")
                 + f"). Most alike: {runs[i]} and {runs[j]} ({m[i, j]:.2f}).")
@@ -183,7 +185,7 @@ def _similarity(report: dict, similar: float) -> list[dict]:
         text += f" [See the similarity matrices]({link})."
         out.append(_f("warning" if outliers else "info", text, None, layer, link, 1 - pair_med))
     if len(cka_by_layer) >= 2:  # the trend reads best before the layer-by-layer notes
-        trend = " → ".join(f"`{name}` {v:.2f}" for name, v in cka_by_layer)
+        trend = " → ".join(f"{code(name)} {v:.2f}" for name, v in cka_by_layer)
         first, last = cka_by_layer[0][1], cka_by_layer[-1][1]
         change = ("diverge with depth" if last < first - 0.1 else
                   "converge with depth" if last > first + 0.1 else "agree about as much at every stage")
@@ -206,22 +208,22 @@ def _gabor(report: dict, min_score: float) -> list[dict]:
         return []
     med = median(shares.values())
     best = max(shares, key=shares.get)
-    text = (f"`{layer_name}`: few filters are Gabor-like" if med < 0.5 else f"`{layer_name}`: most filters are Gabor-like")
+    text = (f"{code(layer_name)}: few filters are Gabor-like" if med < 0.5 else f"{code(layer_name)}: most filters are Gabor-like")
     text += (f": the median location has {med:.0%} of filters whose Gabor fit reaches an adjusted R² of "
              f"{min_score:g} (highest: {best}, {shares[best]:.0%}).")
     ref = report.get("reference")
     severity, value = "info", 1 - med
     if ref and ref.get("gabor") and ref["gabor"]["share_gabor_like"] is not None:
         rs = ref["gabor"]["share_gabor_like"]
-        text += f" The reference ({ref['name']}, `{ref['layer']}`) has {rs:.0%}."
+        text += f" The reference ({ref['name']}, {code(ref['layer'])}) has {rs:.0%}."
         matched = [p["matched_similarity"] for p in ref["per_run"]]
         if matched:
-            text += (f" Matched similarity of each location's `{ref['against']}` to the reference: median "
+            text += (f" Matched similarity of each location's {code(ref['against'])} to the reference: median "
                      f"{median(matched):.2f}.")
         if rs - med >= 0.3:
             severity = "warning"
-    text += f" [See the fits](layers/{layer_name}.md#gabor-likeness)."
-    return [_f(severity, text, None, layer_name, f"layers/{layer_name}.md#gabor-likeness", value)]
+    text += f" [See the fits](layers/{slug(layer_name)}.md#gabor-likeness)."
+    return [_f(severity, text, None, layer_name, f"layers/{slug(layer_name)}.md#gabor-likeness", value)]
 
 
 def _overview(report: dict, unhealthy: list[str]) -> dict:
@@ -244,7 +246,7 @@ def _next_step(report: dict, unhealthy: list[str], gabor: list[dict]) -> dict | 
     if gabor and ref and ref.get("gabor") and gabor[0]["severity"] == "warning":
         steps.append(f"the healthy locations' first layers are far less Gabor-like than the reference's; "
                      f"to tell the multi-task setup from under-training, train one location longer, or start "
-                     f"its `{ref['against']}` from the reference, and compare the Gabor share")
+                     f"its {code(ref['against'])} from the reference, and compare the Gabor share")
     if len(runs) > 1 and not any(c.get("cka") for c in report.get("comparisons", [])):
         steps.append("add test images shared by all locations (same file in every location's image list) "
                      "to compare their activations with CKA")

@@ -13,15 +13,8 @@ from functools import lru_cache
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reportgen.analysis.findings import anchor
+from reportgen.names import code, md_escape, slug
 from reportgen.spec import ReportSpec
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}#|!~])")
-
-
-def md_escape(text: object) -> str:
-    """Text shown literally in Markdown: HTML and Markdown syntax are neutralised."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
-
 
 def html_escape_only(text: object) -> str:
     """Markdown is kept (descriptions are Markdown) but raw HTML is not injected."""
@@ -84,7 +77,7 @@ def _env() -> Environment:
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
     env.filters.update(md=md_escape, html_only=html_escape_only, fmt=_fmt, pct=_pct, shape=_shape,
-                       anchor=anchor, offdiag_median=_offdiag_median, relink=relink)
+                       anchor=anchor, slug=slug, code=code, offdiag_median=_offdiag_median, relink=relink)
     return env
 
 
@@ -114,12 +107,14 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "has_stages": any(k[1] == "__stages__" for k in images),
         "unit_pages": {f"{k}|{layer}": v for (k, layer), v in (unit_pages or {}).items()},
     }
-    pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
+    pages = {"index.md": env.get_template("index.md.j2").render(**ctx),
+             # Ships inside every report, so its links never leave docs/<report>/.
+             "methods.md": env.get_template("methods.md.j2").render(**ctx)}
     for run in runs:
         pages[f"locations/{run['key']}.md"] = env.get_template("location.md.j2").render(run=run, **ctx)
     for layer in layer_names:
         entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
-        pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
+        pages[f"layers/{slug(layer)}.md"] = env.get_template("layer.md.j2").render(
             layer=layer, entries=entries, imgs=layer_imgs.get(layer, {}), **ctx)
     for run in runs:
         if run.get("trace"):
@@ -129,7 +124,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     for (key, layer), pics in (unit_pages or {}).items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
-        pages[f"units/{key}/{layer}.md"] = env.get_template("units.md.j2").render(
+        pages[f"units/{key}/{slug(layer)}.md"] = env.get_template("units.md.j2").render(
             run=run, lay=lay, pics=pics, **ctx)
     if ctx["has_stages"]:
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
