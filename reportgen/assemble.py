@@ -251,8 +251,9 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
             **({"trace": trace} if trace else {}),
             "model": r.run.model.name,
             "location": r.run.location,
-            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript, spec),
+            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript or r.run.onnx, spec),
             "checkpoint_sha256": r.checkpoint_sha256,
+            "notes": list(getattr(r, "notes", [])),
             "images": [_display_path(p, spec) for p in r.run.images],
             "layers": layers,
         })

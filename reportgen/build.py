@@ -27,7 +27,7 @@ from reportgen.cache import Cache, digest, file_digest
 from reportgen.comparison import run_comparisons
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
-from reportgen.models import load_model, resolve_arch, resolve_device, resolve_layers
+from reportgen.models import NO_HOOKS_NOTE, load_model, resolve_arch, resolve_device, resolve_layers, runs_python_hooks
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
 
@@ -117,7 +117,7 @@ def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
     for run in spec.runs:
         if run.model.name in found:
             continue
-        if run.model.torchscript:
+        if run.model.arch is None:  # TorchScript or ONNX: the file is the architecture
             module = load_model(spec, run, "cpu").module
         else:
             mi = [m.name for m in spec.models].index(run.model.name)
@@ -207,7 +207,7 @@ def _add_units(spec: ReportSpec, results: list[RunResult], device: torch.device,
         if r.run.key not in wanted:
             continue
         images = [loaded_images[p] for p in r.run.images]
-        if not images or r.run.torchscript is not None:
+        if not images or not runs_python_hooks(r.run.model):
             warnings.append(f"{r.run.key}: unit views need test images and a model that runs Python hooks")
             continue
         if len({tuple(im.tensor.shape) for im in images}) > 1:
@@ -249,12 +249,12 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     """
     cache = cache or Cache(None)
     opts = spec.analyses.activations
-    hookable = run.model.torchscript is None
+    hookable = runs_python_hooks(run.model)
     with_acts = opts.enabled and bool(images) and hookable
     keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts) for ls in run.layers}
     found = {name: cache.get("layer", key) for name, key in keys.items()}
     missing = [ls for ls in run.layers if found[ls.name] is None]
-    source = run.checkpoint or run.torchscript
+    source = run.checkpoint or run.torchscript or run.onnx
     if missing:
         fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts)
         for lr in fresh:
@@ -263,8 +263,7 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
             found[lr.name] = lr
     notes = []
     if opts.enabled and images and not hookable:
-        notes.append("activation views skipped: TorchScript modules do not run forward hooks; "
-                     "give the architecture and a state_dict to see activations")
+        notes.append(f"activation views skipped: {NO_HOOKS_NOTE}")
     return RunResult(
         run=run, layers=[found[ls.name] for ls in run.layers], images=images[: opts.max_images],
         n_images=len(images), checkpoint_sha256=file_digest(source) if source else None, notes=notes,
@@ -280,8 +279,8 @@ def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared
     if model.arch and ":" in model.arch and model.arch.rsplit(":", 1)[0].endswith(".py"):
         arch_file = spec.base_dir / model.arch.rsplit(":", 1)[0]
     return digest(
-        "layer", model.arch, model.arch_args, model.checkpoint_key,
-        run.checkpoint, run.torchscript, arch_file,  # paths hash by content
+        "layer", model.arch, model.arch_args, model.checkpoint_key, model.checkpoint_prefix,
+        run.checkpoint, run.torchscript, run.onnx, arch_file,  # paths hash by content
         ls.name, ls.relu, device.type, with_acts,
         spec.input.model_dump() if with_acts else None,
         [im.digest for im in images] if with_acts else None,

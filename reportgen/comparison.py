@@ -137,7 +137,7 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
         "name": run.key,
         "layer": ref_spec.layer,
         "against": against,
-        "checkpoint": str(run.checkpoint or run.torchscript or ""),
+        "checkpoint": str(run.checkpoint or run.torchscript or run.onnx or ""),
         "weight_shape": list(ref_w.shape),
         "median_l2_norm": float(np.median(norms)),
         "gabor": gabor_summary(comp.reference_fits, min_score) if comp.reference_fits else None,

@@ -3,6 +3,10 @@
 ``state_dict``: an architecture (a class or factory from a file or a package)
 plus an optional checkpoint, loaded with ``torch.load(weights_only=True)`` unless
 the spec marks the file as trusted. ``torchscript``: a saved ScriptModule.
+``onnx``: an ONNX graph converted to torch modules by onnx2torch (the optional
+``reportgen[onnx]`` extra). Checkpoints may be torch pickles or ``.safetensors`` files;
+weights saved under a prefix (Lightning's ``model.``, DataParallel's ``module.``, ...)
+are matched to the architecture (see fit_prefix).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import DeviceError, ModelLoadError
+from reportgen.formats import fit_prefix, is_safetensors, load_onnx, read_safetensors
 from reportgen.spec import ReportSpec, Run
 from reportgen.yamlsrc import format_key_path
 
@@ -62,11 +67,33 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(spec: ReportSpec, run: Run, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the run's network with its weights, in eval mode, on ``device``."""
-    kind = "torchscript" if run.model.torchscript else "state_dict"
-    loaded = LOADERS[kind](spec, run)
+    loaded = LOADERS[model_kind(run.model)](spec, run)
     loaded.module.eval()
     loaded.module.to(device)
     return loaded
+
+
+def model_kind(model) -> str:
+    """The LOADERS key for a ModelSpec: 'onnx', 'torchscript' or 'state_dict'.
+
+    ``torchscript`` together with ``arch`` builds the Python architecture and loads the
+    TorchScript file's weights into it, so forward hooks (activations) work.
+    """
+    if getattr(model, "onnx", None):
+        return "onnx"
+    if model.torchscript and not model.arch:
+        return "torchscript"
+    return "state_dict"
+
+
+def runs_python_hooks(model) -> bool:
+    """Whether the loaded network runs Python forward hooks (activations, units)."""
+    return model_kind(model) != "torchscript"
+
+
+NO_HOOKS_NOTE = ("this model was loaded from a TorchScript file, which cannot run Python forward hooks, so only weight "
+                 "views are shown; add 'arch' (the Python class) to the model in the spec to see "
+                 "activations too: reportgen then loads the TorchScript file's weights into it")
 
 
 def _load_torchscript(spec: ReportSpec, run: Run) -> LoadedModel:
@@ -96,15 +123,23 @@ def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
             f"{spec.where(_model_kp(spec, run) + ('arch',))}: '{run.model.arch}' returned "
             f"{type(module).__name__}, not a torch.nn.Module"
         )
+    source = run.checkpoint
     if run.checkpoint is not None:
         state = read_checkpoint(run.checkpoint, run.location, run.model.trusted, run.model.checkpoint_key)
-        apply_state_dict(module, state, run.location, run.checkpoint)
-    return LoadedModel(module=module, kind="state_dict", hookable=True, source=run.checkpoint)
+    elif run.torchscript is not None:  # weights from a TorchScript file, hooks from the Python class
+        source = run.torchscript
+        state = _load_torchscript(spec, run).module.state_dict()
+    if source is not None:
+        state = fit_prefix(state, module, getattr(run.model, "checkpoint_prefix", None), run.location, source)
+        apply_state_dict(module, state, run.location, source)
+    return LoadedModel(module=module, kind="state_dict", hookable=True, source=source)
 
 
 LOADERS: dict[str, Callable[[ReportSpec, Run], LoadedModel]] = {
     "state_dict": _load_state_dict_model,
     "torchscript": _load_torchscript,
+    "onnx": lambda spec, run: LoadedModel(module=load_onnx(run.onnx, run.location), kind="onnx",
+                                          hookable=True, source=run.onnx),
 }
 
 _ARCH_CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -154,6 +189,8 @@ def resolve_arch(arch: str, base_dir: Path, where: str) -> Callable[..., Any]:
 def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -> dict[str, torch.Tensor]:
     """Load a checkpoint file and return its state_dict (tensors by parameter name)."""
     where = f"location '{location}': checkpoint {path}"
+    if is_safetensors(path):
+        return read_safetensors(path, where)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:

@@ -69,11 +69,22 @@ class ModelSpec(_Strict):
     )
     arch_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for arch.")
     torchscript: Optional[str] = Field(
-        None, description="TorchScript file (template with {location}) instead of arch + checkpoint."
+        None, description="TorchScript file (template with {location}) instead of a checkpoint. Alone it "
+        "gives weight views only (TorchScript runs no Python hooks); with 'arch' its weights are loaded "
+        "into that class and every view works."
+    )
+    onnx: Optional[str] = Field(
+        None, description="ONNX file (template with {location}) instead of arch + checkpoint; needs "
+        "pip install \"reportgen[onnx]\". Layer names are the converted graph's module names "
+        "(run 'reportgen layers')."
     )
     checkpoint: Optional[str] = Field(
         None, description="Checkpoint path template, e.g. 'ckpt/{location}.pt'. Omit to use the "
         "architecture's own initial weights."
+    )
+    checkpoint_prefix: Optional[str] = Field(
+        None, description="Prefix of the weight names in the checkpoint to strip, e.g. 'model.' for a "
+        "Lightning checkpoint (default: found automatically when the names do not match the arch)."
     )
     checkpoint_key: Optional[str] = Field(
         None, description="Key inside the checkpoint dict that holds the state_dict "
@@ -116,11 +127,14 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        if (self.arch is None) == (self.torchscript is None):
-            raise ValueError("give exactly one of 'arch' (with an optional 'checkpoint') or 'torchscript'")
+        if self.onnx is not None and (self.arch or self.torchscript or self.checkpoint):
+            raise ValueError("an ONNX model carries its architecture and weights; remove 'arch', "
+                             "'torchscript' and 'checkpoint'")
+        if self.arch is None and self.torchscript is None and self.onnx is None:
+            raise ValueError("give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'")
         if self.torchscript is not None and self.checkpoint is not None:
             raise ValueError("a TorchScript model carries its weights; remove 'checkpoint'")
-        template = self.checkpoint or self.torchscript or ""
+        template = self.checkpoint or self.torchscript or self.onnx or ""
         if self.locations and len(self.locations) > 1 and template and "{location}" not in template:
             raise ValueError(
                 "several locations share one file; put '{location}' in the checkpoint path"
@@ -324,6 +338,7 @@ class Run:
     torchscript: Optional[Path]
     images: tuple[Path, ...]
     layers: tuple[LayerSpec, ...]
+    onnx: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -401,7 +416,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
     if ref.arch is not None and _is_file_arch(ref.arch) and not (base / ref.arch.rsplit(":", 1)[0]).is_file():
         problems.append(f"{src.where(kp + ('arch',))}: reference.arch: architecture file "
                         f"'{ref.arch.rsplit(':', 1)[0]}' not found (paths are relative to the spec file)")
-    for key in ("checkpoint", "torchscript"):
+    for key in ("checkpoint", "torchscript", "onnx"):
         value = getattr(ref, key)
         if value and not (base / value).is_file():
             problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {_rel(base / value)}")
@@ -412,6 +427,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
         checkpoint=base / ref.checkpoint if ref.checkpoint else None,
         torchscript=base / ref.torchscript if ref.torchscript else None,
         images=(), layers=(LayerSpec(name=ref.layer),),
+        onnx=base / ref.onnx if ref.onnx else None,
     )
 
 
@@ -447,6 +463,14 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                         f"{src.where(lkp)}: {format_key_path(lkp)}: TorchScript file for location "
                         f"'{location}' not found: {_rel(ts)}"
                     )
+            onnx = None
+            if model.onnx:
+                onnx = base / model.onnx.replace("{location}", location)
+                if not onnx.is_file():
+                    problems.append(
+                        f"{src.where(lkp)}: {format_key_path(lkp)}: ONNX file for location "
+                        f"'{location}' not found: {_rel(onnx)}"
+                    )
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
             runs.append(
                 Run(
@@ -458,6 +482,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     torchscript=ts,
                     images=tuple(images),
                     layers=tuple(model.layers or schema.layers),
+                    onnx=onnx,
                 )
             )
     keys = [r.key for r in runs]

@@ -124,10 +124,16 @@ def test_missing_spec_file(tmp_path):
         load_spec(tmp_path / "nope.yaml")
 
 
-def test_arch_xor_torchscript(project):
-    text = SPEC.replace("    checkpoint: ckpt/{location}.pt\n", "    torchscript: m.pt\n")
+def test_model_sources_that_do_not_go_together(project):
+    # arch + torchscript is allowed (the file's weights go into the class); onnx stands alone.
+    text = SPEC.replace("    checkpoint: ckpt/{location}.pt\n", "    onnx: m{location}.onnx\n")
     assert problems(project, text) == [
-        "SPEC:5: models[0]: give exactly one of 'arch' (with an optional 'checkpoint') or 'torchscript'"
+        "SPEC:5: models[0]: an ONNX model carries its architecture and weights; remove 'arch', "
+        "'torchscript' and 'checkpoint'"
+    ]
+    text = SPEC.replace("    arch: arch.py:TinyNet\n", "").replace("    checkpoint: ckpt/{location}.pt\n", "")
+    assert problems(project, text) == [
+        "SPEC:5: models[0]: give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'"
     ]
 
 
