@@ -189,11 +189,15 @@ def infer_input_size(module, channels: int) -> tuple[int | None, str]:
 
 
 def pick_layers(rows: list[dict], limit: int = MAX_LAYERS) -> set[str]:
-    """Every convolution and dense layer when there are at most ``limit``; otherwise
-    ``limit`` of them spread evenly from the first to the last (both kept)."""
+    """Every convolution and dense layer when there are at most ``limit``; otherwise 1x1
+    convolutions (which only mix channels) go first, then ``limit`` of the rest are
+    spread evenly from the first to the last (both kept)."""
     weighted = [r["name"] for r in rows if r["weight"] is not None and len(r["weight"]) in (2, 4)]
     if len(weighted) <= limit:
         return set(weighted)
+    spatial = [r["name"] for r in rows if r["weight"] is not None
+               and (len(r["weight"]) == 2 or (len(r["weight"]) == 4 and max(r["weight"][2:]) > 1))]
+    weighted = spatial if len(spatial) >= limit else weighted
     step = (len(weighted) - 1) / (limit - 1)
     return {weighted[round(i * step)] for i in range(limit)}
 

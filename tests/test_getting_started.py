@@ -32,10 +32,11 @@ def test_init_writes_a_spec_that_checks_and_builds(tmp_path, monkeypatch):
     text = (tmp_path / "specs/net.yaml").read_text()
     assert "    arch: ../net.py:SmallResNet\n    checkpoint: ../net.pth\n" in text
     assert "  - conv1                        # Conv2d, weights 8x3x7x7, output 8x32x32" in text
-    chosen = [line.split()[1] for line in text.splitlines() if line.startswith("  - ")]
-    skipped = [line.split()[2] for line in text.splitlines() if line.startswith("  # - ")]
+    layer_lines = text.split("\nlayers:\n")[1].splitlines()
+    chosen = [line.split()[1] for line in layer_lines if line.startswith("  - ")]
+    skipped = [line.split()[2] for line in layer_lines if line.startswith("  # - ")]
     assert len(chosen) == 12 and len(skipped) == 4 and chosen[0] == "conv1" and chosen[-1] == "fc"
-    assert "layer1.0.conv2" in chosen  # the complaint: conv2 layers were skipped
+    assert {"layer2.0.downsample.0", "layer3.0.downsample.0"} <= set(skipped)  # 1x1 convs go first
     # $schema resolves relative to the spec file
     schema_ref = text.splitlines()[0].split("$schema=")[1]
     schema = json.loads((tmp_path / "specs" / schema_ref).read_text())
