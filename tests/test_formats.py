@@ -189,6 +189,28 @@ analyses:
     assert json.loads((out / "report.json").read_text())["runs"][0]["checkpoint"].endswith("det_a.onnx")
 
 
+@pytest.mark.skipif(not onnx_available(), reason='the ONNX extra is not installed (pip install "reportgen[onnx]")')
+def test_onnx_graph_of_a_newer_opset_is_converted_down(tmp_path):
+    import onnx
+    from onnx import version_converter
+
+    from reportgen.formats import load_onnx
+
+    torch.manual_seed(0)
+    net = _Detector().eval()
+    torch.onnx.export(net, torch.zeros(1, 3, 16, 16), str(tmp_path / "d17.onnx"), dynamo=False, opset_version=17)
+    newer = version_converter.convert_version(onnx.load(str(tmp_path / "d17.onnx")), 19)
+    assert newer.opset_import[0].version == 19  # onnx2torch has no converter for opset 19's Constant
+    onnx.save(newer, str(tmp_path / "d19.onnx"))
+    module = load_onnx(tmp_path / "d19.onnx", "x")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(ModelLoadError, match=r"junk.onnx is not a readable ONNX model"):
+        load_onnx(tmp_path / "junk.onnx", "x")
+
+
 def test_onnx_without_the_extra_says_how_to_install(project, monkeypatch):
     import importlib.util
 
