@@ -171,17 +171,20 @@ def load_onnx(path: Path | None, location: str) -> nn.Module:
         graph = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelLoadError(f"{where} is not a readable ONNX model ({_why(exc)})") from None
+    opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
     try:
         return onnx2torch.convert(graph)
     except NotImplementedError as first:
-        # onnx2torch lags behind the newest opsets; the ONNX version converter bridges many.
-        try:
-            from onnx import version_converter
+        hint = "onnx2torch has no converter for it; re-export the model without that operation"
+        if opset > ONNX_OPSET:
+            # onnx2torch lags behind the newest opsets; the ONNX version converter bridges many.
+            try:
+                from onnx import version_converter
 
-            return onnx2torch.convert(version_converter.convert_version(graph, ONNX_OPSET))
-        except Exception:
-            raise ModelLoadError(f"{where}: onnx2torch cannot convert this graph ({_why(first)}); "
-                                 f"export it with an older opset (e.g. opset_version={ONNX_OPSET})") from None
+                return onnx2torch.convert(version_converter.convert_version(graph, ONNX_OPSET))
+            except Exception:
+                hint = f"export it with an older opset (e.g. opset_version={ONNX_OPSET})"
+        raise ModelLoadError(f"{where}: onnx2torch cannot convert this graph ({_why(first)}); {hint}") from None
     except ModelLoadError:
         raise
     except Exception as exc:
