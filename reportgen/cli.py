@@ -104,7 +104,7 @@ def layers(spec: Path) -> None:
               default=Path("specs/report.yaml"), show_default=True, help="Where to write the spec.")
 def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: int | None, channels: str,
          normalise: str, trusted: bool, output: Path) -> None:
-    """Write a commented spec for your model ARCH ('file.py:Class' or 'package.module:factory'),
+    """Write a commented spec for your model ARCH ('file.py:Class', 'package.module:factory' or 'model.onnx'),
     and a minimal mkdocs.yml and docs/index.md here when they are absent."""
     import json
 

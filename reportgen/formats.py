@@ -125,8 +125,8 @@ def _torchvision_optional() -> Iterator[None]:
     so nothing else mistakes it for the real package."""
     import importlib.util
 
-    if importlib.util.find_spec("torchvision") is not None:
-        yield
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        yield  # the real package, or something already standing in for it
         return
 
     def missing(*_a, **_k):

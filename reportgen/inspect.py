@@ -121,8 +121,7 @@ description: |
   What these networks are and what you want to learn from them (Markdown).
 models:
   - name: {model_name}
-    arch: {arch}
-{arch_args}{checkpoint}    # One run per location; with several, put {{location}} in the checkpoint path:
+{source}    # One run per location; with several, put {{location}} in the checkpoint path:
     # checkpoint: ../runs/{{location}}/best.pt
     # locations: [run1, run2]
 input:
@@ -224,15 +223,34 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
     if normalise not in NORMALISE:
         raise ReportgenError(f"--normalise must be one of {', '.join(NORMALISE)}")
     arch_args = arch_args or {}
-    target, _, name = arch.rpartition(":")
-    if not target:
-        raise ReportgenError(f"arch '{arch}' must look like 'path/to/file.py:ClassName' or 'package.module:factory'")
-    is_file = target.endswith(".py") or "/" in target
-    factory = resolve_arch(arch, Path.cwd(), "--arch")
-    try:
-        module = factory(**arch_args)
-    except TypeError as exc:
-        raise ReportgenError(f"cannot build '{arch}' with arch args {arch_args}: {exc}") from None
+    base = out.resolve().parent
+
+    def rel(p: str) -> str:
+        return os.path.relpath(Path(p).resolve(), base)
+
+    if arch.endswith(".onnx"):  # the file is the architecture and the weights
+        from reportgen.formats import load_onnx
+
+        if not Path(arch).is_file():
+            raise ReportgenError(f"ONNX file not found: {arch}")
+        module = load_onnx(Path(arch), "(init)")
+        name, source = Path(arch).stem, f"    onnx: {rel(arch)}\n"
+        checkpoint = None
+    else:
+        target, _, name = arch.rpartition(":")
+        if not target:
+            raise ReportgenError(f"arch '{arch}' must look like 'path/to/file.py:ClassName', "
+                                 "'package.module:factory' or 'model.onnx'")
+        is_file = target.endswith(".py") or "/" in target
+        factory = resolve_arch(arch, Path.cwd(), "--arch")
+        try:
+            module = factory(**arch_args)
+        except TypeError as exc:
+            raise ReportgenError(f"cannot build '{arch}' with arch args {arch_args}: {exc}") from None
+        source = (f"    arch: {rel(target) + ':' + name if is_file else arch}\n"
+                  + (f"    arch_args: {json.dumps(arch_args)}\n" if arch_args else "")
+                  + ((f"    checkpoint: {rel(checkpoint)}\n" + ("    trusted: true\n" if trusted else ""))
+                     if checkpoint else ""))
     if checkpoint:
         state = read_checkpoint(Path(checkpoint), "(init)", trusted, None)
         state = fit_prefix(state, module, None, "(init)", Path(checkpoint))
@@ -258,11 +276,6 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
         shown = json.dumps(r["name"]) if not _plain_yaml(r["name"]) else r["name"]
         lines.append(f"  {mark}- {shown:<28} # {r['type']}, weights {_shape(r['weight'])}, "
                      f"output {_shape(r['output'])}")
-    base = out.resolve().parent
-
-    def rel(p: str) -> str:
-        return os.path.relpath(Path(p).resolve(), base)
-
     mean, std = NORMALISE[normalise]
     if mean is None:
         norm_text = ("  # No normalisation: pixels in [0, 1]. If the model was trained on normalised\n"
@@ -276,10 +289,7 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
     text = INIT_TEMPLATE.format(
         schema="./" + schema.name,  # relative to the spec file, where it is written below
         spec_name=out, slug=slug, title=f"What {name} learned", model_name=slug,
-        arch=f"{rel(target)}:{name}" if is_file else arch,
-        arch_args=f"    arch_args: {json.dumps(arch_args)}\n" if arch_args else "",
-        checkpoint=(f"    checkpoint: {rel(checkpoint)}\n" + ("    trusted: true\n" if trusted else ""))
-        if checkpoint else "",
+        source=source,
         height=size, width=size, size_reason=reason, channels=channels, normalise=norm_text,
         images=images, n_conv=len(convs), n_dense=len(dense), n_chosen=len(chosen),
         layers="\n".join(lines) + "\n",

@@ -224,3 +224,24 @@ def test_onnx_without_the_extra_says_how_to_install(project, monkeypatch):
                                                                           "  - x\n"))
     with pytest.raises(ModelLoadError, match=r'ONNX models need the optional extra: pip install "reportgen\[onnx\]"'):
         load_model(load_spec(spec), load_spec(spec).runs[0])
+
+
+@pytest.mark.skipif(not onnx_available(), reason='the ONNX extra is not installed (pip install "reportgen[onnx]")')
+def test_init_writes_a_spec_for_an_onnx_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reportgen.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    torch.onnx.export(_Detector().eval(), torch.zeros(1, 3, 16, 16), "det.onnx", dynamo=False, opset_version=17)
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "images/a.jpg")
+    res = CliRunner().invoke(cli, ["init", "det.onnx", "--size", "16", "-o", "specs/det.yaml"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "specs/det.yaml").read_text()
+    assert "    onnx: ../det.onnx\n" in text and "arch:" not in text
+    spec = load_spec(tmp_path / "specs/det.yaml")
+    assert [ls.name for ls in spec.layers] == ["body/body/0/Conv", "body/body/2/Conv", "head/Gemm"]
+    assert spec.runs[0].onnx.resolve() == (tmp_path / "det.onnx").resolve()
