@@ -16,6 +16,10 @@ filter L2 norms in report.json are compared with norms computed from the file it
 state_dict or ONNX initializer), and each channel's max activation over the images with a
 plain `torch.nn.functional.conv2d` of those weights. Prints a table of what ran and the
 largest differences.
+
+Measured here (2-core CPU, shared): the four reports built in 17 to 48 s each, filter norms
+agreed to 2e-6, channel maxima exactly, and the site of all four passed the strict build.
+RapidOCR's PP-OCR ONNX models do not convert: onnx2torch lacks `auto_pad: SAME_UPPER`.
 """
 
 from __future__ import annotations
