@@ -223,6 +223,7 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
     if normalise not in NORMALISE:
         raise ReportgenError(f"--normalise must be one of {', '.join(NORMALISE)}")
     arch_args = arch_args or {}
+    reason = ""
     base = out.resolve().parent
 
     def rel(p: str) -> str:
@@ -236,6 +237,8 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
         module = load_onnx(Path(arch), "(init)")
         name, source = Path(arch).stem, f"    onnx: {rel(arch)}\n"
         checkpoint = None
+        if size is None and _onnx_input_side(Path(arch)):
+            size, reason = _onnx_input_side(Path(arch)), "from the ONNX graph's input shape"
     else:
         target, _, name = arch.rpartition(":")
         if not target:
@@ -260,10 +263,8 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
         size, reason = infer_input_size(module, n_channels)
         if size is None:
             raise ReportgenError(f"cannot tell the input size of '{arch}': {reason}; give it with --size")
-        size_note = f"Input size {size}x{size}: {reason}."
-    else:
-        reason = "given with --size"
-        size_note = f"Input size {size}x{size} (--size)."
+    reason = reason or "given with --size"
+    size_note = f"Input size {size}x{size}: {reason}."
     shape = (n_channels, size, size)
     rows = layer_table(module, shape)
     weighted = [r for r in rows if r["weight"] is not None]
@@ -311,6 +312,15 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
         *([f"Wrote {', '.join(wrote)} (a minimal MkDocs site for `reportgen serve`)."] if wrote else []),
         f"Next: check 'images' in the spec, then `reportgen check {out}`.",
     ])
+
+
+def _onnx_input_side(path: Path) -> int | None:
+    """The side of a square image input fixed in an ONNX graph (N x C x S x S), else None."""
+    import onnx
+
+    inputs = onnx.load(str(path), load_external_data=False).graph.input
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    return dims[2] if len(dims) == 4 and dims[2] > 0 and dims[2] == dims[3] else None
 
 
 def _plain_yaml(name: str) -> bool:

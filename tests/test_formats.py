@@ -238,10 +238,11 @@ def test_init_writes_a_spec_for_an_onnx_file(tmp_path, monkeypatch):
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "images/a.jpg")
-    res = CliRunner().invoke(cli, ["init", "det.onnx", "--size", "16", "-o", "specs/det.yaml"])
+    res = CliRunner().invoke(cli, ["init", "det.onnx", "-o", "specs/det.yaml"])
     assert res.exit_code == 0, res.output
+    assert "Input size 16x16: from the ONNX graph's input shape" in res.stdout  # exported at 1x3x16x16
     text = (tmp_path / "specs/det.yaml").read_text()
     assert "    onnx: ../det.onnx\n" in text and "arch:" not in text
     spec = load_spec(tmp_path / "specs/det.yaml")
     assert [ls.name for ls in spec.layers] == ["body/body/0/Conv", "body/body/2/Conv", "head/Gemm"]
-    assert spec.runs[0].onnx.resolve() == (tmp_path / "det.onnx").resolve()
+    assert spec.runs[0].onnx.resolve() == (tmp_path / "det.onnx").resolve() and spec.input.size == (16, 16)
