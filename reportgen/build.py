@@ -23,7 +23,7 @@ from reportgen.analysis.locations import sample_positions
 from reportgen.capture import LayerRecorder, inference, relu_follows
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
-from reportgen.cache import Cache, digest, file_digest
+from reportgen.cache import Cache, digest, file_digest, register
 from reportgen.comparison import run_comparisons
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
@@ -47,6 +47,9 @@ class LayerResult:
     features: np.ndarray | None = None  # (S, C) sampled positions of the shared images
     key: str = ""  # cache key: a digest of everything this result depends on
     shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
+
+
+register(LayerResult)  # cached per layer ("layer" entries)
 
 
 @dataclass
@@ -99,6 +102,8 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache)
         out = publish(files, docs, spec.report)
+    # A cache that could not be used is reported but never fails the build (not even --strict).
+    warnings += cache.warnings
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,

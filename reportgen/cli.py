@@ -20,6 +20,14 @@ def _fail(exc: ReportgenError) -> None:
     sys.exit(1)
 
 
+def _fail_env(exc: OSError) -> None:
+    """A file system failure the library did not name itself (disk full, permissions)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    click.echo(f"Error: {where}{exc.strerror or exc}; check that the path exists and is writable "
+               "and that the disk has space, then build again", err=True)
+    sys.exit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reportgen")
 def cli() -> None:
@@ -51,6 +59,8 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
             result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache)
     except ReportgenError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_env(exc)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if verbose:
@@ -143,6 +153,8 @@ def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: P
             result = run_build(spec, docs_dir, device=device, log=progress)
     except ReportgenError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_env(exc)
     click.echo(f"Built {result.out_dir}; serving on http://{dev_addr}/ (Ctrl-C stops)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     try:

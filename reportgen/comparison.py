@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reportgen.analysis.filters import near_duplicates, norm_outliers
-from reportgen.cache import Cache, digest
+from reportgen.cache import Cache, digest, register
 from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
@@ -19,6 +19,8 @@ from reportgen.models import load_model
 from reportgen.spec import ReportSpec
 
 GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
+
+register(GaborFit)  # cached per layer ("gabor" entries)
 
 
 @dataclass

@@ -61,7 +61,7 @@ def test_no_cache_stores_nothing(project, tmp_path):
 def test_corrupt_entry_is_a_miss_and_is_replaced(project, tmp_path):
     cache = tmp_path / "cache"
     run(project, cache)
-    entries = sorted((cache / "layer").rglob("*.pkl"))
+    entries = sorted((cache / "layer").rglob("*.rge"))
     entries[0].write_bytes(b"\x80garbage")
     again = run(project, cache)
     assert again.cache.misses["layer"] == 1
