@@ -37,10 +37,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Layer names become folder names and appear in page text; module names outside this
+# set (spaces, backticks, brackets) are possible in PyTorch but would break both.
+LAYER_RE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}"
+
+
+def _layer_name(v: str) -> str:
+    if not re.fullmatch(LAYER_RE, v):
+        raise ValueError(f"layer name {_short(v)} is not supported; reportgen handles module names of "
+                         "letters, digits, '_', '-' and '.' (at most 200); rename the module")
+    return v
+
+
 class LayerSpec(_Strict):
     """One layer to inspect, by its ``named_modules()`` name."""
 
     name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _layer_name(v)))
     relu: Literal["auto", "yes", "no"] = Field(
         "auto",
         description="Show activations after a ReLU: 'auto' applies one when the module is a ReLU "
