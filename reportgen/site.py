@@ -67,9 +67,9 @@ def _helper(docs_dir: Path, slug: str, what: str) -> Path:
     return docs_dir / f".{slug}~{what}"
 
 
-def _os_error(exc: OSError, docs_dir: Path, doing: str) -> ReportgenError:
+def _os_error(exc: OSError, docs_dir: Path, doing: str, where: Path | None = None) -> ReportgenError:
     """An error line for a file system failure while writing the report."""
-    where = exc.filename or docs_dir
+    where = where or exc.filename or docs_dir
     if exc.errno == errno.ENOSPC:
         fix = "free some space and build again"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -210,7 +210,7 @@ def publish(files: ReportFiles, docs_dir: Path, slug: str) -> Path:
         if not target.exists() and old is not None and old.exists():
             old.rename(target)
         if isinstance(exc, OSError):
-            raise _os_error(exc, docs_dir, "write the report to") from None
+            raise _os_error(exc, docs_dir, "write the report to", where=target) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
