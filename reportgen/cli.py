@@ -41,7 +41,8 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
               help="Where to run the networks; auto uses CUDA when available.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors (nothing is written).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+# Any path: a cache that cannot be used is a warning, not an error (the build goes on without it).
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Cache of results between builds [default: $REPORTGEN_CACHE_DIR or .reportgen-cache].")
 @click.option("--no-cache", is_flag=True, help="Compute everything again and store nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
