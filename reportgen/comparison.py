@@ -15,6 +15,7 @@ from reportgen.cache import Cache, digest
 from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
+from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
 from reportgen.models import load_model
 from reportgen.spec import ReportSpec
 
@@ -81,8 +82,14 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
         def memo(measure: str, i: int, j: int, compute, ids=ids) -> float:
             return cache.memo("pair", digest("pair", measure, ids[i], ids[j]), compute)
 
-        comp.layers[key] = compare_layer([k for k, _ in items], [lr.weight for _, lr in items],
-                                         [lr.features for _, lr in items], memo=memo)
+        lrs = [lr for _, lr in items]
+        images = lrs[0].feature_images
+        same_rows = images is not None and all(
+            lr.feature_images is not None and np.array_equal(lr.feature_images, images) for lr in lrs)
+        comp.layers[key] = compare_layer(
+            [k for k, _ in items], [lr.weight for lr in lrs], [lr.features for lr in lrs], memo=memo,
+            chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
+            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES)
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:

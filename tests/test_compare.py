@@ -103,6 +103,35 @@ def test_correlation_matches_corrcoef_and_constant_channel_is_zero():
     assert r.shape == (4, 3)
 
 
+def test_two_constant_channels_correlate_one_and_self_similarity_is_one_with_dead_channels():
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.normal(size=(500, 32)), 0)
+    x[:, :17] = 0.0  # 17 dead channels, as at a layer that never fires
+    x[:, 20] = 3.5  # and one constant but not zero
+    r = correlation_matrix(x, x)
+    dead = np.zeros(32, bool)
+    dead[:17] = dead[20] = True
+    ref = np.corrcoef(x[:, ~dead].T)  # numpy's Pearson r on the live channels
+    np.testing.assert_allclose(r[np.ix_(~dead, ~dead)], ref, atol=1e-12)
+    assert (r[np.ix_(dead, dead)] == 1).all() and (r[np.ix_(dead, ~dead)] == 0).all()
+    np.testing.assert_array_equal(r, r.T)
+    perm = rng.permutation(32)
+    assert match(correlation_matrix(x, x[:, perm])).mean == pytest.approx(1.0, abs=1e-12)
+    # before the rule, dead channels counted 0 and self-similarity was the live share
+    assert match(correlation_matrix(x, x)).mean > 15 / 32 + 0.5
+
+
+def test_all_zero_filters_count_as_identical_to_each_other_only():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(6, 3, 3, 3))
+    w[[1, 4]] = 0.0
+    perm = rng.permutation(6)
+    assert matched_similarity(w, w[perm]).mean == pytest.approx(1.0, abs=1e-12)
+    live = rng.normal(size=(6, 3, 3, 3))
+    # a zero filter against a live one shares nothing
+    assert matched_similarity(w[[1]], live[[0]]).mean == 0.0
+
+
 def test_correlation_large_offset_constant_is_exactly_zero():
     # The mean of many copies of 0.1 + 1e6 is not exactly that value in floating
     # point; the correlation must still be 0, not a round-off artefact.
@@ -282,13 +311,14 @@ def test_cka_independent_is_small():
     assert linear_cka(x, y) < 0.1
 
 
-def test_cka_constant_is_nan():
+def test_cka_constant_layers_follow_the_constant_rule_and_nan_stays_nan():
     rng = np.random.default_rng(15)
     y = rng.normal(size=(30, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isnan(linear_cka(np.full((30, 3), 2.5), y))
-        assert np.isnan(linear_cka(y, np.zeros((30, 2))))
+        assert linear_cka(np.full((30, 3), 2.5), y) == 0.0  # nothing varies on one side: nothing shared
+        assert linear_cka(y, np.zeros((30, 2))) == 0.0
+        assert linear_cka(np.full((30, 3), 2.5), np.zeros((30, 2))) == 1.0  # both constant: identical
         bad = y.copy()
         bad[3, 1] = np.nan
         assert np.isnan(linear_cka(bad, y))
