@@ -20,6 +20,10 @@ from reportgen.models import load_model
 from reportgen.spec import ReportSpec
 
 GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
+# Fewer live (fitted) filters than this and a location's Gabor share is not ranked: with
+# 16 filters one filter moves the share by 6 points and the 95% binomial interval of a
+# 50% share is about +-25 points; below that a ranking is noise.
+GABOR_MIN_LIVE = 16
 
 
 @dataclass
@@ -93,11 +97,16 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
+    """Shares are of the live filters: dead and non-finite ones are not fitted (score NaN)."""
     scores = np.array([f.score for f in fits], dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     return {
         "median_score": float(np.median(finite)) if finite.size else None,
         "share_gabor_like": float((finite >= min_score).mean()) if finite.size else None,
+        "gabor_like": int((finite >= min_score).sum()),
+        "live": int(finite.size),
+        "filters": int(scores.size),
+        "ranked": bool(finite.size >= GABOR_MIN_LIVE),
         "orientation_histogram": orientation_histogram(fits, bins=8, min_score=min_score).tolist(),
     }
 
@@ -135,7 +144,7 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
             "run": r.run.key,
             "matched_similarity": float(m.mean),
             "median_l2_norm": float(np.nanmedian(lr.health["l2_norm"])),
-            **({"share_gabor_like": gabor_summary(fits, min_score)["share_gabor_like"]} if fits else {}),
+            **({k: gabor_summary(fits, min_score)[k] for k in ("share_gabor_like", "live")} if fits else {}),
         })
     if against is None or not per_run:
         comp.warnings.append(f"reference: no location layer with {ref_w.shape[1]} input channels to compare "
