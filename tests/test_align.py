@@ -284,3 +284,45 @@ def test_bootstrap_intervals_cover_and_shrink_with_more_images():
     lo2, hi2, point2 = width(80)
     assert lo2 <= point2 <= hi2 and hi2 - lo2 < hi - lo
     assert interval(np.array([np.nan, 1.0, 1.0])) == [1.0, 1.0]
+
+
+def _report(values: dict[str, float], chance=(0.14, 0.003), cka: dict[str, float] | None = None) -> dict:
+    comps = []
+    for layer, v in values.items():
+        m = np.full((3, 3), v)
+        np.fill_diagonal(m, 1.0)
+        ck = None
+        if cka:
+            ck = np.full((3, 3), cka[layer])
+            np.fill_diagonal(ck, 1.0)
+            ck = ck.tolist()
+        comps.append({"layer": layer, "runs": ["a", "b", "c"], "weight_similarity": m.tolist(),
+                      "weight_chance": chance[0], "weight_chance_sd": chance[1], "cka": ck,
+                      "alignment_note": None, "median_over_pairs_ci": {"cka": [0.1, 0.9]} if cka else {}})
+    return {"comparisons": comps}
+
+
+def test_labels_come_from_standard_deviations_above_chance():
+    from reportgen.analysis.findings import _similarity, similarity_verdict
+
+    # the example's conv3: 0.16 against 0.14 +- 0.003 is ~7 sd above chance: related, not 'unrelated'
+    text = _similarity(_report({"conv3": 0.16}), similar=0.5)[0]["text"]
+    assert "learned different filters" in text and "6.7 sd above the 0.14 ± 0.003" in text
+    assert "learned unrelated filters" in _similarity(_report({"conv3": 0.145}), similar=0.5)[0]["text"]
+    # a wide chance band: 0.16 is within it
+    assert similarity_verdict(0.16, 0.14, 0.01, 0.5) == "unrelated"
+    assert similarity_verdict(0.8, 0.14, 0.01, 0.5) == "similar"
+    assert similarity_verdict(0.8, None, None, 0.5) == "similar"
+
+
+def test_trend_sentence_follows_the_actual_sequence():
+    from reportgen.analysis.findings import _similarity
+
+    def trend(cka):
+        out = _similarity(_report({k: 0.3 for k in cka}, cka=cka), similar=0.5)
+        return out[0]["text"]
+
+    assert "neither converge nor diverge steadily (least alike at `l2`)" in trend({"l1": 0.5, "l2": 0.17, "l3": 0.74})
+    assert "diverge with depth" in trend({"l1": 0.95, "l2": 0.48, "l3": 0.31})
+    assert "converge with depth" in trend({"l1": 0.2, "l2": 0.5})
+    assert "[0.10–0.90]" in trend({"l1": 0.2, "l2": 0.5})
