@@ -117,8 +117,10 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 base_i = _base_index(spec, [r.run.key for r, _ in items])
                 others = [w for i, w in enumerate(wts) if i != base_i]
                 add_layer_img("across", "across_locations", png(
-                    "across", (wts[base_i], others, shared),
-                    lambda: across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)))
+                    "across", (wts[base_i], others, shared, [m for pair in cmp.matched_to(base_i) if pair
+                                                             for m in pair]),
+                    lambda: across_locations(wts[base_i], others,
+                                             best_matches(wts[base_i], others, cmp.matched_to(base_i)), shared)))
                 per_layer["across_order"] = [(model, ",".join(
                     [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
     for r in results:

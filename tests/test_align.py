@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from reportgen.analysis.align import align_chain, permute_inputs
-from reportgen.analysis.compare import correlation_matrix, linear_cka, match, matched_similarity
-from reportgen.analysis.locations import compare_layer
+from reportgen.analysis.compare import linear_cka, matched_correlation, matched_similarity
+from reportgen.analysis.locations import best_matches, compare_layer
 from reportgen.analysis.uncertainty import BootRun, chance_similarity, interval, resample_counts
 from reportgen.chain import layer_chains, trace_links
 
@@ -156,6 +156,11 @@ def test_permuted_copy_scores_one_everywhere_and_the_permutation_is_read_back():
             # c's channel j is a's channel PERMS[j]: a's channel i is c's argsort(PERMS)[i]
             np.testing.assert_array_equal(c.matching[(0, 2)], np.argsort(PERMS[name].numpy()))
             np.testing.assert_array_equal(c.matching[(0, 1)], np.arange(len(PERMS[name])))
+            # seen from c, a's matched channels are the planted permutation itself (the across view uses this)
+            idx, sign, score = best_matches(chains[2][name][0][-1]["weight"], [chains[0][name][0][-1]["weight"]],
+                                            [c.matched_to(2)[0]])[0]
+            np.testing.assert_array_equal(idx, PERMS[name].numpy())
+            assert (sign == 1).all()
 
 
 def test_without_alignment_deeper_layers_are_not_recognised():
@@ -257,13 +262,13 @@ def test_bootstrap_of_the_full_sample_equals_the_direct_numbers():
     units = np.repeat(np.arange(6), 10)
     counts = np.ones((1, 6), dtype=np.int64)  # every unit once: the data themselves
     act, cka = BootRun(xa, units, counts).pair(BootRun(xb, units, counts))
-    assert act[0] == pytest.approx(match(correlation_matrix(xa, xb)).mean, abs=1e-10)
+    assert act[0] == pytest.approx(matched_correlation(xa, xb).mean, abs=1e-10)
     assert cka[0] == pytest.approx(linear_cka(xa, xb), abs=1e-10)
     counts = np.array([[2, 0, 1, 0, 3, 0]])  # a resample: the same as repeating the rows
     rows = np.concatenate([np.repeat(np.arange(u * 10, u * 10 + 10)[None], c, 0).ravel()
                            for u, c in enumerate(counts[0])])
     act, cka = BootRun(xa, units, counts).pair(BootRun(xb, units, counts))
-    assert act[0] == pytest.approx(match(correlation_matrix(xa[rows], xb[rows])).mean, abs=1e-10)
+    assert act[0] == pytest.approx(matched_correlation(xa[rows], xb[rows]).mean, abs=1e-10)
     assert cka[0] == pytest.approx(linear_cka(xa[rows], xb[rows]), abs=1e-10)
 
 

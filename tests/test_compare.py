@@ -16,6 +16,7 @@ from reportgen.analysis.compare import (
     flatten_filters,
     linear_cka,
     match,
+    matched_correlation,
     matched_similarity,
     pairwise,
 )
@@ -116,9 +117,25 @@ def test_two_constant_channels_correlate_one_and_self_similarity_is_one_with_dea
     assert (r[np.ix_(dead, dead)] == 1).all() and (r[np.ix_(dead, ~dead)] == 0).all()
     np.testing.assert_array_equal(r, r.T)
     perm = rng.permutation(32)
-    assert match(correlation_matrix(x, x[:, perm])).mean == pytest.approx(1.0, abs=1e-12)
-    # before the rule, dead channels counted 0 and self-similarity was the live share
-    assert match(correlation_matrix(x, x)).mean > 15 / 32 + 0.5
+    assert matched_correlation(x, x[:, perm]).mean == pytest.approx(1.0, abs=1e-12)
+    assert matched_correlation(x, x).mean == pytest.approx(1.0, abs=1e-12)  # was 15/32 before the rule
+
+
+def test_shared_dead_channels_do_not_inflate_the_layer_score():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(6)
+    xa, xb = np.maximum(rng.normal(size=(2, 400, 20)), 0)  # unrelated live channels
+    xa[:, :12] = 0.0  # both layers lost 12 channels
+    xb[:, 4:16] = 0.0
+    m = matched_correlation(xa, xb)
+    live_a, live_b = np.flatnonzero(xa.std(0) > 0), np.flatnonzero(xb.std(0) > 0)
+    r = np.corrcoef(xa[:, live_a].T, xb[:, live_b].T)[: len(live_a), len(live_a):]
+    rows, cols = linear_sum_assignment(-r)
+    # 12 dead-dead pairs are left out; the 8 live channels of each side pair up (no live one is left
+    # with a dead partner), so the score is the mean of the best live-live matching
+    assert m.mean == pytest.approx(r[rows, cols].mean(), abs=1e-12)
+    assert m.mean < 0.2  # counting dead pairs as 1 would have given about 0.6
 
 
 def test_all_zero_filters_count_as_identical_to_each_other_only():

@@ -144,7 +144,7 @@ def test_gabor_scores_reach_report_json(project):
 
 
 def test_prepared_fast_path_equals_reference_functions():
-    from reportgen.analysis.compare import correlation_matrix, linear_cka, match
+    from reportgen.analysis.compare import linear_cka, matched_correlation
     from reportgen.analysis.locations import compare_layer
 
     rng = np.random.default_rng(0)
@@ -154,5 +154,5 @@ def test_prepared_fast_path_equals_reference_functions():
     for i in range(3):
         for j in range(3):
             assert np.isclose(c.cka[i, j], linear_cka(feats[i], feats[j]), atol=1e-12)
-            assert np.isclose(c.activations[i, j], match(correlation_matrix(feats[i], feats[j])).mean, atol=1e-12)
+            assert np.isclose(c.activations[i, j], matched_correlation(feats[i], feats[j]).mean, atol=1e-12)
     assert c.weights is None

@@ -53,12 +53,13 @@ def permute_inputs(w: np.ndarray, order: np.ndarray, block: int = 1) -> np.ndarr
     return np.take(w, idx, axis=1)
 
 
-def align_chain(chain_a: list[dict], chain_b: list[dict]) -> list[Match]:
+def align_chain(chain_a: list[dict], chain_b: list[dict], last_weights: list | None = None) -> list[Match]:
     """Match every link of two chains of the same architecture, inputs aligned first.
 
     Returns one Match per link; ``cols[i]`` is b's channel matched to a's channel i.
     For b = a with its channels permuted (filters, biases, BatchNorm and the next
     layer's inputs together), every link's mean is 1 and ``cols`` undoes the permutation.
+    ``last_weights``: if a list, receives the last link's (a, b) weights with b's inputs aligned.
     """
     if [l["name"] for l in chain_a] != [l["name"] for l in chain_b]:
         raise ValueError("chains of different layers")
@@ -73,5 +74,7 @@ def align_chain(chain_a: list[dict], chain_b: list[dict]) -> list[Match]:
             wb = permute_inputs(wb, order, lb.get("block", 1))
         m = matched_similarity(wa, wb, tie=extras_affinity(channel_extras(la), channel_extras(lb)))
         out.append(m)
+        if last_weights is not None:
+            last_weights[:] = [wa, wb]
         order = m.cols
     return out

@@ -28,6 +28,8 @@ __all__ = [
     "match",
     "matched_similarity",
     "filter_similarity",
+    "matched_correlation",
+    "without_constant_pairs",
     "zero_rows",
     "linear_cka",
     "pairwise",
@@ -152,6 +154,20 @@ def constant_rule(sim: np.ndarray, const_a: np.ndarray, const_b: np.ndarray) -> 
     return out
 
 
+def without_constant_pairs(m: Match, const_a: np.ndarray, const_b: np.ndarray) -> Match:
+    """The same matching, its mean taken over the pairs with at least one varying side.
+
+    Two constant channels count 1 for the matching (``constant_rule``: it pairs dead with
+    dead and leaves the live channels to each other) but carry no signal, so they would
+    otherwise inflate the score of two layers that both lost many channels. A layer against
+    itself or a permuted copy still scores exactly 1; when every matched pair is constant
+    on both sides the score is 1 (nothing varies anywhere, identically).
+    """
+    keep = ~(np.asarray(const_a)[m.rows] & np.asarray(const_b)[m.cols])
+    mean = float(m.scores[keep].mean()) if keep.any() else (1.0 if m.scores.size else float("nan"))
+    return Match(rows=m.rows, cols=m.cols, scores=m.scores, mean=mean)
+
+
 def zero_rows(a: np.ndarray) -> np.ndarray:
     """(N, D) -> (N,) bool: rows that are exactly zero (NaN rows are not)."""
     return ~np.any(np.asarray(a) != 0, axis=1)
@@ -231,9 +247,18 @@ def matched_similarity(wa: np.ndarray, wb: np.ndarray, tie: np.ndarray | None = 
     wa: (N, C, kh, kw) or (N, D); wb: (M, C, kh, kw) or (M, D), same D after flattening.
     Flattens, takes |cos| between every pair (two all-zero filters count 1, one 0),
     and matches filters one-to-one (``tie``: see ``match``); ``Match.mean`` is the
-    layer-level similarity (1 for the same filters in any order and with any signs).
+    layer-level similarity (1 for the same filters in any order and with any signs),
+    over the pairs that are not all-zero on both sides.
     """
-    return match(filter_similarity(wa, wb), tie)
+    fa, fb = flatten_filters(wa), flatten_filters(wb)
+    return without_constant_pairs(match(filter_similarity(fa, fb), tie), zero_rows(fa), zero_rows(fb))
+
+
+def matched_correlation(xa: np.ndarray, xb: np.ndarray) -> Match:
+    """Channels of two activation matrices (S, N), (S, M) matched on their correlation;
+    the mean leaves out pairs constant on both sides (``without_constant_pairs``)."""
+    ca, cb = _centre_columns(xa).T, _centre_columns(xb).T
+    return without_constant_pairs(match(correlation_matrix(xa, xb)), zero_rows(ca), zero_rows(cb))
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:

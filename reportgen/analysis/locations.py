@@ -22,7 +22,7 @@ import numpy as np
 
 from reportgen.analysis.align import align_chain
 from reportgen.analysis.compare import (_centre_columns, _unit_rows, constant_rule, flatten_filters, match,
-                                       matched_similarity, pairwise, zero_rows)
+                                       matched_similarity, pairwise, without_constant_pairs, zero_rows)
 from reportgen.analysis.uncertainty import BootRun, chance_similarity, interval, resample_counts
 
 MEASURES = ("weights", "activations", "cka")
@@ -39,6 +39,7 @@ class LayerComparison:
     aligned: bool = False  # weights compared after aligning input channels through the network
     alignment_note: str | None = None  # why not, where it was not done
     matching: dict = field(default_factory=dict)  # (i, j), i < j -> (N,) b's filter matched to each of a's
+    signs: dict = field(default_factory=dict)  # (i, j) -> (N,) +-1: sign of each matched pair's cosine
     boot: dict = field(default_factory=dict)  # measure -> (K, K, R) bootstrap values (diagonal 1)
 
     def to_dict(self) -> dict:
@@ -60,6 +61,24 @@ class LayerComparison:
                "mean_to_others_ci": {k: self._mean_ci(k) for k in ("activations", "cka")},
                "median_over_pairs": {k: self.median_over_pairs(k) for k in MEASURES},
                "median_over_pairs_ci": {k: self._median_ci(k) for k in ("activations", "cka")}}
+        return out
+
+    def matched_to(self, base: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per other run (in order, ``base`` left out): (filter matched to each of base's, sign)."""
+        out = []
+        for o in range(len(self.runs)):
+            if o == base:
+                continue
+            key = (min(base, o), max(base, o))
+            if key not in self.matching:
+                out.append(None)
+            elif base < o:
+                out.append((self.matching[key], self.signs[key]))
+            else:  # the stored matching goes from o to base: invert it
+                cols = self.matching[key]
+                inv = np.full(len(cols), -1, dtype=np.intp)
+                inv[cols] = np.arange(len(cols))
+                out.append((inv, self.signs[key][inv]) if (inv >= 0).all() else None)
         return out
 
     def matrix(self, measure: str) -> np.ndarray | None:
@@ -149,16 +168,22 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
         return pairwise(list(range(k)), lambda i, j: memo(measure, i, j, lambda: fn(i, j)))
 
     matching: dict[tuple[int, int], np.ndarray] = {}
+    signs: dict[tuple[int, int], np.ndarray] = {}
     weight_mat = None
     if w_ok:
         def weight_pair(i: int, j: int) -> dict:
-            m = align_chain(chains[i], chains[j])[-1] if aligned else matched_similarity(weights[i], weights[j])
-            return {"mean": float(m.mean), "cols": [int(c) for c in m.cols]}
+            pair = [weights[i], weights[j]]
+            m = align_chain(chains[i], chains[j], pair)[-1] if aligned else matched_similarity(*pair)
+            a, b = flatten_filters(pair[0]), flatten_filters(pair[1])
+            dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
+            return {"mean": float(m.mean), "cols": [int(c) for c in m.cols],
+                    "signs": [-1.0 if d < 0 else 1.0 for d in dots]}
 
         def weight_score(i: int, j: int) -> float:
             res = memo("weights-aligned" if aligned else "weights-own-order", i, j, lambda: weight_pair(i, j))
             if i < j:
                 matching[(i, j)] = np.asarray(res["cols"])
+                signs[(i, j)] = np.asarray(res["signs"])
             return res["mean"]
 
         weight_mat = pairwise(list(range(k)), weight_score)
@@ -174,7 +199,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
         cka=matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None,
         aligned=bool(aligned), alignment_note=None if aligned or not w_ok else (
             chain_note or "the layers feeding it were not recorded"),
-        matching=matching, boot=boot,
+        matching=matching, signs=signs, boot=boot,
     )
 
 
@@ -218,7 +243,8 @@ class _Prepared:
     def matched_correlation(self, other: "_Prepared") -> float:
         with np.errstate(invalid="ignore"):
             r = np.clip(self.unit @ other.unit.T, -1.0, 1.0)
-        return match(constant_rule(r, self.const, other.const)).mean
+        m = match(constant_rule(r, self.const, other.const))
+        return without_constant_pairs(m, self.const, other.const).mean
 
     def cka(self, other: "_Prepared") -> float:
         if not (self.finite and other.finite):
@@ -229,25 +255,34 @@ class _Prepared:
         return cross / (self.self_norm * other.self_norm)
 
 
-def best_matches(base: np.ndarray, others: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def best_matches(base: np.ndarray, others: list[np.ndarray], matched: list | None = None,
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each other layer, the filter matched to each of ``base``'s filters.
 
     base: (N, ...) weights; others: list of (M, ...) with the same filter size.
+    matched: optional, per other, (cols (N,), signs (N,)) from the comparison (aligned
+    through the network); otherwise base and other are matched here in their own order.
     Returns per other: (index (N,) int, -1 where unmatched; sign (N,) +-1 so that
-    sign * other[index] points the same way as the base filter; score (N,) |cos|).
+    sign * other[index] points the same way as the base filter; score (N,) |cos| in own order).
     """
     out = []
     a = flatten_filters(base)
-    for w in others:
+    for k, w in enumerate(others):
         b = flatten_filters(w)
         m = matched_similarity(base, w)
         idx = np.full(len(a), -1, dtype=np.int64)
         sign = np.ones(len(a))
         score = np.full(len(a), np.nan)
-        idx[m.rows] = m.cols
-        score[m.rows] = m.scores
-        dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
-        sign[m.rows] = np.where(dots < 0, -1.0, 1.0)
+        if matched is not None and matched[k] is not None:
+            cols, sg = matched[k]
+            idx[:len(cols)] = cols
+            sign[:len(cols)] = sg
+            score[:len(cols)] = np.abs(np.einsum("ij,ij->i", _unit_rows(a[:len(cols)]), _unit_rows(b[cols])))
+        else:
+            idx[m.rows] = m.cols
+            score[m.rows] = m.scores
+            dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
+            sign[m.rows] = np.where(dots < 0, -1.0, 1.0)
         out.append((idx, sign, score))
     return out
 

@@ -20,7 +20,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from reportgen.analysis.compare import _centre_columns, constant_rule, match, matched_similarity
+from reportgen.analysis.compare import (_centre_columns, constant_rule, match, matched_similarity,
+                                       without_constant_pairs)
 
 CHANCE_DRAWS = 100
 BOOTSTRAP_RESAMPLES = 200
@@ -118,7 +119,8 @@ class BootRun:
                 denom = np.sqrt(np.outer(self.var[r], other.var[r]))
                 with np.errstate(invalid="ignore", divide="ignore"):
                     corr = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0)
-                act[r] = match(constant_rule(np.clip(corr, -1.0, 1.0), self.const[r], other.const[r])).mean
+                m = match(constant_rule(np.clip(corr, -1.0, 1.0), self.const[r], other.const[r]))
+                act[r] = without_constant_pairs(m, self.const[r], other.const[r]).mean
                 if self.const[r].all() or other.const[r].all():
                     cka[r] = 1.0 if self.const[r].all() and other.const[r].all() else 0.0
                 else:
