@@ -76,6 +76,7 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
     for r in results:
         for lr in r.layers:
             groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
+    aligned_pairs: dict[tuple[str, str], dict] = {}  # matchings of a pair of runs, shared by their layers
     for key, items in groups.items():
         if len(items) < 2:
             continue
@@ -93,7 +94,8 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
         comp.layers[key] = compare_layer(
             [k for k, _ in items], [lr.weight for lr in lrs], [lr.features for lr in lrs], memo=memo,
             chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
-            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES)
+            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES,
+            align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:

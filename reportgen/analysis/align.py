@@ -53,19 +53,27 @@ def permute_inputs(w: np.ndarray, order: np.ndarray, block: int = 1) -> np.ndarr
     return np.take(w, idx, axis=1)
 
 
-def align_chain(chain_a: list[dict], chain_b: list[dict], last_weights: list | None = None) -> list[Match]:
+def align_chain(chain_a: list[dict], chain_b: list[dict], last_weights: list | None = None,
+                memo: dict | None = None) -> list[Match]:
     """Match every link of two chains of the same architecture, inputs aligned first.
 
     Returns one Match per link; ``cols[i]`` is b's channel matched to a's channel i.
     For b = a with its channels permuted (filters, biases, BatchNorm and the next
     layer's inputs together), every link's mean is 1 and ``cols`` undoes the permutation.
     ``last_weights``: if a list, receives the last link's (a, b) weights with b's inputs aligned.
+    ``memo``: a dict kept for one pair of runs across layers; a layer's path from the input
+    is unique, so its matching is reused by every deeper layer's chain instead of recomputed.
     """
     if [l["name"] for l in chain_a] != [l["name"] for l in chain_b]:
         raise ValueError("chains of different layers")
     out: list[Match] = []
     order = None  # b's producer channels in a's order
-    for la, lb in zip(chain_a, chain_b):
+    last = len(chain_a) - 1
+    for pos, (la, lb) in enumerate(zip(chain_a, chain_b)):
+        if memo is not None and la["name"] in memo and pos < last:
+            out.append(memo[la["name"]])
+            order = out[-1].cols
+            continue
         wa = np.asarray(la["weight"], dtype=np.float64)
         wb = np.asarray(lb["weight"], dtype=np.float64)
         if wa.shape != wb.shape:
@@ -74,6 +82,8 @@ def align_chain(chain_a: list[dict], chain_b: list[dict], last_weights: list | N
             wb = permute_inputs(wb, order, lb.get("block", 1))
         m = matched_similarity(wa, wb, tie=extras_affinity(channel_extras(la), channel_extras(lb)))
         out.append(m)
+        if memo is not None:
+            memo[la["name"]] = m
         if last_weights is not None:
             last_weights[:] = [wa, wb]
         order = m.cols

@@ -137,7 +137,8 @@ def _no_memo(measure: str, i: int, j: int, compute: Callable):
 def compare_layer(runs: list[str], weights: list[np.ndarray | None],
                   features: list[np.ndarray | None], memo: Callable = _no_memo,
                   chains: list[list[dict] | None] | None = None, chain_note: str | None = None,
-                  feature_images: np.ndarray | None = None, resamples: int = 0) -> LayerComparison:
+                  feature_images: np.ndarray | None = None, resamples: int = 0,
+                  align_memo: Callable[[int, int], dict] | None = None) -> LayerComparison:
     """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
 
     chains: per run, the links from the network input to this layer
@@ -146,6 +147,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     each run's own input order, and ``chain_note`` says why.
     feature_images: (S,) the shared image of each feature row; with ``resamples`` > 0,
     bootstrap values of the activation measures over images and blocks of positions.
+    align_memo(i, j): a dict kept per pair of runs across layers (see ``align_chain``).
     Each run's features are centred and normalised once (``_Prepared``) rather than once
     per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
     ``memo(measure, i, j, compute)`` may return a stored value instead of calling
@@ -173,7 +175,8 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     if w_ok:
         def weight_pair(i: int, j: int) -> dict:
             pair = [weights[i], weights[j]]
-            m = align_chain(chains[i], chains[j], pair)[-1] if aligned else matched_similarity(*pair)
+            memo_ij = align_memo(i, j) if align_memo else None
+            m = align_chain(chains[i], chains[j], pair, memo_ij)[-1] if aligned else matched_similarity(*pair)
             a, b = flatten_filters(pair[0]), flatten_filters(pair[1])
             dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
             return {"mean": float(m.mean), "cols": [int(c) for c in m.cols],

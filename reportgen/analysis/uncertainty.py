@@ -19,9 +19,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-from reportgen.analysis.compare import (_centre_columns, constant_rule, match, matched_similarity,
-                                       without_constant_pairs)
+from reportgen.analysis.compare import _centre_columns, matched_similarity
 
 CHANCE_DRAWS = 100
 BOOTSTRAP_RESAMPLES = 200
@@ -114,17 +114,23 @@ class BootRun:
             nan = np.full(r_count, np.nan)
             return nan, nan
         act, cka = np.empty(r_count), np.empty(r_count)
-        for sl, covs in self._cov(other):
-            for r, cov in zip(range(sl.start, sl.start + len(covs)), covs):
-                denom = np.sqrt(np.outer(self.var[r], other.var[r]))
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    corr = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0)
-                m = match(constant_rule(np.clip(corr, -1.0, 1.0), self.const[r], other.const[r]))
-                act[r] = without_constant_pairs(m, self.const[r], other.const[r]).mean
-                if self.const[r].all() or other.const[r].all():
-                    cka[r] = 1.0 if self.const[r].all() and other.const[r].all() else 0.0
-                else:
-                    cka[r] = float((cov ** 2).sum() / (self.norm[r] * other.norm[r]))
+        for sl, cov in self._cov(other):
+            ca, cb = self.const[sl], other.const[sl]  # (r, C), (r, D)
+            denom = np.sqrt(self.var[sl][:, :, None] * other.var[sl][:, None, :])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.clip(np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+            # constant_rule, for a chunk of resamples at once
+            corr[ca[:, :, None] | cb[:, None, :]] = 0.0
+            corr[ca[:, :, None] & cb[:, None, :]] = 1.0
+            for k, r in enumerate(range(sl.start, sl.start + len(cov))):
+                rows, cols = linear_sum_assignment(corr[k], maximize=True)
+                keep = ~(ca[k][rows] & cb[k][cols])  # pairs constant on both sides: left out
+                act[r] = corr[k][rows[keep], cols[keep]].mean() if keep.any() else 1.0
+            both = ca.all(axis=1) & cb.all(axis=1)
+            either = ca.all(axis=1) | cb.all(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = (cov ** 2).sum(axis=(1, 2)) / (self.norm[sl] * other.norm[sl])
+            cka[sl] = np.where(either, np.where(both, 1.0, 0.0), value)
         return act, cka
 
 
