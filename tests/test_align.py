@@ -331,3 +331,16 @@ def test_trend_sentence_follows_the_actual_sequence():
     assert "diverge with depth" in trend({"l1": 0.95, "l2": 0.48, "l3": 0.31})
     assert "converge with depth" in trend({"l1": 0.2, "l2": 0.5})
     assert "[0.10–0.90]" in trend({"l1": 0.2, "l2": 0.5})
+
+
+def test_bias_corrected_interval_follows_the_point():
+    rng = np.random.default_rng(8)
+    boot = rng.normal(0.5, 0.1, 4000)
+    lo, hi = interval(boot)
+    assert lo == pytest.approx(np.percentile(boot, 2.5)) and hi == pytest.approx(np.percentile(boot, 97.5))
+    # the point at the bootstrap median: no correction
+    np.testing.assert_allclose(interval(boot, float(np.median(boot))), [lo, hi], atol=0.01)
+    # resamples biased upward (point at their 10th percentile): the interval moves down to hold it
+    point = float(np.percentile(boot, 10))
+    blo, bhi = interval(boot, point)
+    assert blo < lo and bhi < hi and blo <= point <= bhi

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from reportgen.build import build
 from tests.conftest import SPEC, tiny_module, write_spec
@@ -40,6 +41,9 @@ def test_self_and_permuted_copy_score_one_at_every_layer_through_a_build(project
     torch.save({"state_dict": sd}, project / "ckpt" / "a.pt")
     torch.save({"state_dict": sd}, project / "ckpt" / "b.pt")  # b is a itself
     torch.save({"state_dict": copy_sd}, project / "ckpt" / "c.pt")  # c is a, reordered
+    rng = np.random.default_rng(1)
+    for i in range(3, 6):  # 6 shared images: enough for bootstrap intervals
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(project / "img" / f"im{i}.png")
     result = build(write_spec(project), project / "docs", device="cpu")
     comps = {c["layer"]: c for c in result.report["comparisons"]}
     assert list(comps) == ["conv1", "conv2", "fc"]
@@ -56,6 +60,12 @@ def test_self_and_permuted_copy_score_one_at_every_layer_through_a_build(project
     assert 0 < comps["conv1"]["weight_chance"] < 1 and comps["conv1"]["weight_chance_sd"] > 0
     page = (project / "docs/tiny/layers/conv2.md").read_text()
     assert "after aligning this layer's input channels" in page
+
+
+def test_no_interval_from_too_few_images(project):
+    result = build(write_spec(project), project / "docs", device="cpu")  # 3 shared images
+    c = result.report["comparisons"][0]
+    assert c["cka"] is not None and c["cka_ci"] is None and c["median_over_pairs_ci"]["cka"] is None
 
 
 def test_residual_model_falls_back_to_own_order_with_a_note_in_report_and_page(project):

@@ -223,9 +223,10 @@ def _cka_trend(cka_by_layer: list[tuple[str, float, list | None]]) -> dict:
     else:
         lo = int(np.argmin(vals))
         change = (f"neither converge nor diverge steadily (least alike at `{cka_by_layer[lo][0]}`)")
-    return _f("info", f"Across stages, the locations' activations {change}: median CKA {trend} "
-              "(95% bootstrap intervals over the shared images). "
-              "[See the same images at every stage](stages.md).", None, None, "stages.md", max(vals) - min(vals))
+    with_ci = any(ci and ci[0] is not None for _, _, ci in cka_by_layer)
+    return _f("info", f"Across stages, the locations' activations {change}: median CKA {trend}"
+              + (" (95% bootstrap intervals over the shared images)" if with_ci else "")
+              + ". [See the same images at every stage](stages.md).", None, None, "stages.md", max(vals) - min(vals))
 
 
 def _gabor(report: dict, min_score: float) -> list[dict]:

@@ -23,7 +23,7 @@ import numpy as np
 from reportgen.analysis.align import align_chain
 from reportgen.analysis.compare import (_centre_columns, _unit_rows, constant_rule, flatten_filters, match,
                                        matched_similarity, pairwise, without_constant_pairs, zero_rows)
-from reportgen.analysis.uncertainty import BootRun, chance_similarity, interval, resample_counts
+from reportgen.analysis.uncertainty import MIN_IMAGES, BootRun, chance_similarity, interval, resample_counts
 
 MEASURES = ("weights", "activations", "cka")
 
@@ -103,14 +103,15 @@ class LayerComparison:
         if b is None:
             return None
         k = len(self.runs)
-        return [[[1.0, 1.0] if i == j else interval(b[i, j]) for j in range(k)] for i in range(k)]
+        point = self.matrix(measure)
+        return [[[1.0, 1.0] if i == j else interval(b[i, j], point[i, j]) for j in range(k)] for i in range(k)]
 
     def _mean_ci(self, measure: str) -> list | None:
         b = self.boot.get(measure)
         if b is None or len(self.runs) < 2:
             return None
         per = np.stack([_mean_off(b[:, :, r]) for r in range(b.shape[2])], axis=1)  # (K, R)
-        return [interval(row) for row in per]
+        return [interval(row, p) for row, p in zip(per, _mean_off(self.matrix(measure)))]
 
     def _median_ci(self, measure: str) -> list | None:
         b = self.boot.get(measure)
@@ -119,7 +120,7 @@ class LayerComparison:
         iu = np.triu_indices(len(self.runs), 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return interval(np.nanmedian(b[iu[0], iu[1], :], axis=0))
+            return interval(np.nanmedian(b[iu[0], iu[1], :], axis=0), self.median_over_pairs(measure))
 
 
 def _mean_off(mat: np.ndarray) -> np.ndarray:
@@ -145,8 +146,9 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     (``reportgen.chain.layer_chains``; the last link is this layer); when every run has
     one, weights are compared after aligning input channels (``align_chain``), else in
     each run's own input order, and ``chain_note`` says why.
-    feature_images: (S,) the shared image of each feature row; with ``resamples`` > 0,
-    bootstrap values of the activation measures over images and blocks of positions.
+    feature_images: (S,) the shared image of each feature row; with ``resamples`` > 0 and at
+    least MIN_IMAGES images, bootstrap values of the activation measures over images and
+    blocks of positions.
     align_memo(i, j): a dict kept per pair of runs across layers (see ``align_chain``).
     Each run's features are centred and normalised once (``_Prepared``) rather than once
     per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
@@ -192,7 +194,8 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
         weight_mat = pairwise(list(range(k)), weight_score)
     chance = chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok and k > 1 else (None, None)
     boot = {}
-    if f_ok and resamples > 0 and feature_images is not None and k > 1:
+    if (f_ok and resamples > 0 and feature_images is not None and k > 1
+            and len(np.unique(feature_images)) >= MIN_IMAGES):
         boot = _bootstrap(features, feature_images, resamples, memo)
     return LayerComparison(
         runs=runs,

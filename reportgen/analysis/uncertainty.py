@@ -26,6 +26,7 @@ from reportgen.analysis.compare import _centre_columns, matched_similarity
 CHANCE_DRAWS = 100
 BOOTSTRAP_RESAMPLES = 200
 POSITION_BLOCKS = 8  # blocks of consecutive sampled positions per image
+MIN_IMAGES = 5  # fewer shared images than this: too few distinct resamples for an interval
 _CHUNK = 25  # resamples evaluated at once (memory: chunk x C^2)
 
 
@@ -134,11 +135,29 @@ class BootRun:
         return act, cka
 
 
-def interval(values: np.ndarray) -> list[float | None]:
-    """Percentile 95% interval [2.5%, 97.5%] of bootstrap values (NaN-aware)."""
+def interval(values: np.ndarray, point: float | None = None) -> list[float | None]:
+    """95% bootstrap interval of bootstrap values (NaN-aware).
+
+    With ``point`` (the statistic on the data themselves): the bias-corrected percentile
+    interval (Efron 1981), widened if need be to contain the point. Resampling images with replacement repeats some of them, which
+    biases statistics such as CKA upward; the correction shifts the percentiles by how far
+    the point lies inside the bootstrap distribution, so the interval stays around it.
+    Without: the plain 2.5th and 97.5th percentiles.
+    """
+    from scipy.stats import norm
+
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not v.size:
         return [None, None]
-    lo, hi = np.percentile(v, [2.5, 97.5])
+    q = np.array([0.025, 0.975])
+    if point is not None and np.isfinite(point) and np.ptp(v) > 0:
+        below = (np.sum(v < point) + 0.5 * np.sum(v == point)) / v.size
+        z0 = norm.ppf(np.clip(below, 0.5 / v.size, 1 - 0.5 / v.size))
+        q = norm.cdf(2 * z0 + norm.ppf(q))
+    lo, hi = np.percentile(v, 100 * q)
+    if point is not None and np.isfinite(point):
+        # the correction can fail when the point lies at the edge of the resamples; an
+        # interval that excludes the value it is about would be read as a contradiction
+        lo, hi = min(lo, point), max(hi, point)
     return [float(lo), float(hi)]
