@@ -28,7 +28,8 @@ from reportgen.cache import Cache, digest, file_digest, register
 from reportgen.comparison import run_comparisons
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
-from reportgen.models import NO_HOOKS_NOTE, load_model, resolve_arch, resolve_device, resolve_layers, runs_python_hooks
+from reportgen.models import (NO_HOOKS_NOTE, load_model, resolve_arch, resolve_device, resolve_layers,
+                              runs_python_hooks)
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
 

@@ -175,7 +175,8 @@ def infer_input_size(module, channels: int) -> tuple[int | None, str]:
     if weighted and isinstance(weighted[0], nn.Linear):
         side = math.isqrt(weighted[0].in_features // channels)
         if side * side * channels == weighted[0].in_features and _runs_at(module, channels, side):
-            return side, f"from the first Linear layer's in_features ({weighted[0].in_features} = {channels} x {side} x {side})"
+            n = weighted[0].in_features
+            return side, f"from the first Linear layer's in_features ({n} = {channels} x {side} x {side})"
     works = []
     for size in CANDIDATE_SIZES:
         if _runs_at(module, channels, size):

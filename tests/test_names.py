@@ -73,7 +73,8 @@ def odd_project(tmp_path):
 
 
 def test_odd_module_names_build_a_strict_site(odd_project, one_thread):
-    layers = "\n".join(f"  - {{name: {n!r}}}".replace("'", '"') for n in ["blocks.a/b", "blocks.c:d", "blocks.é x", "blocks.<b>"])
+    names = ["blocks.a/b", "blocks.c:d", "blocks.é x", "blocks.<b>"]
+    layers = "\n".join(f"  - {{name: {n!r}}}".replace("'", '"') for n in names)
     spec = write_spec(odd_project, f"""\
 report: odd
 title: Odd names
