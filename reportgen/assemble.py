@@ -166,7 +166,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
             key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
-                         u.stuck, lr.weight)
+                         u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:
                 w_tiles = None
@@ -194,13 +194,31 @@ def _units_json(u) -> dict:
     def val(a, i):
         return None if a is None else _py("", a[i])
 
+    def field(name):  # fields missing from views cached before they existed
+        return getattr(u, name, None)
+
+    inactive, fidelity = field("inactive"), field("fidelity")
     return {
         "receptive_field": list(u.rf_size), "jump": list(u.rf_jump), "image_size": list(u.image_size),
-        "decoded": u.decoded is not None, "decode_note": u.decode_note,
-        "units": [{"index": i, "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
-                   "fourier_loss": val(u.fourier_loss, i), "colour_selectivity": _py("", u.colour_index[i]),
-                   "top_values": [_py("", v) for v in u.patch_values[i]],
-                   "top_images": [int(j) for j in u.patch_images[i]]} for i in range(n)],
+        "decoded": u.decoded is not None, "decode_note": u.decode_note, "pooling": field("pooling"),
+        "top_n": int(u.patches.shape[1]),
+        "inactive_count": None if inactive is None else int(np.sum(inactive)),
+        "median_fidelity": None if fidelity is None or not np.isfinite(fidelity).any()
+        else float(np.nanmedian(fidelity)),
+        "units": [{"index": i, "inactive": val(inactive, i), "max_activation": val(field("max_activation"), i),
+                   "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
+                   "plain_outside": val(field("plain_outside"), i),
+                   "plain_clipped_loss": val(field("plain_clipped"), i),
+                   "fourier_loss": val(u.fourier_loss, i),
+                   "fourier_outside": val(field("fourier_outside"), i),
+                   "fourier_clipped_loss": val(field("fourier_clipped"), i),
+                   "fidelity": val(fidelity, i),
+                   "colour_selectivity": _py("", u.colour_index[i]),
+                   "top_values": [_py("", v) for v in u.patch_values[i] if np.isfinite(v)],
+                   "top_images": [int(j) for j in u.patch_images[i] if j >= 0],
+                   "top_positions": [] if field("patch_positions") is None
+                   else [[int(p) for p in pos] for pos in u.patch_positions[i] if pos[0] >= 0]}
+                  for i in range(n)],
     }
 
 

@@ -237,16 +237,22 @@ class UnitsOptions(_Strict):
     locations: Optional[list[str]] = Field(
         None, description="Runs that get unit views (default: analyses.compare.base or the first run)."
     )
-    maximise: Literal["plain", "fourier", "both", "none"] = "plain"
+    maximise: Literal["plain", "fourier", "both", "none"] = Field(
+        "fourier", description="Activation maximisation: 'fourier' (regularised, the default), 'plain' "
+        "(gradient ascent, the Keras recipe), 'both' or 'none'."
+    )
     objective: Literal["mean", "centre"] = "mean"
     steps: int = Field(20, ge=1, description="Plain gradient-ascent steps.")
-    fourier_steps: int = Field(128, ge=1, description="Steps of the regularised (Fourier) optimisation.")
+    fourier_steps: int = Field(48, ge=1, description="Adam steps of the regularised (Fourier) optimisation.")
+    fourier_lr: float = Field(0.15, gt=0, description="Adam learning rate of the regularised optimisation.")
     size: Optional[int] = Field(None, ge=8, description="Image side for maximisation; default from the "
                                 "unit's receptive field.")
-    top_n: int = Field(9, ge=1, description="Top-activating crops per unit.")
+    top_n: int = Field(9, ge=1, description="Top-activating crops per unit, from all positions of all "
+                       "images, no two overlapping by more than half.")
     max_units: int = Field(64, ge=1, description="Units shown per layer (the first ones).")
     pooling: Literal["subsample", "average"] = Field(
-        "subsample", description="How filter decoding treats pooling layers."
+        "average", description="How filter decoding treats max pooling: 'average' (box filter over the "
+        "window, the default) or 'subsample' (the window's top-left input)."
     )
     baselines: bool = Field(True, description="Deconvnet and guided backprop of each unit's top activation.")
     seed: int = 0
