@@ -1,11 +1,16 @@
 """What deeper units respond to: every view of one layer's units for one run.
 
 For each unit (output channel) of a layer the spec selects under ``analyses.units``:
-activation maximisation (plain gradient ascent and/or the regularised Fourier kind),
-the top-activating receptive-field crops from the test images with their neuron
-feature and colour-selectivity index, the decoded image-space filter (substitution
-through the layers below) and, for the top activation, deconvnet and guided-backprop
-images. The numerics live in ``reportgen.optim``; this module runs them for a build.
+activation maximisation (the regularised Fourier kind and/or plain gradient ascent,
+with how far the image leaves [0, 1] and the objective of the clipped image), the
+top-activating receptive-field crops over all positions of all test images
+(non-maximum suppression) with their neuron feature and colour-selectivity index,
+the decoded image-space filter (substitution through the layers below) with its
+fidelity R² against the unit's real pre-activation and, for the top activation,
+deconvnet and guided-backprop images. A unit never active on the images (max <= 0
+everywhere) is flagged and gets no crops, neuron feature or baselines (NaN), since
+any crop would show an arbitrary place. The numerics live in ``reportgen.optim``;
+this module runs them for a build.
 """
 
 from __future__ import annotations

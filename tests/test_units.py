@@ -14,7 +14,8 @@ from tests.conftest import ROOT, SPEC, write_spec
 
 
 def test_unit_views_reach_pages_and_report_json(project):
-    text = SPEC + "analyses:\n  units: {layers: [conv1, conv2], locations: [a, c], steps: 5, top_n: 3}\n"
+    text = SPEC + ("analyses:\n  units: {layers: [conv1, conv2], locations: [a, c], steps: 5, top_n: 3, "
+                   "maximise: both, fourier_steps: 4}\n")
     result = build(write_spec(project, text), project / "docs", device="cpu")
     runs = {r["key"]: r for r in result.report["runs"]}
     assert "units" not in runs["b"]["layers"][0]
@@ -28,6 +29,16 @@ def test_unit_views_reach_pages_and_report_json(project):
     assert vals == sorted(vals, reverse=True) and vals[0] <= runs["c"]["layers"][1]["channels"][0]["max"] + 1e-6
     page = (project / "docs/tiny/units/a/conv1.md").read_text()
     assert "## Unit 3 { #unit-3 }" in page and "../../img/a/conv1/units/unit_3.png" in page
+    # each maximisation with its objective, the clipped image's objective and the share out of range
+    u0 = conv1["units"][0]
+    assert 0 <= u0["plain_outside"] <= 1 and u0["fourier_outside"] == 0
+    assert u0["fourier_clipped_loss"] == u0["fourier_loss"]
+    row = page.split("## Unit 0 ")[1].split("## Unit 1 ")[0]
+    assert (f"plain {u0['plain_loss']:.3g} · {u0['plain_clipped_loss']:.3g} · {100 * u0['plain_outside']:.0f}%"
+            in row)
+    far = [u for u in conv1["units"] if u["plain_outside"] > 0.01]
+    assert ("Plain maximisation leaves the valid pixel range" in page) == bool(far)
+    assert f"{u0['fidelity']:.2g}" in row and conv1["pooling"] == "average"
     assert (project / "docs/tiny/img/c/conv2/units/top_patches.png").is_file()
     layer_page = (project / "docs/tiny/layers/conv2.md").read_text()
     assert "[a](../units/a/conv2.md), [c](../units/c/conv2.md)" in layer_page

@@ -15,6 +15,12 @@ outside the image are padded (``pad="zero"``: black, the default;
 ``pad="mean"``: the image's per-channel mean colour), so every crop has the RF
 size, and ``TopPatches.valid`` says which pixels came from the image.
 
+Which crops. ``top_patches`` keeps one crop per image (the image's spatial max),
+the top-N images. ``top_patches_nms`` (what reports use) ranks every position of
+every image and keeps the strongest that do not overlap a kept crop of the same
+image by more than half (non-maximum suppression), so one image can give several
+crops and near-identical neighbours are not repeated.
+
 Neuron feature (NF), the form used here:
 ``NF = sum_j w_j I_j / sum_j w_j`` with ``w_j = a_j / a_max`` over the crops
 whose activation ``a_j`` is positive; crops with ``a_j <= 0`` get weight 0.
