@@ -142,3 +142,30 @@ def test_unit_crops_are_nms_top_n_over_all_positions_and_the_nf_their_weighted_m
     # conv1's pre-activation is linear in the image: its template explains it fully; the planted unit is constant
     np.testing.assert_allclose(u.fidelity[[0, 2, 3]], 1.0, atol=1e-5)
     assert np.isnan(u.fidelity[1])
+
+
+def test_never_active_tiles_are_blank_and_framed():
+    from reportgen.render.units import BLANK_RGB, unit_grids, unit_tiles
+    from reportgen.units import UnitViews
+
+    rng = np.random.default_rng(0)
+    patches = rng.uniform(0, 1, (2, 3, 3, 5, 5))
+    patches[1] = np.nan  # the never-active unit has no crops
+    patches[0, 2] = np.nan  # and unit 0 only two separate responses
+    none = np.full((3, 5, 5), np.nan)
+    u = UnitViews(layer="conv", rf_size=(5, 5), rf_jump=(1, 1), image_size=(8, 8), plain=None, plain_loss=None,
+                  stuck=None, fourier=rng.uniform(0, 1, (2, 3, 8, 8)), fourier_loss=np.array([1.0, -1.0]),
+                  decoded=rng.normal(size=(2, 3, 5, 5)), decode_note=None, patches=patches,
+                  patch_values=np.array([[2.0, 1.0, np.nan], [np.nan] * 3]),
+                  patch_images=np.array([[0, 0, -1], [-1] * 3]), nf=np.stack([patches[0, 0], none]),
+                  colour_index=np.array([0.2, np.nan]), deconv=np.stack([rng.normal(size=(3, 5, 5)), none]),
+                  guided=np.stack([rng.normal(size=(3, 5, 5)), none]),
+                  inactive=np.array([False, True]))
+    tiles = unit_tiles(u)
+    for name in ("neuron_feature", "deconvnet", "guided_backprop"):
+        assert (tiles[name][1] == BLANK_RGB).all() and not (tiles[name][0] == BLANK_RGB).all()
+    # the maximisation and the decoded filter depend on the weights only: still drawn
+    assert not (tiles["maximise_fourier"][1] == BLANK_RGB).all() and not (tiles["decoded"][1] == BLANK_RGB).all()
+    grid = unit_grids(u)["top_patches"]
+    assert (grid == BLANK_RGB).all(axis=-1).sum() >= 4 * 5 * 5  # three missing crops of unit 1, one of unit 0
+    assert (grid == np.array([220, 20, 20], dtype=np.uint8)).all(axis=-1).any()  # red frame on unit 1's row
