@@ -37,7 +37,7 @@ def test_tiny_build_report_json(project):
     out = project / "docs" / "tiny"
     assert result.out_dir == out
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["report"] == "tiny"
+    assert report["schema_version"] == 2 and report["report"] == "tiny"
     assert [r["location"] for r in report["runs"]] == ["a", "b", "c"]
     layer = report["runs"][0]["layers"][0]
     assert layer["name"] == "conv1" and layer["weight_shape"] == [4, 3, 3, 3]
