@@ -120,12 +120,13 @@ def test_arch_errors(project):
     spec, run = run_of(project, SPEC.replace("arch.py:TinyNet", "arch.py:TinyNett"))
     with pytest.raises(ModelLoadError, match=r"spec.yaml:6: 'arch.py' has no 'TinyNett'; did you mean 'TinyNet'\?"):
         load_model(spec, run)
-    spec, run = run_of(project, SPEC.replace("{width: 4}", "{depth: 4}"))
-    with pytest.raises(ModelLoadError, match=r"spec.yaml:7: cannot build 'arch.py:TinyNet' with arch_args"):
+    spec, run = run_of(project, SPEC.replace("{width: 4}", "{widht: 4}"))
+    with pytest.raises(ModelLoadError, match=r"spec.yaml:7: models\[0\].arch_args: 'widht' is not an argument of "
+                       r"TinyNet\(width\); did you mean 'width'\?"):
         load_model(spec, run)
     (project / "broken.py").write_text("def oops(:\n")
     spec, run = run_of(project, SPEC.replace("arch.py:TinyNet", "broken.py:X"))
-    with pytest.raises(ModelLoadError, match=r"importing broken.py failed: SyntaxError"):
+    with pytest.raises(ModelLoadError, match=r"importing broken.py raised SyntaxError"):
         load_model(spec, run)
 
 
