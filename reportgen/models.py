@@ -108,6 +108,11 @@ def construct(factory: Callable[..., Any], args: dict, arch: str, where_arch: st
     argument (with a did-you-mean from the signature), a constructor that raises
     (SystemExit and KeyboardInterrupt included: an architecture must not end the
     process), or a result that is not an ``nn.Module``."""
+    if not callable(factory):
+        raise ModelLoadError(
+            f"{where_arch}: '{arch}' is a {type(factory).__name__}, not a class or function; "
+            "point 'arch' at the model class or at a function that returns the model"
+        )
     _check_arch_args(factory, args, arch, where_args)
     with _user_code(f"{where_arch}: building '{arch}'", "check the constructor and 'arch_args'"):
         module = factory(**args)

@@ -93,7 +93,7 @@ def _dry_run(spec: ReportSpec, run: Run, check: ModelCheck) -> None:
             with inference(module), probing(module, names if hookable else []) as seen:
                 module(torch.zeros(1, c, h, w))
         except Exception as exc:
-            say(kp, _forward_problem(run, module, exc, (c, h, w), what))
+            say(*_forward_problem(run, module, exc, (c, h, w), what, kp))
             return
         if not hookable:
             continue
@@ -154,21 +154,24 @@ def _input_shapes(spec: ReportSpec, run: Run, say) -> list[tuple[tuple[int, int,
             for (h, w), p in ordered]
 
 
-def _forward_problem(run: Run, module: nn.Module, exc: Exception, shape: tuple[int, int, int], what: str) -> str:
+def _forward_problem(run: Run, module: nn.Module, exc: Exception, shape: tuple[int, int, int], what: str,
+                     kp: tuple) -> tuple[tuple, str]:
+    """Why the dry forward failed, as (key path to blame, message with the fix)."""
     c = shape[0]
     first = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != c and first.in_channels in (1, 3):
         want = "rgb" if first.in_channels == 3 else "grey"
-        return (f"model '{run.model.name}' expects {first.in_channels} input channel"
-                f"{'s' if first.in_channels > 1 else ''} but input.channels gives {c}; "
-                f"set input.channels: {want}")
+        return ("input", "channels"), (
+            f"model '{run.model.name}' expects {first.in_channels} input channel"
+            f"{'s' if first.in_channels > 1 else ''} but input.channels gives {c}; set input.channels: {want}")
     reason = _short(exc)
     works, how = suggest_size(module, c)
     if works is not None:
         fix = f"set input.size: [{works[0]}, {works[1]}] ({how})"
     else:
-        fix = "set input.size to the size the model was trained at"
-    return f"model '{run.model.name}' cannot run at {what}: {reason}; {fix}"
+        fix = ("its forward() fails at every size tried, so the fault is in the model, not the size; "
+               "fix forward() so that it takes one batch of images (N, C, H, W)")
+    return kp, f"model '{run.model.name}' cannot run at {what}: {reason}; {fix}"
 
 
 def _short(exc: Exception) -> str:

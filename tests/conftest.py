@@ -42,6 +42,11 @@ def own_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with the tiny architecture, checkpoints for three locations and images."""
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> Path:
+    """The ``project`` fixture's folder, made in ``tmp_path``."""
     (tmp_path / "arch.py").write_text(TINY_ARCH)
     (tmp_path / "ckpt").mkdir()
     for i, loc in enumerate(["a", "b", "c"]):
