@@ -27,6 +27,7 @@ MIN_SIDE = 2
 # Larger images are refused before they are decoded: a tiny PNG can claim billions of
 # pixels (a decompression bomb). 8192 x 8192 is far above any network's input size.
 MAX_IMAGE_PIXELS = 8192 * 8192
+ORIENTATION_TAG = 0x0112  # EXIF
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,6 @@ def image_size(path: Path) -> tuple[int, int]:
         if im.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # quarter turns swap the sides
             w, h = h, w
     return h, w
-
-
-ORIENTATION_TAG = 0x0112
 
 
 def load_image(path: Path, spec: InputSpec) -> LoadedImage:

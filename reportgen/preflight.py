@@ -21,7 +21,7 @@ from reportgen.capture import inference, probing
 from reportgen.errors import ImageError, ReportgenError
 from reportgen.images import image_size
 from reportgen.models import _model_kp, build_architecture, load_model, resolve_layers
-from reportgen.spec import MAX_INPUT_SIDE, ReportSpec, Run
+from reportgen.spec import MAX_INPUT_SIDE, ReportSpec, Run, _rel
 from reportgen.yamlsrc import format_key_path
 
 # Layer kinds whose weights or outputs have no 2-D picture: named in the error.
@@ -31,6 +31,7 @@ SUPPORTED_TEXT = ("reportgen shows Conv2d and Linear layers and any layer whose 
 # Sizes tried when the spec's size fails, after those inferred from the model.
 COMMON_SIDES = (32, 28, 64, 224, 96, 128, 227, 256, 299, 112, 48, 16, 512)
 SEARCH_SECONDS = 10.0
+DRY_RUN_MAX_PIXELS = 1024 * 1024
 
 
 @dataclass
@@ -149,9 +150,12 @@ def _input_shapes(spec: ReportSpec, run: Run, say) -> list[tuple[tuple[int, int,
             except ImageError:
                 continue  # reading the image later says what is wrong with it
             sizes.setdefault(hw, p)
-    ordered = sorted(sizes.items(), key=lambda kv: kv[0][0] * kv[0][1])  # the smallest fails first
+    ordered = sorted(sizes.items(), key=lambda kv: kv[0][0] * kv[0][1])
+    # The smallest image is the one most likely to fail; the largest is also tried when a
+    # CPU pass at its size is cheap (photos of many sizes would cost one pass each).
+    tried = ordered[:1] + [kv for kv in ordered[1:][-1:] if kv[0][0] * kv[0][1] <= DRY_RUN_MAX_PIXELS]
     return [((c, h, w), ("input", "size"), f"image {_rel(p)} ({h}x{w}, input.size not set)")
-            for (h, w), p in ordered]
+            for (h, w), p in tried]
 
 
 def _forward_problem(run: Run, module: nn.Module, exc: Exception, shape: tuple[int, int, int], what: str,
@@ -238,10 +242,3 @@ def _inferred_sides(module: nn.Module) -> list[int]:
 
 def _first(v) -> int:
     return int(v[0] if isinstance(v, (tuple, list)) else v)
-
-
-def _rel(p: Path) -> str:
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
