@@ -48,8 +48,9 @@ def check_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tuple[
     Models named in ``skip`` are not built (``check`` passes those with spec errors)."""
     problems: list[str] = []
     found: dict[str, ModelCheck] = {}
+    failed: set[str] = set()  # models that did not build: said once, not once per location
     for run in spec.runs:
-        if run.model.name in found or run.model.name in skip:
+        if run.model.name in found or run.model.name in failed or run.model.name in skip:
             continue
         if run.torchscript is not None and not run.torchscript.is_file():
             continue  # the spec check said so
@@ -58,14 +59,14 @@ def check_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tuple[
                       else build_architecture(spec, run))
         except ReportgenError as exc:
             problems.append(str(exc))
-            found[run.model.name] = None  # type: ignore[assignment]  # failed: checked once
+            failed.add(run.model.name)
             continue
         check = ModelCheck(module=module)
         found[run.model.name] = check
         check.problems += resolve_layers(spec, run, module)
         _dry_run(spec, run, check)
         problems += check.problems
-    return problems, {k: v for k, v in found.items() if v is not None}
+    return problems, found
 
 
 def _layer_kp(spec: ReportSpec, run: Run) -> tuple:

@@ -311,13 +311,13 @@ MODEL_CASES = {
     "sys.exit(0) in constructor": (_net("Quits"), [BUILDING + r"Quits' called sys.exit\(0\)"]),
     "KeyboardInterrupt in constructor": (_net("Interrupted"), [BUILDING + r"Interrupted' raised KeyboardInterrupt"]),
     # the dry forward pass
-    "Linear head, input too large": (_net("Head32", replace=[("size: [16, 16]", "size: [224, 224]")]),
+    "Linear head, input too large": (_net("Head32", ["conv1", "fc"], replace=[("size: [16, 16]", "size: [224, 224]")]),
                                      [HERE + r"input.size: model 'tiny' cannot run at input.size \[224, 224\]: "
                                       r"RuntimeError: mat1 and mat2 shapes cannot be multiplied.*; set input.size: "
                                       r"\[32, 32\] \(inferred from the first Linear layer's in_features"]),
-    "Linear head, input too small": (_net("Head32"), [HERE + r"input.size: model 'tiny' cannot run at input.size "
+    "Linear head, input too small (only an early layer listed)": (_net("Head32"), [HERE + r"input.size: model 'tiny' cannot run at input.size "
                                                       r"\[16, 16\]: .*; set input.size: \[32, 32\]"]),
-    "Linear head, no input.size": (_net("Head32", replace=[("input:\n  size: [16, 16]\n", "")]),
+    "Linear head, no input.size": (_net("Head32", ["conv1", "fc"], replace=[("input:\n  size: [16, 16]\n", "")]),
                                    [HERE + r"input.size: model 'tiny' cannot run at image .*im0.png \(16x20, "
                                     r"input.size not set\): .*; set input.size: \[32, 32\]"]),
     "grey input, RGB model": (_spec("size: [16, 16]", "size: [16, 16]\n  channels: grey\n  mean: [0.5]\n  std: [0.5]"),
