@@ -97,9 +97,9 @@ def build_architecture(spec: ReportSpec, run: Run) -> nn.Module:
     ``arch_args`` against the factory's signature, construct, check it is a module."""
     kp = _model_kp(spec, run)
     arch = run.model.arch or ""
-    factory = resolve_arch(arch, spec.base_dir, spec.where(kp + ("arch",)))
-    return construct(factory, run.model.arch_args, arch,
-                     f"{spec.where(kp + ('arch',))}: {format_key_path(kp + ('arch',))}",
+    where_arch = f"{spec.where(kp + ('arch',))}: {format_key_path(kp + ('arch',))}"
+    factory = resolve_arch(arch, spec.base_dir, where_arch)
+    return construct(factory, run.model.arch_args, arch, where_arch,
                      f"{spec.where(kp + ('arch_args',))}: {format_key_path(kp + ('arch_args',))}")
 
 

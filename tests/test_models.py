@@ -118,7 +118,7 @@ def test_corrupt_torchscript(project):
 
 def test_arch_errors(project):
     spec, run = run_of(project, SPEC.replace("arch.py:TinyNet", "arch.py:TinyNett"))
-    with pytest.raises(ModelLoadError, match=r"spec.yaml:6: 'arch.py' has no 'TinyNett'; did you mean 'TinyNet'\?"):
+    with pytest.raises(ModelLoadError, match=r"spec.yaml:6: models\[0\].arch: 'arch.py' has no 'TinyNett'; did you mean 'TinyNet'\?"):
         load_model(spec, run)
     spec, run = run_of(project, SPEC.replace("{width: 4}", "{widht: 4}"))
     with pytest.raises(ModelLoadError, match=r"spec.yaml:7: models\[0\].arch_args: 'widht' is not an argument of "
