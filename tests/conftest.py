@@ -46,7 +46,8 @@ def project(tmp_path: Path):
 
 
 def make_project(tmp_path: Path) -> Path:
-    """The ``project`` fixture's folder, made in ``tmp_path``."""
+    """The ``project`` fixture's folder, for fixtures of a wider scope."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "arch.py").write_text(TINY_ARCH)
     (tmp_path / "ckpt").mkdir()
     for i, loc in enumerate(["a", "b", "c"]):
