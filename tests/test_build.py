@@ -62,8 +62,8 @@ def test_dead_location_found_in_findings(project):
     result = build(write_spec(project), project / "docs", device="cpu")
     top = result.report["findings"][0]
     assert top["severity"] == "danger" and top["location"] == "b" and top["layer"] == "conv1"
-    assert top["text"].startswith("**b** looks under-trained or over-regularised: [4 of 4 `conv1` filters "
-                                  "(100%) are dead](locations/b.md#layer-conv1)")
+    assert top["text"].startswith("**b** looks collapsed: nothing in `conv1` is alive: [4 of 4 filters "
+                                  "(100%) dead](locations/b.md#layer-conv1)")
     assert "`fc` channels" not in top["text"]  # logits are not rectified: "never active" does not apply
     dead = [f["dead"] for f in result.report["runs"][1]["layers"][0]["filters"]]
     assert dead == [True] * 4

@@ -110,14 +110,14 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
             collapsed = True
             share = s["dead"] / s["filters"]
             live_nz = [f["near_zero_fraction"] for f in lay["filters"] if not f["dead"] and f["near_zero_fraction"] is not None]
-            cause = "l1" if live_nz and sum(live_nz) / len(live_nz) >= SPARSE_LIVE else "pruned"
+            cause = ("all" if not live_nz else "l1" if sum(live_nz) / len(live_nz) >= SPARSE_LIVE else "pruned")
             text = f"[{s['dead']} of {plural(s['filters'], fn)} ({share:.0%}) dead]({link})"
             nz_ref = ctx.median_of(run, lay, lambda x: x["summary"]["near_zero_fraction"])
             if s["near_zero_fraction"] is not None and nz_ref is not None:
                 text += f", {s['near_zero_fraction']:.0%} of weights near zero (median over locations {nz_ref:.0%})"
             norm_ref = ctx.median_of(run, lay, lambda x: x["summary"]["median_l2_norm"], include_self=False, at_least=2)
             if norm_ref and s["median_l2_norm"] is not None:
-                text += (f", median {fn} norm {_ratio(s['median_l2_norm'] / norm_ref)} of the other locations' "
+                text += (f", median {fn} norm {_ratio(s['median_l2_norm'] / norm_ref)} the other locations' "
                          f"({s['median_l2_norm']:.3g} vs {norm_ref:.3g})")
             out.append(_r("collapsed" if share >= 0.5 else "partly collapsed", "danger" if share >= 0.5 else "warning",
                           name, share, text, cause=cause))
@@ -125,7 +125,7 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
         if (not collapsed and norm_ref and s["median_l2_norm"] is not None
                 and s["median_l2_norm"] < NORM_COLLAPSE * norm_ref):
             ratio = s["median_l2_norm"] / norm_ref
-            out.append(_r("shrunk", "warning", name, 1 - ratio, f"[`{name}`'s median {fn} norm is {_ratio(ratio)} of "
+            out.append(_r("shrunk", "warning", name, 1 - ratio, f"[`{name}`'s median {fn} norm is {_ratio(ratio)} "
                           f"the other locations' median]({link}) ({s['median_l2_norm']:.3g} vs {norm_ref:.3g})"))
         nz, nzr = s["near_zero_fraction"], ctx.median_of(run, lay, lambda x: x["summary"]["near_zero_fraction"])
         if not collapsed and nz is not None and nzr is not None and nz >= max(2 * nzr, nzr + 0.15):
@@ -164,8 +164,8 @@ def _r(diagnosis: str, severity: str, layer: str, value: float, text: str, cause
 
 
 def _ratio(r: float) -> str:
-    """A ratio as a percentage with enough digits to be non-zero."""
-    return f"{r:.0%}" if r >= 0.01 else f"{r:.2%}" if r >= 0.0001 else f"{r:.1e}×"
+    """'24% of', '0.04% of', '3e-06 times': a ratio with enough digits to be non-zero."""
+    return f"{r:.0%} of" if r >= 0.01 else f"{r:.2%} of" if r >= 0.0001 else f"{r:.0e} times"
 
 
 def _headline(diagnosis: str, layer: str, cause: str | None, n: int) -> str:
@@ -176,6 +176,8 @@ def _headline(diagnosis: str, layer: str, cause: str | None, n: int) -> str:
         return f"{look} never trained: every inspected layer still looks like its initialisation"
     if diagnosis == "untrained":
         return f"{look} under-trained: `{layer}` still looks like its initialisation"
+    if diagnosis in ("collapsed", "partly collapsed") and cause == "all":
+        return f"{look} collapsed: nothing in `{layer}` is alive"
     if diagnosis in ("collapsed", "partly collapsed"):
         how = ("weights driven to zero throughout, the pattern of an L1 penalty or strong weight decay"
                if cause == "l1" else "whole filters zeroed while the rest keep their weights, the pattern of a "

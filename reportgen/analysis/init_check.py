@@ -84,14 +84,15 @@ def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
     w: (out, in, *kernel) or (out, in) weights. Returns ``fan_in``, ``fan_out``,
     ``weights`` (count tested), ``excess_kurtosis``, ``max_abs_over_bound`` (max |w| over the
     default bound 1/sqrt(fan_in)), ``rms_over_init`` (RMS weight over the default law's RMS,
-    b/sqrt(3)), ``families`` ({name: {"law", "ks", "p"}}), ``ks_limit``, ``family`` (the family
+    b/sqrt(3)), ``families`` ({name: {"law", "description", "ks", "p"}}), ``ks_limit``, ``fitting`` (families
+    that fit), ``nearest`` (the family at the smallest KS distance), ``family`` (the family
     the layer still follows, else null), ``looks_like_init`` (bool; null when the layer has
     too few or non-finite weights) and ``verdict`` (a sentence).
     """
     w = np.asarray(w)
     shape = tuple(w.shape)
     base = {"fan_in": None, "fan_out": None, "weights": int(w.size), "excess_kurtosis": None, "kurtosis_tolerance": None,
-            "max_abs_over_bound": None, "rms_over_init": None, "families": {}, "ks_limit": None, "fitting": [],
+            "max_abs_over_bound": None, "rms_over_init": None, "families": {}, "ks_limit": None, "fitting": [], "nearest": None,
             "family": None, "looks_like_init": None}
     if w.ndim < 2:
         return {**base, "verdict": "not a Conv or Linear weight"}
@@ -127,7 +128,8 @@ def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
     family = min(fitting, key=lambda n: fams[n]["ks"], default=None)
     out = {**base, "weights": int(x.size), "excess_kurtosis": kurt,
            "max_abs_over_bound": peak / b, "kurtosis_tolerance": k_tol, "rms_over_init": float(np.sqrt(np.mean(x**2)) / (b / math.sqrt(3))),
-           "families": fams, "ks_limit": limit, "fitting": fitting, "family": family, "looks_like_init": family is not None}
+           "families": fams, "ks_limit": limit, "fitting": fitting,
+           "nearest": min(fams, key=lambda n: fams[n]["ks"]), "family": family, "looks_like_init": family is not None}
     out["verdict"] = verdict(out)
     return out
 
@@ -143,7 +145,7 @@ def verdict(c: dict) -> str:
         return (f"looks like its initialisation ({f['description']}, {f['law']}): KS distance {f['ks']:.3f} "
                 f"(limit {c['ks_limit']:.3f}), excess kurtosis {k} (the law: {LAW_KURTOSIS[kind]:+.1f}), "
                 f"max |w| {c['max_abs_over_bound']:.2f}× the default bound 1/√fan_in")
-    best = min(c["families"], key=lambda n: c["families"][n]["ks"])
+    best = c["nearest"]
     f = c["families"][best]
     return (f"moved away from every init law: nearest {best} at KS distance {f['ks']:.3f} (limit "
             f"{c['ks_limit']:.3f}), excess kurtosis {k}, max |w| {c['max_abs_over_bound']:.2f}× the default bound")
