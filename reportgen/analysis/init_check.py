@@ -19,7 +19,7 @@ A layer *looks like its initialisation* under a family when all of these hold:
 - the Kolmogorov-Smirnov distance of its weights to the family's law is within that law's
   sampling noise (the KS critical value at ``alpha`` for this many weights) or below
   ``KS_TOLERANCE``, whichever is larger;
-- its excess kurtosis is within ``max(KURTOSIS_TOLERANCE, 3.3 sqrt(24/n))`` of the law's
+- its excess kurtosis is within ``max(KURTOSIS_TOLERANCE, 2.58 sqrt(24/n))`` of the law's
   (-1.2 for a uniform, 0 for a normal; sqrt(24/n) is the normal law's standard error, wider
   than the uniform's, so the test errs towards "looks like init" only in tiny layers);
 - for a uniform law, max |w| stays below ``MAX_OVER_BOUND`` times its bound (a uniform never
@@ -40,8 +40,9 @@ from scipy import stats
 KS_TOLERANCE = 0.02  # a law displaced by at most 2% of its mass still counts as "barely moved"
 ALPHA = 0.001  # significance of the KS critical value
 KURTOSIS_TOLERANCE = 0.3
+KURTOSIS_Z = 2.58  # two-sided 1% of a normal law's sample kurtosis
 MAX_OVER_BOUND = 1.5
-MIN_WEIGHTS = 30  # below this the test cannot tell a trained layer from its init
+MIN_WEIGHTS = 500  # below this a trained layer of the right scale passes for a sample of a law
 MAX_SAMPLE = 500_000  # larger layers are tested on a fixed random subsample (the test's noise is tiny there)
 DEFAULT = "pytorch-default"
 
@@ -115,7 +116,7 @@ def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
     limit = ks_limit(x.size, alpha)
     with np.errstate(all="ignore"):
         kurt = float(stats.kurtosis(x, fisher=True)) if x.std() > 0 else None
-    k_tol = max(KURTOSIS_TOLERANCE, 3.3 * math.sqrt(24 / x.size))
+    k_tol = max(KURTOSIS_TOLERANCE, KURTOSIS_Z * math.sqrt(24 / x.size))
     peak = float(np.abs(x).max())
 
     def fits(name: str) -> bool:
