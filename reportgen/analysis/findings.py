@@ -29,10 +29,11 @@ def findings(report: dict, analyses) -> list[dict]:
     gabor = _tag(_gabor(report, analyses.gabor.min_score), "gabor")
     sims = [dict(f, kind="trend" if f["link"] == "stages.md" else "similarity")
             for f in _similarity(report, analyses.compare.similar)]
-    ranked = sorted(verdicts + gabor + sims + pattern_findings(report, health),
-                    key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+    patterns = pattern_findings(report, health)
+    ranked = sorted(verdicts + gabor + sims + patterns, key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
     unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
-    out = ranked + [_overview(report, unhealthy)]
+    notes = any(f["severity"] == "warning" or f.get("pattern") == "dead" for f in patterns)
+    out = ranked + [_overview(report, unhealthy, notes)]
     nxt = _next_step(report, verdicts, gabor)
     if nxt:
         out.append(nxt)
@@ -129,7 +130,8 @@ def _gabor(report: dict, min_score: float) -> list[dict]:
     return [_f(severity, text, None, layer_name, f"layers/{layer_name}.md#gabor-likeness", value)]
 
 
-def _overview(report: dict, unhealthy: list[str]) -> dict:
+def _overview(report: dict, unhealthy: list[str], notes: bool) -> dict:
+    """``notes``: health patterns (dead filters, layers at init everywhere) that name no one location."""
     runs = [r["key"] for r in report["runs"]]
     n = len(runs)
     if unhealthy:
@@ -141,6 +143,9 @@ def _overview(report: dict, unhealthy: list[str]) -> dict:
         else:
             text = (f"{ok} of {n} locations show no health problem at the inspected layers; "
                     f"look first at {first}.")
+    elif notes:
+        text = ("No location stands out from the others at the inspected layers, but the health notes below "
+                "apply" + ("." if n > 1 else " to it."))
     else:
         everyone = "The location passes" if n == 1 else "Both locations pass" if n == 2 else f"All {n} locations pass"
         text = f"{everyone} every health check at the inspected layers."

@@ -32,7 +32,8 @@ def location_findings(report: dict, health) -> list[dict]:
     out = []
     for (diagnosis, layer, cause), members in groups.items():
         keys = [run["key"] for run, _ in members]
-        head = _headline(diagnosis, layer, cause, len(keys))
+        entry = next((x for x in members[0][0]["layers"] if x["name"] == layer), {})
+        head = _headline(diagnosis, layer, cause, len(keys), filter_noun(entry))
         parts = []
         for run, reasons in members:
             main = [r["text"] for r in reasons if (r["diagnosis"], r["layer"]) == (diagnosis, layer)]
@@ -168,7 +169,7 @@ def _ratio(r: float) -> str:
     return f"{r:.0%} of" if r >= 0.01 else f"{r:.2%} of" if r >= 0.0001 else f"{r:.0e} times"
 
 
-def _headline(diagnosis: str, layer: str, cause: str | None, n: int) -> str:
+def _headline(diagnosis: str, layer: str, cause: str | None, n: int, noun: str = "filter") -> str:
     look = "looks" if n == 1 else "look"
     if diagnosis == "broken":
         return f"{'is' if n == 1 else 'are'} broken: `{layer}` holds NaN or Inf weights"
@@ -180,8 +181,8 @@ def _headline(diagnosis: str, layer: str, cause: str | None, n: int) -> str:
         return f"{look} collapsed: nothing in `{layer}` is alive"
     if diagnosis in ("collapsed", "partly collapsed"):
         how = ("weights driven to zero throughout, the pattern of an L1 penalty or strong weight decay"
-               if cause == "l1" else "whole filters zeroed while the rest keep their weights, the pattern of a "
-               "filter-pruning penalty such as group lasso")
+               if cause == "l1" else f"whole {noun}s zeroed while the rest keep their weights, the pattern of a "
+               f"{noun}-pruning penalty such as group lasso")
         return f"{look} over-regularised: `{layer}` {diagnosis} ({how})"
     if diagnosis == "shrunk":
         return f"{look} over-regularised: `{layer}`'s weights shrank"
