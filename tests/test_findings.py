@@ -170,3 +170,35 @@ def test_plurals_with_one_location():
 ])
 def test_trend_words_describe_the_actual_sequence(values, words):
     assert words in trend_words(values, list("abcd"[:len(values)]))
+
+
+def test_towncenter_findings_name_each_broken_location_for_its_reason(towncenter_build):
+    """The example's four planted problems (examples/towncenter/README.md), each with its
+    reason, among the 10 findings of the home page; no trained filter called an outlier."""
+    result, docs, _ = towncenter_build
+    report = result.report
+    ranked = [f for f in report["findings"] if f["kind"] not in ("overview", "next_step")]
+    top = ranked[:10]
+    by_loc = {k: f for f in top if f["kind"] == "location" for k in f["locations"]}
+    assert set(by_loc) == {"loc02", "loc04", "loc06", "loc08"}
+    assert by_loc["loc08"]["severity"] == "danger" and by_loc["loc08"]["diagnosis"] == "collapsed"
+    assert "L1 penalty" in by_loc["loc08"]["text"]
+    assert by_loc["loc04"] is by_loc["loc06"] and by_loc["loc04"]["diagnosis"] == "partly collapsed"
+    assert "group lasso" in by_loc["loc04"]["text"]
+    assert by_loc["loc02"]["diagnosis"] == "untrained" and by_loc["loc02"]["layer"] == "conv1"
+    assert "`conv1` still looks like its initialisation" in by_loc["loc02"]["text"]
+    # no trained filter is an outlier: no such flag, no such sentence
+    layers = [lay for r in report["runs"] for lay in r["layers"]]
+    assert not any("norm_outlier" in f for lay in layers for f in lay["filters"])
+    assert not any(re.search("unusually large|norm outlier", f["text"]) for f in report["findings"])
+    # the silent channels kept their initial size while the active ones grew, at every location
+    for lay in layers:
+        s = lay["summary"]
+        if lay["name"] != "conv1" and s["never_active_norm_over_init"] is not None:
+            assert s["never_active_norm_over_init"] < s["active_norm_over_init"], lay["name"]
+    # home page: 10 findings and a link to the rest
+    index = (docs / "towncenter" / "index.md").read_text()
+    home = index.split("## Findings")[1].split("## Overview")[0]
+    assert home.count("!!! ") == 10 and "(findings.md)" in home
+    page = (docs / "towncenter" / "findings.md").read_text()
+    assert page.count("!!! ") == len(ranked)
