@@ -145,7 +145,7 @@ def verdict(c: dict) -> str:
         kind = FAMILIES[c["family"]][0]
         return (f"looks like its initialisation ({f['description']}, {f['law']}): KS distance {f['ks']:.3f} "
                 f"(limit {c['ks_limit']:.3f}), excess kurtosis {k} (the law: {LAW_KURTOSIS[kind]:+.1f}), "
-                f"max |w| {c['max_abs_over_bound']:.2f}× the default bound 1/√fan_in")
+                f"max |w| {c['max_abs_over_bound']:.2f}× the default bound 1/√fan-in")
     best = c["nearest"]
     f = c["families"][best]
     return (f"moved away from every init law: nearest {best} at KS distance {f['ks']:.3f} (limit "
