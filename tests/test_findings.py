@@ -192,10 +192,13 @@ def test_towncenter_findings_name_each_broken_location_for_its_reason(towncenter
     assert not any("norm_outlier" in f for lay in layers for f in lay["filters"])
     assert not any(re.search("unusually large|norm outlier", f["text"]) for f in report["findings"])
     # the silent channels kept their initial size while the active ones grew, at every location
-    for lay in layers:
-        s = lay["summary"]
-        if lay["name"] != "conv1" and s["never_active_norm_over_init"] is not None:
-            assert s["never_active_norm_over_init"] < s["active_norm_over_init"], lay["name"]
+    # that trained (at loc02, 40 steps, nothing grew)
+    for run in report["runs"]:
+        for lay in run["layers"][1:]:
+            s = lay["summary"]
+            assert s["never_active_norm_over_init"] < 1.25, (run["key"], lay["name"])
+            if run["key"] != "loc02":
+                assert s["active_norm_over_init"] > s["never_active_norm_over_init"], (run["key"], lay["name"])
     # home page: 10 findings and a link to the rest
     index = (docs / "towncenter" / "index.md").read_text()
     home = index.split("## Findings")[1].split("## Overview")[0]
