@@ -30,8 +30,8 @@ from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
 
-FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite", "duplicate_of",
-               "opposite_of", "gabor_score"]
+FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
+               "duplicate_of", "opposite_of", "gabor_score"]
 CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
 
 

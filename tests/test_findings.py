@@ -205,3 +205,18 @@ def test_towncenter_findings_name_each_broken_location_for_its_reason(towncenter
     assert home.count("!!! ") == 10 and "(findings.md)" in home
     page = (docs / "towncenter" / "findings.md").read_text()
     assert page.count("!!! ") == len(ranked)
+
+
+@pytest.mark.parametrize("n_locations", [1, 3])
+def test_a_freshly_initialised_network_is_flagged(n_locations):
+    """A user's one untrained checkpoint, or every location left untrained: a danger."""
+    layers = lambda i: [("conv1", _fresh(lambda: nn.Conv2d(3, 16, 5), i), {}),  # noqa: E731
+                        ("fc", _fresh(lambda: nn.Linear(128, 10), i + 10), {"relu": False, "type_": "Linear"})]
+    fs = findings(_report({f"r{i}": layers(i) for i in range(n_locations)}), OPTS)
+    top = fs[0]
+    assert top["severity"] == "danger", _texts(fs)
+    if n_locations == 1:
+        assert top["diagnosis"] == "never trained" and top["locations"] == ["r0"]
+    else:
+        assert top.get("pattern") == "init_everywhere" and "`conv1` at 3 of 3 locations" in top["text"]
+        assert "`fc` at 3 of 3 locations" in top["text"]

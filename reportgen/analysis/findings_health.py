@@ -81,6 +81,10 @@ class _Context:
         flags = [bool(x["summary"].get("looks_like_init")) for _, x in self.layers[(run["model"], lay["name"])]]
         return sum(flags) / len(flags)
 
+    def init_is_pattern(self, run: dict, lay: dict) -> bool:
+        """The layer is at its initialisation at most of several locations: reported once, as a pattern."""
+        return len(self.layers[(run["model"], lay["name"])]) >= 2 and self.init_share(run, lay) >= INIT_EVERYWHERE
+
     def by_layer(self) -> dict[str, list[tuple[dict, dict]]]:
         out: dict[str, list[tuple[dict, dict]]] = {}
         for (_, name), items in self.layers.items():
@@ -98,7 +102,8 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
     out = []
     weighted = [lay for lay in run["layers"] if lay["summary"]["filters"]]
     at_init = [lay for lay in weighted if lay["summary"].get("looks_like_init")]
-    never_trained = len(weighted) >= 1 and len(at_init) == len(weighted) and ctx.init_share(run, weighted[0]) < 1
+    never_trained = (len(weighted) >= 1 and len(at_init) == len(weighted)
+                     and not all(ctx.init_is_pattern(run, lay) for lay in weighted))
     for lay in run["layers"]:
         s, name = lay["summary"], lay["name"]
         link = _loc_link(run, name)
@@ -110,7 +115,8 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
         if s["filters"] and s["dead"] / s["filters"] >= health.dead_share_warn:
             collapsed = True
             share = s["dead"] / s["filters"]
-            live_nz = [f["near_zero_fraction"] for f in lay["filters"] if not f["dead"] and f["near_zero_fraction"] is not None]
+            live_nz = [f["near_zero_fraction"] for f in lay["filters"]
+                       if not f["dead"] and f["near_zero_fraction"] is not None]
             cause = ("all" if not live_nz else "l1" if sum(live_nz) / len(live_nz) >= SPARSE_LIVE else "pruned")
             text = f"[{s['dead']} of {plural(s['filters'], fn)} ({share:.0%}) dead]({link})"
             nz_ref = ctx.median_of(run, lay, lambda x: x["summary"]["near_zero_fraction"])
@@ -133,7 +139,7 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
             out.append(_r("sparse", "warning", name, nz, f"[{nz:.0%} of `{name}`'s weights are near zero]({link}) "
                           f"(median over locations {nzr:.0%})"))
         init = lay.get("init_check")
-        if s.get("looks_like_init") and init and ctx.init_share(run, lay) < INIT_EVERYWHERE:
+        if s.get("looks_like_init") and init and not ctx.init_is_pattern(run, lay):
             fam = init["families"][init["family"]]
             others = [x["init_check"]["families"][init["family"]]["ks"] for x in ctx.others(run, lay)
                       if x.get("init_check") and x["init_check"].get("families")]
@@ -233,16 +239,19 @@ def _never_active_everywhere(ctx: _Context, health) -> dict | None:
 
 
 def _init_everywhere(ctx: _Context) -> dict | None:
-    hits = []
+    hits, judged = [], 0
     for (model, name), items in ctx.layers.items():
-        flags = [bool(lay["summary"].get("looks_like_init")) for _, lay in items]
-        if len(items) >= 2 and sum(flags) / len(flags) >= INIT_EVERYWHERE:
-            hits.append((name, sum(flags), len(flags)))
+        flags = [lay["summary"].get("looks_like_init") for _, lay in items]
+        judged += any(f is not None for f in flags)
+        if ctx.init_is_pattern(*items[0]):
+            hits.append((name, sum(bool(f) for f in flags), len(flags)))
     if not hits:
         return None
+    # Every judged layer at its initialisation nearly everywhere: nothing was trained.
+    severity = "danger" if len(hits) == judged else "warning"
     layers = listing([f"`{n}` at {k} of {plural(t, 'location')}" for n, k, t in hits])
     link = f"layers/{hits[0][0]}.md"
-    return finding("warning", f"Layers that still look like their initialisation almost everywhere: {layers}. A "
+    return finding(severity, f"Layers that still look like their initialisation almost everywhere: {layers}. A "
                    "layer left at its initial weights at every location is frozen, not loaded from the "
                    f"checkpoint, or never reached by the loss. [See the layer]({link}).", None, hits[0][0], link,
                    max(k / t for _, k, t in hits), kind="pattern", pattern="init_everywhere")

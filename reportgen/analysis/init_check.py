@@ -85,16 +85,16 @@ def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
     w: (out, in, *kernel) or (out, in) weights. Returns ``fan_in``, ``fan_out``,
     ``weights`` (count tested), ``excess_kurtosis``, ``max_abs_over_bound`` (max |w| over the
     default bound 1/sqrt(fan_in)), ``rms_over_init`` (RMS weight over the default law's RMS,
-    b/sqrt(3)), ``families`` ({name: {"law", "description", "ks", "p"}}), ``ks_limit``, ``fitting`` (families
-    that fit), ``nearest`` (the family at the smallest KS distance), ``family`` (the family
+    b/sqrt(3)), ``families`` ({name: {"law", "description", "ks", "p"}}), ``ks_limit``,
+    ``fitting`` (families that fit), ``nearest`` (the family at the smallest KS distance), ``family`` (the family
     the layer still follows, else null), ``looks_like_init`` (bool; null when the layer has
     too few or non-finite weights) and ``verdict`` (a sentence).
     """
     w = np.asarray(w)
     shape = tuple(w.shape)
-    base = {"fan_in": None, "fan_out": None, "weights": int(w.size), "excess_kurtosis": None, "kurtosis_tolerance": None,
-            "max_abs_over_bound": None, "rms_over_init": None, "families": {}, "ks_limit": None, "fitting": [], "nearest": None,
-            "family": None, "looks_like_init": None}
+    base = {"fan_in": None, "fan_out": None, "weights": int(w.size), "excess_kurtosis": None,
+            "kurtosis_tolerance": None, "max_abs_over_bound": None, "rms_over_init": None, "families": {},
+            "ks_limit": None, "fitting": [], "nearest": None, "family": None, "looks_like_init": None}
     if w.ndim < 2:
         return {**base, "verdict": "not a Conv or Linear weight"}
     fan_in, fan_out = fans(shape)
@@ -127,8 +127,8 @@ def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
     fitting = [n for n in FAMILIES if fits(n)]
     # Small layers may fit several laws of similar scale: name the nearest, list them all.
     family = min(fitting, key=lambda n: fams[n]["ks"], default=None)
-    out = {**base, "weights": int(x.size), "excess_kurtosis": kurt,
-           "max_abs_over_bound": peak / b, "kurtosis_tolerance": k_tol, "rms_over_init": float(np.sqrt(np.mean(x**2)) / (b / math.sqrt(3))),
+    out = {**base, "weights": int(x.size), "excess_kurtosis": kurt, "kurtosis_tolerance": k_tol,
+           "max_abs_over_bound": peak / b, "rms_over_init": float(np.sqrt(np.mean(x**2)) / (b / math.sqrt(3))),
            "families": fams, "ks_limit": limit, "fitting": fitting,
            "nearest": min(fams, key=lambda n: fams[n]["ks"]), "family": family, "looks_like_init": family is not None}
     out["verdict"] = verdict(out)
