@@ -34,7 +34,7 @@ def findings(report: dict, analyses) -> list[dict]:
     unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
     notes = any(f["severity"] == "warning" or f.get("pattern") == "dead" for f in patterns)
     out = ranked + [_overview(report, unhealthy, notes)]
-    nxt = _next_step(report, verdicts, gabor)
+    nxt = _next_step(report, verdicts, gabor, patterns)
     if nxt:
         out.append(nxt)
     return out
@@ -152,8 +152,11 @@ def _overview(report: dict, unhealthy: list[str], notes: bool) -> dict:
     return _f("info", text, None, None, None, len(unhealthy) / max(1, n), kind="overview")
 
 
-def _next_step(report: dict, verdicts: list[dict], gabor: list[dict]) -> dict | None:
+def _next_step(report: dict, verdicts: list[dict], gabor: list[dict], patterns: list[dict]) -> dict | None:
     steps = []
+    if any(f.get("pattern") == "init_everywhere" for f in patterns):
+        steps.append("check that the checkpoints' weights reach the layers that still look like their "
+                     "initialisation (state_dict keys, checkpoint_key) and that training updates them")
     by_kind: dict[str, list[str]] = {}
     for f in verdicts:
         if f["severity"] != "info":
