@@ -17,7 +17,7 @@ from torch import nn
 from reportgen.analysis.filters import filter_health, near_duplicates, norm_over_init, pooled_scale
 from reportgen.analysis.findings import findings
 from reportgen.analysis.init_check import check_layer
-from reportgen.analysis.wording import plural, trend_words
+from reportgen.analysis.wording import plural
 from reportgen.assemble import FILTER_KEYS, _rows, _summary
 from reportgen.spec import AnalysesSpec
 
@@ -160,16 +160,6 @@ def test_plurals_with_one_location():
     text = " ".join(_texts(fs))
     assert "All 1 locations" not in text and "1 locations" not in text and "The location passes" in text
     assert plural(1, "run") == "1 run" and plural(3, "run") == "3 runs"
-
-
-@pytest.mark.parametrize("values,words", [
-    ([0.95, 0.48, 0.31, 0.10], "diverge with depth"),
-    ([0.2, 0.5, 0.9], "converge with depth"),
-    ([0.5, 0.52, 0.47], "agree about as much at every stage"),
-    ([0.50, 0.17, 0.74], "without a steady trend (least alike at `b`, most alike at `c`)"),
-])
-def test_trend_words_describe_the_actual_sequence(values, words):
-    assert words in trend_words(values, list("abcd"[:len(values)]))
 
 
 def test_towncenter_findings_name_each_broken_location_for_its_reason(towncenter_build):
