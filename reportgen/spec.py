@@ -224,12 +224,8 @@ class HealthOptions(_Strict):
         0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
     )
     duplicate_cosine: float = Field(
-        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their |cosine| "
-        "reaches this."
-    )
-    outlier_z: float = Field(
-        3.5, gt=0, description="A filter's norm is an outlier when its robust z-score (median and "
-        "MAD of the layer's norms at that location) exceeds this."
+        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their cosine "
+        "reaches this, and an on/off (sign-flipped) pair when it is at most minus this."
     )
 
 
