@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from reportgen import __version__
+from reportgen.analysis.findings import Z_ABOVE_CHANCE
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
-from reportgen.comparison import Comparisons, gabor_summary
+from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import encode_png
@@ -30,8 +31,8 @@ from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
 
-FILTER_KEYS = ["l2_norm", "max_abs", "near_zero_fraction", "dead", "nonfinite", "duplicate_of",
-               "norm_outlier", "gabor_score"]
+FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
+               "duplicate_of", "opposite_of", "gabor_score"]
 CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
 
 
@@ -116,8 +117,10 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 base_i = _base_index(spec, [r.run.key for r, _ in items])
                 others = [w for i, w in enumerate(wts) if i != base_i]
                 add_layer_img("across", "across_locations", png(
-                    "across", (wts[base_i], others, shared),
-                    lambda: across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)))
+                    "across", (wts[base_i], others, shared, [m for pair in cmp.matched_to(base_i) if pair
+                                                             for m in pair]),
+                    lambda: across_locations(wts[base_i], others,
+                                             best_matches(wts[base_i], others, cmp.matched_to(base_i)), shared)))
                 per_layer["across_order"] = [(model, ",".join(
                     [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
     for r in results:
@@ -285,7 +288,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
         "versions": {"reportgen": __version__, "torch": torch.__version__, "numpy": np.__version__},
         "device": str(device),
         "thresholds": {**spec.analyses.health.model_dump(), "gabor_min_score": min_score,
-                       "similar": spec.analyses.compare.similar},
+                       "gabor_min_live": GABOR_MIN_LIVE, "similar": spec.analyses.compare.similar,
+                       "above_chance_sd": Z_ABOVE_CHANCE},
         "runs": runs,
         "comparisons": comparisons,
         "reference": reference,
@@ -303,7 +307,7 @@ def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
 def _py(key: str, v):
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
-    if key == "duplicate_of":
+    if key in ("duplicate_of", "opposite_of"):
         return None if int(v) < 0 else int(v)
     f = float(v)
     return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
@@ -318,7 +322,7 @@ def _summary(layer: dict) -> dict:
         "dead": sum(x["dead"] for x in f),
         "nonfinite": sum(x["nonfinite"] for x in f),
         "duplicates": sum(x.get("duplicate_of") is not None for x in f),
-        "norm_outliers": sum(bool(x.get("norm_outlier")) for x in f),
+        "on_off_pairs": sum(x.get("opposite_of") is not None for x in f),
         "median_l2_norm": float(np.median(norms)) if norms else None,
         "near_zero_fraction": float(np.mean(nz)) if nz else None,
         "channels": len(c),
@@ -327,7 +331,20 @@ def _summary(layer: dict) -> dict:
     }
     if "gabor" in layer:
         out["gabor_like"] = layer["gabor"]["share_gabor_like"]
+    init = layer.get("init_check")
+    out["looks_like_init"] = init["looks_like_init"] if init else None
+    out["init_family"] = init["family"] if init else None
+    # Filters of never-active channels against those of active ones, both against the
+    # initial norm: channels that died in training kept the size they started with.
+    out["never_active_norm_over_init"], out["active_norm_over_init"] = (
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))
     return out
+
+
+def _median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
 
 
 def sha256(path: Path | None) -> str | None:

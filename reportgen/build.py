@@ -20,14 +20,15 @@ from torch import nn
 from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.filters import filter_health, pooled_scale
 from reportgen.analysis.locations import sample_positions
+from reportgen.chain import layer_chains
 from reportgen.capture import LayerRecorder, inference, relu_follows
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
-from reportgen.cache import Cache, digest, file_digest
+from reportgen.cache import Cache, digest, file_digest, register
 from reportgen.comparison import run_comparisons
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
-from reportgen.models import load_model, resolve_arch, resolve_device, resolve_layers
+from reportgen.models import load_model, resolve_device
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
 
@@ -47,6 +48,12 @@ class LayerResult:
     features: np.ndarray | None = None  # (S, C) sampled positions of the shared images
     key: str = ""  # cache key: a digest of everything this result depends on
     shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
+    feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from
+    chain: list[dict] | None = None  # weighted layers from the input to this one (reportgen.chain), for alignment
+    chain_note: str | None = None  # why there is no chain (a residual add, a model fx cannot trace, ...)
+
+
+register(LayerResult)  # cached per layer ("layer" entries)
 
 
 @dataclass
@@ -99,6 +106,8 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache)
         out = publish(files, docs, spec.report)
+    # A cache that could not be used is reported but never fails the build (not even --strict).
+    warnings += cache.warnings
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
@@ -106,28 +115,19 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
 
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
-    """Build each architecture once (no checkpoint) and resolve every layer name.
+    """Build each architecture once (no checkpoint), resolve every layer name and run
+    a dry forward pass at the spec's input size (reportgen.preflight).
 
-    Layer names depend on the architecture only, so one instance per model
-    serves all its locations. Raises SpecError listing every unknown layer.
+    Layer names and shapes depend on the architecture only, so one instance per
+    model serves all its locations. Raises SpecError listing every problem.
     Returns model name -> {layer name: module} of that instance.
     """
-    problems: list[str] = []
-    found: dict[str, dict[str, nn.Module]] = {}
-    for run in spec.runs:
-        if run.model.name in found:
-            continue
-        if run.model.torchscript:
-            module = load_model(spec, run, "cpu").module
-        else:
-            mi = [m.name for m in spec.models].index(run.model.name)
-            factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(("models", mi, "arch")))
-            module = factory(**run.model.arch_args)
-        problems += resolve_layers(spec, run, module)
-        found[run.model.name] = dict(module.named_modules())
+    from reportgen.preflight import check_models
+
+    problems, checks = check_models(spec)
     if problems:
         raise SpecError(problems)
-    return found
+    return {name: dict(c.module.named_modules()) for name, c in checks.items()}
 
 
 def analyse(spec: ReportSpec, device: torch.device, log: Log,
@@ -296,6 +296,8 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
     loaded = load_model(spec, run, device)
     model = loaded.module
     modules = dict(model.named_modules())
+    chains = (layer_chains(model, [ls.name for ls in layer_specs]) if loaded.hookable
+              else {ls.name: (None, "TorchScript modules are not traced") for ls in layer_specs})
     layers = []
     for ls in layer_specs:
         m = modules[ls.name]
@@ -303,7 +305,7 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
         weight = w.detach().float().cpu().numpy() if isinstance(w, torch.Tensor) and w.ndim >= 2 else None
         relu = ls.relu == "yes" or (ls.relu == "auto" and loaded.hookable and relu_follows(model, ls.name))
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
-                                  relu_applied=relu))
+                                  relu_applied=relu, chain=chains[ls.name][0], chain_note=chains[ls.name][1]))
     if with_acts:
         opts = spec.analyses.activations
         _stream_activations(model, layers, images, device, opts.batch_size, opts.max_images,
@@ -320,6 +322,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                         shared: list[Path], max_samples: int) -> None:
     stats: dict[str, ChannelStats] = {}
     feats: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
+    feat_images: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
     shared_rank = {p: i for i, p in enumerate(shared)}
     with inference(model), LayerRecorder(model, [lr.name for lr in layers]) as rec:
         for start, batch in _batches(images, batch_size):
@@ -339,12 +342,14 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                     rank = shared_rank.get(im.path)
                     if rank is not None:
                         feats[lr.name].append(_sample_features(a[j], len(shared), max_samples))
+                        feat_images[lr.name].append(np.full(len(feats[lr.name][-1]), rank))
                         if rank < SHARED_MAPS:
                             lr.shared_maps.append(a[j].cpu().numpy())
     for lr in layers:
         lr.stats = stats[lr.name].result(saturated)
         if feats[lr.name] and len(feats[lr.name]) == len(shared):
             lr.features = np.concatenate(feats[lr.name]).astype(np.float64)
+            lr.feature_images = np.concatenate(feat_images[lr.name])
 
 
 def _sample_features(a: torch.Tensor, n_images: int, max_samples: int) -> np.ndarray:

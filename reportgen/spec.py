@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -22,9 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from reportgen.errors import SpecError
 from reportgen.yamlsrc import KeyPath, Located, format_key_path, load_yaml
 
-# Names that become directory or file names: no separators, no leading dot.
-SLUG_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_SLUG_HELP = "use letters, digits, '-', '_' and '.', starting with a letter or digit"
+# Names become file names (docs/<report>/, .<report>.staging-*): 64 characters keep every
+# path component well under the 255 bytes file systems allow. Match with re.fullmatch,
+# never re.match: '$' also matches before a final newline ("a\n").
+SLUG_MAX = 64
+SLUG_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{SLUG_MAX - 1}}}$"
+_SLUG_HELP = f"use letters, digits, '-', '_' and '.', starting with a letter or digit, at most {SLUG_MAX} in all"
+# Bounds that keep one image's activations within memory: 4096 px per input side
+# (a 64-channel float32 map of 4096^2 is 4 GiB), 1024 px for unit maximisation images.
+MAX_INPUT_SIDE = 4096
+MAX_UNITS_SIDE = 1024
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -32,10 +40,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Layer names become folder names and appear in page text; module names outside this
+# set (spaces, backticks, brackets) are possible in PyTorch but would break both.
+LAYER_RE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}"
+
+
+def _layer_name(v: str) -> str:
+    if not re.fullmatch(LAYER_RE, v):
+        raise ValueError(f"layer name {_short(v)} is not supported; reportgen handles module names of "
+                         "letters, digits, '_', '-' and '.' (at most 200); rename the module")
+    return v
+
+
 class LayerSpec(_Strict):
     """One layer to inspect, by its ``named_modules()`` name."""
 
     name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _layer_name(v)))
     relu: Literal["auto", "yes", "no"] = Field(
         "auto",
         description="Show activations after a ReLU: 'auto' applies one when the module is a ReLU "
@@ -98,9 +120,9 @@ class ModelSpec(_Strict):
     def _check_locations(cls, v: Optional[list[str]]) -> Optional[list[str]]:
         if v is None:
             return v
-        bad = [loc for loc in v if not re.match(SLUG_RE, str(loc))]
+        bad = [loc for loc in v if not re.fullmatch(SLUG_RE, str(loc))]
         if bad:
-            raise ValueError(f"location name {bad[0]!r} is not allowed; {_SLUG_HELP}")
+            raise ValueError(f"location name {_short(bad[0])} is not allowed; {_SLUG_HELP}")
         dup = sorted({loc for loc in v if v.count(loc) > 1})
         if dup:
             raise ValueError(f"location {dup[0]!r} is listed twice; list each location once")
@@ -134,7 +156,8 @@ class InputSpec(_Strict):
     """How an image file becomes the network's input tensor."""
 
     size: Optional[tuple[int, int]] = Field(
-        None, description="Resize to [height, width] (or one number for a square); omit to keep."
+        None, description="Resize to [height, width] (or one number for a square), each 1 to 4096; "
+        "omit to keep."
     )
     channels: Literal["rgb", "grey"] = "rgb"
     mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
@@ -150,6 +173,9 @@ class InputSpec(_Strict):
     def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
         if v is not None and min(v) < 1:
             raise ValueError("sizes must be positive")
+        if v is not None and max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"{max(v)} pixels is too large: sides are at most {MAX_INPUT_SIDE}; "
+                             "use the size the model was trained at")
         return v
 
     @model_validator(mode="after")
@@ -159,6 +185,8 @@ class InputSpec(_Strict):
             vals = getattr(self, key)
             if len(vals) not in (1, n):
                 raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
+        if not all(math.isfinite(x) for x in self.mean + self.std):
+            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
         if any(s <= 0 for s in self.std):
             raise ValueError("'std' values must be positive")
         return self
@@ -196,12 +224,8 @@ class HealthOptions(_Strict):
         0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
     )
     duplicate_cosine: float = Field(
-        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their |cosine| "
-        "reaches this."
-    )
-    outlier_z: float = Field(
-        3.5, gt=0, description="A filter's norm is an outlier when its robust z-score (median and "
-        "MAD of the layer's norms at that location) exceeds this."
+        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their cosine "
+        "reaches this, and an on/off (sign-flipped) pair when it is at most minus this."
     )
 
 
@@ -245,8 +269,8 @@ class UnitsOptions(_Strict):
     steps: int = Field(20, ge=1, description="Plain gradient-ascent steps.")
     fourier_steps: int = Field(48, ge=1, description="Adam steps of the regularised (Fourier) optimisation.")
     fourier_lr: float = Field(0.15, gt=0, description="Adam learning rate of the regularised optimisation.")
-    size: Optional[int] = Field(None, ge=8, description="Image side for maximisation; default from the "
-                                "unit's receptive field.")
+    size: Optional[int] = Field(None, ge=8, le=MAX_UNITS_SIDE, description="Image side for maximisation "
+                                "(8 to 1024); default from the unit's receptive field.")
     top_n: int = Field(9, ge=1, description="Top-activating crops per unit, from all positions of all "
                        "images, no two overlapping by more than half.")
     max_units: int = Field(64, ge=1, description="Units shown per layer (the first ones).")
@@ -355,7 +379,13 @@ class ReportSpec:
 def load_spec(path: str | Path) -> ReportSpec:
     """Read, validate and resolve a spec file; raise SpecError listing every problem."""
     path = Path(path)
-    src = load_yaml(path)
+    return spec_from_source(load_yaml(path), path)
+
+
+def spec_from_source(src: Located, path: Path, collect: list[str] | None = None) -> ReportSpec:
+    """Validate and resolve already-parsed YAML (``load_spec`` without the reading).
+    With ``collect``, problems found after schema validation (missing files, unknown
+    runs) are appended to it and the spec is returned anyway."""
     if not isinstance(src.data, dict):
         raise SpecError(
             f"{path}:1: the spec must be a YAML mapping with keys like 'report', 'title', "
@@ -391,7 +421,9 @@ def load_spec(path: str | Path) -> ReportSpec:
         hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
         problems.append(f"{src.where(('analyses', 'compare', 'base'))}: analyses.compare.base: "
                         f"no location '{compare_base}'; {hint}")
-    if problems:
+    if problems and collect is not None:  # the caller goes on checking what it can
+        collect.extend(dict.fromkeys(problems))
+    elif problems:
         # A shared image glob fails once per location; say it once.
         raise SpecError(list(dict.fromkeys(problems)))
     return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src,
@@ -523,7 +555,7 @@ def _format_error(err: dict, src: Located) -> str:
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch":
-        msg = f"{err['input']!r} is not allowed; {_SLUG_HELP}"
+        msg = f"{_short(err['input'])} is not allowed; {_SLUG_HELP}"
     elif kind == "literal_error":
         msg = f"{err['input']!r} is not one of {err['ctx']['expected']}"
     else:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen.cache import register
 from reportgen.capture import LayerRecorder, inference
 from reportgen.images import LoadedImage
 from reportgen.optim.decode import (decode_layer, deconvnet, guided_backprop, template_fidelity,
@@ -63,6 +64,9 @@ class UnitViews:
     fourier_clipped: np.ndarray | None = None
     fidelity: np.ndarray | None = None  # (U,) R^2 of the decoded template against the pre-activation
     pooling: str = "subsample"  # how decoding treated max pooling
+
+
+register(UnitViews)  # cached per layer ("units" entries)
 
 
 def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts, relu: bool,
