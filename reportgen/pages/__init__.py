@@ -16,6 +16,9 @@ from reportgen.analysis.findings import anchor
 from reportgen.names import code, md_escape, slug
 from reportgen.spec import ReportSpec
 
+TOP_FINDINGS = 10  # findings on the home page; the rest are on findings.md
+
+
 def html_escape_only(text: object) -> str:
     """Markdown is kept but raw HTML is not injected (use ``user_markdown`` for user text)."""
     return html.escape(str(text), quote=False)
@@ -137,7 +140,8 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "has_stages": any(k[1] == "__stages__" for k in images),
         "unit_pages": {f"{k}|{layer}": v for (k, layer), v in (unit_pages or {}).items()},
     }
-    pages = {"index.md": env.get_template("index.md.j2").render(**ctx),
+    pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
+             "findings.md": env.get_template("findings.md.j2").render(**ctx),
              # Ships inside every report, so its links never leave docs/<report>/.
              "methods.md": env.get_template("methods.md.j2").render(**ctx)}
     for run in runs:
