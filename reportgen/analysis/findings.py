@@ -83,10 +83,10 @@ def _run_health(run: dict, report: dict, health) -> dict | None:
             worst_layer = worst_layer or name
             worst = max(worst, nz)
             severity = "warning" if severity == "info" else severity
-        # max <= 0 means "never fires" only for rectified outputs; raw logits may well stay negative.
+        # "Never fires" means something only after an activation; raw logits may well stay negative.
         # A share as high as the other locations' is the layer's pattern, reported once per layer.
         na_ref = na_median.get((run["model"], name))
-        if (layer["relu_applied"] and s["channels"]
+        if (layer.get("activation", "relu" if layer["relu_applied"] else "none") != "none" and s["channels"]
                 and s["never_active"] / s["channels"] >= health.never_active_share_warn
                 and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
             share = s["never_active"] / s["channels"]
@@ -114,7 +114,8 @@ def _layer_notes(report: dict, health) -> list[dict]:
     for name, items in by_layer.items():
         link = f"layers/{name}.md"
         shares = [lay["summary"]["never_active"] / lay["summary"]["channels"] for _, lay in items
-                  if lay["relu_applied"] and lay["summary"]["channels"]]
+                  if lay.get("activation", "relu" if lay["relu_applied"] else "none") != "none"
+                  and lay["summary"]["channels"]]
         if len(shares) >= 2 and median(shares) >= health.never_active_share_warn:
             n_img = median(len(r["images"]) for r, _ in items)
             out.append(_f("info", f"`{name}`: channels that never activate are common everywhere: a median of "
