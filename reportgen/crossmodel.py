@@ -20,6 +20,7 @@ import numpy as np
 from reportgen.analysis.compare import linear_cka
 
 CROSS_GRID = 4  # pooled grid side: rows per image for a pair of conv layers = CROSS_GRID ** 2
+CHANCE_DRAWS = 8  # image shuffles behind each cell's chance level
 
 
 @dataclass
@@ -30,12 +31,17 @@ class ModelPair:
     runs: tuple[str, str]  # the run of each model whose activations are compared
     layers: tuple[list[str], list[str]]
     cka: np.ndarray  # (La, Lb) in [0, 1]; NaN where a layer is constant on the images
+    chance: np.ndarray  # (La, Lb) mean CKA with B's images shuffled: the level unrelated layers reach
     n_images: int
 
     def to_dict(self) -> dict:
         return {"models": list(self.models), "runs": list(self.runs), "layers": [list(x) for x in self.layers],
                 "images": self.n_images, "grid": CROSS_GRID,
-                "cka": [[float(v) if np.isfinite(v) else None for v in row] for row in self.cka]}
+                "cka": _rows(self.cka), "cka_chance": _rows(self.chance)}
+
+
+def _rows(m: np.ndarray) -> list[list[float | None]]:
+    return [[float(v) if np.isfinite(v) else None for v in row] for row in m]
 
 
 def cross_model_runs(spec) -> dict:
@@ -77,19 +83,32 @@ def pair_features(pooled_a: np.ndarray | None, mean_a: np.ndarray, pooled_b: np.
     return mean_a, mean_b
 
 
-def cka_grid(layers_a: list[tuple], layers_b: list[tuple]) -> np.ndarray:
-    """Linear CKA of each of A's layers against each of B's.
+def cka_grid(layers_a: list[tuple], layers_b: list[tuple], chance_draws: int = 0,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Linear CKA of each of A's layers against each of B's, and its chance level.
 
     layers_*: per layer (pooled (N, C, G, G) or None, mean (N, C)), same N images in the same
-    order on both sides. Returns (La, Lb).
+    order on both sides. Returns (cka, chance), each (La, Lb). chance: the mean CKA over
+    ``chance_draws`` shuffles of B's images (NaN when 0 draws or fewer than 2 images); with
+    few samples CKA runs high even for unrelated layers, and this says how high.
     """
     out = np.full((len(layers_a), len(layers_b)), np.nan)
+    chance = np.full_like(out, np.nan)
+    n = len(layers_a[0][1]) if layers_a else 0
+    rng = np.random.default_rng(seed)
+    perms = [p for p in (rng.permutation(n) for _ in range(4 * chance_draws)) if (p != np.arange(n)).any()]
+    perms = perms[:chance_draws]
     for i, (pa, ma) in enumerate(layers_a):
         for j, (pb, mb) in enumerate(layers_b):
             x, y = pair_features(pa, ma, pb, mb)
-            if x.shape[0] >= 2:
-                out[i, j] = linear_cka(x, y)
-    return out
+            if x.shape[0] < 2:
+                continue
+            out[i, j] = linear_cka(x, y)
+            if perms:
+                draws = [linear_cka(x, pair_features(pa, ma, None if pb is None else pb[p], mb[p])[1])
+                         for p in perms]
+                chance[i, j] = float(np.nanmean(draws)) if np.isfinite(draws).any() else np.nan
+    return out, chance
 
 
 def cross_model_cka(spec, results) -> list[ModelPair]:
@@ -108,8 +127,8 @@ def cross_model_cka(spec, results) -> list[ModelPair]:
     for i in range(len(picked)):
         for j in range(i + 1, len(picked)):
             (ma, ra, la), (mb, rb, lb) = picked[i], picked[j]
-            grid = cka_grid([(lr.cross_pooled, lr.cross_mean) for lr in la],
-                            [(lr.cross_pooled, lr.cross_mean) for lr in lb])
+            grid, chance = cka_grid([(lr.cross_pooled, lr.cross_mean) for lr in la],
+                                    [(lr.cross_pooled, lr.cross_mean) for lr in lb], CHANCE_DRAWS)
             pairs.append(ModelPair(models=(ma, mb), runs=(ra, rb), layers=([lr.name for lr in la], [lr.name for lr in lb]),
-                                   cka=grid, n_images=int(la[0].cross_mean.shape[0])))
+                                   cka=grid, chance=chance, n_images=int(la[0].cross_mean.shape[0])))
     return pairs

@@ -233,6 +233,7 @@ def test_a_model_against_itself_scores_one_on_the_diagonal(cascade, one_thread):
     pair = result.report["model_comparisons"][0]
     m = np.array(pair["cka"], dtype=float)
     np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9)
+    assert (np.diag(m) > np.diag(np.array(pair["cka_chance"], dtype=float))).all()  # above its chance level
     assert m.shape == (4, 4) and np.allclose(m, m.T, atol=1e-9)  # the same model both ways round
     off = m[~np.eye(4, dtype=bool)]
     assert (off < 1 - 1e-6).all()  # different layers are different representations
@@ -245,12 +246,24 @@ def test_cka_grid_known_answers():
     dense = (None, rng.normal(size=(3, 7)))
     q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
     rotated = (np.einsum("nchw,cd->ndhw", conv[0], q) * 3.0, conv[1] @ q * 3.0)
-    m = cka_grid([conv, dense], [rotated, dense])
+    m, chance = cka_grid([conv, dense], [rotated, dense], chance_draws=4)
     assert m[0, 0] == pytest.approx(1.0)  # invariant to a rotation and a scaling of the channels
     assert m[1, 1] == pytest.approx(1.0)
     rows = conv[0].transpose(0, 2, 3, 1).reshape(-1, 5)
-    assert cka_grid([conv], [conv])[0, 0] == pytest.approx(_hsic_cka(rows, rows))
+    assert cka_grid([conv], [conv])[0][0, 0] == pytest.approx(_hsic_cka(rows, rows))
     assert m[0, 1] == pytest.approx(_hsic_cka(conv[1], dense[1]))  # a dense layer: one row per image
+    # chance: the same layers with the second side's images shuffled, below the matched value
+    assert (chance[[0, 1], [0, 1]] < 1 - 1e-6).all()
+    n = len(conv[1])
+    shuffled = [_hsic_cka(conv[1], dense[1][p]) for p in _perms(n, 4)]
+    assert chance[0, 1] == pytest.approx(np.mean(shuffled))
+
+
+def _perms(n: int, k: int) -> list[np.ndarray]:
+    """The shuffles cka_grid draws: seed 0, identity skipped (its documented rule)."""
+    rng = np.random.default_rng(0)
+    ps = [p for p in (rng.permutation(n) for _ in range(4 * k)) if (p != np.arange(n)).any()]
+    return ps[:k]
 
 
 def test_model_locations_must_name_a_models_location(cascade):
