@@ -66,7 +66,8 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
 
     files = ReportFiles()
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
-    layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}  # (model, layer) -> kind -> [(model, path)]
+    # (model, layer) -> kind -> [(model, path)]
+    layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     h = spec.analyses.health
     for (model, layer), items in group_layers(results).items():
         ws = [lr.weight for _, lr in items if lr.weight is not None]

@@ -20,7 +20,8 @@ from torch import nn
 from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.filters import filter_health, pooled_scale
 from reportgen.analysis.locations import sample_positions
-from reportgen.capture import NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference, resolve_activation
+from reportgen.capture import (NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference,
+                               resolve_activation)
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
 from reportgen.cache import Cache, digest, file_digest

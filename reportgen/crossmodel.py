@@ -129,6 +129,7 @@ def cross_model_cka(spec, results) -> list[ModelPair]:
             (ma, ra, la), (mb, rb, lb) = picked[i], picked[j]
             grid, chance = cka_grid([(lr.cross_pooled, lr.cross_mean) for lr in la],
                                     [(lr.cross_pooled, lr.cross_mean) for lr in lb], CHANCE_DRAWS)
-            pairs.append(ModelPair(models=(ma, mb), runs=(ra, rb), layers=([lr.name for lr in la], [lr.name for lr in lb]),
+            pairs.append(ModelPair(models=(ma, mb), runs=(ra, rb),
+                                   layers=([lr.name for lr in la], [lr.name for lr in lb]),
                                    cka=grid, chance=chance, n_images=int(la[0].cross_mean.shape[0])))
     return pairs

@@ -39,7 +39,7 @@ ACTIVATION_KINDS = {
     "selu": "SELU", "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish", "mish": "Mish",
     "sigmoid": "Sigmoid", "tanh": "Tanh",
 }
-_KIND_ALIASES = {cls.lower(): kind for kind, cls in ACTIVATION_KINDS.items()} | {"swish": "silu", "leakyrelu": "leaky_relu"}
+_KIND_ALIASES = {cls.lower(): kind for kind, cls in ACTIVATION_KINDS.items()} | {"swish": "silu"}
 _RELU_ALIAS = {"auto": "auto", "yes": "relu", "no": "none"}
 
 
