@@ -281,3 +281,17 @@ def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
         build(write_spec(cascade, text), cascade / "docs", device="cpu", cache_dir=None)
     assert str(err.value).startswith(f"{cascade / 'spec.yaml'}:14: models[1].layers[2].activation: a PReLU has "
                                       "learned slopes; name the PReLU module")
+
+
+def test_input_falls_back_to_the_top_level_and_model_locations_choose_the_run(cascade):
+    from reportgen.crossmodel import cross_model_runs, cross_shared_images
+    from reportgen.spec import load_spec
+
+    text = (CASCADE_SPEC.replace("    input: {size: 24}\n", "")
+            + "input: {size: 20, channels: grey, mean: [0.5], std: [0.5]}\nanalyses:\n  compare:\n    model_locations: {pnet: b}\n")
+    spec = load_spec(write_spec(cascade, text))
+    inputs = {r.key: r.input for r in spec.runs}
+    assert inputs["rnet"].size == (20, 20) and inputs["rnet"].channels == "grey"  # the top-level input
+    assert inputs["pnet-a"].size == (12, 12) and inputs["pnet-a"].channels == "rgb"  # its own
+    assert {m: r.key for m, r in cross_model_runs(spec).items()} == {"pnet": "pnet-b", "rnet": "rnet", "onet": "onet"}
+    assert [p.name for p in cross_shared_images(spec)] == ["im0.png", "im1.png", "im2.png", "im3.png"]
