@@ -132,6 +132,7 @@ def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
             factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(("models", mi, "arch")))
             module = factory(**run.model.arch_args)
         problems += resolve_layers(spec, run, module)
+        problems += activation_problems(spec, run, module)
         found[run.model.name] = dict(module.named_modules())
     if problems:
         raise SpecError(problems)
@@ -332,6 +333,22 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
                             spec.analyses.health.saturated_fraction, shared,
                             spec.analyses.compare.max_samples, acts, list(cross))
     return layers
+
+
+def activation_problems(spec: ReportSpec, run: Run, module: nn.Module) -> list[str]:
+    """Layers whose spec'd ``activation`` this architecture cannot apply (found before any run)."""
+    names = dict(module.named_modules())
+    given = [ls for ls in run.layers if ls.name in names and ls.activation not in ("auto", "none")]
+    if not given or isinstance(module, torch.jit.ScriptModule):
+        return []
+    found = find_activations(module, [ls.name for ls in given])
+    problems = []
+    for ls in given:
+        try:
+            resolve_activation(module, ls.name, ls.activation, found[ls.name])
+        except ValueError as exc:
+            problems.append(f"{_layer_where(spec, run, ls)}: {exc}")
+    return problems
 
 
 def _layer_where(spec: ReportSpec, run: Run, ls) -> str:

@@ -291,8 +291,12 @@ def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activat
     if wanted in modules and wanted:
         return Activation(module_kind(modules[wanted]) or "module", f"module '{wanted}', as the spec says",
                           module=wanted)
+    import difflib
+
+    close = difflib.get_close_matches(wanted, [*ACTIVATION_KINDS, "auto", "none", *modules], n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "'reportgen layers SPEC' lists the model's modules"
     raise ValueError(f"'{wanted}' is neither an activation kind ({', '.join(ACTIVATION_KINDS)}, auto, "
-                     "none) nor a module of the model")
+                     f"none) nor a module of the model; {hint}")
 
 
 def relu_follows(model: nn.Module, name: str) -> bool:

@@ -276,11 +276,24 @@ def test_model_locations_must_name_a_models_location(cascade):
 
 
 def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
-    text = CASCADE_SPEC.replace("{name: fc, activation: auto}", "{name: fc, activation: prelu}")
+    from reportgen.build import check_layers
+    from reportgen.spec import load_spec
+
+    text = (CASCADE_SPEC.replace("{name: fc, activation: auto}", "{name: fc, activation: prelu}")
+            .replace("{name: conv2, relu: yes}", "{name: conv2, activation: relu9}"))
+    path = write_spec(cascade, text)
     with pytest.raises(SpecError) as err:
-        build(write_spec(cascade, text), cascade / "docs", device="cpu", cache_dir=None)
-    assert str(err.value).startswith(f"{cascade / 'spec.yaml'}:14: models[1].layers[2].activation: a PReLU has "
-                                      "learned slopes; name the PReLU module")
+        check_layers(load_spec(path))  # what `reportgen check` runs: found before any model runs
+    assert err.value.problems == [
+        f"{path}:14: models[1].layers[2].activation: a PReLU has learned slopes; name the PReLU module "
+        "instead (e.g. 'activation: features.1'), or use 'auto'",
+        f"{path}:19: models[2].layers[1].activation: 'relu9' is neither an activation kind (relu, relu6, "
+        "leaky_relu, prelu, elu, selu, silu, gelu, hardswish, mish, sigmoid, tanh, auto, none) nor a module "
+        "of the model; did you mean 'relu'?",
+    ]
+    with pytest.raises(SpecError):
+        build(path, cascade / "docs", device="cpu", cache_dir=None)
+    assert not (cascade / "docs" / "cascade").exists()
 
 
 def test_input_falls_back_to_the_top_level_and_model_locations_choose_the_run(cascade):
