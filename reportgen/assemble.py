@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.analysis.findings import SEVERITY_ORDER
+from reportgen.analysis.findings import SEVERITY_ORDER, Z_ABOVE_CHANCE
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
-from reportgen.comparison import Comparisons, gabor_summary
+from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import encode_png
@@ -122,8 +122,10 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 base_i = _base_index(spec, [r.run.key for r, _ in items])
                 others = [w for i, w in enumerate(wts) if i != base_i]
                 add_layer_img("across", "across_locations", png(
-                    "across", (wts[base_i], others, shared),
-                    lambda: across_locations(wts[base_i], others, best_matches(wts[base_i], others), shared)))
+                    "across", (wts[base_i], others, shared, [m for pair in cmp.matched_to(base_i) if pair
+                                                             for m in pair]),
+                    lambda: across_locations(wts[base_i], others,
+                                             best_matches(wts[base_i], others, cmp.matched_to(base_i)), shared)))
                 per_layer["across_order"] = [(model, ",".join(
                     [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
     for r in results:
@@ -331,7 +333,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
         "versions": {"reportgen": __version__, "torch": torch.__version__, "numpy": np.__version__},
         "device": str(device),
         "thresholds": {**spec.analyses.health.model_dump(), "gabor_min_score": min_score,
-                       "similar": spec.analyses.compare.similar},
+                       "gabor_min_live": GABOR_MIN_LIVE, "similar": spec.analyses.compare.similar,
+                       "above_chance_sd": Z_ABOVE_CHANCE},
         "runs": runs,
         "comparisons": comparisons,
         "reference": reference,

@@ -22,9 +22,10 @@ from reportgen.analysis.filters import filter_health, pooled_scale
 from reportgen.analysis.locations import sample_positions
 from reportgen.capture import (NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference,
                                resolve_activation)
+from reportgen.chain import layer_chains
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
-from reportgen.cache import Cache, digest, file_digest
+from reportgen.cache import Cache, digest, file_digest, register
 from reportgen.comparison import run_comparisons
 from reportgen.crossmodel import CROSS_GRID, cross_model_cka, cross_model_runs, cross_shared_images
 from reportgen.errors import SpecError, StrictWarningsError
@@ -54,6 +55,12 @@ class LayerResult:
     activation_source: str = ""  # how it was found, e.g. "module 'act1'", "F.silu in forward"
     cross_pooled: np.ndarray | None = None  # (N, C, G, G) images all models see, pooled to a G x G grid
     cross_mean: np.ndarray | None = None  # (N, C) the same images' spatial means
+    feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from
+    chain: list[dict] | None = None  # weighted layers from the input to this one (reportgen.chain), for alignment
+    chain_note: str | None = None  # why there is no chain (a residual add, a model fx cannot trace, ...)
+
+
+register(LayerResult)  # cached per layer ("layer" entries)
 
 
 @dataclass
@@ -107,6 +114,8 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache)
         out = publish(files, docs, spec.report)
+    # A cache that could not be used is reported but never fails the build (not even --strict).
+    warnings += cache.warnings
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
@@ -312,6 +321,8 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
     modules = dict(model.named_modules())
     found = find_activations(model, [ls.name for ls in layer_specs]) if loaded.hookable else {}
     layers, acts, problems = [], {}, []
+    chains = (layer_chains(model, [ls.name for ls in layer_specs]) if loaded.hookable
+              else {ls.name: (None, "TorchScript modules are not traced") for ls in layer_specs})
     for ls in layer_specs:
         m = modules[ls.name]
         w = getattr(m, "weight", None)
@@ -324,7 +335,8 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
         acts[ls.name] = act
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
                                   relu_applied=act.kind in ("relu", "relu6"), activation=act.kind,
-                                  activation_source=act.source))
+                                  activation_source=act.source, chain=chains[ls.name][0],
+                                  chain_note=chains[ls.name][1]))
     if problems:
         raise SpecError(problems)
     if with_acts:
@@ -371,6 +383,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
     stats: dict[str, ChannelStats] = {}
     feats: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
     pooled: dict[str, list[torch.Tensor]] = {lr.name: [] for lr in layers}
+    feat_images: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
     shared_rank = {p: i for i, p in enumerate(shared)}
     cross_set = set(cross)
     with inference(model), LayerRecorder(model, [lr.name for lr in layers]) as rec:
@@ -389,6 +402,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                     rank = shared_rank.get(im.path)
                     if rank is not None:
                         feats[lr.name].append(_sample_features(a[j], len(shared), max_samples))
+                        feat_images[lr.name].append(np.full(len(feats[lr.name][-1]), rank))
                         if rank < SHARED_MAPS:
                             lr.shared_maps.append(a[j].cpu().numpy())
                     if im.path in cross_set:
@@ -397,6 +411,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
         lr.stats = stats[lr.name].result(saturated)
         if feats[lr.name] and len(feats[lr.name]) == len(shared):
             lr.features = np.concatenate(feats[lr.name]).astype(np.float64)
+            lr.feature_images = np.concatenate(feat_images[lr.name])
         if pooled[lr.name]:
             lr.cross_pooled, lr.cross_mean = _cross_features(pooled[lr.name], images, cross)
 

@@ -20,6 +20,14 @@ def _fail(exc: ReportgenError) -> None:
     sys.exit(1)
 
 
+def _fail_env(exc: OSError) -> None:
+    """A file system failure the library did not name itself (disk full, permissions)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    click.echo(f"Error: {where}{exc.strerror or exc}; check that the path exists and is writable "
+               "and that the disk has space, then build again", err=True)
+    sys.exit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reportgen")
 def cli() -> None:
@@ -33,7 +41,8 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
               help="Where to run the networks; auto uses CUDA when available.")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors (nothing is written).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+# Any path: a cache that cannot be used is a warning, not an error (the build goes on without it).
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Cache of results between builds [default: $REPORTGEN_CACHE_DIR or .reportgen-cache].")
 @click.option("--no-cache", is_flag=True, help="Compute everything again and store nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
@@ -51,6 +60,8 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
             result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache)
     except ReportgenError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_env(exc)
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if verbose:
@@ -143,6 +154,8 @@ def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: P
             result = run_build(spec, docs_dir, device=device, log=progress)
     except ReportgenError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_env(exc)
     click.echo(f"Built {result.out_dir}; serving on http://{dev_addr}/ (Ctrl-C stops)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     try:

@@ -11,14 +11,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reportgen.analysis.filters import near_duplicates, norm_outliers
-from reportgen.cache import Cache, digest
+from reportgen.cache import Cache, digest, register
 from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
+from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
 from reportgen.models import load_model
 from reportgen.spec import ReportSpec
 
 GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
+# Fewer live (fitted) filters than this and a location's Gabor share is not ranked: with
+# 16 filters one filter moves the share by 6 points and the 95% binomial interval of a
+# 50% share is about +-25 points; below that a ranking is noise.
+GABOR_MIN_LIVE = 16
+
+register(GaborFit)  # cached per layer ("gabor" entries)
 
 
 @dataclass
@@ -72,6 +79,7 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
     for r in results:
         for lr in r.layers:
             groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
+    aligned_pairs: dict[tuple[str, str], dict] = {}  # matchings of a pair of runs, shared by their layers
     for key, items in groups.items():
         if len(items) < 2:
             continue
@@ -82,16 +90,28 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
         def memo(measure: str, i: int, j: int, compute, ids=ids) -> float:
             return cache.memo("pair", digest("pair", measure, ids[i], ids[j]), compute)
 
-        comp.layers[key] = compare_layer([k for k, _ in items], [lr.weight for _, lr in items],
-                                         [lr.features for _, lr in items], memo=memo)
+        lrs = [lr for _, lr in items]
+        images = lrs[0].feature_images
+        same_rows = images is not None and all(
+            lr.feature_images is not None and np.array_equal(lr.feature_images, images) for lr in lrs)
+        comp.layers[key] = compare_layer(
+            [k for k, _ in items], [lr.weight for lr in lrs], [lr.features for lr in lrs], memo=memo,
+            chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
+            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES,
+            align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
+    """Shares are of the live filters: dead and non-finite ones are not fitted (score NaN)."""
     scores = np.array([f.score for f in fits], dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     return {
         "median_score": float(np.median(finite)) if finite.size else None,
         "share_gabor_like": float((finite >= min_score).mean()) if finite.size else None,
+        "gabor_like": int((finite >= min_score).sum()),
+        "live": int(finite.size),
+        "filters": int(scores.size),
+        "ranked": bool(finite.size >= GABOR_MIN_LIVE),
         "orientation_histogram": orientation_histogram(fits, bins=8, min_score=min_score).tolist(),
     }
 
@@ -129,7 +149,7 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
             "run": r.run.key,
             "matched_similarity": float(m.mean),
             "median_l2_norm": float(np.nanmedian(lr.health["l2_norm"])),
-            **({"share_gabor_like": gabor_summary(fits, min_score)["share_gabor_like"]} if fits else {}),
+            **({k: gabor_summary(fits, min_score)[k] for k in ("share_gabor_like", "live")} if fits else {}),
         })
     if against is None or not per_run:
         comp.warnings.append(f"reference: no location layer with {ref_w.shape[1]} input channels to compare "

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def to_json(report: dict) -> str:

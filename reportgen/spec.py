@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ from reportgen.errors import SpecError
 from reportgen.yamlsrc import KeyPath, Located, format_key_path, load_yaml
 
 # Names that become directory or file names: no separators, no leading dot.
-SLUG_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_SLUG_HELP = "use letters, digits, '-', '_' and '.', starting with a letter or digit"
+# Names become file names (docs/<report>/, .<report>.staging-*): 64 characters keep every
+# path component well under the 255 bytes file systems allow. Match with re.fullmatch,
+# never re.match: '$' also matches before a final newline ("a\n").
+SLUG_MAX = 64
+SLUG_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{SLUG_MAX - 1}}}$"
+_SLUG_HELP = f"use letters, digits, '-', '_' and '.', starting with a letter or digit, at most {SLUG_MAX} in all"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -49,10 +54,24 @@ def activation_kind(name: str) -> str | None:
     return key if key in ACTIVATION_KINDS else _KIND_ALIASES.get(key)
 
 
+# Layer names become folder names and appear in page text; module names outside this
+# set (spaces, backticks, brackets) are possible in PyTorch but would break both.
+LAYER_RE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}"
+
+
+def _layer_name(v: str) -> str:
+    if not re.fullmatch(LAYER_RE, v):
+        raise ValueError(f"layer name {_short(v)} is not supported; reportgen handles module names of "
+                         "letters, digits, '_', '-' and '.' (at most 200); rename the module")
+    return v
+
+
 class LayerSpec(_Strict):
     """One layer to inspect, by its ``named_modules()`` name."""
 
     name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _layer_name(v)))
     activation: str = Field(
         "auto", min_length=1,
         description="Activation the statistics and maps are taken after. 'auto' finds the one applied "
@@ -129,6 +148,8 @@ class InputSpec(_Strict):
             vals = getattr(self, key)
             if len(vals) not in (1, n):
                 raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
+        if not all(math.isfinite(x) for x in self.mean + self.std):
+            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
         if any(s <= 0 for s in self.std):
             raise ValueError("'std' values must be positive")
         return self
@@ -176,9 +197,9 @@ class ModelSpec(_Strict):
     def _check_locations(cls, v: Optional[list[str]]) -> Optional[list[str]]:
         if v is None:
             return v
-        bad = [loc for loc in v if not re.match(SLUG_RE, str(loc))]
+        bad = [loc for loc in v if not re.fullmatch(SLUG_RE, str(loc))]
         if bad:
-            raise ValueError(f"location name {bad[0]!r} is not allowed; {_SLUG_HELP}")
+            raise ValueError(f"location name {_short(bad[0])} is not allowed; {_SLUG_HELP}")
         dup = sorted({loc for loc in v if v.count(loc) > 1})
         if dup:
             raise ValueError(f"location {dup[0]!r} is listed twice; list each location once")
@@ -587,7 +608,7 @@ def _format_error(err: dict, src: Located) -> str:
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch":
-        msg = f"{err['input']!r} is not allowed; {_SLUG_HELP}"
+        msg = f"{_short(err['input'])} is not allowed; {_SLUG_HELP}"
     elif kind == "literal_error":
         msg = f"{err['input']!r} is not one of {err['ctx']['expected']}"
     else:

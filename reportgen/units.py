@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen.cache import register
 from reportgen.capture import LayerRecorder, inference
 from reportgen.images import LoadedImage
 from reportgen.optim.decode import decode_layer, deconvnet, guided_backprop
@@ -46,6 +47,9 @@ class UnitViews:
     colour_index: np.ndarray  # (U,) colour selectivity in [0, 1], NaN without positive activations
     deconv: np.ndarray | None  # (U, 3, h, w) deconvnet image of the top activation, RF crop
     guided: np.ndarray | None  # (U, 3, h, w) guided backprop, RF crop
+
+
+register(UnitViews)  # cached per layer ("units" entries)
 
 
 def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts, relu: bool,

@@ -42,6 +42,12 @@ def own_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with the tiny architecture, checkpoints for three locations and images."""
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> Path:
+    """The ``project`` fixture's folder, for fixtures of a wider scope."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "arch.py").write_text(TINY_ARCH)
     (tmp_path / "ckpt").mkdir()
     for i, loc in enumerate(["a", "b", "c"]):

@@ -170,4 +170,4 @@ def test_ctrl_c_during_a_build_leaves_the_previous_report(tmp_path):
     assert "Traceback" not in err
     assert snapshot(docs / "towncenter") == before_tc
     assert snapshot(docs / "edges") == before
-    assert not list(docs.glob(".towncenter.staging-*"))
+    assert not list(docs.glob(".towncenter~staging-*"))

@@ -37,7 +37,7 @@ def test_tiny_build_report_json(project):
     out = project / "docs" / "tiny"
     assert result.out_dir == out
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["report"] == "tiny"
+    assert report["schema_version"] == 2 and report["report"] == "tiny"
     assert [r["location"] for r in report["runs"]] == ["a", "b", "c"]
     layer = report["runs"][0]["layers"][0]
     assert layer["name"] == "conv1" and layer["weight_shape"] == [4, 3, 3, 3]
@@ -89,7 +89,7 @@ def test_failed_build_leaves_previous_report_intact(project):
     with pytest.raises(ModelLoadError):
         build(write_spec(project), docs, device="cpu")
     assert snapshot(docs / "tiny") == before
-    assert sorted(p.name for p in docs.iterdir()) == [".tiny.lock", "tiny"]
+    assert sorted(p.name for p in docs.iterdir()) == ["tiny"]  # no lock or staging left
 
 
 def test_interrupt_while_writing_leaves_previous_report(project, monkeypatch):
@@ -110,7 +110,7 @@ def test_interrupt_while_writing_leaves_previous_report(project, monkeypatch):
         build(write_spec(project), docs, device="cpu")
     monkeypatch.undo()
     assert snapshot(docs / "tiny") == before
-    assert not list(docs.glob(".tiny.staging-*"))
+    assert not list(docs.glob(".tiny~staging-*"))
 
 
 def test_second_build_refused_while_first_holds_lock(project):

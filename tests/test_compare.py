@@ -16,6 +16,7 @@ from reportgen.analysis.compare import (
     flatten_filters,
     linear_cka,
     match,
+    matched_correlation,
     matched_similarity,
     pairwise,
 )
@@ -101,6 +102,51 @@ def test_correlation_matches_corrcoef_and_constant_channel_is_zero():
     np.testing.assert_allclose(r[:3], ref, atol=1e-12)
     np.testing.assert_array_equal(r[3], 0.0)
     assert r.shape == (4, 3)
+
+
+def test_two_constant_channels_correlate_one_and_self_similarity_is_one_with_dead_channels():
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.normal(size=(500, 32)), 0)
+    x[:, :17] = 0.0  # 17 dead channels, as at a layer that never fires
+    x[:, 20] = 3.5  # and one constant but not zero
+    r = correlation_matrix(x, x)
+    dead = np.zeros(32, bool)
+    dead[:17] = dead[20] = True
+    ref = np.corrcoef(x[:, ~dead].T)  # numpy's Pearson r on the live channels
+    np.testing.assert_allclose(r[np.ix_(~dead, ~dead)], ref, atol=1e-12)
+    assert (r[np.ix_(dead, dead)] == 1).all() and (r[np.ix_(dead, ~dead)] == 0).all()
+    np.testing.assert_array_equal(r, r.T)
+    perm = rng.permutation(32)
+    assert matched_correlation(x, x[:, perm]).mean == pytest.approx(1.0, abs=1e-12)
+    assert matched_correlation(x, x).mean == pytest.approx(1.0, abs=1e-12)  # was 15/32 before the rule
+
+
+def test_shared_dead_channels_do_not_inflate_the_layer_score():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(6)
+    xa, xb = np.maximum(rng.normal(size=(2, 400, 20)), 0)  # unrelated live channels
+    xa[:, :12] = 0.0  # both layers lost 12 channels
+    xb[:, 4:16] = 0.0
+    m = matched_correlation(xa, xb)
+    live_a, live_b = np.flatnonzero(xa.std(0) > 0), np.flatnonzero(xb.std(0) > 0)
+    r = np.corrcoef(xa[:, live_a].T, xb[:, live_b].T)[: len(live_a), len(live_a):]
+    rows, cols = linear_sum_assignment(-r)
+    # 12 dead-dead pairs are left out; the 8 live channels of each side pair up (no live one is left
+    # with a dead partner), so the score is the mean of the best live-live matching
+    assert m.mean == pytest.approx(r[rows, cols].mean(), abs=1e-12)
+    assert m.mean < 0.2  # counting dead pairs as 1 would have given about 0.6
+
+
+def test_all_zero_filters_count_as_identical_to_each_other_only():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(6, 3, 3, 3))
+    w[[1, 4]] = 0.0
+    perm = rng.permutation(6)
+    assert matched_similarity(w, w[perm]).mean == pytest.approx(1.0, abs=1e-12)
+    live = rng.normal(size=(6, 3, 3, 3))
+    # a zero filter against a live one shares nothing
+    assert matched_similarity(w[[1]], live[[0]]).mean == 0.0
 
 
 def test_correlation_large_offset_constant_is_exactly_zero():
@@ -282,13 +328,14 @@ def test_cka_independent_is_small():
     assert linear_cka(x, y) < 0.1
 
 
-def test_cka_constant_is_nan():
+def test_cka_constant_layers_follow_the_constant_rule_and_nan_stays_nan():
     rng = np.random.default_rng(15)
     y = rng.normal(size=(30, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isnan(linear_cka(np.full((30, 3), 2.5), y))
-        assert np.isnan(linear_cka(y, np.zeros((30, 2))))
+        assert linear_cka(np.full((30, 3), 2.5), y) == 0.0  # nothing varies on one side: nothing shared
+        assert linear_cka(y, np.zeros((30, 2))) == 0.0
+        assert linear_cka(np.full((30, 3), 2.5), np.zeros((30, 2))) == 1.0  # both constant: identical
         bad = y.copy()
         bad[3, 1] = np.nan
         assert np.isnan(linear_cka(bad, y))

@@ -347,3 +347,40 @@ def test_report_sized_layer_is_fast():
     fits = gabor_scores(w)
     assert time.perf_counter() - t0 < 5.0
     assert len(fits) == 704 and np.mean([f.score for f in fits]) < 0.2
+
+
+# ----------------------------------------------------------------- shares of live filters in findings
+
+def _gabor_report(summaries: dict) -> dict:
+    return {"runs": [{"key": k, "layers": [{"name": "conv1", "gabor": g}]} for k, g in summaries.items()]}
+
+
+def _summary(fitted_scores: list[float], n_filters: int) -> dict:
+    """gabor_summary of fits whose first len(fitted_scores) filters are live, the rest dead (NaN)."""
+    from reportgen.analysis.gabor import GaborFit
+    from reportgen.comparison import gabor_summary
+
+    scores = list(fitted_scores) + [np.nan] * (n_filters - len(fitted_scores))
+    # round blobs (sigma large, freq 0) so orientation histograms skip them
+    fits = [GaborFit(theta=0.0, freq=0.0, phase=0.0, sigma=1.0, gamma=1.0, x0=2.0, y0=2.0, amplitude=1.0,
+                     offset=0.0, r2=s, score=s, fitted=np.zeros((5, 5))) for s in scores]
+    return gabor_summary(fits, 0.7)
+
+
+def test_dead_filters_are_left_out_of_shares_and_thin_locations_are_not_ranked():
+    from reportgen.analysis.findings import _gabor
+    from reportgen.comparison import GABOR_MIN_LIVE
+
+    rng = np.random.default_rng(0)
+    thin = _summary([0.9] * 5 + [0.2] * 3, 64)  # 56 of 64 dead; 5 of the 8 live fitted well
+    assert thin["live"] == 8 and thin["filters"] == 64 and thin["share_gabor_like"] == 5 / 8
+    assert thin["ranked"] is False and 8 < GABOR_MIN_LIVE
+    healthy = {f"loc{i}": _summary(list(rng.uniform(0, 0.6, 60 - 4 * i)) + [0.8] * (4 + 4 * i), 64) for i in range(3)}
+    for g in healthy.values():
+        assert g["ranked"] and g["live"] == g["filters"]
+    text = _gabor(_gabor_report({**healthy, "loc08": thin}), 0.7)[0]["text"]
+    best = max(healthy, key=lambda k: healthy[k]["share_gabor_like"])
+    assert f"highest: {best}, {healthy[best]['share_gabor_like']:.0%} of 64 live filters" in text
+    assert "loc08 (62% of 8 live filters)" in text and "Not ranked" in text
+    med = np.median([g["share_gabor_like"] for g in healthy.values()])  # the thin location is not in the median
+    assert f"median location has {med:.0%} of its live filters" in text

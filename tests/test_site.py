@@ -133,3 +133,117 @@ def test_site_in_a_real_browser(server):
             assert errors == [], errors
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- files and names
+
+import stat  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+
+from reportgen.cli import cli  # noqa: E402
+from tests.conftest import SPEC, write_spec  # noqa: E402
+
+
+def _modes(folder: Path) -> set[tuple[str, int]]:
+    return {("dir" if p.is_dir() else "file", stat.S_IMODE(p.stat().st_mode)) for p in [folder, *folder.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask,dirs,files", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_published_files_honour_the_umask(project, umask, dirs, files):
+    old = os.umask(umask)
+    try:
+        build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    finally:
+        os.umask(old)
+    assert _modes(project / "docs" / "tiny") == {("dir", dirs), ("file", files)}
+
+
+def test_nothing_but_the_report_is_left_in_docs(project):
+    docs = project / "docs"
+    build(write_spec(project), docs, device="cpu", cache_dir=None)
+    build(write_spec(project), docs, device="cpu", cache_dir=None)  # a rebuild swaps the old one out
+    assert sorted(p.name for p in docs.iterdir()) == ["tiny"]
+
+
+def test_cleanup_touches_only_its_own_report(project):
+    """Another report may be called 'tiny.old-1'; its files must survive a build of 'tiny'."""
+    docs = project / "docs"
+    others = [docs / "tiny.old-1", docs / ".tiny.old-1.staging-abc", docs / ".tiny.old-1~staging-abc",
+              docs / ".tiny.old-1~old-abc", docs / ".tiny.staging-1~old-x"]
+    for p in others:
+        p.mkdir(parents=True)
+        (p / "index.md").write_text(p.name)
+    build(write_spec(project), docs, device="cpu", cache_dir=None)
+    for p in others:
+        assert (p / "index.md").read_text() == p.name
+    # its own leftovers from a killed build are removed
+    (docs / ".tiny~staging-dead").mkdir()
+    build(write_spec(project), docs, device="cpu", cache_dir=None)
+    assert not (docs / ".tiny~staging-dead").exists()
+
+
+def test_report_as_another_user_sees_it(project, tmp_path):
+    """The reason for the modes: 'other' users (mkdocs run by a web server) can read every file."""
+    build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    for p in [project / "docs" / "tiny", *(project / "docs" / "tiny").rglob("*")]:
+        mode = p.stat().st_mode
+        assert mode & stat.S_IROTH and (not p.is_dir() or mode & stat.S_IXOTH), p
+
+
+# --------------------------------------------------------------------------- no markup injection
+
+HOSTILE = {
+    "title": "'<script>alert(1)</script> [t](javascript:alert(1)){ onclick=\"alert(1)\" }'",
+    "description": ("'[x](javascript:alert(1)) [y](#){ onmouseover=\"alert(2)\" } ![i](data:text/html,x) "
+                    "[v](VBScript:msgbox(1)) [d](data:text/html;base64,PHNjcmlwdD4=) <img src=x onerror=alert(3)> "
+                    "[r][1] [c](<javascript:alert(4)>) [t](java\\tscript:alert(5))\n\n"
+                    "  [1]: javascript:alert(6)\n\n"
+                    "  # Head {: onclick=\"alert(7)\" }\n\n"
+                    "  Kept: *em*, `code`, [site](https://example.com) and [home](../index.md).'"),
+}
+EVENT_ATTR = re.compile(r"<[^>]*\son[a-z]+\s*=", re.I)
+URL_ATTR = re.compile(r"""(href|src|action|formaction|xlink:href)\s*=\s*["']?\s*([^"'\s>]*)""", re.I)
+SCRIPT_URL = re.compile(r"^\s*(javascript|vbscript|data):", re.I)
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory):
+    from tests.conftest import make_project
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    project = make_project(tmp / "project")
+    text = SPEC.replace("title: Tiny report", f"title: {HOSTILE['title']}").replace(
+        "description: Three locations of a tiny network.", f"description: {HOSTILE['description']}")
+    (project / "img" / "im0.png").rename(project / "img" / "x{ onmouseover=alert(8) }[y](javascript:alert(9)).png")
+    res = CliRunner().invoke(cli, ["build", str(write_spec(project, text)), "--docs-dir", str(tmp / "docs"),
+                                   "--no-cache", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    (tmp / "docs" / "index.md").write_text("# Home\n\n[Tiny](tiny/index.md)\n")
+    proc = mkdocs_strict(tmp / "docs", tmp)
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "site" / "tiny"
+
+
+def test_no_script_reaches_the_report_html(hostile_site):
+    import html as html_lib
+
+    pages = sorted(hostile_site.rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        main = text[text.index('<article'):text.index('</article>')]  # the report's content
+        assert not EVENT_ATTR.search(main), (page, EVENT_ATTR.search(main).group(0))
+        for attr, url in URL_ATTR.findall(main):
+            url = html_lib.unescape(url)
+            assert not SCRIPT_URL.match(re.sub(r"[\x00-\x20]", "", url)), (page, attr, url)
+        assert "<script" not in main.lower() and "<img src=x" not in main
+
+
+def test_legitimate_markdown_of_the_description_survives(hostile_site):
+    text = (hostile_site / "index.html").read_text()
+    assert "<em>em</em>" in text and "<code>code</code>" in text
+    assert '<a href="https://example.com">site</a>' in text
+    assert '<a href="../">home</a>' in text or '<a href="../index.html">home</a>' in text
+    # the hostile parts show as text
+    assert "javascript:alert(1)" in text and "onmouseover" in text

@@ -63,11 +63,11 @@ def test_empty_locations(project):
 def test_slug_cannot_escape_docs_dir(project):
     assert problems(project, SPEC.replace("report: tiny", "report: ../evil")) == [
         "SPEC:1: report: '../evil' is not allowed; use letters, digits, '-', '_' and '.', "
-        "starting with a letter or digit"
+        "starting with a letter or digit, at most 64 in all"
     ]
     assert problems(project, SPEC.replace("[a, b, c]", "[a, ../b]")) == [
         "SPEC:9: models[0].locations: location name '../b' is not allowed; use letters, digits, "
-        "'-', '_' and '.', starting with a letter or digit"
+        "'-', '_' and '.', starting with a letter or digit, at most 64 in all"
     ]
 
 

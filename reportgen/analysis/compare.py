@@ -27,9 +27,19 @@ __all__ = [
     "correlation_matrix",
     "match",
     "matched_similarity",
+    "filter_similarity",
+    "matched_correlation",
+    "without_constant_pairs",
+    "zero_rows",
     "linear_cka",
     "pairwise",
+    "constant_rule",
+    "TIE_WEIGHT",
 ]
+
+# Weight of the tie-break in ``match``: far below any real difference of similarities
+# (float64 resolves 1e-16), so it only decides between exactly equal candidates.
+TIE_WEIGHT = 1e-6
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,13 +137,49 @@ def _centre_columns(x: np.ndarray) -> np.ndarray:
         return shifted - shifted.mean(axis=0, keepdims=True)
 
 
+def constant_rule(sim: np.ndarray, const_a: np.ndarray, const_b: np.ndarray) -> np.ndarray:
+    """How pairs with a constant side count: a copy of sim with 1 where both are
+    constant and 0 where exactly one is.
+
+    sim: (N, M); const_a: (N,) bool; const_b: (M,) bool.
+    Correlation and cosine ignore offset and scale, so two constant channels (or two
+    all-zero filters) are the same signal up to those: identical, 1. A constant and a
+    varying one share nothing: 0. This keeps a network against itself, or any permuted
+    copy, at exactly 1 with dead channels, and keeps the matrix symmetric.
+    """
+    out = np.array(sim, dtype=np.float64, copy=True)
+    out[const_a, :] = 0.0
+    out[:, const_b] = 0.0
+    out[np.ix_(const_a, const_b)] = 1.0
+    return out
+
+
+def without_constant_pairs(m: Match, const_a: np.ndarray, const_b: np.ndarray) -> Match:
+    """The same matching, its mean taken over the pairs with at least one varying side.
+
+    Two constant channels count 1 for the matching (``constant_rule``: it pairs dead with
+    dead and leaves the live channels to each other) but carry no signal, so they would
+    otherwise inflate the score of two layers that both lost many channels. A layer against
+    itself or a permuted copy still scores exactly 1; when every matched pair is constant
+    on both sides the score is 1 (nothing varies anywhere, identically).
+    """
+    keep = ~(np.asarray(const_a)[m.rows] & np.asarray(const_b)[m.cols])
+    mean = float(m.scores[keep].mean()) if keep.any() else (1.0 if m.scores.size else float("nan"))
+    return Match(rows=m.rows, cols=m.cols, scores=m.scores, mean=mean)
+
+
+def zero_rows(a: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N,) bool: rows that are exactly zero (NaN rows are not)."""
+    return ~np.any(np.asarray(a) != 0, axis=1)
+
+
 def correlation_matrix(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     """Pearson correlation between the channels of two activation matrices.
 
     xa: (S, N), xb: (S, M) -> (N, M) float64 in [-1, 1].
     S samples are paired across xa and xb (same images, same positions).
-    A constant channel has correlation 0 with everything (not NaN); a channel
-    containing NaN gives NaN in its own row/column.
+    Constant channels follow ``constant_rule`` (two constant channels: 1; one: 0);
+    a channel containing NaN gives NaN in its own row/column.
     """
     xa = np.asarray(xa)
     xb = np.asarray(xb)
@@ -141,18 +187,21 @@ def correlation_matrix(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
         raise ValueError(f"need (S, N) and (S, M) with the same S, got {xa.shape} and {xb.shape}")
     # Centred columns, scaled to unit norm: the Pearson r is then a plain dot product,
     # and _unit_rows already maps zero (constant) columns to 0.
-    za = _unit_rows(_centre_columns(xa).T)
-    zb = _unit_rows(_centre_columns(xb).T)
+    ca, cb = _centre_columns(xa).T, _centre_columns(xb).T
+    za, zb = _unit_rows(ca), _unit_rows(cb)
     with np.errstate(invalid="ignore"):
         r = za @ zb.T
-    return np.clip(r, -1.0, 1.0)
+    return constant_rule(np.clip(r, -1.0, 1.0), zero_rows(ca), zero_rows(cb))
 
 
-def match(sim: np.ndarray) -> Match:
+def match(sim: np.ndarray, tie: np.ndarray | None = None) -> Match:
     """Best one-to-one matching of rows to columns (maximum total similarity).
 
     sim: (N, M) -> Match of K = min(N, M) pairs (Hungarian algorithm via
     ``scipy.optimize.linear_sum_assignment(maximize=True)``).
+    tie: optional (N, M) in [0, 1], added with weight ``TIE_WEIGHT`` to decide between
+    equally similar candidates (e.g. two all-zero filters told apart by their biases);
+    the reported scores are ``sim``'s.
     Non-finite entries (NaN, +-inf) are treated as worse than every finite entry
     for the assignment, so they are used only when unavoidable; the reported
     score of such a pair is the original entry, so a NaN stays visible in
@@ -162,13 +211,17 @@ def match(sim: np.ndarray) -> Match:
     if sim.ndim != 2:
         raise ValueError(f"sim must be 2-D (N, M), got shape {sim.shape}")
     finite = np.isfinite(sim)
+    if tie is not None:
+        sim_cost = sim + TIE_WEIGHT * np.nan_to_num(np.asarray(tie, dtype=np.float64))
+    else:
+        sim_cost = sim
     if finite.all():
-        cost = sim
+        cost = sim_cost
     else:
         # A finite stand-in strictly below every finite entry: linear_sum_assignment
         # rejects NaN, and -inf makes a row "infeasible" when it has no finite entry.
         lo, hi = (sim[finite].min(), sim[finite].max()) if finite.any() else (0.0, 0.0)
-        cost = np.where(finite, sim, lo - (hi - lo) - 1.0)
+        cost = np.where(finite, sim_cost, lo - (hi - lo) - 1.0)
     rows, cols = linear_sum_assignment(cost, maximize=True)
     rows = rows.astype(np.intp)
     cols = cols.astype(np.intp)
@@ -177,18 +230,35 @@ def match(sim: np.ndarray) -> Match:
     return Match(rows=_readonly(rows), cols=_readonly(cols), scores=_readonly(scores), mean=mean)
 
 
-def matched_similarity(wa: np.ndarray, wb: np.ndarray) -> Match:
-    """Permutation-invariant similarity of two layers' filters.
+def filter_similarity(wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """|cos| of every pair of filters, all-zero filters by ``constant_rule``.
 
-    wa: (N, C, kh, kw) or (N, D); wb: (M, C, kh, kw) or (M, D), same D after flattening.
-    Flattens, takes |cos| between every pair, and matches filters one-to-one;
-    ``Match.mean`` is the layer-level similarity (1 for the same filters in any
-    order and with any signs).
+    wa: (N, ...), wb: (M, ...) with the same size after flattening -> (N, M) float64.
     """
     fa, fb = flatten_filters(wa), flatten_filters(wb)
     if fa.shape[1] != fb.shape[1]:
         raise ValueError(f"filters have different sizes: {np.shape(wa)} vs {np.shape(wb)}")
-    return match(cosine_matrix(fa, fb, absolute=True))
+    return constant_rule(cosine_matrix(fa, fb, absolute=True), zero_rows(fa), zero_rows(fb))
+
+
+def matched_similarity(wa: np.ndarray, wb: np.ndarray, tie: np.ndarray | None = None) -> Match:
+    """Permutation-invariant similarity of two layers' filters.
+
+    wa: (N, C, kh, kw) or (N, D); wb: (M, C, kh, kw) or (M, D), same D after flattening.
+    Flattens, takes |cos| between every pair (two all-zero filters count 1, one 0),
+    and matches filters one-to-one (``tie``: see ``match``); ``Match.mean`` is the
+    layer-level similarity (1 for the same filters in any order and with any signs),
+    over the pairs that are not all-zero on both sides.
+    """
+    fa, fb = flatten_filters(wa), flatten_filters(wb)
+    return without_constant_pairs(match(filter_similarity(fa, fb), tie), zero_rows(fa), zero_rows(fb))
+
+
+def matched_correlation(xa: np.ndarray, xb: np.ndarray) -> Match:
+    """Channels of two activation matrices (S, N), (S, M) matched on their correlation;
+    the mean leaves out pairs constant on both sides (``without_constant_pairs``)."""
+    ca, cb = _centre_columns(xa).T, _centre_columns(xb).T
+    return without_constant_pairs(match(correlation_matrix(xa, xb)), zero_rows(ca), zero_rows(cb))
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
@@ -203,7 +273,9 @@ def linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
     form costs about S(P+Q)^2, the gram form S^2(P+Q), so gram wins when S < P+Q.
     CKA is invariant to orthogonal transforms and isotropic scaling of either
     side, but not to arbitrary invertible linear maps.
-    Returns NaN if x or y is constant (all columns constant) or contains NaN.
+    A side whose columns are all constant has no variance: as for channels
+    (``constant_rule``), both constant gives 1 and one constant 0.
+    Returns NaN if x or y contains NaN.
     """
     if method not in ("auto", "feature", "gram"):
         raise ValueError(f"method must be 'auto', 'feature' or 'gram', got {method!r}")
@@ -217,7 +289,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
     # CKA is scale-invariant: normalise by the peak so squared norms cannot overflow.
     px, py = np.abs(xc).max(initial=0.0), np.abs(yc).max(initial=0.0)
     if px == 0 or py == 0:
-        return float("nan")
+        return 1.0 if px == py else 0.0
     xc, yc = xc / px, yc / py
     s, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if method == "auto":

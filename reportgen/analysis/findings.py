@@ -143,18 +143,31 @@ def _layer_notes(report: dict, health) -> list[dict]:
     return out
 
 
+Z_ABOVE_CHANCE = 3.0  # standard deviations above chance before two layers count as related
+
+
+def similarity_verdict(value: float, chance: float | None, chance_sd: float | None, similar: float) -> str:
+    """'unrelated' within Z_ABOVE_CHANCE sd of chance, 'similar' from ``similar`` up, else 'different'."""
+    if chance is not None and chance_sd and (value - chance) / chance_sd < Z_ABOVE_CHANCE:
+        return "unrelated"
+    return "similar" if value >= similar else "different"
+
+
+def _ci_text(ci) -> str:
+    return f" (95% interval {ci[0]:.2f}–{ci[1]:.2f})" if ci and ci[0] is not None else ""
+
+
 def _similarity(report: dict, similar: float) -> list[dict]:
     out = []
     cka_by_layer = []
     for c in report.get("comparisons", []):
         layer, runs = c["layer"], c["runs"]
         link = f"layers/{layer}.md#similarity"
-        measure, mat = next(((m, c[k]) for m, k in (("matched |cos| of weights", "weight_similarity"),
-                                                       ("CKA of activations", "cka"))
-                             if c[k] is not None), (None, None))
-        if mat is None:
+        measure, key = next(((m, k) for m, k in (("matched |cos| of weights", "weight_similarity"),
+                                                 ("CKA of activations", "cka")) if c[k] is not None), (None, None))
+        if key is None:
             continue
-        m = np.array(mat, dtype=np.float64)
+        m = np.array(c[key], dtype=np.float64)
         iu = np.triu_indices(len(runs), 1)
         pair_med = float(np.nanmedian(m[iu]))
         means = np.array([np.nanmean(np.delete(m[i], i)) for i in range(len(runs))])
@@ -164,65 +177,108 @@ def _similarity(report: dict, similar: float) -> list[dict]:
         mad = float(np.median(np.abs(means - med))) * 1.4826
         outliers = [runs[i] for i in order if med - means[i] > max(OUTLIER_GAP, 3 * mad)]
         i, j = np.unravel_index(np.nanargmax(np.where(np.eye(len(runs), dtype=bool), -np.inf, m)), m.shape)
-        chance = c.get("weight_chance") if measure.endswith("weights") else None
-        near_chance = chance is not None and pair_med < chance + 0.05
-        verdict = ("similar" if pair_med >= similar else
-                   "unrelated" if near_chance else "different")
-        text = (f"`{layer}`: the locations learned {verdict} filters: median {measure} over pairs is "
-                f"{pair_med:.2f} (1 = identical up to order and sign"
-                + (f"; {chance:.2f} for independent random filters of this shape" if chance is not None else "")
-                + f"). Most alike: {runs[i]} and {runs[j]} ({m[i, j]:.2f}).")
+        weights = key == "weight_similarity"
+        chance, sd = (c.get("weight_chance"), c.get("weight_chance_sd")) if weights else (None, None)
+        verdict = similarity_verdict(pair_med, chance, sd, similar)
+        what = "filters" if weights else "representations"
+        text = f"`{layer}`: the locations learned {verdict} {what}: median {measure} over pairs is {pair_med:.2f}"
+        if weights and chance is not None and sd:
+            z = (pair_med - chance) / sd
+            text += (f", {abs(z):.1f} sd {'above' if z >= 0 else 'below'} the {chance:.2f} ± {sd:.3f} that independent "
+                     f"random filters of this shape reach (1 = identical up to order and sign; "
+                     f"'unrelated' below {Z_ABOVE_CHANCE:g} sd above)")
+        elif not weights:
+            text += _ci_text((c.get("median_over_pairs_ci") or {}).get("cka")) + " (1 = the same up to rotation and scale)"
+        text += f". Most alike: {runs[i]} and {runs[j]} ({m[i, j]:.2f})."
+        if weights and c.get("alignment_note"):
+            text += f" Compared in each location's own input-channel order: {c['alignment_note']}."
         if means.max() - means.min() >= 0.05:
             text += f" Ranked by mean similarity to the others: {ranking}."
         if outliers:
             text += f" Outlier{'s' if len(outliers) > 1 else ''}: {', '.join(f'**{o}**' for o in outliers)}."
         if c.get("cka") is not None:
             ck = np.array(c["cka"], dtype=np.float64)[iu]
-            cka_by_layer.append((layer, float(np.nanmedian(ck))))
-            if measure != "CKA of activations":
-                text += f" Median CKA of their activations on the shared images: {np.nanmedian(ck):.2f}."
+            ci = (c.get("median_over_pairs_ci") or {}).get("cka")
+            cka_by_layer.append((layer, float(np.nanmedian(ck)), ci))
+            if weights:
+                text += f" Median CKA of their activations on the shared images: {np.nanmedian(ck):.2f}{_ci_text(ci)}."
         text += f" [See the similarity matrices]({link})."
         out.append(_f("warning" if outliers else "info", text, None, layer, link, 1 - pair_med))
     if len(cka_by_layer) >= 2:  # the trend reads best before the layer-by-layer notes
-        trend = " → ".join(f"`{name}` {v:.2f}" for name, v in cka_by_layer)
-        first, last = cka_by_layer[0][1], cka_by_layer[-1][1]
-        change = ("diverge with depth" if last < first - 0.1 else
-                  "converge with depth" if last > first + 0.1 else "agree about as much at every stage")
-        out.insert(0, _f("info", f"Across stages, the locations' activations {change}: median CKA {trend}. "
-                         "[See the same images at every stage](stages.md).", None, None, "stages.md",
-                         abs(last - first)))
+        out.insert(0, _cka_trend(cka_by_layer))
     return out
 
 
+def _cka_trend(cka_by_layer: list[tuple[str, float, list | None]]) -> dict:
+    """One sentence on how the median CKA moves from stage to stage, as the sequence actually goes."""
+    vals = [v for _, v, _ in cka_by_layer]
+    steps = np.diff(vals)
+    trend = " → ".join(f"`{name}` {v:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci and ci[0] is not None else "")
+                       for name, v, ci in cka_by_layer)
+    if max(vals) - min(vals) < 0.1:
+        change = "agree about as much at every stage"
+    elif (steps <= 0).all():
+        change = "diverge with depth"
+    elif (steps >= 0).all():
+        change = "converge with depth"
+    else:
+        lo = int(np.argmin(vals))
+        change = (f"neither converge nor diverge steadily (least alike at `{cka_by_layer[lo][0]}`)")
+    with_ci = any(ci and ci[0] is not None for _, _, ci in cka_by_layer)
+    return _f("info", f"Across stages, the locations' activations {change}: median CKA {trend}"
+              + (" (95% bootstrap intervals over the shared images)" if with_ci else "")
+              + ". [See the same images at every stage](stages.md).", None, None, "stages.md", max(vals) - min(vals))
+
+
 def _gabor(report: dict, min_score: float) -> list[dict]:
-    shares = {}
+    """Gabor shares are of live filters, each with its count; too few live filters are not ranked."""
+    summaries = {}
     layer_name = None
     for run in report["runs"]:
         for layer in run["layers"]:
-            if layer.get("gabor") and layer["gabor"]["share_gabor_like"] is not None:
-                if layer_name in (None, layer["name"]):
-                    layer_name = layer["name"]
-                    shares[run["key"]] = layer["gabor"]["share_gabor_like"]
-    if not shares:
+            g = layer.get("gabor")
+            if g and g["share_gabor_like"] is not None and layer_name in (None, layer["name"]):
+                layer_name = layer["name"]
+                summaries[run["key"]] = g
+    if not summaries:
         return []
-    med = median(shares.values())
-    best = max(shares, key=shares.get)
+    ranked = {k: g for k, g in summaries.items() if g.get("ranked", True)}
+    unranked = {k: g for k, g in summaries.items() if k not in ranked}
+    link = f"layers/{layer_name}.md#gabor-likeness"
+    few = ""
+    if unranked:
+        few = (" Not ranked, too few live filters to say: "
+               + ", ".join(f"{k} ({g['share_gabor_like']:.0%} of {_live(g)})" for k, g in unranked.items()) + ".")
+    if not ranked:
+        text = (f"`{layer_name}`: no location has enough live filters to say how Gabor-like its filters are: "
+                + ", ".join(f"{k} {g['share_gabor_like']:.0%} of {_live(g)}" for k, g in summaries.items())
+                + f". [See the fits]({link}).")
+        return [_f("info", text, None, layer_name, link, 0.0)]
+    med = median(g["share_gabor_like"] for g in ranked.values())
+    best = max(ranked, key=lambda k: ranked[k]["share_gabor_like"])
     text = (f"`{layer_name}`: few filters are Gabor-like" if med < 0.5 else f"`{layer_name}`: most filters are Gabor-like")
-    text += (f": the median location has {med:.0%} of filters whose Gabor fit reaches an adjusted R² of "
-             f"{min_score:g} (highest: {best}, {shares[best]:.0%}).")
+    text += (f": the median location has {med:.0%} of its live filters whose Gabor fit reaches an adjusted R² of "
+             f"{min_score:g} (highest: {best}, {ranked[best]['share_gabor_like']:.0%} of {_live(ranked[best])}).")
+    text += few
     ref = report.get("reference")
     severity, value = "info", 1 - med
     if ref and ref.get("gabor") and ref["gabor"]["share_gabor_like"] is not None:
         rs = ref["gabor"]["share_gabor_like"]
-        text += f" The reference ({ref['name']}, `{ref['layer']}`) has {rs:.0%}."
+        text += f" The reference ({ref['name']}, `{ref['layer']}`) has {rs:.0%} of {_live(ref['gabor'])}."
         matched = [p["matched_similarity"] for p in ref["per_run"]]
         if matched:
             text += (f" Matched similarity of each location's `{ref['against']}` to the reference: median "
                      f"{median(matched):.2f}.")
         if rs - med >= 0.3:
             severity = "warning"
-    text += f" [See the fits](layers/{layer_name}.md#gabor-likeness)."
-    return [_f(severity, text, None, layer_name, f"layers/{layer_name}.md#gabor-likeness", value)]
+    text += f" [See the fits]({link})."
+    return [_f(severity, text, None, layer_name, link, value)]
+
+
+def _live(g: dict) -> str:
+    """'8 live filters' (or 'its filters' for summaries written before live counts)."""
+    n = g.get("live")
+    return "its filters" if n is None else f"{n} live filter{'s' if n != 1 else ''}"
 
 
 def _overview(report: dict, unhealthy: list[str]) -> dict:

@@ -2,74 +2,165 @@
 
 - weight similarity: mean |cosine| of filters after an optimal one-to-one matching
   (filters are permutation-invariant: filter 3 at one location may be filter 17 at
-  another);
+  another), with the layer's input channels first aligned by the matchings of the layers
+  that feed it (``reportgen.analysis.align``) where the channel graph is a chain;
 - activation similarity: mean Pearson correlation of matched channels over the same
-  sampled positions of the shared images;
-- linear CKA of the same activations.
-Every matrix is runs x runs, symmetric, with 1 on the diagonal for healthy runs.
+  sampled positions of the shared images (constant channels by ``constant_rule``);
+- linear CKA of the same activations;
+- chance level of the weight similarity (mean, sd) and bootstrap 95% intervals of the
+  activation measures (``reportgen.analysis.uncertainty``).
+Every matrix is runs x runs, symmetric, with exactly 1 on the diagonal.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from reportgen.analysis.compare import (_centre_columns, _unit_rows, flatten_filters, match, matched_similarity,
-                                       pairwise)
+from reportgen.analysis.align import align_chain
+from reportgen.analysis.compare import (_centre_columns, _unit_rows, constant_rule, flatten_filters, match,
+                                       matched_similarity, pairwise, without_constant_pairs, zero_rows)
+from reportgen.analysis.uncertainty import MIN_IMAGES, BootRun, chance_similarity, interval, resample_counts
+
+MEASURES = ("weights", "activations", "cka")
 
 
 @dataclass(frozen=True)
 class LayerComparison:
     runs: list[str]
     weights: np.ndarray | None  # (K, K) mean matched |cos|, None without weights
-    weight_chance: float | None  # the same measure for independent random filters of this shape
+    weight_chance: float | None  # the same measure for independent random filters of this shape: mean
     activations: np.ndarray | None  # (K, K) mean matched correlation, None without shared images
     cka: np.ndarray | None  # (K, K)
+    weight_chance_sd: float | None = None  # ... and standard deviation over draws
+    aligned: bool = False  # weights compared after aligning input channels through the network
+    alignment_note: str | None = None  # why not, where it was not done
+    matching: dict = field(default_factory=dict)  # (i, j), i < j -> (N,) b's filter matched to each of a's
+    signs: dict = field(default_factory=dict)  # (i, j) -> (N,) +-1: sign of each matched pair's cosine
+    boot: dict = field(default_factory=dict)  # measure -> (K, K, R) bootstrap values (diagonal 1)
 
     def to_dict(self) -> dict:
         def m(x):
-            return None if x is None else x.tolist()
+            return None if x is None else np.asarray(x).tolist()
 
-        return {"runs": self.runs, "weight_similarity": m(self.weights), "weight_chance": self.weight_chance,
-                "activation_similarity": m(self.activations), "cka": m(self.cka),
-                "mean_to_others": {k: m(v) for k, v in self.mean_to_others().items()}}
+        sd = self.weight_chance_sd
+        z = None
+        if self.weights is not None and sd:
+            z = (self.weights - self.weight_chance) / sd
+        out = {"runs": self.runs, "weight_similarity": m(self.weights), "weight_chance": self.weight_chance,
+               "weight_chance_sd": sd, "weight_z": m(z),
+               "aligned": self.aligned, "alignment_note": self.alignment_note,
+               "weight_matching": [{"a": self.runs[i], "b": self.runs[j], "b_index": m(cols)}
+                                   for (i, j), cols in sorted(self.matching.items())],
+               "activation_similarity": m(self.activations), "cka": m(self.cka),
+               "activation_similarity_ci": self._pair_ci("activations"), "cka_ci": self._pair_ci("cka"),
+               "mean_to_others": {k: m(v) for k, v in self.mean_to_others().items()},
+               "mean_to_others_ci": {k: self._mean_ci(k) for k in ("activations", "cka")},
+               "median_over_pairs": {k: self.median_over_pairs(k) for k in MEASURES},
+               "median_over_pairs_ci": {k: self._median_ci(k) for k in ("activations", "cka")}}
+        return out
+
+    def matched_to(self, base: int) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per other run (in order, ``base`` left out): (filter matched to each of base's, sign)."""
+        out = []
+        for o in range(len(self.runs)):
+            if o == base:
+                continue
+            key = (min(base, o), max(base, o))
+            if key not in self.matching:
+                out.append(None)
+            elif base < o:
+                out.append((self.matching[key], self.signs[key]))
+            else:  # the stored matching goes from o to base: invert it
+                cols = self.matching[key]
+                inv = np.full(len(cols), -1, dtype=np.intp)
+                inv[cols] = np.arange(len(cols))
+                out.append((inv, self.signs[key][inv]) if (inv >= 0).all() else None)
+        return out
+
+    def matrix(self, measure: str) -> np.ndarray | None:
+        return {"weights": self.weights, "activations": self.activations, "cka": self.cka}[measure]
 
     def mean_to_others(self) -> dict[str, np.ndarray | None]:
         """Per run, its mean similarity to every other run (NaN-aware), per measure."""
-        out = {}
-        for name, mat in (("weights", self.weights), ("activations", self.activations), ("cka", self.cka)):
-            if mat is None or len(self.runs) < 2:
-                out[name] = None
-                continue
-            off = mat.astype(np.float64).copy()
-            np.fill_diagonal(off, np.nan)
-            with np.errstate(all="ignore"):
-                import warnings
+        return {name: None if self.matrix(name) is None or len(self.runs) < 2 else _mean_off(self.matrix(name))
+                for name in MEASURES}
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    out[name] = np.nanmean(off, axis=1)
-        return out
+    def median_over_pairs(self, measure: str) -> float | None:
+        mat = self.matrix(measure)
+        if mat is None or len(self.runs) < 2:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v = float(np.nanmedian(mat[np.triu_indices(len(self.runs), 1)]))
+        return v if np.isfinite(v) else None
+
+    def _pair_ci(self, measure: str) -> list | None:
+        b = self.boot.get(measure)
+        if b is None:
+            return None
+        k = len(self.runs)
+        point = self.matrix(measure)
+        return [[[1.0, 1.0] if i == j else interval(b[i, j], point[i, j]) for j in range(k)] for i in range(k)]
+
+    def _mean_ci(self, measure: str) -> list | None:
+        b = self.boot.get(measure)
+        if b is None or len(self.runs) < 2:
+            return None
+        per = np.stack([_mean_off(b[:, :, r]) for r in range(b.shape[2])], axis=1)  # (K, R)
+        return [interval(row, p) for row, p in zip(per, _mean_off(self.matrix(measure)))]
+
+    def _median_ci(self, measure: str) -> list | None:
+        b = self.boot.get(measure)
+        if b is None or len(self.runs) < 2:
+            return None
+        iu = np.triu_indices(len(self.runs), 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return interval(np.nanmedian(b[iu[0], iu[1], :], axis=0), self.median_over_pairs(measure))
 
 
-def _no_memo(measure: str, i: int, j: int, compute: Callable[[], float]) -> float:
+def _mean_off(mat: np.ndarray) -> np.ndarray:
+    off = mat.astype(np.float64).copy()
+    np.fill_diagonal(off, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(off, axis=1)
+
+
+def _no_memo(measure: str, i: int, j: int, compute: Callable):
     return compute()
 
 
 def compare_layer(runs: list[str], weights: list[np.ndarray | None],
-                  features: list[np.ndarray | None], memo: Callable = _no_memo) -> LayerComparison:
+                  features: list[np.ndarray | None], memo: Callable = _no_memo,
+                  chains: list[list[dict] | None] | None = None, chain_note: str | None = None,
+                  feature_images: np.ndarray | None = None, resamples: int = 0,
+                  align_memo: Callable[[int, int], dict] | None = None) -> LayerComparison:
     """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
 
+    chains: per run, the links from the network input to this layer
+    (``reportgen.chain.layer_chains``; the last link is this layer); when every run has
+    one, weights are compared after aligning input channels (``align_chain``), else in
+    each run's own input order, and ``chain_note`` says why.
+    feature_images: (S,) the shared image of each feature row; with ``resamples`` > 0 and at
+    least MIN_IMAGES images, bootstrap values of the activation measures over images and
+    blocks of positions.
+    align_memo(i, j): a dict kept per pair of runs across layers (see ``align_chain``).
     Each run's features are centred and normalised once (``_Prepared``) rather than once
     per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
     ``memo(measure, i, j, compute)`` may return a stored value instead of calling
     ``compute()`` (the build's cache); runs' features are prepared only on demand.
     """
+    k = len(runs)
     w_ok = all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
     f_ok = all(f is not None for f in features) and len({f.shape[0] for f in features}) == 1
+    aligned = w_ok and chains is not None and all(c is not None for c in chains)
+    if aligned and len({tuple(l["weight"].shape for l in c) for c in chains}) != 1:
+        aligned, chain_note = False, "the locations' layers feeding it differ in shape"
     prepared: dict[int, _Prepared] = {}
 
     def prep(i: int) -> _Prepared:
@@ -78,16 +169,68 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
         return prepared[i]
 
     def matrix(measure: str, fn: Callable[[int, int], float]) -> np.ndarray:
-        idx = list(range(len(runs)))
-        return pairwise(idx, lambda i, j: memo(measure, i, j, lambda: fn(i, j)))
+        return pairwise(list(range(k)), lambda i, j: memo(measure, i, j, lambda: fn(i, j)))
 
+    matching: dict[tuple[int, int], np.ndarray] = {}
+    signs: dict[tuple[int, int], np.ndarray] = {}
+    weight_mat = None
+    if w_ok:
+        def weight_pair(i: int, j: int) -> dict:
+            pair = [weights[i], weights[j]]
+            memo_ij = align_memo(i, j) if align_memo else None
+            m = align_chain(chains[i], chains[j], pair, memo_ij)[-1] if aligned else matched_similarity(*pair)
+            a, b = flatten_filters(pair[0]), flatten_filters(pair[1])
+            dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
+            return {"mean": float(m.mean), "cols": [int(c) for c in m.cols],
+                    "signs": [-1.0 if d < 0 else 1.0 for d in dots]}
+
+        def weight_score(i: int, j: int) -> float:
+            res = memo("weights-aligned" if aligned else "weights-own-order", i, j, lambda: weight_pair(i, j))
+            if i < j:
+                matching[(i, j)] = np.asarray(res["cols"])
+                signs[(i, j)] = np.asarray(res["signs"])
+            return res["mean"]
+
+        weight_mat = pairwise(list(range(k)), weight_score)
+    chance = chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok and k > 1 else (None, None)
+    boot = {}
+    if (f_ok and resamples > 0 and feature_images is not None and k > 1
+            and len(np.unique(feature_images)) >= MIN_IMAGES):
+        boot = _bootstrap(features, feature_images, resamples, memo)
     return LayerComparison(
         runs=runs,
-        weights=matrix("weights", lambda i, j: matched_similarity(weights[i], weights[j]).mean) if w_ok else None,
-        weight_chance=chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok else None,
+        weights=weight_mat,
+        weight_chance=chance[0], weight_chance_sd=chance[1],
         activations=matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None,
         cka=matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None,
+        aligned=bool(aligned), alignment_note=None if aligned or not w_ok else (
+            chain_note or "the layers feeding it were not recorded"),
+        matching=matching, signs=signs, boot=boot,
     )
+
+
+def _bootstrap(features: list[np.ndarray], images: np.ndarray, resamples: int, memo: Callable) -> dict:
+    """measure -> (K, K, R) bootstrap values of every pair, all pairs on the same resamples."""
+    k = len(features)
+    units, counts = resample_counts(images, resamples)
+    runs: dict[int, BootRun] = {}
+
+    def run(i: int) -> BootRun:
+        if i not in runs:
+            runs[i] = BootRun(features[i], units, counts)
+        return runs[i]
+
+    out = {m: np.ones((k, k, resamples)) for m in ("activations", "cka")}
+    for i in range(k):
+        for j in range(i + 1, k):
+            def compute(i=i, j=j) -> dict:
+                act, cka = run(i).pair(run(j))
+                return {"activations": act.tolist(), "cka": cka.tolist()}
+
+            vals = memo(f"bootstrap-{resamples}", i, j, compute)
+            for m in out:
+                out[m][i, j] = out[m][j, i] = vals[m]
+    return out
 
 
 class _Prepared:
@@ -97,41 +240,55 @@ class _Prepared:
         xc = _centre_columns(x)
         self.finite = bool(np.isfinite(xc).all())
         peak = float(np.abs(xc).max(initial=0.0)) if self.finite else 0.0
+        self.constant = peak == 0 and self.finite  # every channel constant
         self.xc = xc / peak if peak > 0 else xc  # CKA is scale-invariant; this avoids overflow
         self.self_norm = float(np.linalg.norm(self.xc.T @ self.xc)) if peak > 0 else 0.0
         self.unit = _unit_rows(xc.T)  # (C, S): Pearson r between channels is a dot product
+        self.const = zero_rows(xc.T)  # (C,) constant channels (exactly 0 once centred)
 
     def matched_correlation(self, other: "_Prepared") -> float:
         with np.errstate(invalid="ignore"):
             r = np.clip(self.unit @ other.unit.T, -1.0, 1.0)
-        return match(r).mean
+        m = match(constant_rule(r, self.const, other.const))
+        return without_constant_pairs(m, self.const, other.const).mean
 
     def cka(self, other: "_Prepared") -> float:
-        if not (self.finite and other.finite) or self.self_norm == 0 or other.self_norm == 0:
+        if not (self.finite and other.finite):
             return float("nan")
+        if self.constant or other.constant:  # the constant rule, for a whole layer
+            return 1.0 if self.constant and other.constant else 0.0
         cross = float(np.sum((other.xc.T @ self.xc) ** 2))
         return cross / (self.self_norm * other.self_norm)
 
 
-def best_matches(base: np.ndarray, others: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def best_matches(base: np.ndarray, others: list[np.ndarray], matched: list | None = None,
+                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each other layer, the filter matched to each of ``base``'s filters.
 
     base: (N, ...) weights; others: list of (M, ...) with the same filter size.
+    matched: optional, per other, (cols (N,), signs (N,)) from the comparison (aligned
+    through the network); otherwise base and other are matched here in their own order.
     Returns per other: (index (N,) int, -1 where unmatched; sign (N,) +-1 so that
-    sign * other[index] points the same way as the base filter; score (N,) |cos|).
+    sign * other[index] points the same way as the base filter; score (N,) |cos| in own order).
     """
     out = []
     a = flatten_filters(base)
-    for w in others:
+    for k, w in enumerate(others):
         b = flatten_filters(w)
         m = matched_similarity(base, w)
         idx = np.full(len(a), -1, dtype=np.int64)
         sign = np.ones(len(a))
         score = np.full(len(a), np.nan)
-        idx[m.rows] = m.cols
-        score[m.rows] = m.scores
-        dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
-        sign[m.rows] = np.where(dots < 0, -1.0, 1.0)
+        if matched is not None and matched[k] is not None:
+            cols, sg = matched[k]
+            idx[:len(cols)] = cols
+            sign[:len(cols)] = sg
+            score[:len(cols)] = np.abs(np.einsum("ij,ij->i", _unit_rows(a[:len(cols)]), _unit_rows(b[cols])))
+        else:
+            idx[m.rows] = m.cols
+            score[m.rows] = m.scores
+            dots = np.einsum("ij,ij->i", a[m.rows], b[m.cols])
+            sign[m.rows] = np.where(dots < 0, -1.0, 1.0)
         out.append((idx, sign, score))
     return out
 
@@ -157,13 +314,3 @@ def resize_filters(w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return w
     t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
     return F.interpolate(t, size=size, mode="bilinear", align_corners=True).numpy()
-
-
-@lru_cache(maxsize=64)
-def chance_similarity(shape_a: tuple, shape_b: tuple, trials: int = 3, seed: int = 0) -> float:
-    """Mean matched |cos| of independent Gaussian filters of these shapes: the level that
-    similarity reaches by chance (it grows as filters get fewer dimensions)."""
-    rng = np.random.default_rng(seed)
-    vals = [matched_similarity(rng.standard_normal(shape_a), rng.standard_normal(shape_b)).mean
-            for _ in range(trials)]
-    return float(np.mean(vals))

@@ -24,8 +24,37 @@ def md_escape(text: object) -> str:
 
 
 def html_escape_only(text: object) -> str:
-    """Markdown is kept (descriptions are Markdown) but raw HTML is not injected."""
+    """Markdown is kept but raw HTML is not injected (use ``user_markdown`` for user text)."""
     return html.escape(str(text), quote=False)
+
+
+# Link targets a user may write; anything else (javascript:, vbscript:, data:, file:, ...)
+# loses its link syntax and shows as plain text.
+SAFE_SCHEMES = frozenset({"http", "https", "mailto"})
+# "](" starts an inline link's or image's target, "]:" a reference definition's.
+_LINK_TARGET = re.compile(r"\]\s*[(:]")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_IGNORED_IN_URL = re.compile(r"[\x00-\x20\\]")  # browsers drop tabs and newlines inside URLs
+
+
+def user_markdown(text: object) -> str:
+    """Markdown written by the spec's author (the description), made safe to publish.
+
+    Kept: emphasis, code, lists, headings, and links and images to http(s), mailto and
+    relative targets. Removed: raw HTML (escaped, so it shows as text), attribute lists
+    (``{ onclick=... }``: braces are escaped) and link syntax whose target has any other
+    scheme. HTML entities cannot spell a scheme either: '&' is escaped first.
+    """
+    text = html.escape(str(text), quote=False).replace("{", "\\{").replace("}", "\\}")
+    out, pos = [], 0
+    for m in _LINK_TARGET.finditer(text):
+        head = _IGNORED_IN_URL.sub("", text[m.end():m.end() + 64])
+        head = head.removeprefix("&lt;")  # <target> form; '<' was escaped above
+        scheme = _SCHEME.match(head)
+        if scheme and scheme.group(1).lower() not in SAFE_SCHEMES:
+            out.append(text[pos:m.start()] + "&#93;")  # an entity ']' closes no link text
+            pos = m.start() + 1
+    return "".join(out) + text[pos:]
 
 
 _MD_LINK = re.compile(r"\]\((?!https?:|#|/|mailto:)([^)\s]+)\)")
@@ -83,7 +112,7 @@ def _env() -> Environment:
         keep_trailing_newline=True,
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
-    env.filters.update(md=md_escape, html_only=html_escape_only, fmt=_fmt, pct=_pct, shape=_shape,
+    env.filters.update(md=md_escape, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct, shape=_shape,
                        anchor=anchor, offdiag_median=_offdiag_median, relink=relink)
     return env
 

@@ -1,0 +1,163 @@
+"""How sure the comparison numbers are: chance levels and bootstrap intervals.
+
+- Chance: the matched |cos| that independent random filters of a layer's shape reach,
+  as a mean and a standard deviation over many draws, so a layer's similarity can be
+  stated in standard deviations above chance.
+- Bootstrap over the shared images and, within each image, over blocks of its sampled
+  positions (a two-stage cluster bootstrap: positions of one image are correlated, so
+  they are resampled in contiguous blocks, never one by one). Every pair of runs is
+  evaluated on the same resamples, so summaries over pairs (a run's mean similarity to
+  the others, the median over pairs) get intervals from the same draws.
+
+Resampling reuses the already-sampled features: each resample is a vector of counts per
+(image, block) unit, and the centred cross-products it needs are sums of per-unit
+cross-products weighted by those counts, so a resample costs (units x C^2), not (S x C^2).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from reportgen.analysis.compare import _centre_columns, matched_similarity
+
+CHANCE_DRAWS = 100
+BOOTSTRAP_RESAMPLES = 200
+POSITION_BLOCKS = 8  # blocks of consecutive sampled positions per image
+MIN_IMAGES = 5  # fewer shared images than this: too few distinct resamples for an interval
+_CHUNK = 25  # resamples evaluated at once (memory: chunk x C^2)
+
+
+@lru_cache(maxsize=64)
+def chance_similarity(shape_a: tuple, shape_b: tuple, draws: int = CHANCE_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """(mean, standard deviation) of the matched |cos| of independent Gaussian filters of
+    these shapes over ``draws`` draws: the level similarity reaches by chance (it grows
+    as filters get fewer dimensions)."""
+    rng = np.random.default_rng(seed)
+    vals = [matched_similarity(rng.standard_normal(shape_a), rng.standard_normal(shape_b)).mean
+            for _ in range(draws)]
+    return float(np.mean(vals)), float(np.std(vals, ddof=1))
+
+
+def resample_counts(images: np.ndarray, n_resamples: int = BOOTSTRAP_RESAMPLES, blocks: int = POSITION_BLOCKS,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two-stage bootstrap draws over images, then blocks of positions within each drawn image.
+
+    images: (S,) int, the image each sample row comes from (rows of one image contiguous).
+    Returns (units (S,) int: the (image, block) unit of each row; counts (R, U) int:
+    how often each unit is drawn in each resample).
+    """
+    images = np.asarray(images)
+    units = np.empty(len(images), dtype=np.intp)
+    groups: list[np.ndarray] = []  # per image, its unit ids
+    u = 0
+    for k in dict.fromkeys(images.tolist()):
+        rows = np.flatnonzero(images == k)
+        parts = np.array_split(rows, min(blocks, len(rows)))
+        for p in parts:
+            units[p] = u
+            u += 1
+        groups.append(np.arange(u - len(parts), u))
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_resamples, u), dtype=np.int64)
+    for r in range(n_resamples):
+        for k in rng.integers(0, len(groups), len(groups)):
+            g = groups[k]
+            np.add.at(counts[r], g[rng.integers(0, len(g), len(g))], 1)
+    return units, counts
+
+
+class BootRun:
+    """One run's features (S, C) prepared for resampled correlation and CKA."""
+
+    def __init__(self, x: np.ndarray, units: np.ndarray, counts: np.ndarray):
+        xc = _centre_columns(x)
+        peak = float(np.abs(xc).max(initial=0.0))
+        self.finite = bool(np.isfinite(xc).all())
+        self.x = xc / peak if peak > 0 and self.finite else xc
+        self.counts = counts.astype(np.float64)
+        n_units = counts.shape[1]
+        self.rows = [np.flatnonzero(units == u) for u in range(n_units)]
+        sums = np.stack([self.x[r].sum(axis=0) for r in self.rows])  # (U, C)
+        self.n = self.counts @ np.array([len(r) for r in self.rows], dtype=np.float64)  # (R,)
+        self.s = self.counts @ sums  # (R, C)
+        # A channel is constant in a resample when every drawn unit holds one same value:
+        # decided exactly from per-unit extremes, not from a rounded variance.
+        hi = np.stack([self.x[r].max(axis=0) for r in self.rows])
+        lo = np.stack([self.x[r].min(axis=0) for r in self.rows])
+        drawn = counts > 0
+        top = np.where(drawn[:, :, None], hi[None], -np.inf).max(axis=1)
+        bot = np.where(drawn[:, :, None], lo[None], np.inf).min(axis=1)
+        self.const = top == bot  # (R, C)
+        var = np.empty(self.const.shape)
+        self.norm = np.empty(len(counts))
+        for sl, cov in self._cov(self):
+            var[sl] = np.diagonal(cov, axis1=1, axis2=2)
+            self.norm[sl] = np.sqrt((cov ** 2).sum(axis=(1, 2)))
+        self.var = np.where(self.const, 0.0, np.maximum(var, 0.0))
+
+    def _cov(self, other: "BootRun"):
+        """Yields (slice of resamples, (r, C, D) centred cross-products of self and other)."""
+        cross = np.stack([self.x[r].T @ other.x[r] for r in self.rows])  # (U, C, D)
+        flat = cross.reshape(len(cross), -1)
+        for start in range(0, len(self.counts), _CHUNK):
+            sl = slice(start, start + _CHUNK)
+            cov = (self.counts[sl] @ flat).reshape(-1, cross.shape[1], cross.shape[2])
+            cov -= self.s[sl, :, None] * other.s[sl, None, :] / self.n[sl, None, None]
+            yield sl, cov
+
+    def pair(self, other: "BootRun") -> tuple[np.ndarray, np.ndarray]:
+        """(R,) matched activation similarity and (R,) linear CKA on each resample."""
+        r_count = len(self.counts)
+        if not (self.finite and other.finite):
+            nan = np.full(r_count, np.nan)
+            return nan, nan
+        act, cka = np.empty(r_count), np.empty(r_count)
+        for sl, cov in self._cov(other):
+            ca, cb = self.const[sl], other.const[sl]  # (r, C), (r, D)
+            denom = np.sqrt(self.var[sl][:, :, None] * other.var[sl][:, None, :])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.clip(np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+            # constant_rule, for a chunk of resamples at once
+            corr[ca[:, :, None] | cb[:, None, :]] = 0.0
+            corr[ca[:, :, None] & cb[:, None, :]] = 1.0
+            for k, r in enumerate(range(sl.start, sl.start + len(cov))):
+                rows, cols = linear_sum_assignment(corr[k], maximize=True)
+                keep = ~(ca[k][rows] & cb[k][cols])  # pairs constant on both sides: left out
+                act[r] = corr[k][rows[keep], cols[keep]].mean() if keep.any() else 1.0
+            both = ca.all(axis=1) & cb.all(axis=1)
+            either = ca.all(axis=1) | cb.all(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = (cov ** 2).sum(axis=(1, 2)) / (self.norm[sl] * other.norm[sl])
+            cka[sl] = np.where(either, np.where(both, 1.0, 0.0), value)
+        return act, cka
+
+
+def interval(values: np.ndarray, point: float | None = None) -> list[float | None]:
+    """95% bootstrap interval of bootstrap values (NaN-aware).
+
+    With ``point`` (the statistic on the data themselves): the bias-corrected percentile
+    interval (Efron 1981), widened if need be to contain the point. Resampling images with replacement repeats some of them, which
+    biases statistics such as CKA upward; the correction shifts the percentiles by how far
+    the point lies inside the bootstrap distribution, so the interval stays around it.
+    Without: the plain 2.5th and 97.5th percentiles.
+    """
+    from scipy.stats import norm
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return [None, None]
+    q = np.array([0.025, 0.975])
+    if point is not None and np.isfinite(point) and np.ptp(v) > 0:
+        below = (np.sum(v < point) + 0.5 * np.sum(v == point)) / v.size
+        z0 = norm.ppf(np.clip(below, 0.5 / v.size, 1 - 0.5 / v.size))
+        q = norm.cdf(2 * z0 + norm.ppf(q))
+    lo, hi = np.percentile(v, 100 * q)
+    if point is not None and np.isfinite(point):
+        # the correction can fail when the point lies at the edge of the resamples; an
+        # interval that excludes the value it is about would be read as a contradiction
+        lo, hi = min(lo, point), max(hi, point)
+    return [float(lo), float(hi)]
