@@ -35,8 +35,8 @@ from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
 
-FILTER_KEYS = ["l2_norm", "max_abs", "near_zero_fraction", "dead", "nonfinite", "duplicate_of",
-               "norm_outlier", "gabor_score"]
+FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
+               "duplicate_of", "opposite_of", "gabor_score"]
 CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
 
 
@@ -200,12 +200,16 @@ def model_findings(report: dict, analyses) -> list[dict]:
             link = relink_layers(f"]({f['link']})", model)[2:-1] if f["link"] else None
             said = text if text.startswith(f"**{model}") else f"Model **{model}**: {text}"
             out.append({**f, "text": said, "link": link, "model": model})
-    out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])  # stable: models stay in spec order
-    if len(report["runs"]) > 1 and not report.get("model_comparisons") and not any(
-            c.get("cka") for c in report.get("comparisons", [])):
-        out.append({"severity": "info", "text": "Suggested next step: list test images that every model sees "
-                    "(the same files in each model's images) to compare the models with CKA.",
-                    "location": None, "layer": None, "link": None, "value": 0.0, "model": None})
+    # Ranked findings of all models together; each model's overview and next step after them.
+    tail = ("overview", "next_step")
+    out = (sorted((f for f in out if f.get("kind") not in tail),
+                  key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+           + [f for f in out if f.get("kind") == "overview"] + [f for f in out if f.get("kind") == "next_step"])
+    if not report.get("model_comparisons") and analyses.compare.enabled and analyses.activations.enabled:
+        out.append({"severity": "info", "kind": "next_step", "text": "Suggested next step: list test images "
+                    "that every model sees (the same files in each model's images) to compare the models "
+                    "with CKA.", "location": None, "locations": [], "layer": None, "link": None, "value": 0.0,
+                    "model": None})
     return out
 
 
@@ -229,7 +233,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
             key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
-                         u.stuck, lr.weight)
+                         u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:
                 w_tiles = None
@@ -257,13 +261,31 @@ def _units_json(u) -> dict:
     def val(a, i):
         return None if a is None else _py("", a[i])
 
+    def field(name):  # fields missing from views cached before they existed
+        return getattr(u, name, None)
+
+    inactive, fidelity = field("inactive"), field("fidelity")
     return {
         "receptive_field": list(u.rf_size), "jump": list(u.rf_jump), "image_size": list(u.image_size),
-        "decoded": u.decoded is not None, "decode_note": u.decode_note,
-        "units": [{"index": i, "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
-                   "fourier_loss": val(u.fourier_loss, i), "colour_selectivity": _py("", u.colour_index[i]),
-                   "top_values": [_py("", v) for v in u.patch_values[i]],
-                   "top_images": [int(j) for j in u.patch_images[i]]} for i in range(n)],
+        "decoded": u.decoded is not None, "decode_note": u.decode_note, "pooling": field("pooling"),
+        "top_n": int(u.patches.shape[1]),
+        "inactive_count": None if inactive is None else int(np.sum(inactive)),
+        "median_fidelity": None if fidelity is None or not np.isfinite(fidelity).any()
+        else float(np.nanmedian(fidelity)),
+        "units": [{"index": i, "inactive": val(inactive, i), "max_activation": val(field("max_activation"), i),
+                   "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
+                   "plain_outside": val(field("plain_outside"), i),
+                   "plain_clipped_loss": val(field("plain_clipped"), i),
+                   "fourier_loss": val(u.fourier_loss, i),
+                   "fourier_outside": val(field("fourier_outside"), i),
+                   "fourier_clipped_loss": val(field("fourier_clipped"), i),
+                   "fidelity": val(fidelity, i),
+                   "colour_selectivity": _py("", u.colour_index[i]),
+                   "top_values": [_py("", v) for v in u.patch_values[i] if np.isfinite(v)],
+                   "top_images": [int(j) for j in u.patch_images[i] if j >= 0],
+                   "top_positions": [] if field("patch_positions") is None
+                   else [[int(p) for p in pos] for pos in u.patch_positions[i] if pos[0] >= 0]}
+                  for i in range(n)],
     }
 
 
@@ -353,7 +375,7 @@ def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
 def _py(key: str, v):
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
-    if key == "duplicate_of":
+    if key in ("duplicate_of", "opposite_of"):
         return None if int(v) < 0 else int(v)
     f = float(v)
     return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
@@ -368,7 +390,7 @@ def _summary(layer: dict) -> dict:
         "dead": sum(x["dead"] for x in f),
         "nonfinite": sum(x["nonfinite"] for x in f),
         "duplicates": sum(x.get("duplicate_of") is not None for x in f),
-        "norm_outliers": sum(bool(x.get("norm_outlier")) for x in f),
+        "on_off_pairs": sum(x.get("opposite_of") is not None for x in f),
         "median_l2_norm": float(np.median(norms)) if norms else None,
         "near_zero_fraction": float(np.mean(nz)) if nz else None,
         "channels": len(c),
@@ -377,7 +399,20 @@ def _summary(layer: dict) -> dict:
     }
     if "gabor" in layer:
         out["gabor_like"] = layer["gabor"]["share_gabor_like"]
+    init = layer.get("init_check")
+    out["looks_like_init"] = init["looks_like_init"] if init else None
+    out["init_family"] = init["family"] if init else None
+    # Filters of never-active channels against those of active ones, both against the
+    # initial norm: channels that died in training kept the size they started with.
+    out["never_active_norm_over_init"], out["active_norm_over_init"] = (
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))
     return out
+
+
+def _median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
 
 
 def sha256(path: Path | None) -> str | None:

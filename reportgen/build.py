@@ -30,7 +30,7 @@ from reportgen.comparison import run_comparisons
 from reportgen.crossmodel import CROSS_GRID, cross_model_cka, cross_model_runs, cross_shared_images
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
-from reportgen.models import load_model, resolve_arch, resolve_device, resolve_layers
+from reportgen.models import load_model, resolve_device
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
 from reportgen.yamlsrc import format_key_path
@@ -123,29 +123,22 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
 
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
-    """Build each architecture once (no checkpoint) and resolve every layer name.
+    """Build each architecture once (no checkpoint), resolve every layer name and run
+    a dry forward pass at the spec's input size (reportgen.preflight).
 
-    Layer names depend on the architecture only, so one instance per model
-    serves all its locations. Raises SpecError listing every unknown layer.
+    Layer names and shapes depend on the architecture only, so one instance per
+    model serves all its locations. Raises SpecError listing every problem.
     Returns model name -> {layer name: module} of that instance.
     """
-    problems: list[str] = []
-    found: dict[str, dict[str, nn.Module]] = {}
-    for run in spec.runs:
-        if run.model.name in found:
-            continue
-        if run.model.torchscript:
-            module = load_model(spec, run, "cpu").module
-        else:
-            mi = [m.name for m in spec.models].index(run.model.name)
-            factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(("models", mi, "arch")))
-            module = factory(**run.model.arch_args)
-        problems += resolve_layers(spec, run, module)
-        problems += activation_problems(spec, run, module)
-        found[run.model.name] = dict(module.named_modules())
+    from reportgen.preflight import check_models
+
+    problems, checks = check_models(spec)
+    for name, c in checks.items():
+        run = next(r for r in spec.runs if r.model.name == name)
+        problems = list(problems) + activation_problems(spec, run, c.module)
     if problems:
         raise SpecError(problems)
-    return found
+    return {name: dict(c.module.named_modules()) for name, c in checks.items()}
 
 
 def analyse(spec: ReportSpec, device: torch.device, log: Log,

@@ -302,3 +302,31 @@ def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activat
 def relu_follows(model: nn.Module, name: str) -> bool:
     """True when ``find_activations`` finds a ReLU (or ReLU6) at or after layer ``name``."""
     return find_activations(model, [name])[name].kind in ("relu", "relu6")
+
+
+@contextmanager
+def probing(model: nn.Module, names: list[str]) -> Iterator[dict[str, object]]:
+    """Record the first output of each named module, whatever its type, for a dry run.
+
+    Unlike LayerRecorder the hooks never raise: a layer that returns None or a dict is
+    recorded as such (so the caller can say which layer did it) and the forward pass
+    goes on. Yields the dict that the hooks fill; hooks are removed on exit.
+    """
+    modules = dict(model.named_modules())
+    seen: dict[str, object] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if name not in seen:
+                first = output[0] if isinstance(output, (tuple, list)) and output else output
+                seen[name] = first.detach() if isinstance(first, torch.Tensor) else first
+        return hook
+
+    try:
+        for name in dict.fromkeys(names):
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

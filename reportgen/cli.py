@@ -80,8 +80,14 @@ def check(spec: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
     from reportgen.inspect import check_spec
 
+    from reportgen.errors import SpecError
+
     try:
         summary = check_spec(spec)
+    except SpecError as exc:  # check lists every problem of every stage: one line each
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        sys.exit(1)
     except ReportgenError as exc:
         _fail(exc)
     click.echo(summary)

@@ -11,9 +11,11 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import pickle
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -83,23 +85,86 @@ def _load_torchscript(spec: ReportSpec, run: Run) -> LoadedModel:
 
 
 def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
-    factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(_model_kp(spec, run) + ("arch",)))
-    try:
-        module = factory(**run.model.arch_args)
-    except TypeError as exc:
-        raise ModelLoadError(
-            f"{spec.where(_model_kp(spec, run) + ('arch_args',))}: cannot build '{run.model.arch}' "
-            f"with arch_args {run.model.arch_args}: {exc}"
-        ) from None
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(
-            f"{spec.where(_model_kp(spec, run) + ('arch',))}: '{run.model.arch}' returned "
-            f"{type(module).__name__}, not a torch.nn.Module"
-        )
+    module = build_architecture(spec, run)
     if run.checkpoint is not None:
         state = read_checkpoint(run.checkpoint, run.location, run.model.trusted, run.model.checkpoint_key)
         apply_state_dict(module, state, run.location, run.checkpoint)
     return LoadedModel(module=module, kind="state_dict", hookable=True, source=run.checkpoint)
+
+
+def build_architecture(spec: ReportSpec, run: Run) -> nn.Module:
+    """The run's architecture with its initial weights (no checkpoint): import, check
+    ``arch_args`` against the factory's signature, construct, check it is a module."""
+    kp = _model_kp(spec, run)
+    arch = run.model.arch or ""
+    where_arch = f"{spec.where(kp + ('arch',))}: {format_key_path(kp + ('arch',))}"
+    factory = resolve_arch(arch, spec.base_dir, where_arch)
+    return construct(factory, run.model.arch_args, arch, where_arch,
+                     f"{spec.where(kp + ('arch_args',))}: {format_key_path(kp + ('arch_args',))}")
+
+
+def construct(factory: Callable[..., Any], args: dict, arch: str, where_arch: str, where_args: str) -> nn.Module:
+    """``factory(**args)`` as a user error when it cannot work: a misspelt or missing
+    argument (with a did-you-mean from the signature), a constructor that raises
+    (SystemExit and KeyboardInterrupt included: an architecture must not end the
+    process), or a result that is not an ``nn.Module``."""
+    if not callable(factory):
+        raise ModelLoadError(
+            f"{where_arch}: '{arch}' is a {type(factory).__name__}, not a class or function; "
+            "point 'arch' at the model class or at a function that returns the model"
+        )
+    _check_arch_args(factory, args, arch, where_args)
+    with _user_code(f"{where_arch}: building '{arch}'", "check the constructor and 'arch_args'"):
+        module = factory(**args)
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"{where_arch}: '{arch}' returned {type(module).__name__}, not a torch.nn.Module; "
+            "point 'arch' at the model class or at a function that returns the model"
+        )
+    return module
+
+
+def _check_arch_args(factory: Callable[..., Any], args: dict, arch: str, where: str) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some C types have no signature: let the call decide
+        return
+    params = sig.parameters
+    named = [n for n, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    shown = f"{getattr(factory, '__name__', arch)}({', '.join(named)})"
+    if not takes_any:
+        for key in args:
+            if key not in named:
+                close = difflib.get_close_matches(str(key), named, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'?" if close else f"it takes: {', '.join(named) or 'nothing'}"
+                raise ModelLoadError(f"{where}: '{key}' is not an argument of {shown}; {hint}")
+    needed = [n for n in named if params[n].default is params[n].empty and n not in args]
+    if needed:
+        raise ModelLoadError(f"{where}: {shown} needs '{needed[0]}'; add it to arch_args")
+
+
+@contextmanager
+def _user_code(what: str, fix: str):
+    """Run an architecture's own code (import or constructor): anything it raises becomes
+    one error line. SystemExit and KeyboardInterrupt are caught too, because a
+    ``sys.exit(0)`` in a model file must not end a build with success; this also
+    turns a Ctrl-C pressed during exactly this call into the error (elsewhere Ctrl-C
+    interrupts as usual)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, SystemExit):
+            cause = f"called sys.exit({exc.code!r})"
+            fix = "remove the exit, or guard script code with `if __name__ == '__main__':`"
+        elif isinstance(exc, KeyboardInterrupt):
+            cause = "raised KeyboardInterrupt (or Ctrl-C was pressed during it)"
+        else:
+            cause = f"raised {_first_line(exc)}"
+        raise ModelLoadError(f"{what} {cause}; {fix}") from None
 
 
 LOADERS: dict[str, Callable[[ReportSpec, Run], LoadedModel]] = {
@@ -118,30 +183,35 @@ def resolve_arch(arch: str, base_dir: Path, where: str) -> Callable[..., Any]:
         )
     target, name = arch.rsplit(":", 1)
     cache_key = (str(base_dir), arch)
+    is_file = target.endswith(".py") or "/" in target
+    if is_file:
+        file = (base_dir / target).resolve()
+        try:  # an edited file is imported again
+            stat = file.stat()
+            cache_key += (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            raise ModelLoadError(f"{where}: architecture file not found: {file}") from None
     if cache_key in _ARCH_CACHE:
         return _ARCH_CACHE[cache_key]
-    if target.endswith(".py") or "/" in target:
-        file = (base_dir / target).resolve()
+    if is_file:
         mod_name = "reportgen_arch_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+        writes_bytecode = sys.dont_write_bytecode
+        sys.dont_write_bytecode = True  # no __pycache__ beside the user's file: a build writes only docs/ and its cache
         try:
-            mod_spec = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-            sys.modules[mod_name] = module
-            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except FileNotFoundError:
-            raise ModelLoadError(f"{where}: architecture file not found: {file}") from None
-        except Exception as exc:
-            sys.modules.pop(mod_name, None)
-            raise ModelLoadError(
-                f"{where}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
+            with _user_code(f"{where}: importing {target}", "fix the file so that it imports"):
+                try:
+                    mod_spec = importlib.util.spec_from_file_location(mod_name, file)
+                    module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+                    sys.modules[mod_name] = module
+                    mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
     else:
-        try:
+        with _user_code(f"{where}: importing module '{target}'", "check the module name and that it imports"):
             module = importlib.import_module(target)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"{where}: cannot import module '{target}': {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
     if not hasattr(module, name):
         names = [n for n in dir(module) if not n.startswith("_")]
         close = difflib.get_close_matches(name, names, n=1)
@@ -171,6 +241,7 @@ def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -
             "re-save it with torch.save"
         ) from None
     state = _pick_state_dict(obj, key, where)
+    _check_dense(state, where)
     # Checkpoints saved from nn.DataParallel prefix every key with 'module.'.
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -203,6 +274,22 @@ def _pick_state_dict(obj: Any, key: str | None, where: str) -> dict[str, torch.T
     if not _is_state_dict(obj):
         raise ModelLoadError(f"{where}: entry '{key}' is not a state_dict of tensors")
     return obj
+
+
+def _check_dense(state: dict[str, torch.Tensor], where: str) -> None:
+    """Weights must be ordinary dense tensors with values: sparse layouts and meta
+    tensors (shapes without data) cannot be copied into a model's parameters."""
+    for k, t in state.items():
+        if t.layout != torch.strided:
+            raise ModelLoadError(
+                f"{where}: tensor '{k}' is stored as {str(t.layout).removeprefix('torch.')}, not as a dense "
+                "tensor; re-save the checkpoint with dense tensors ({k: v.to_dense() ...})"
+            )
+        if t.is_meta:
+            raise ModelLoadError(
+                f"{where}: tensor '{k}' is a meta tensor (a shape without values), so the file holds no "
+                "weights for it; save the state_dict of a model whose weights were loaded or trained"
+            )
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -23,13 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from reportgen.errors import SpecError
 from reportgen.yamlsrc import KeyPath, Located, format_key_path, load_yaml
 
-# Names that become directory or file names: no separators, no leading dot.
 # Names become file names (docs/<report>/, .<report>.staging-*): 64 characters keep every
 # path component well under the 255 bytes file systems allow. Match with re.fullmatch,
 # never re.match: '$' also matches before a final newline ("a\n").
 SLUG_MAX = 64
 SLUG_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{SLUG_MAX - 1}}}$"
 _SLUG_HELP = f"use letters, digits, '-', '_' and '.', starting with a letter or digit, at most {SLUG_MAX} in all"
+# Bounds that keep one image's activations within memory: 4096 px per input side
+# (a 64-channel float32 map of 4096^2 is 4 GiB), 1024 px for unit maximisation images.
+MAX_INPUT_SIDE = 4096
+MAX_UNITS_SIDE = 1024
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -123,7 +126,8 @@ class InputSpec(_Strict):
     """How an image file becomes the network's input tensor."""
 
     size: Optional[tuple[int, int]] = Field(
-        None, description="Resize to [height, width] (or one number for a square); omit to keep."
+        None, description="Resize to [height, width] (or one number for a square), each 1 to 4096; "
+        "omit to keep."
     )
     channels: Literal["rgb", "grey"] = "rgb"
     mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
@@ -139,6 +143,9 @@ class InputSpec(_Strict):
     def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
         if v is not None and min(v) < 1:
             raise ValueError("sizes must be positive")
+        if v is not None and max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"{max(v)} pixels is too large: sides are at most {MAX_INPUT_SIDE}; "
+                             "use the size the model was trained at")
         return v
 
     @model_validator(mode="after")
@@ -261,12 +268,8 @@ class HealthOptions(_Strict):
         0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
     )
     duplicate_cosine: float = Field(
-        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their |cosine| "
-        "reaches this."
-    )
-    outlier_z: float = Field(
-        3.5, gt=0, description="A filter's norm is an outlier when its robust z-score (median and "
-        "MAD of the layer's norms at that location) exceeds this."
+        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their cosine "
+        "reaches this, and an on/off (sign-flipped) pair when it is at most minus this."
     )
 
 
@@ -306,16 +309,22 @@ class UnitsOptions(_Strict):
     locations: Optional[list[str]] = Field(
         None, description="Runs that get unit views (default: analyses.compare.base or the first run)."
     )
-    maximise: Literal["plain", "fourier", "both", "none"] = "plain"
+    maximise: Literal["plain", "fourier", "both", "none"] = Field(
+        "fourier", description="Activation maximisation: 'fourier' (regularised, the default), 'plain' "
+        "(gradient ascent, the Keras recipe), 'both' or 'none'."
+    )
     objective: Literal["mean", "centre"] = "mean"
     steps: int = Field(20, ge=1, description="Plain gradient-ascent steps.")
-    fourier_steps: int = Field(128, ge=1, description="Steps of the regularised (Fourier) optimisation.")
-    size: Optional[int] = Field(None, ge=8, description="Image side for maximisation; default from the "
-                                "unit's receptive field.")
-    top_n: int = Field(9, ge=1, description="Top-activating crops per unit.")
+    fourier_steps: int = Field(48, ge=1, description="Adam steps of the regularised (Fourier) optimisation.")
+    fourier_lr: float = Field(0.15, gt=0, description="Adam learning rate of the regularised optimisation.")
+    size: Optional[int] = Field(None, ge=8, le=MAX_UNITS_SIDE, description="Image side for maximisation "
+                                "(8 to 1024); default from the unit's receptive field.")
+    top_n: int = Field(9, ge=1, description="Top-activating crops per unit, from all positions of all "
+                       "images, no two overlapping by more than half.")
     max_units: int = Field(64, ge=1, description="Units shown per layer (the first ones).")
     pooling: Literal["subsample", "average"] = Field(
-        "subsample", description="How filter decoding treats pooling layers."
+        "average", description="How filter decoding treats max pooling: 'average' (box filter over the "
+        "window, the default) or 'subsample' (the window's top-left input)."
     )
     baselines: bool = Field(True, description="Deconvnet and guided backprop of each unit's top activation.")
     seed: int = 0
@@ -419,7 +428,13 @@ class ReportSpec:
 def load_spec(path: str | Path) -> ReportSpec:
     """Read, validate and resolve a spec file; raise SpecError listing every problem."""
     path = Path(path)
-    src = load_yaml(path)
+    return spec_from_source(load_yaml(path), path)
+
+
+def spec_from_source(src: Located, path: Path, collect: list[str] | None = None) -> ReportSpec:
+    """Validate and resolve already-parsed YAML (``load_spec`` without the reading).
+    With ``collect``, problems found after schema validation (missing files, unknown
+    runs) are appended to it and the spec is returned anyway."""
     if not isinstance(src.data, dict):
         raise SpecError(
             f"{path}:1: the spec must be a YAML mapping with keys like 'report', 'title', "
@@ -456,7 +471,9 @@ def load_spec(path: str | Path) -> ReportSpec:
         problems.append(f"{src.where(('analyses', 'compare', 'base'))}: analyses.compare.base: "
                         f"no location '{compare_base}'; {hint}")
     problems += _check_model_locations(schema, src, runs)
-    if problems:
+    if problems and collect is not None:  # the caller goes on checking what it can
+        collect.extend(dict.fromkeys(problems))
+    elif problems:
         # A shared image glob fails once per location; say it once.
         raise SpecError(list(dict.fromkeys(problems)))
     return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src,

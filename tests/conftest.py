@@ -39,6 +39,22 @@ def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="session")
+def towncenter_build(tmp_path_factory):
+    """The TownCentre example built once per test session (minutes on a shared CPU), into a
+    copy of the project's docs so that `mkdocs build --strict` can run over it.
+    Returns (BuildResult, docs folder, a scratch folder)."""
+    import shutil
+
+    from reportgen.build import build
+
+    tmp = tmp_path_factory.mktemp("towncenter")
+    docs = tmp / "docs"
+    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
+    result = build(ROOT / "specs" / "towncenter.yaml", docs, device="cpu", cache_dir=None)
+    return result, docs, tmp
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with the tiny architecture, checkpoints for three locations and images."""

@@ -155,6 +155,22 @@ def entries(cache_dir, kind="*"):
     return sorted(p for p in (cache_dir).glob(f"{kind}/*/*") if p.is_file())
 
 
+def test_planted_links_and_fifos_are_misses(project_copy, reference_json):
+    """A link to /dev/zero or a FIFO in an entry's place must neither hang nor fill memory."""
+    project, cache = project_copy
+    layer = entries(cache, "layer")
+    for i, p in enumerate(layer):
+        p.unlink()
+        if i % 2:
+            p.symlink_to("/dev/zero")
+        else:
+            os.mkfifo(p)
+    res = cli_build(project, "docs", cache)
+    assert res.exit_code == 0, res.output
+    assert (project / "docs/tiny/report.json").read_bytes() == reference_json
+    assert all(p.is_file() and not p.is_symlink() for p in layer)  # replaced by real entries
+
+
 def test_planted_pickles_never_run(project_copy, tmp_path, reference_json):
     project, cache = project_copy
     ran = tmp_path / "code-ran"
@@ -225,14 +241,15 @@ def _disk_full(tmp_path, monkeypatch):
 
 
 def _unreadable(tmp_path, monkeypatch):
-    real = Path.read_bytes
+    real = os.open
+    root = str(tmp_path / "cache")
 
-    def denied(self):
-        if "cache" in self.parts:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-        return real(self)
+    def denied(path, *args, **kwargs):
+        if os.fsdecode(path).startswith(root):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(os, "open", denied)
     return tmp_path / "cache"
 
 

@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from reportgen.analysis.findings import anchor
 from reportgen.spec import ReportSpec
 
+TOP_FINDINGS = 10  # findings on the home page; the rest are on findings.md
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]{}#|!~])")
 
 
@@ -162,7 +163,8 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "cross_imgs": cross_imgs or {},
         "model_comparisons": report.get("model_comparisons", []),
     }
-    pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
+    pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
+             "findings.md": env.get_template("findings.md.j2").render(**ctx)}
     for run in runs:
         pages[f"locations/{run['key']}.md"] = env.get_template("location.md.j2").render(run=run, **ctx)
     ref = ctx["reference"]
