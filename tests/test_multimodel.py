@@ -229,7 +229,12 @@ analyses: {filters: {enabled: false}, gabor: {enabled: false}}
 
 
 def test_a_model_against_itself_scores_one_on_the_diagonal(cascade, one_thread):
-    result = build(write_spec(cascade, TWINS_SPEC), cascade / "docs", device="cpu", cache_dir=None)
+    spec = write_spec(cascade, TWINS_SPEC)
+    result = build(spec, cascade / "docs", device="cpu", cache_dir=cascade / "cache")
+    again = build(spec, cascade / "docs", device="cpu", cache_dir=cascade / "cache")
+    assert again.cache.hits["layer"] == 8 and not again.cache.misses["layer"]  # 2 models x 4 layers
+    assert again.report["model_comparisons"] == result.report["model_comparisons"]  # read back from the cache
+    assert again.report["runs"] == result.report["runs"]
     pair = result.report["model_comparisons"][0]
     m = np.array(pair["cka"], dtype=float)
     np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9)
