@@ -63,20 +63,6 @@ def _ci_text(ci) -> str:
     return f" (95% interval {ci[0]:.2f}–{ci[1]:.2f})" if ci and ci[0] is not None else ""
 
 
-Z_ABOVE_CHANCE = 3.0  # standard deviations above chance before two layers count as related
-
-
-def similarity_verdict(value: float, chance: float | None, chance_sd: float | None, similar: float) -> str:
-    """'unrelated' within Z_ABOVE_CHANCE sd of chance, 'similar' from ``similar`` up, else 'different'."""
-    if chance is not None and chance_sd and (value - chance) / chance_sd < Z_ABOVE_CHANCE:
-        return "unrelated"
-    return "similar" if value >= similar else "different"
-
-
-def _ci_text(ci) -> str:
-    return f" (95% interval {ci[0]:.2f}–{ci[1]:.2f})" if ci and ci[0] is not None else ""
-
-
 def _similarity(report: dict, similar: float) -> list[dict]:
     out = []
     cka_by_layer = []
