@@ -6,7 +6,11 @@ Paths inside a report (all relative to docs/<report>/):
   img/{run}/input_{k}.png           the images shown
   img/{run}/stages_{k}.png          shared image k through every layer
   img/{model}/{layer}/*.png         charts and comparisons of a layer across runs
+  img/shared_{k}.png                a shared image (img/{model}/shared_{k}.png with several models)
+  img/cross-model/{a}_vs_{b}.png    layer-by-layer CKA of two models (several models)
   img/reference/*.png               the reference model's filters
+Pages: layers/{layer}.md per layer, or layers/{model}/{layer}.md when the report has several
+models (pages.layer_page); models.md compares the models.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.analysis.findings import Z_ABOVE_CHANCE
+from reportgen.analysis.findings import SEVERITY_ORDER, Z_ABOVE_CHANCE
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
@@ -64,12 +68,13 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
 
     files = ReportFiles()
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
-    layer_imgs: dict[str, dict[str, list[tuple[str, str]]]] = {}  # layer -> kind -> [(model, path)]
+    # (model, layer) -> kind -> [(model, path)]
+    layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     h = spec.analyses.health
     for (model, layer), items in group_layers(results).items():
         ws = [lr.weight for _, lr in items if lr.weight is not None]
         shared = max((layer_scale(w) for w in ws), default=0.0)
-        per_layer = layer_imgs.setdefault(layer, {})
+        per_layer = layer_imgs.setdefault((model, layer), {})
 
         def add_layer_img(kind: str, name: str, png: bytes) -> None:
             per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{slug(layer)}/{name}.png", png)))
@@ -134,8 +139,15 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
             stage_inputs = tuple(lr.key for lr in r.layers) if all(lr.key for lr in r.layers) else tuple(maps)
             images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
                 f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k), lambda maps=maps: stage_strip(maps)))
-    shared_inputs = [files.add(f"img/shared_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
-                     for k, im in enumerate(results[0].shared_shown)] if results else []
+    shared_inputs = _shared_inputs(spec, results, files, png)
+    cross_imgs = {}
+    for pair in comp.models:
+        a, b = pair.models
+        cross_imgs[f"{a}|{b}"] = files.add(f"img/cross-model/{a}_vs_{b}.png", chart(
+            "cross-model", (pair.cka, pair.layers, pair.models),
+            lambda pair=pair, a=a, b=b: similarity_heatmap(
+                pair.cka, [f"{a}: {n}" for n in pair.layers[0]], f"linear CKA, {a} (rows) vs {b} (columns)",
+                col_names=[f"{b}: {n}" for n in pair.layers[1]])))
     if comp.reference_weight is not None:
         ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
         ref_views = cache.memo("png", digest("filter-views", ref_w, None, None, tile_px), lambda: {
@@ -149,11 +161,63 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     report = report_dict(spec, results, comp, device)
-    report["findings"] = make_findings(report, spec.analyses)
+    report["findings"] = model_findings(report, spec.analyses)
     files.add("report.json", to_json(report))
-    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages).items():
+    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
+                                  cross_imgs).items():
         files.add(rel, text)
     return files, report
+
+
+def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[str, list[str]]:
+    """Model -> paths of its shared images as that model sees them (its own input size)."""
+    out: dict[str, list[str]] = {}
+    multi = len(spec.models) > 1
+    for r in results:
+        model = r.run.model.name
+        if model in out:
+            continue
+        prefix = f"img/{model}/shared_" if multi else "img/shared_"
+        out[model] = [files.add(f"{prefix}{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
+                      for k, im in enumerate(r.shared_shown)]
+    return out
+
+
+def model_findings(report: dict, analyses) -> list[dict]:
+    """Findings of a one-model report as they are; with several models, each model's findings
+    from its own runs and comparisons, said of that model and linked to its layer pages."""
+    models = list(dict.fromkeys(r["model"] for r in report["runs"]))
+    if len(models) < 2:
+        return [{**f, "model": models[0] if models else None} for f in make_findings(report, analyses)]
+    out = []
+    ref = report.get("reference")
+    for model in models:
+        runs = [r for r in report["runs"] if r["model"] == model]
+        keys = {r["key"] for r in runs}
+        sub = {**report, "runs": runs,
+               "comparisons": [c for c in report.get("comparisons", []) if c["model"] == model],
+               "reference": ref if ref and any(p["run"] in keys for p in ref["per_run"]) else None}
+        for f in make_findings(sub, analyses):
+            text = relink_layers(f["text"], model)
+            link = relink_layers(f"]({f['link']})", model)[2:-1] if f["link"] else None
+            said = text if text.startswith(f"**{model}") else f"Model **{model}**: {text}"
+            out.append({**f, "text": said, "link": link, "model": model})
+    # Ranked findings of all models together; each model's overview and next step after them.
+    tail = ("overview", "next_step")
+    out = (sorted((f for f in out if f.get("kind") not in tail),
+                  key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+           + [f for f in out if f.get("kind") == "overview"] + [f for f in out if f.get("kind") == "next_step"])
+    if not report.get("model_comparisons") and analyses.compare.enabled and analyses.activations.enabled:
+        out.append({"severity": "info", "kind": "next_step", "text": "Suggested next step: list test images "
+                    "that every model sees (the same files in each model's images) to compare the models "
+                    "with CKA.", "location": None, "locations": [], "layer": None, "link": None, "value": 0.0,
+                    "model": None})
+    return out
+
+
+def relink_layers(text: str, model: str) -> str:
+    """Point links to ``layers/<layer>.md`` at the model's own ``layers/<model>/<layer>.md``."""
+    return text.replace("](layers/", f"](layers/{model}/")
 
 
 def _base_index(spec: ReportSpec, keys: list[str]) -> int:
@@ -244,6 +308,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                 "type": lr.type,
                 "weight_shape": list(lr.weight.shape) if lr.weight is not None else None,
                 "relu_applied": lr.relu_applied,
+                "activation": lr.activation,
+                "activation_source": lr.activation_source,
                 **lr.info,
                 "filters": _rows(lr.health, FILTER_KEYS),
                 "channels": _rows(lr.stats, CHANNEL_KEYS),
@@ -276,6 +342,7 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
             "checkpoint_sha256": r.checkpoint_sha256,
             "notes": list(getattr(r, "notes", [])),
             "images": [_display_path(p, spec) for p in r.run.images],
+            "input": r.run.input.model_dump(mode="json"),
             "layers": layers,
         })
     comparisons = [{"model": model, "layer": layer, **c.to_dict()} for (model, layer), c in comp.layers.items()]
@@ -296,6 +363,7 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
         "runs": runs,
         "comparisons": comparisons,
         "reference": reference,
+        "model_comparisons": [pair.to_dict() for pair in comp.models],
     }
 
 

@@ -37,6 +37,7 @@ class Comparisons:
     reference_weight: np.ndarray | None = None
     reference_fits: list[GaborFit] | None = None
     warnings: list[str] = field(default_factory=list)
+    models: list = field(default_factory=list)  # crossmodel.ModelPair per pair of models
 
 
 def gabor_applies(w: np.ndarray | None) -> bool:

@@ -52,9 +52,11 @@ def check_spec(path: Path) -> str:
         lines.append(f"  run {run.key}: {shown}, {len(run.images)} images")
     images = {p for run in spec.runs for p in run.images}
     sizes = set()
-    for p in sorted(images):
+    # Each model reads the images through its own input spec; each (image, input) once.
+    seen = {(p, run.input) for run in spec.runs for p in run.images}
+    for p, inp in sorted(seen, key=lambda x: str(x[0])):
         try:
-            sizes.add(tuple(load_image(p, spec.input).tensor.shape))
+            sizes.add(tuple(load_image(p, inp).tensor.shape))
         except ReportgenError as exc:
             problems.append(str(exc))
     if problems:
@@ -181,11 +183,11 @@ def list_layers(path: Path) -> str:
 
 
 def _input_shape(spec, run) -> tuple[int, int, int] | None:
-    channels = 3 if spec.input.channels == "rgb" else 1
-    if spec.input.size:
-        return (channels, *spec.input.size)
+    channels = 3 if run.input.channels == "rgb" else 1
+    if run.input.size:
+        return (channels, *run.input.size)
     if run.images:
-        t = load_image(run.images[0], spec.input).tensor
+        t = load_image(run.images[0], run.input).tensor
         return tuple(t.shape)
     return None
 

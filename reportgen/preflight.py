@@ -138,10 +138,16 @@ def _check_units(spec: ReportSpec, run: Run, check: ModelCheck, say) -> None:
 
 def _input_shapes(spec: ReportSpec, run: Run, say) -> list[tuple[tuple[int, int, int], tuple, str]]:
     """The input shapes to try: (C, H, W), the key path to blame, and how to name the size."""
-    c = 3 if spec.input.channels == "rgb" else 1
-    if spec.input.size is not None:
-        h, w = spec.input.size
-        return [((c, h, w), ("input", "size"), f"input.size [{h}, {w}]")]
+    # A model with its own `input` is run at that one (models[i].input).
+    inp = run.input
+    base: tuple = ("input",)
+    if run.model.input is not None:
+        base = ("models", [m.name for m in spec.models].index(run.model.name), "input")
+    label = "input" if len(base) == 1 else f"models[{base[1]}].input"
+    c = 3 if inp.channels == "rgb" else 1
+    if inp.size is not None:
+        h, w = inp.size
+        return [((c, h, w), base + ("size",), f"{label}.size [{h}, {w}]")]
     sizes: dict[tuple[int, int], Path] = {}
     for r in spec.runs:
         if r.model.name != run.model.name:
@@ -156,7 +162,7 @@ def _input_shapes(spec: ReportSpec, run: Run, say) -> list[tuple[tuple[int, int,
     # The smallest image is the one most likely to fail; the largest is also tried when a
     # CPU pass at its size is cheap (photos of many sizes would cost one pass each).
     tried = ordered[:1] + [kv for kv in ordered[1:][-1:] if kv[0][0] * kv[0][1] <= DRY_RUN_MAX_PIXELS]
-    return [((c, h, w), ("input", "size"), f"image {_rel(p)} ({h}x{w}, input.size not set)")
+    return [((c, h, w), base + ("size",), f"image {_rel(p)} ({h}x{w}, {label}.size not set)")
             for (h, w), p in tried]
 
 
@@ -167,7 +173,7 @@ def _forward_problem(run: Run, module: nn.Module, exc: Exception, shape: tuple[i
     first = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and first.in_channels != c and first.in_channels in (1, 3):
         want = "rgb" if first.in_channels == 3 else "grey"
-        return ("input", "channels"), (
+        return kp[:-1] + ("channels",), (
             f"model '{run.model.name}' expects {first.in_channels} input channel"
             f"{'s' if first.in_channels > 1 else ''} but input.channels gives {c}; set input.channels: {want}")
     reason = _short(exc)

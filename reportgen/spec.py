@@ -40,6 +40,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Activation kinds reportgen understands, by the lower-case name the spec uses. The value
+# is the torch.nn class name; 'auto' and 'none' are the other allowed values.
+ACTIVATION_KINDS = {
+    "relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU",
+    "selu": "SELU", "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish", "mish": "Mish",
+    "sigmoid": "Sigmoid", "tanh": "Tanh",
+}
+_KIND_ALIASES = {cls.lower(): kind for kind, cls in ACTIVATION_KINDS.items()} | {"swish": "silu"}
+_RELU_ALIAS = {"auto": "auto", "yes": "relu", "no": "none"}
+
+
+def activation_kind(name: str) -> str | None:
+    """The kind ('prelu', 'silu', ...) a spec value or class name stands for, or None."""
+    key = name.lower()
+    return key if key in ACTIVATION_KINDS else _KIND_ALIASES.get(key)
+
+
 # Layer names may hold anything a ModuleDict key may ('/', ':', spaces, '<b>', accents):
 # files use names.slug of them and pages show them escaped. Only control characters
 # (which no display survives) and names too long to read are refused.
@@ -60,10 +77,16 @@ class LayerSpec(_Strict):
     name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _layer_name(v)))
-    relu: Literal["auto", "yes", "no"] = Field(
-        "auto",
-        description="Show activations after a ReLU: 'auto' applies one when the module is a ReLU "
-        "or the next module registered beside it is one; 'yes' always; 'no' never.",
+    activation: str = Field(
+        "auto", min_length=1,
+        description="Activation the statistics and maps are taken after. 'auto' finds the one applied "
+        "to the layer's output (a module such as nn.PReLU, or a functional call such as F.silu in "
+        "forward); 'none' takes the raw output; a kind (relu, relu6, leaky_relu, prelu, elu, selu, "
+        "silu, gelu, hardswish, mish, sigmoid, tanh) applies that function; a module name of the "
+        "model (e.g. 'features.1') applies that module, learned parameters included.",
+    )
+    relu: Optional[Literal["auto", "yes", "no"]] = Field(
+        None, description="Older alias of 'activation': yes = relu, no = none, auto = auto.",
     )
 
     @field_validator("relu", mode="before")
@@ -75,12 +98,70 @@ class LayerSpec(_Strict):
             return "no"
         return v
 
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _none_activation(cls, v: Any) -> Any:
+        # YAML reads `activation: none` as a string but `activation: null` / `no` otherwise.
+        if v is None or v is False:
+            return "none"
+        return v
+
+    @model_validator(mode="after")
+    def _relu_alias(self) -> "LayerSpec":
+        if self.relu is not None:
+            if "activation" in self.model_fields_set:
+                raise ValueError("give 'activation' or its older alias 'relu', not both")
+            object.__setattr__(self, "activation", _RELU_ALIAS[self.relu])
+        elif activation_kind(self.activation) is not None:
+            object.__setattr__(self, "activation", activation_kind(self.activation))
+        return self
+
 
 def _layer_list(v: Any) -> Any:
     # "conv1" is shorthand for {name: conv1}.
     if isinstance(v, list):
         return [{"name": item} if isinstance(item, str) else item for item in v]
     return v
+
+
+class InputSpec(_Strict):
+    """How an image file becomes the network's input tensor."""
+
+    size: Optional[tuple[int, int]] = Field(
+        None, description="Resize to [height, width] (or one number for a square), each 1 to 4096; "
+        "omit to keep."
+    )
+    channels: Literal["rgb", "grey"] = "rgb"
+    mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
+    std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and min(v) < 1:
+            raise ValueError("sizes must be positive")
+        if v is not None and max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"{max(v)} pixels is too large: sides are at most {MAX_INPUT_SIDE}; "
+                             "use the size the model was trained at")
+        return v
+
+    @model_validator(mode="after")
+    def _stats_match(self) -> "InputSpec":
+        n = 3 if self.channels == "rgb" else 1
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) not in (1, n):
+                raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
+        if not all(math.isfinite(x) for x in self.mean + self.std):
+            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("'std' values must be positive")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -122,6 +203,9 @@ class ModelSpec(_Strict):
     )
     layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
     images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
+    input: Optional[InputSpec] = Field(
+        None, description="Overrides the top-level input (size, channels, mean/std) for this model."
+    )
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -165,46 +249,6 @@ class ModelSpec(_Strict):
             )
         if not self.locations and "{location}" in template:
             raise ValueError("the path uses '{location}' but the model lists no 'locations'")
-        return self
-
-
-class InputSpec(_Strict):
-    """How an image file becomes the network's input tensor."""
-
-    size: Optional[tuple[int, int]] = Field(
-        None, description="Resize to [height, width] (or one number for a square), each 1 to 4096; "
-        "omit to keep."
-    )
-    channels: Literal["rgb", "grey"] = "rgb"
-    mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
-    std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
-
-    @field_validator("size", mode="before")
-    @classmethod
-    def _square(cls, v: Any) -> Any:
-        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("size")
-    @classmethod
-    def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
-        if v is not None and min(v) < 1:
-            raise ValueError("sizes must be positive")
-        if v is not None and max(v) > MAX_INPUT_SIDE:
-            raise ValueError(f"{max(v)} pixels is too large: sides are at most {MAX_INPUT_SIDE}; "
-                             "use the size the model was trained at")
-        return v
-
-    @model_validator(mode="after")
-    def _stats_match(self) -> "InputSpec":
-        n = 3 if self.channels == "rgb" else 1
-        for key in ("mean", "std"):
-            vals = getattr(self, key)
-            if len(vals) not in (1, n):
-                raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
-        if not all(math.isfinite(x) for x in self.mean + self.std):
-            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("'std' values must be positive")
         return self
 
 
@@ -260,6 +304,10 @@ class CompareOptions(_Strict):
     similar: float = Field(
         0.5, ge=0, le=1, description="Findings call two locations' layers similar at or above this "
         "matched similarity."
+    )
+    model_locations: dict[str, str] = Field(
+        default_factory=dict, description="Reports with several models: per model name, the location "
+        "its layers are compared with the other models' on the cross-model page (default: its first)."
     )
 
 
@@ -370,6 +418,7 @@ class Run:
     torchscript: Optional[Path]
     images: tuple[Path, ...]
     layers: tuple[LayerSpec, ...]
+    input: InputSpec = InputSpec()  # the model's own input, else the top-level one
     onnx: Optional[Path] = None
 
 
@@ -438,6 +487,7 @@ def spec_from_source(src: Located, path: Path, collect: list[str] | None = None)
         hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
         problems.append(f"{src.where(('analyses', 'compare', 'base'))}: analyses.compare.base: "
                         f"no location '{compare_base}'; {hint}")
+    problems += _check_model_locations(schema, src, runs)
     if problems and collect is not None:  # the caller goes on checking what it can
         collect.extend(dict.fromkeys(problems))
     elif problems:
@@ -445,6 +495,25 @@ def spec_from_source(src: Located, path: Path, collect: list[str] | None = None)
         raise SpecError(list(dict.fromkeys(problems)))
     return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src,
                       reference_run=reference)
+
+
+def _check_model_locations(schema: ReportSchema, src: Located, runs: list[Run]) -> list[str]:
+    """analyses.compare.model_locations names a model and one of its locations."""
+    problems = []
+    models = [m.name for m in schema.models]
+    for name, location in schema.analyses.compare.model_locations.items():
+        kp: KeyPath = ("analyses", "compare", "model_locations", name)
+        where = f"{src.where(kp)}: {format_key_path(kp)}"
+        if name not in models:
+            close = difflib.get_close_matches(name, models, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"models are: {', '.join(models)}"
+            problems.append(f"{where}: no model '{name}'; {hint}")
+            continue
+        locations = [r.location for r in runs if r.model.name == name]
+        if location not in locations:
+            problems.append(f"{where}: model '{name}' has no location '{location}'; "
+                            f"use one of: {', '.join(locations)}")
+    return problems
 
 
 def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: list[str],
@@ -466,6 +535,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
         model=ref, location=ref.name, key=ref.name,
         checkpoint=base / ref.checkpoint if ref.checkpoint else None,
         torchscript=base / ref.torchscript if ref.torchscript else None,
+        images=(), layers=(LayerSpec(name=ref.layer),), input=ref.input or schema.input,
         images=(), layers=(LayerSpec(name=ref.layer),),
         onnx=base / ref.onnx if ref.onnx else None,
     )
@@ -522,6 +592,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     torchscript=ts,
                     images=tuple(images),
                     layers=tuple(model.layers or schema.layers),
+                    input=model.input or schema.input,
                     onnx=onnx,
                 )
             )

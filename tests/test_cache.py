@@ -341,3 +341,27 @@ def test_forged_entries_are_refused(tree):
 
     with pytest.raises(cache_mod.CorruptEntry):
         cache_mod.decode(_forged(tree, b"\x00" * 8))
+
+
+def test_result_types_of_a_build_round_trip():
+    """Every registered result type, with the kinds of values a build puts in them."""
+    from dataclasses import fields
+
+    from reportgen.analysis.gabor import gabor_scores
+    from reportgen.build import LayerResult
+    from reportgen.units import UnitViews
+
+    rng = np.random.default_rng(0)
+    arr = {"f32": rng.normal(size=(2, 3)).astype(np.float32), "b": np.array([True, False])}
+    views = UnitViews(**{f.name: arr["f32"] for f in fields(UnitViews)})
+    views.layer, views.rf_size, views.decode_note, views.deconv = "conv2", (5, 5), None, None
+    layer = LayerResult("conv1", "Conv2d", {"kernel_size": [3, 3], "pooled_scale": {"median_norm": 0.5}},
+                        arr["f32"], True, stats={"mean": arr["f32"][0]}, maps=[arr["f32"]], health=dict(arr),
+                        key="k" * 64)
+    fits = gabor_scores(rng.normal(size=(2, 1, 7, 7)))
+    back_views, back_layer, back_fits = cache_mod.decode(cache_mod.encode((views, layer, fits)))
+    assert back_views.rf_size == (5, 5) and back_views.deconv is None
+    np.testing.assert_array_equal(back_views.plain, views.plain)
+    assert back_layer.info == layer.info and back_layer.health["b"].dtype == bool
+    np.testing.assert_array_equal([f.score for f in back_fits], [f.score for f in fits])  # NaN == NaN here
+    np.testing.assert_array_equal(back_fits[0].fitted, fits[0].fitted)

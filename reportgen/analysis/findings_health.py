@@ -155,7 +155,7 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
         # max <= 0 means "never fires" only for rectified outputs; raw logits may well stay negative.
         # A share as high as the other locations' is the layer's pattern, reported once.
         na_ref = ctx.median_of(run, lay, _na_share)
-        if (lay["relu_applied"] and s["channels"] and not collapsed
+        if (activated(lay) and s["channels"] and not collapsed
                 and s["never_active"] / s["channels"] >= health.never_active_share_warn
                 and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
             share = s["never_active"] / s["channels"]
@@ -200,7 +200,7 @@ def _headline(diagnosis: str, layer: str, cause: str | None, n: int, noun: str =
 
 def _na_share(lay: dict) -> float | None:
     s = lay["summary"]
-    return s["never_active"] / s["channels"] if lay["relu_applied"] and s["channels"] else None
+    return s["never_active"] / s["channels"] if activated(lay) and s["channels"] else None
 
 
 def _never_active_everywhere(ctx: _Context, health) -> dict | None:
@@ -314,7 +314,7 @@ def _saturated(ctx: _Context, health) -> dict | None:
     parts, share, first = [], 0.0, None
     for name, items in ctx.by_layer().items():
         hits = [(r["key"], lay["summary"]["saturated"], lay["summary"]["channels"]) for r, lay in items
-                if lay["relu_applied"] and lay["summary"]["saturated"]]
+                if activated(lay) and lay["summary"]["saturated"]]
         if not hits:
             continue
         first = first or name
@@ -328,3 +328,9 @@ def _saturated(ctx: _Context, health) -> dict | None:
     return finding("info", f"Saturated channels (positive at ≥ {health.saturated_fraction:.0%} of positions, so they "
                    f"barely select): {'; '.join(parts)}. [See the statistics on each location's page]({link}).",
                    None, first, link, share, kind="pattern", pattern="saturated")
+
+
+def activated(lay: dict) -> bool:
+    """Whether the layer's statistics come after an activation (``report.json``'s ``activation``;
+    reports without that key: ``relu_applied``). "Never active" means nothing on a raw output."""
+    return lay.get("activation", "relu" if lay["relu_applied"] else "none") != "none"
