@@ -536,7 +536,6 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
         checkpoint=base / ref.checkpoint if ref.checkpoint else None,
         torchscript=base / ref.torchscript if ref.torchscript else None,
         images=(), layers=(LayerSpec(name=ref.layer),), input=ref.input or schema.input,
-        images=(), layers=(LayerSpec(name=ref.layer),),
         onnx=base / ref.onnx if ref.onnx else None,
     )
 
