@@ -135,6 +135,14 @@ class InputSpec(_Strict):
     mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
     std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _grey_defaults(cls, data: Any) -> Any:
+        # The defaults are written for RGB; a grey model takes one value each.
+        if isinstance(data, dict) and data.get("channels") == "grey":
+            data = {"mean": [0.0], "std": [1.0], **data}
+        return data
+
     @field_validator("size", mode="before")
     @classmethod
     def _square(cls, v: Any) -> Any:

@@ -15,7 +15,7 @@ this module runs them for a build.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
     n_units = min(preact.shape[1], opts.max_units)
     preact = preact[:, :n_units]
     acts = np.maximum(preact, 0.0) if relu else preact
-    grey_x = _normalise(to_grey(pixels), mean, std).to(device)
+    grey_x = _normalise(to_grey(pixels), mean, std, channels=x.shape[1]).to(device)
     acts_grey = _acts(model, layer, grey_x, relu)[:, :n_units]
 
     tops = top_patches_nms(pixels, acts, rf.size, rf.jump, rf.start, top_n=opts.top_n)
@@ -105,12 +105,18 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
     size = (opts.size, opts.size) if opts.size else tuple(default_size(rf, objective=opts.objective))
     channels = list(range(n_units))
     plain = fourier = None
+    # The optimisers work on RGB images; a one-channel model sees their channel mean.
+    target, target_layer = (model, layer) if shape[0] == 3 else (_GreyInput(model), f"net.{layer}")
+    rgb_mean, rgb_std = _rgb(mean), _rgb(std)
     if opts.maximise in ("plain", "both"):
-        plain = plain_ascent(model, layer, channels, size, steps=opts.steps, objective=opts.objective,
-                             mean=mean, std=std, seed=opts.seed, device=device)
+        plain = plain_ascent(target, target_layer, channels, size, steps=opts.steps, objective=opts.objective,
+                             mean=rgb_mean, std=rgb_std, seed=opts.seed, device=device)
     if opts.maximise in ("fourier", "both"):
-        fourier = fourier_ascent(model, layer, channels, size, steps=opts.fourier_steps, objective=opts.objective,
-                                 mean=mean, std=std, seed=opts.seed, device=device, lr=opts.fourier_lr)
+        fourier = fourier_ascent(target, target_layer, channels, size, steps=opts.fourier_steps,
+                                 objective=opts.objective, mean=rgb_mean, std=rgb_std, seed=opts.seed,
+                                 device=device, lr=opts.fourier_lr)
+    if shape[0] != 3:  # show what the model saw
+        plain, fourier = _grey_result(plain), _grey_result(fourier)
 
     decoded, note, fidelity = None, None, None
     try:
@@ -141,6 +147,31 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
     )
 
 
+class _GreyInput(nn.Module):
+    """A one-channel model behind an RGB input: it sees the mean of the three channels."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.mean(dim=1, keepdim=True))
+
+
+def _rgb(values) -> tuple[float, ...]:
+    """One mean/std value stands for all three channels."""
+    values = tuple(float(v) for v in values)
+    return values * 3 if len(values) == 1 else values
+
+
+def _grey_result(res):
+    """A maximisation result with its (U, 3, H, W) images replaced by their channel mean, repeated."""
+    if res is None:
+        return None
+    grey = res.images.mean(dim=1, keepdim=True).expand_as(res.images).contiguous()
+    return replace(res, images=grey)
+
+
 def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarray:
     with inference(model), LayerRecorder(model, [layer]) as rec:
         a = rec.run(x)[layer].float()
@@ -149,11 +180,13 @@ def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarr
     return a.cpu().numpy().astype(np.float64)
 
 
-def _normalise(pixels01: np.ndarray, mean, std) -> torch.Tensor:
+def _normalise(pixels01: np.ndarray, mean, std, channels: int) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [0, 1] -> the model's (N, channels, H, W) input; one mean/std value
+    applies to every channel."""
     m = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float64).reshape(1, -1, 1, 1)
-    if pixels01.shape[1] != m.shape[1]:  # grey models take one channel
-        pixels01 = pixels01[:, :1]
+    if pixels01.shape[1] != channels:  # grey models take one channel (to_grey made them equal)
+        pixels01 = pixels01[:, :channels]
     return torch.from_numpy(((pixels01 - m) / s).astype(np.float32))
 
 

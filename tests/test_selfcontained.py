@@ -56,12 +56,10 @@ analyses:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.xfail(raises=ValueError, reason="unit views of a greyscale model fail in optim/maximise.py "
-                   "(_colour wants three mean/std values); the edges example is built without units in test_build")
 def test_edges_with_units_is_a_site_of_its_own(tmp_path, one_thread):
     text = (ROOT / "specs/edges.yaml").read_text().replace("../examples", str(ROOT / "examples"))
     text = text.replace("input:\n", "input:\n  size: 64\n")  # unit views need one image size
-    text += "analyses:\n  units: {layers: [strided], maximise: plain, steps: 2, top_n: 2, max_units: 2, fourier_steps: 2}\n"
+    text += "analyses:\n  units: {layers: [strided], maximise: both, steps: 2, top_n: 2, max_units: 2, fourier_steps: 2}\n"
     spec = write_spec(tmp_path, text)
     docs = tmp_path / "docs"
     build(spec, docs, device="cpu")
