@@ -1,3 +1,3 @@
 """reportgen: turn trained CNNs into a browsable MkDocs report."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -326,7 +326,7 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
             continue
         acts[ls.name] = act
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
-                                  relu_applied=act.kind in ("relu", "relu6"), activation=act.kind,
+                                  relu_applied=act.kind in ("relu", "relu6") and not act.through, activation=act.kind,
                                   activation_source=act.source, chain=chains[ls.name][0],
                                   chain_note=chains[ls.name][1]))
     if problems:

@@ -134,6 +134,7 @@ class Activation:
     source: str
     module: str | None = None
     params: dict = field(default_factory=dict)
+    through: tuple[str, ...] = ()  # modules between the layer and the activation (a BatchNorm), applied first
 
     @property
     def applied(self) -> bool:
@@ -173,6 +174,8 @@ def apply_activation(act: Activation, modules: dict[str, nn.Module], x: torch.Te
     """``x`` (a layer's captured output, any shape with channels on dim 1) after ``act``."""
     if not act.applied:
         return x
+    for name in act.through:
+        x = modules[name](x)
     if act.module is not None:
         return modules[act.module](x.clone())  # clone: the module may work in place
     return _FUNCTIONS[act.kind](x, **act.params)
@@ -184,7 +187,8 @@ def find_activations(model: nn.Module, layers: list[str]) -> dict[str, Activatio
     A layer that is itself an activation module describes its own output. Otherwise the
     forward is traced with torch.fx (the listed layers kept as leaves) and the single
     consumer of the layer's output is read: an activation module or a functional call such
-    as ``F.silu(x)``. Where tracing fails (data-dependent control flow, TorchScript) or
+    as ``F.silu(x)``, or a BatchNorm whose single consumer is one (conv -> BN -> ReLU: the
+    statistics are then of the normalised, activated output). Where tracing fails (data-dependent control flow, TorchScript) or
     does not reach the layer, the next module registered beside it is used instead.
     """
     modules = dict(model.named_modules())
@@ -225,6 +229,10 @@ def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activatio
             continue
         users = list(node.users)
         act = _as_activation(users[0], modules) if len(users) == 1 else None
+        if act is None and len(users) == 1 and _is_batchnorm(users[0], modules):
+            after = list(users[0].users)
+            act = _as_activation(after[0], modules) if len(after) == 1 else None
+            act = _behind(act, users[0].target) if act else None
         found[node.target] = act or NO_ACTIVATION
     return found
 
@@ -254,17 +262,35 @@ def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
     return Activation(kind, f"{label} in forward", params=params)
 
 
+def _is_batchnorm(node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm)
+
+
+def _behind(act: Activation, norm: str) -> Activation:
+    """``act`` applied after the BatchNorm ``norm``."""
+    return Activation(act.kind, f"module '{norm}' then {act.source}", module=act.module, params=act.params,
+                      through=(norm,))
+
+
 def _next_registered(modules: dict[str, nn.Module], name: str) -> Activation:
-    """The module registered right after ``name`` beside it, when that is an activation."""
+    """The module registered right after ``name`` beside it (or right after a BatchNorm that
+    follows it), when that is an activation."""
     parent_name, _, child = name.rpartition(".")
     siblings = list(modules[parent_name].named_children())
     names = [n for n, _ in siblings]
     i = names.index(child)
+
+    def full(j: int) -> str:
+        return f"{parent_name}.{siblings[j][0]}" if parent_name else siblings[j][0]
+
+    norm = None
+    if i + 2 < len(siblings) and isinstance(siblings[i + 1][1], nn.modules.batchnorm._BatchNorm):
+        norm, i = full(i + 1), i + 1
     if i + 1 < len(siblings):
         kind = module_kind(siblings[i + 1][1])
         if kind is not None:
-            full = f"{parent_name}.{siblings[i + 1][0]}" if parent_name else siblings[i + 1][0]
-            return Activation(kind, f"module '{full}' (registration order)", module=full)
+            act = Activation(kind, f"module '{full(i + 1)}' (registration order)", module=full(i + 1))
+            return _behind(act, norm) if norm else act
     return NO_ACTIVATION
 
 
@@ -281,7 +307,8 @@ def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activat
     kind = activation_kind(wanted)
     if kind is not None and wanted not in modules:
         if found.kind == kind:
-            return Activation(kind, found.source + ", as the spec says", module=found.module, params=found.params)
+            return Activation(kind, found.source + ", as the spec says", module=found.module, params=found.params,
+                              through=found.through)
         if found.source == "the layer itself" and module_kind(modules[layer]) == kind:
             return found
         if kind == "prelu":

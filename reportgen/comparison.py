@@ -56,10 +56,10 @@ def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
             skip = lr.health["dead"] | lr.health["nonfinite"]
 
             def extras(lr=lr, skip=skip) -> dict:
-                dup, opp = near_duplicates(lr.weight, h.duplicate_cosine, skip)
+                dup, opp = near_duplicates(lr.weight, h.duplicate_cosine, skip, groups=int(lr.info.get("groups", 1)))
                 return {"duplicate_of": dup, "opposite_of": opp, "norm_over_init": norm_over_init(lr.weight)}
 
-            lr.health.update(cache.memo("health", digest("health-extras-2", lr.weight, skip, h.duplicate_cosine),
+            lr.health.update(cache.memo("health", digest("health-extras-3", lr.weight, skip, h.duplicate_cosine, lr.info.get("groups", 1)),
                                         extras))
             lr.info["init_check"] = cache.memo("health", digest("init-check-1", lr.weight),
                                                lambda lr=lr: check_layer(lr.weight))

@@ -200,3 +200,51 @@ def test_rectifier_like_definitions():
         assert got["saturated"][0]
     # a negative PReLU slope makes negative inputs positive outputs: "active" is about the output
     assert _stats("prelu", F.prelu(z, torch.tensor([0.25, -0.5, 0.1], dtype=z.dtype)).numpy())["active_fraction"][1] == 1
+
+
+class BranchyBN(nn.Module):
+    """conv -> BN -> ReLU6 with control flow that torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        return x if x.sum() > 0 else -x
+
+
+def _bn_with_stats(bn: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 9.0]))
+        bn.weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+        bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3, 1.0]))
+
+
+@pytest.mark.parametrize("model", [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), BranchyBN()])
+def test_activation_behind_a_batchnorm_is_applied_after_it(model):
+    names = ("0", "1", "2") if isinstance(model, nn.Sequential) else ("conv", "bn", "act")
+    modules = dict(model.named_modules())
+    _bn_with_stats(modules[names[1]])
+    model.eval()
+    act = find_activations(model, [names[0]])[names[0]]
+    assert act.through == (names[1],) and act.applied and act.kind in ("relu", "relu6")
+    assert f"'{names[1]}'" in act.source
+    x = torch.randn(2, 4, 5, 5)
+    # By hand: eval-mode batch norm with the running statistics, then the activation.
+    mean = torch.tensor([0.5, -1.0, 0.0, 2.0])[None, :, None, None]
+    var = torch.tensor([4.0, 0.25, 1.0, 9.0])[None, :, None, None]
+    gamma = torch.tensor([1.0, -2.0, 0.5, 3.0])[None, :, None, None]
+    beta = torch.tensor([0.1, 0.0, -0.3, 1.0])[None, :, None, None]
+    normed = (x - mean) / torch.sqrt(var + 1e-5) * gamma + beta
+    expect = normed.clamp(0, 6) if act.kind == "relu6" else normed.clamp_min(0)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_activation(act, modules, x), expect)
+
+
+def test_batchnorm_feeding_something_else_applies_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.ReLU())
+    assert find_activations(model, ["0"])["0"] == NO_ACTIVATION

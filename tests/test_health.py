@@ -157,3 +157,20 @@ def test_norm_over_init_is_one_at_default_init_and_grows_with_training():
     grown = w.copy()
     grown[:10] *= 3
     assert (norm_over_init(grown)[:10] > 2.5).all()
+
+
+def test_grouped_filters_are_compared_within_their_group_only():
+    from reportgen.analysis.filters import near_duplicates
+
+    rng = np.random.default_rng(3)
+    k = rng.standard_normal((3, 3))
+    # Depthwise: four filters of one input channel each, all the same 3x3 pattern.
+    depthwise = np.stack([k, 2 * k, -k, k])[:, None]
+    dup, opp = near_duplicates(depthwise, 0.95, groups=4)
+    assert (dup == -1).all() and (opp == -1).all()
+    # The same weights as an ordinary layer are copies of one detector.
+    dup, opp = near_duplicates(depthwise, 0.95)
+    assert list(dup) == [-1, 0, -1, 0] and list(opp) == [-1, -1, 0, -1]
+    # Two groups of two filters: the pair inside the second group is found, across groups not.
+    dup, _ = near_duplicates(np.stack([k, rng.standard_normal((3, 3)), k, k])[:, None], 0.95, groups=2)
+    assert list(dup) == [-1, -1, -1, 2]

@@ -75,8 +75,8 @@ def filter_health(w: np.ndarray, scale: LayerScale, dead_norm_ratio: float,
     }
 
 
-def near_duplicates(w: np.ndarray, threshold: float,
-                    skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicates(w: np.ndarray, threshold: float, skip: np.ndarray | None = None,
+                    groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Near-duplicate and sign-flipped (on/off) filters of one layer.
 
     w: (N, ...) weights. A filter *duplicates* an earlier one when their signed cosine
@@ -85,6 +85,9 @@ def near_duplicates(w: np.ndarray, threshold: float,
     sign, which after a ReLU responds to the opposite contrast (a dark-to-light and a
     light-to-dark edge), so it is a second feature, not redundancy.
     ``skip``: (N,) bool, filters left out (dead or non-finite: their direction is noise).
+    ``groups``: the convolution's groups. Filters of different groups read different input
+    channels, so alike weights there are not copies of one detector: only filters of one
+    group are compared (a depthwise layer has no pairs at all).
     Returns (duplicate_of, opposite_of): (N,) int each, the earlier filter's index or -1.
     A filter is listed in at most one of the two (the closer relation wins).
     """
@@ -101,6 +104,9 @@ def near_duplicates(w: np.ndarray, threshold: float,
     if len(idx) < 2:
         return dup, opp
     cos = cosine_matrix(rows[idx], rows[idx], absolute=False)
+    if groups > 1 and n % groups == 0:
+        group = idx // (n // groups)
+        cos = np.where(group[:, None] == group[None, :], cos, 0.0)
     for j in range(1, len(idx)):
         earlier = cos[j, :j]
         k = int(np.argmax(np.abs(earlier)))
