@@ -7,6 +7,7 @@ with page-relative paths so the site works under any sub-path.
 from __future__ import annotations
 
 import html
+import posixpath
 import re
 from functools import lru_cache
 
@@ -21,6 +22,20 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]{}#|!~])")
 def md_escape(text: object) -> str:
     """Text shown literally in Markdown: HTML and Markdown syntax are neutralised."""
     return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def md_code(text: object) -> str:
+    """Text as an inline code span (file names, paths): shown exactly as written.
+
+    Nothing inside a code span is Markdown or HTML (Markdown escapes ``<`` and ``&``
+    itself), so no backslashes are needed and none show; the fence is longer than any
+    run of backticks in the text, and line breaks become spaces, so the span cannot end
+    early or spill into the page.
+    """
+    s = re.sub(r"[\r\n]+", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", s)), default=0) + 1)
+    pad = " " if s[:1] in ("`", " ") or s[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def html_escape_only(text: object) -> str:
@@ -112,20 +127,53 @@ def _env() -> Environment:
         keep_trailing_newline=True,
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
-    env.filters.update(md=md_escape, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct, shape=_shape,
+    env.filters.update(md=md_escape, code=md_code, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct, shape=_shape,
                        anchor=anchor, offdiag_median=_offdiag_median, relink=relink)
     return env
 
 
+# ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
+_LAZY_IMAGE = re.compile(r"(!\[[^\]\n]*\]\(([^)\s]+)\))\{ loading=lazy(?=[ }])(?![^}\n]*\bwidth=)")
+
+
+def size_images(text: str, page: str, widths: dict[str, int]) -> str:
+    """Give every picture of a page the CSS width it is drawn for: ``width=N`` (an
+    attribute list, so no raw HTML) for each image whose report-relative path is in
+    ``widths``. Pictures are drawn at DENSITY x that width; the lightbox opens the file.
+
+    page: the page's path in the report (``layers/conv1.md``); widths: image path in
+    the report -> CSS px (see render.colour.display_width).
+    """
+    base = posixpath.dirname(page)
+
+    def add(m: re.Match) -> str:
+        width = widths.get(posixpath.normpath(posixpath.join(base, m.group(2))))
+        return f"{m.group(1)}{{ loading=lazy width={int(width)}" if width else m.group(0)
+
+    return _LAZY_IMAGE.sub(add, text)
+
+
+@lru_cache(maxsize=1)
+def page_style() -> str:
+    """The report's CSS as a <style> block for the end of each page (see report.css)."""
+    from importlib.resources import files
+
+    css = files("reportgen.pages").joinpath("report.css").read_text(encoding="utf-8")
+    lines = [ln.strip() for ln in css.splitlines() if ln.strip()]  # a blank line would end the HTML block
+    return "\n\n<style>\n" + "\n".join(lines) + "\n</style>\n"
+
+
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
                  layer_imgs: dict[str, dict[str, list[tuple[str, str]]]],
-                 shared_inputs: list[str], unit_pages: dict | None = None) -> dict[str, str]:
+                 shared_inputs: list[str], unit_pages: dict | None = None,
+                 widths: dict[str, int] | None = None) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
     images: (run key, layer) -> {view name: path relative to the report directory};
     ("reference", "__ref__") holds the reference's views and (run, "__stages__") the
     stage strips. layer_imgs: layer -> kind -> [(model, path)] for charts and
-    comparisons. shared_inputs: the shared images shown on the stages page.
+    comparisons. shared_inputs: the shared images shown on the stages page. widths:
+    image path -> the CSS width it is drawn for (see ``size_images``).
     """
     env = _env()
     runs = report["runs"]
@@ -162,4 +210,4 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
             run=run, lay=lay, pics=pics, **ctx)
     if ctx["has_stages"]:
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
-    return pages
+    return {path: size_images(text, path, widths or {}) + page_style() for path, text in pages.items()}
