@@ -79,8 +79,9 @@ NORMALISERS = {"per_filter": per_filter, "per_layer": per_layer}
 
 def upscale_for(size: int, css_px: int, density: int = DENSITY) -> int:
     """Smallest whole-pixel (nearest-neighbour) factor that shows ``size`` image pixels
-    at least ``css_px`` CSS px wide on a picture drawn at ``density`` px per CSS px."""
-    return max(1, math.ceil(css_px * density / max(size, 1)))
+    at least ``css_px`` CSS px wide on a picture drawn at ``density`` px per CSS px, and
+    each pixel at least one CSS px (a large map is never shown below its resolution)."""
+    return max(density, math.ceil(css_px * density / max(size, 1)))
 
 
 def fit_columns(n: int, cell_w: int, max_width: int, ncols: int | None = None) -> int:
