@@ -11,6 +11,7 @@ $(BIN)/reportgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "onnx2torch>=1.5"  # without torchvision (ONNX tests)
 	touch $@
 
 setup: $(BIN)/reportgen

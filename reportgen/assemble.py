@@ -2,10 +2,15 @@
 
 Paths inside a report (all relative to docs/<report>/):
   img/{run}/{layer}/{view}.png      filter views and activations of one run
+                                    ({layer}: names.slug of the module name)
   img/{run}/input_{k}.png           the images shown
   img/{run}/stages_{k}.png          shared image k through every layer
   img/{model}/{layer}/*.png         charts and comparisons of a layer across runs
+  img/shared_{k}.png                a shared image (img/{model}/shared_{k}.png with several models)
+  img/cross-model/{a}_vs_{b}.png    layer-by-layer CKA of two models (several models)
   img/reference/*.png               the reference model's filters
+Pages: layers/{layer}.md per layer, or layers/{model}/{layer}.md when the report has several
+models (pages.layer_page); models.md compares the models.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.analysis.findings import Z_ABOVE_CHANCE
+from reportgen.analysis.findings import SEVERITY_ORDER, Z_ABOVE_CHANCE
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
 from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
+from reportgen.names import slug
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import display_width, encode_png
@@ -31,8 +37,8 @@ from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
 
-FILTER_KEYS = ["l2_norm", "max_abs", "near_zero_fraction", "dead", "nonfinite", "duplicate_of",
-               "norm_outlier", "gabor_score"]
+FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
+               "duplicate_of", "opposite_of", "gabor_score"]
 CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
 
 
@@ -62,15 +68,16 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
 
     files = ReportFiles()
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
-    layer_imgs: dict[str, dict[str, list[tuple[str, str]]]] = {}  # layer -> kind -> [(model, path)]
+    # (model, layer) -> kind -> [(model, path)]
+    layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     h = spec.analyses.health
     for (model, layer), items in group_layers(results).items():
         ws = [lr.weight for _, lr in items if lr.weight is not None]
         shared = max((layer_scale(w) for w in ws), default=0.0)
-        per_layer = layer_imgs.setdefault(layer, {})
+        per_layer = layer_imgs.setdefault((model, layer), {})
 
         def add_layer_img(kind: str, name: str, png: bytes) -> None:
-            per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{layer}/{name}.png", png)))
+            per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{slug(layer)}/{name}.png", png)))
 
         for r, lr in items:
             paths = images.setdefault((r.run.key, layer), {})
@@ -80,17 +87,17 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                                    lambda: {v: encode_png(img) for v, img in filter_views(
                                        lr.weight, marks, shared, spec.analyses.filters.tile_px).items()})
                 for view, data in views.items():
-                    paths[view] = files.add(f"img/{r.run.key}/{layer}/{view}.png", data)
+                    paths[view] = files.add(f"img/{r.run.key}/{slug(layer)}/{view}.png", data)
             fits = comp.gabor.get((r.run.key, layer))
             if fits:
-                paths["gabor"] = files.add(f"img/{r.run.key}/{layer}/gabor.png", png(
+                paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
                     "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
                     lambda: gabor_triplets(lr.weight, fits)))
             for k, maps in enumerate(lr.maps):
                 # The layer's key already digests everything the maps come from.
                 act_key = digest("activations", lr.key, k) if lr.key else digest("activations", maps)
                 data, order = cache.memo("png", act_key, lambda maps=maps: _act_png(maps))
-                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{layer}/activations_{k}.png", data)
+                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
         if ws:
             norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
@@ -132,8 +139,15 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
             stage_inputs = tuple(lr.key for lr in r.layers) if all(lr.key for lr in r.layers) else tuple(maps)
             images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
                 f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k), lambda maps=maps: stage_strip(maps)))
-    shared_inputs = [files.add(f"img/shared_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
-                     for k, im in enumerate(results[0].shared_shown)] if results else []
+    shared_inputs = _shared_inputs(spec, results, files, png)
+    cross_imgs = {}
+    for pair in comp.models:
+        a, b = pair.models
+        cross_imgs[f"{a}|{b}"] = files.add(f"img/cross-model/{a}_vs_{b}.png", chart(
+            "cross-model", (pair.cka, pair.layers, pair.models),
+            lambda pair=pair, a=a, b=b: similarity_heatmap(
+                pair.cka, [f"{a}: {n}" for n in pair.layers[0]], f"linear CKA, {a} (rows) vs {b} (columns)",
+                col_names=[f"{b}: {n}" for n in pair.layers[1]])))
     if comp.reference_weight is not None:
         ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
         ref_views = cache.memo("png", digest("filter-views", ref_w, None, None, tile_px), lambda: {
@@ -147,12 +161,64 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     report = report_dict(spec, results, comp, device)
-    report["findings"] = make_findings(report, spec.analyses)
+    report["findings"] = model_findings(report, spec.analyses)
     files.add("report.json", to_json(report))
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
-    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages, widths).items():
+    for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
+                                  cross_imgs, widths).items():
         files.add(rel, text)
     return files, report
+
+
+def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[str, list[str]]:
+    """Model -> paths of its shared images as that model sees them (its own input size)."""
+    out: dict[str, list[str]] = {}
+    multi = len(spec.models) > 1
+    for r in results:
+        model = r.run.model.name
+        if model in out:
+            continue
+        prefix = f"img/{model}/shared_" if multi else "img/shared_"
+        out[model] = [files.add(f"{prefix}{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
+                      for k, im in enumerate(r.shared_shown)]
+    return out
+
+
+def model_findings(report: dict, analyses) -> list[dict]:
+    """Findings of a one-model report as they are; with several models, each model's findings
+    from its own runs and comparisons, said of that model and linked to its layer pages."""
+    models = list(dict.fromkeys(r["model"] for r in report["runs"]))
+    if len(models) < 2:
+        return [{**f, "model": models[0] if models else None} for f in make_findings(report, analyses)]
+    out = []
+    ref = report.get("reference")
+    for model in models:
+        runs = [r for r in report["runs"] if r["model"] == model]
+        keys = {r["key"] for r in runs}
+        sub = {**report, "runs": runs,
+               "comparisons": [c for c in report.get("comparisons", []) if c["model"] == model],
+               "reference": ref if ref and any(p["run"] in keys for p in ref["per_run"]) else None}
+        for f in make_findings(sub, analyses):
+            text = relink_layers(f["text"], model)
+            link = relink_layers(f"]({f['link']})", model)[2:-1] if f["link"] else None
+            said = text if text.startswith(f"**{model}") else f"Model **{model}**: {text}"
+            out.append({**f, "text": said, "link": link, "model": model})
+    # Ranked findings of all models together; each model's overview and next step after them.
+    tail = ("overview", "next_step")
+    out = (sorted((f for f in out if f.get("kind") not in tail),
+                  key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+           + [f for f in out if f.get("kind") == "overview"] + [f for f in out if f.get("kind") == "next_step"])
+    if not report.get("model_comparisons") and analyses.compare.enabled and analyses.activations.enabled:
+        out.append({"severity": "info", "kind": "next_step", "text": "Suggested next step: list test images "
+                    "that every model sees (the same files in each model's images) to compare the models "
+                    "with CKA.", "location": None, "locations": [], "layer": None, "link": None, "value": 0.0,
+                    "model": None})
+    return out
+
+
+def relink_layers(text: str, model: str) -> str:
+    """Point links to ``layers/<layer>.md`` at the model's own ``layers/<model>/<layer>.md``."""
+    return text.replace("](layers/", f"](layers/{model}/")
 
 
 def _base_index(spec: ReportSpec, keys: list[str]) -> int:
@@ -170,7 +236,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
             key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
-                         u.stuck, lr.weight)
+                         u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:
                 w_tiles = None
@@ -183,7 +249,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
                 return {"grids": grids, "cards": cards, "legend": card_legend(u, w_tiles is not None)}
 
             pics = cache.memo("png", key, draw)
-            base = f"img/{r.run.key}/{layer}/units"
+            base = f"img/{r.run.key}/{slug(layer)}/units"
             pages[(r.run.key, layer)] = {
                 "grids": {name: files.add(f"{base}/{name}.png", data) for name, data in pics["grids"].items()},
                 "cards": [files.add(f"{base}/unit_{i}.png", data) for i, data in enumerate(pics["cards"])],
@@ -198,13 +264,31 @@ def _units_json(u) -> dict:
     def val(a, i):
         return None if a is None else _py("", a[i])
 
+    def field(name):  # fields missing from views cached before they existed
+        return getattr(u, name, None)
+
+    inactive, fidelity = field("inactive"), field("fidelity")
     return {
         "receptive_field": list(u.rf_size), "jump": list(u.rf_jump), "image_size": list(u.image_size),
-        "decoded": u.decoded is not None, "decode_note": u.decode_note,
-        "units": [{"index": i, "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
-                   "fourier_loss": val(u.fourier_loss, i), "colour_selectivity": _py("", u.colour_index[i]),
-                   "top_values": [_py("", v) for v in u.patch_values[i]],
-                   "top_images": [int(j) for j in u.patch_images[i]]} for i in range(n)],
+        "decoded": u.decoded is not None, "decode_note": u.decode_note, "pooling": field("pooling"),
+        "top_n": int(u.patches.shape[1]),
+        "inactive_count": None if inactive is None else int(np.sum(inactive)),
+        "median_fidelity": None if fidelity is None or not np.isfinite(fidelity).any()
+        else float(np.nanmedian(fidelity)),
+        "units": [{"index": i, "inactive": val(inactive, i), "max_activation": val(field("max_activation"), i),
+                   "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
+                   "plain_outside": val(field("plain_outside"), i),
+                   "plain_clipped_loss": val(field("plain_clipped"), i),
+                   "fourier_loss": val(u.fourier_loss, i),
+                   "fourier_outside": val(field("fourier_outside"), i),
+                   "fourier_clipped_loss": val(field("fourier_clipped"), i),
+                   "fidelity": val(fidelity, i),
+                   "colour_selectivity": _py("", u.colour_index[i]),
+                   "top_values": [_py("", v) for v in u.patch_values[i] if np.isfinite(v)],
+                   "top_images": [int(j) for j in u.patch_images[i] if j >= 0],
+                   "top_positions": [] if field("patch_positions") is None
+                   else [[int(p) for p in pos] for pos in u.patch_positions[i] if pos[0] >= 0]}
+                  for i in range(n)],
     }
 
 
@@ -225,6 +309,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                 "type": lr.type,
                 "weight_shape": list(lr.weight.shape) if lr.weight is not None else None,
                 "relu_applied": lr.relu_applied,
+                "activation": lr.activation,
+                "activation_source": lr.activation_source,
                 **lr.info,
                 "filters": _rows(lr.health, FILTER_KEYS),
                 "channels": _rows(lr.stats, CHANNEL_KEYS),
@@ -253,9 +339,11 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
             **({"trace": trace} if trace else {}),
             "model": r.run.model.name,
             "location": r.run.location,
-            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript, spec),
+            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript or r.run.onnx, spec),
             "checkpoint_sha256": r.checkpoint_sha256,
+            "notes": list(getattr(r, "notes", [])),
             "images": [_display_path(p, spec) for p in r.run.images],
+            "input": r.run.input.model_dump(mode="json"),
             "layers": layers,
         })
     comparisons = [{"model": model, "layer": layer, **c.to_dict()} for (model, layer), c in comp.layers.items()]
@@ -276,6 +364,7 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
         "runs": runs,
         "comparisons": comparisons,
         "reference": reference,
+        "model_comparisons": [pair.to_dict() for pair in comp.models],
     }
 
 
@@ -290,7 +379,7 @@ def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
 def _py(key: str, v):
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
-    if key == "duplicate_of":
+    if key in ("duplicate_of", "opposite_of"):
         return None if int(v) < 0 else int(v)
     f = float(v)
     return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
@@ -305,7 +394,7 @@ def _summary(layer: dict) -> dict:
         "dead": sum(x["dead"] for x in f),
         "nonfinite": sum(x["nonfinite"] for x in f),
         "duplicates": sum(x.get("duplicate_of") is not None for x in f),
-        "norm_outliers": sum(bool(x.get("norm_outlier")) for x in f),
+        "on_off_pairs": sum(x.get("opposite_of") is not None for x in f),
         "median_l2_norm": float(np.median(norms)) if norms else None,
         "near_zero_fraction": float(np.mean(nz)) if nz else None,
         "channels": len(c),
@@ -314,7 +403,20 @@ def _summary(layer: dict) -> dict:
     }
     if "gabor" in layer:
         out["gabor_like"] = layer["gabor"]["share_gabor_like"]
+    init = layer.get("init_check")
+    out["looks_like_init"] = init["looks_like_init"] if init else None
+    out["init_family"] = init["family"] if init else None
+    # Filters of never-active channels against those of active ones, both against the
+    # initial norm: channels that died in training kept the size they started with.
+    out["never_active_norm_over_init"], out["active_norm_over_init"] = (
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))
     return out
+
+
+def _median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
 
 
 def sha256(path: Path | None) -> str | None:

@@ -20,17 +20,20 @@ from torch import nn
 from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.filters import filter_health, pooled_scale
 from reportgen.analysis.locations import sample_positions
+from reportgen.capture import (NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference,
+                               resolve_activation)
 from reportgen.chain import layer_chains
-from reportgen.capture import LayerRecorder, inference, relu_follows
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
 from reportgen.cache import Cache, digest, file_digest, register
 from reportgen.comparison import run_comparisons
+from reportgen.crossmodel import CROSS_GRID, cross_model_cka, cross_model_runs, cross_shared_images
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
-from reportgen.models import load_model, resolve_arch, resolve_device, resolve_layers
+from reportgen.models import NO_HOOKS_NOTE, load_model, resolve_device, runs_python_hooks
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
+from reportgen.yamlsrc import format_key_path
 
 Log = Callable[[str], None]
 
@@ -41,13 +44,17 @@ class LayerResult:
     type: str
     info: dict  # kernel_size, stride, padding, output_shape, ... (JSON-ready)
     weight: np.ndarray | None  # (N, ...) float32 on the CPU
-    relu_applied: bool
+    relu_applied: bool  # the activation is a ReLU or ReLU6 (unit views rectify only then)
     stats: dict[str, np.ndarray] | None = None  # ChannelStats.result()
     maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) per shown image
     health: dict[str, np.ndarray] | None = None
     features: np.ndarray | None = None  # (S, C) sampled positions of the shared images
     key: str = ""  # cache key: a digest of everything this result depends on
     shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
+    activation: str = "none"  # the activation kind the statistics and maps come after
+    activation_source: str = ""  # how it was found, e.g. "module 'act1'", "F.silu in forward"
+    cross_pooled: np.ndarray | None = None  # (N, C, G, G) images all models see, pooled to a G x G grid
+    cross_mean: np.ndarray | None = None  # (N, C) the same images' spatial means
     feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from
     chain: list[dict] | None = None  # weighted layers from the input to this one (reportgen.chain), for alignment
     chain_note: str | None = None  # why there is no chain (a residual add, a model fx cannot trace, ...)
@@ -98,6 +105,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         results, warnings = analyse(spec, dev, log, cache)
         log("comparing locations")
         comp = run_comparisons(spec, results, dev, cache)
+        comp.models = cross_model_cka(spec, results)
         warnings += comp.warnings
         if strict and warnings:
             raise StrictWarningsError(
@@ -115,45 +123,42 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
 
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
-    """Build each architecture once (no checkpoint) and resolve every layer name.
+    """Build each architecture once (no checkpoint), resolve every layer name and run
+    a dry forward pass at the spec's input size (reportgen.preflight).
 
-    Layer names depend on the architecture only, so one instance per model
-    serves all its locations. Raises SpecError listing every unknown layer.
+    Layer names and shapes depend on the architecture only, so one instance per
+    model serves all its locations. Raises SpecError listing every problem.
     Returns model name -> {layer name: module} of that instance.
     """
-    problems: list[str] = []
-    found: dict[str, dict[str, nn.Module]] = {}
-    for run in spec.runs:
-        if run.model.name in found:
-            continue
-        if run.model.torchscript:
-            module = load_model(spec, run, "cpu").module
-        else:
-            mi = [m.name for m in spec.models].index(run.model.name)
-            factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(("models", mi, "arch")))
-            module = factory(**run.model.arch_args)
-        problems += resolve_layers(spec, run, module)
-        found[run.model.name] = dict(module.named_modules())
+    from reportgen.preflight import check_models
+
+    problems, checks = check_models(spec)
+    for name, c in checks.items():
+        run = next(r for r in spec.runs if r.model.name == name)
+        problems = list(problems) + activation_problems(spec, run, c.module)
     if problems:
         raise SpecError(problems)
-    return found
+    return {name: dict(c.module.named_modules()) for name, c in checks.items()}
 
 
 def analyse(spec: ReportSpec, device: torch.device, log: Log,
             cache: Cache | None = None) -> tuple[list[RunResult], list[str]]:
     """Run every model over its images; health statistics use scales pooled per model."""
     cache = cache or Cache(None)
-    loaded: dict[Path, LoadedImage] = {}
+    loaded: dict[tuple[Path, object], LoadedImage] = {}  # (path, the model's input spec)
     warnings: list[str] = []
     results = []
     shared = shared_images(spec)
+    representative = {r.key for r in cross_model_runs(spec).values()}
+    cross = cross_shared_images(spec)
     for i, run in enumerate(spec.runs, 1):
         log(f"[{i}/{len(spec.runs)}] {run.key}")
         for p in run.images:
-            if p not in loaded:  # shared images are read once for all runs
-                loaded[p] = load_image(p, spec.input)
-        images = [loaded[p] for p in run.images]
-        result = analyse_run(spec, run, device, images, shared.get(run.model.name, []), cache)
+            if (p, run.input) not in loaded:  # shared images are read once per input spec
+                loaded[(p, run.input)] = load_image(p, run.input)
+        images = [loaded[(p, run.input)] for p in run.images]
+        result = analyse_run(spec, run, device, images, shared.get(run.model.name, []), cache,
+                             cross if run.key in representative else [])
         warnings += [f"{run.key}: {n}" for n in result.notes]
         results.append(result)
     _add_health(spec, results)
@@ -215,8 +220,8 @@ def _add_units(spec: ReportSpec, results: list[RunResult], device: torch.device,
     for r in results:
         if r.run.key not in wanted:
             continue
-        images = [loaded_images[p] for p in r.run.images]
-        if not images or r.run.torchscript is not None:
+        images = [loaded_images[(p, r.run.input)] for p in r.run.images]
+        if not images or not runs_python_hooks(r.run.model):
             warnings.append(f"{r.run.key}: unit views need test images and a model that runs Python hooks")
             continue
         if len({tuple(im.tensor.shape) for im in images}) > 1:
@@ -226,14 +231,14 @@ def _add_units(spec: ReportSpec, results: list[RunResult], device: torch.device,
         for lr in r.layers:
             if lr.name not in opts.layers:
                 continue
-            key = digest("units", lr.key, opts.model_dump(), spec.input.model_dump())
+            key = digest("units", lr.key, opts.model_dump(), r.run.input.model_dump())
             views = cache.get("units", key)
             if views is None:
                 log(f"units of {r.run.key} · {lr.name}")
                 if model is None:
                     model = load_model(spec, r.run, device).module
-                views = compute_units(model, lr.name, images, opts, lr.relu_applied, spec.input.mean,
-                                      spec.input.std, device)
+                views = compute_units(model, lr.name, images, opts, lr.relu_applied, r.run.input.mean,
+                                      r.run.input.std, device)
                 cache.put("units", key, views)
             r.units[lr.name] = views
     return warnings
@@ -250,7 +255,7 @@ def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:
 
 
 def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[LoadedImage],
-                shared: list[Path] = (), cache: Cache | None = None) -> RunResult:
+                shared: list[Path] = (), cache: Cache | None = None, cross: list[Path] = ()) -> RunResult:
     """Weights, activation statistics and maps of every layer of one run.
 
     Each layer's result is cached under a key of everything it depends on; the
@@ -258,22 +263,21 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     """
     cache = cache or Cache(None)
     opts = spec.analyses.activations
-    hookable = run.model.torchscript is None
+    hookable = runs_python_hooks(run.model)
     with_acts = opts.enabled and bool(images) and hookable
-    keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts) for ls in run.layers}
+    keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts, cross) for ls in run.layers}
     found = {name: cache.get("layer", key) for name, key in keys.items()}
     missing = [ls for ls in run.layers if found[ls.name] is None]
-    source = run.checkpoint or run.torchscript
+    source = run.checkpoint or run.torchscript or run.onnx
     if missing:
-        fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts)
+        fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts, cross)
         for lr in fresh:
             lr.key = keys[lr.name]
             cache.put("layer", keys[lr.name], lr)
             found[lr.name] = lr
     notes = []
     if opts.enabled and images and not hookable:
-        notes.append("activation views skipped: TorchScript modules do not run forward hooks; "
-                     "give the architecture and a state_dict to see activations")
+        notes.append(f"activation views skipped: {NO_HOOKS_NOTE}")
     return RunResult(
         run=run, layers=[found[ls.name] for ls in run.layers], images=images[: opts.max_images],
         n_images=len(images), checkpoint_sha256=file_digest(source) if source else None, notes=notes,
@@ -282,45 +286,81 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
 
 
 def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared: list[Path],
-               device: torch.device, with_acts: bool) -> str:
+               device: torch.device, with_acts: bool, cross: list[Path] = ()) -> str:
     """Everything one layer's weights, statistics and maps depend on."""
     model = run.model
     arch_file = None
     if model.arch and ":" in model.arch and model.arch.rsplit(":", 1)[0].endswith(".py"):
         arch_file = spec.base_dir / model.arch.rsplit(":", 1)[0]
     return digest(
-        "layer", model.arch, model.arch_args, model.checkpoint_key,
-        run.checkpoint, run.torchscript, arch_file,  # paths hash by content
-        ls.name, ls.relu, device.type, with_acts,
-        spec.input.model_dump() if with_acts else None,
+        "layer", model.arch, model.arch_args, model.checkpoint_key, model.checkpoint_prefix,
+        run.checkpoint, run.torchscript, run.onnx, arch_file,  # paths hash by content
+        ls.name, ls.activation, device.type, with_acts,
+        run.input.model_dump() if with_acts else None,
         [im.digest for im in images] if with_acts else None,
         [str(p) in {str(q) for q in shared} for p in (im.path for im in images)] if with_acts else None,
         spec.analyses.activations.model_dump(), spec.analyses.health.saturated_fraction,
         spec.analyses.compare.max_samples,
+        [str(p) for p in cross] if with_acts else None,
     )
 
 
 def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch.device,
-                    images: list[LoadedImage], shared: list[Path], with_acts: bool) -> list[LayerResult]:
+                    images: list[LoadedImage], shared: list[Path], with_acts: bool,
+                    cross: list[Path] = ()) -> list[LayerResult]:
     loaded = load_model(spec, run, device)
     model = loaded.module
     modules = dict(model.named_modules())
+    found = find_activations(model, [ls.name for ls in layer_specs]) if loaded.hookable else {}
+    layers, acts, problems = [], {}, []
     chains = (layer_chains(model, [ls.name for ls in layer_specs]) if loaded.hookable
               else {ls.name: (None, "TorchScript modules are not traced") for ls in layer_specs})
-    layers = []
     for ls in layer_specs:
         m = modules[ls.name]
         w = getattr(m, "weight", None)
         weight = w.detach().float().cpu().numpy() if isinstance(w, torch.Tensor) and w.ndim >= 2 else None
-        relu = ls.relu == "yes" or (ls.relu == "auto" and loaded.hookable and relu_follows(model, ls.name))
+        try:
+            act = resolve_activation(model, ls.name, ls.activation, found.get(ls.name, NO_ACTIVATION))
+        except ValueError as exc:
+            problems.append(f"{_layer_where(spec, run, ls)}: {exc}")
+            continue
+        acts[ls.name] = act
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
-                                  relu_applied=relu, chain=chains[ls.name][0], chain_note=chains[ls.name][1]))
+                                  relu_applied=act.kind in ("relu", "relu6"), activation=act.kind,
+                                  activation_source=act.source, chain=chains[ls.name][0],
+                                  chain_note=chains[ls.name][1]))
+    if problems:
+        raise SpecError(problems)
     if with_acts:
         opts = spec.analyses.activations
         _stream_activations(model, layers, images, device, opts.batch_size, opts.max_images,
                             spec.analyses.health.saturated_fraction, shared,
-                            spec.analyses.compare.max_samples)
+                            spec.analyses.compare.max_samples, acts, list(cross))
     return layers
+
+
+def activation_problems(spec: ReportSpec, run: Run, module: nn.Module) -> list[str]:
+    """Layers whose spec'd ``activation`` this architecture cannot apply (found before any run)."""
+    names = dict(module.named_modules())
+    given = [ls for ls in run.layers if ls.name in names and ls.activation not in ("auto", "none")]
+    if not given or isinstance(module, torch.jit.ScriptModule):
+        return []
+    found = find_activations(module, [ls.name for ls in given])
+    problems = []
+    for ls in given:
+        try:
+            resolve_activation(module, ls.name, ls.activation, found[ls.name])
+        except ValueError as exc:
+            problems.append(f"{_layer_where(spec, run, ls)}: {exc}")
+    return problems
+
+
+def _layer_where(spec: ReportSpec, run: Run, ls) -> str:
+    """``file:line: key.path`` of a layer's ``activation`` (for errors found with the model loaded)."""
+    mi = [m.name for m in spec.models].index(run.model.name)
+    kp = ("models", mi, "layers") if run.model.layers is not None else ("layers",)
+    kp = kp + (list(run.layers).index(ls), "activation" if ls.relu is None else "relu")
+    return f"{spec.where(kp)}: {format_key_path(kp)}"
 
 
 SHARED_MAPS = 2  # shared images whose maps are kept for the stages view
@@ -328,21 +368,24 @@ SHARED_MAPS = 2  # shared images whose maps are kept for the stages view
 
 def _stream_activations(model: nn.Module, layers: list[LayerResult], images: list[LoadedImage],
                         device: torch.device, batch_size: int, keep: int, saturated: float,
-                        shared: list[Path], max_samples: int) -> None:
+                        shared: list[Path], max_samples: int, acts: dict | None = None,
+                        cross: list[Path] = ()) -> None:
+    acts = acts or {}
+    modules = dict(model.named_modules())
     stats: dict[str, ChannelStats] = {}
     feats: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
+    pooled: dict[str, list[torch.Tensor]] = {lr.name: [] for lr in layers}
     feat_images: dict[str, list[np.ndarray]] = {lr.name: [] for lr in layers}
     shared_rank = {p: i for i, p in enumerate(shared)}
+    cross_set = set(cross)
     with inference(model), LayerRecorder(model, [lr.name for lr in layers]) as rec:
         for start, batch in _batches(images, batch_size):
             x = torch.stack([im.tensor for im in batch]).to(device)
             outs = rec.run(x)
             for lr in layers:
-                a = outs[lr.name].float()
-                if lr.relu_applied:
-                    a = torch.relu(a)
+                a = apply_activation(acts.get(lr.name, NO_ACTIVATION), modules, outs[lr.name].float())
                 if lr.name not in stats:
-                    stats[lr.name] = ChannelStats(a.shape[1])
+                    stats[lr.name] = ChannelStats(a.shape[1], lr.activation)
                     lr.info["output_shape"] = list(a.shape[1:])
                 stats[lr.name].update(a)
                 for j, im in enumerate(batch):
@@ -354,11 +397,30 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                         feat_images[lr.name].append(np.full(len(feats[lr.name][-1]), rank))
                         if rank < SHARED_MAPS:
                             lr.shared_maps.append(a[j].cpu().numpy())
+                    if im.path in cross_set:
+                        pooled[lr.name].append(a[j].cpu())
     for lr in layers:
         lr.stats = stats[lr.name].result(saturated)
         if feats[lr.name] and len(feats[lr.name]) == len(shared):
             lr.features = np.concatenate(feats[lr.name]).astype(np.float64)
             lr.feature_images = np.concatenate(feat_images[lr.name])
+        if pooled[lr.name]:
+            lr.cross_pooled, lr.cross_mean = _cross_features(pooled[lr.name], images, cross)
+
+
+def _cross_features(maps: list[torch.Tensor], images: list[LoadedImage],
+                    cross: list[Path]) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per image all models see, in ``cross`` order: (C, H, W) maps pooled to a fixed grid, so
+    that models with different input sizes give rows for the same image regions, and their
+    spatial means. Returns ((N, C, G, G) or None for (C,) outputs, (N, C))."""
+    order = [im.path for im in images if im.path in set(cross)]
+    by_path = dict(zip(order, maps))
+    stacked = torch.stack([by_path[p] for p in cross]).double()
+    mean = stacked.reshape(*stacked.shape[:2], -1).mean(dim=2)
+    if stacked.ndim != 4:
+        return None, mean.numpy()
+    grid = torch.nn.functional.adaptive_avg_pool2d(stacked, CROSS_GRID)
+    return grid.numpy(), mean.numpy()
 
 
 def _sample_features(a: torch.Tensor, n_images: int, max_samples: int) -> np.ndarray:

@@ -24,9 +24,11 @@ Kinds used by a build: ``layer`` (a run's weights, statistics and maps of one la
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from collections import Counter
@@ -314,7 +316,7 @@ class Cache:
             return _MISSING
         path = self._path(kind, key)
         try:
-            value = decode(path.read_bytes())
+            value = decode(_read_entry(path))
         except FileNotFoundError:
             value = _MISSING
         except CorruptEntry:
@@ -369,6 +371,26 @@ class Cache:
         if self.warnings:
             return f"cache unusable, {hits}/{total} hits"
         return f"cache {hits}/{total} hits"
+
+
+def _read_entry(path: Path) -> bytes:
+    """The bytes of a regular file; a planted link, device or FIFO is a corrupt entry.
+
+    O_NOFOLLOW and O_NONBLOCK: a link to /dev/zero must not be read forever, and a
+    FIFO must not block the build waiting for a writer.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link
+            raise CorruptEntry("not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptEntry("not a regular file")
+        return fh.read(st.st_size)
 
 
 def _unlink_quietly(path: Path) -> None:

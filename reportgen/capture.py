@@ -8,10 +8,14 @@ no hook attached, ``training`` flags restored.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from reportgen.spec import ACTIVATION_KINDS, activation_kind
 
 
 @contextmanager
@@ -80,7 +84,9 @@ class LayerRecorder:
                 output = output[0]
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer '{name}' returned {type(output).__name__}, not a tensor")
-            self._out[name] = output.detach()
+            # A copy: an in-place activation after this module (ReLU(inplace=True)) would
+            # otherwise overwrite the recorded output before anyone reads it.
+            self._out[name] = output.detach().clone()
             if self.stop_early and len(self._out) == len(self.names):
                 raise _StopForward
 
@@ -111,17 +117,216 @@ class LayerRecorder:
         return dict(self._out)
 
 
-def relu_follows(model: nn.Module, name: str) -> bool:
-    """True when layer ``name`` is a ReLU or the next module registered beside it is one.
+# -- the activation applied after a layer ----------------------------------------------
 
-    This reads the module tree only: a ReLU applied with ``F.relu`` inside
-    ``forward`` is invisible here, which is why the spec can say ``relu: yes``.
+
+@dataclass(frozen=True)
+class Activation:
+    """The activation whose output a layer's statistics describe.
+
+    kind: an ``ACTIVATION_KINDS`` key, 'none' (raw output) or 'module' (a module of another type
+    named in the spec). module: the model's module that is applied (its learned parameters,
+    e.g. PReLU slopes, included), or None. params: keyword arguments of a functional call found
+    in ``forward`` (e.g. ``negative_slope``). source: how it was found, said on the pages.
+    """
+
+    kind: str
+    source: str
+    module: str | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def applied(self) -> bool:
+        """Whether ``apply_activation`` changes the captured output."""
+        return self.kind != "none" and self.source != "the layer itself"
+
+
+NO_ACTIVATION = Activation("none", "")
+
+_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "relu": F.relu, "relu6": F.relu6, "leaky_relu": F.leaky_relu, "elu": F.elu, "selu": F.selu,
+    "silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish, "mish": F.mish,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+}
+# Functional calls recognised in a traced forward, and the names of their positional arguments
+# after the input (only constants are kept; 'inplace' is dropped: we never write in place).
+_TRACED_FUNCTIONS: dict[object, str] = {
+    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.silu: "silu",
+    F.gelu: "gelu", F.hardswish: "hardswish", F.mish: "mish", torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+}
+_TRACED_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
+                   "tanh": "tanh", "tanh_": "tanh"}
+_ARG_NAMES = {"leaky_relu": ("negative_slope",), "elu": ("alpha",), "gelu": ("approximate",)}
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The activation kind of a module ('prelu', ...), or None when it is not an activation."""
+    for kind, cls_name in ACTIVATION_KINDS.items():
+        if isinstance(module, getattr(nn, cls_name)):
+            return kind
+    return None
+
+
+def apply_activation(act: Activation, modules: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``x`` (a layer's captured output, any shape with channels on dim 1) after ``act``."""
+    if not act.applied:
+        return x
+    if act.module is not None:
+        return modules[act.module](x.clone())  # clone: the module may work in place
+    return _FUNCTIONS[act.kind](x, **act.params)
+
+
+def find_activations(model: nn.Module, layers: list[str]) -> dict[str, Activation]:
+    """For each layer, the activation applied to its output in ``model``'s forward.
+
+    A layer that is itself an activation module describes its own output. Otherwise the
+    forward is traced with torch.fx (the listed layers kept as leaves) and the single
+    consumer of the layer's output is read: an activation module or a functional call such
+    as ``F.silu(x)``. Where tracing fails (data-dependent control flow, TorchScript) or
+    does not reach the layer, the next module registered beside it is used instead.
     """
     modules = dict(model.named_modules())
-    if isinstance(modules[name], (nn.ReLU, nn.ReLU6)):
-        return True
+    out: dict[str, Activation] = {}
+    rest = []
+    for name in layers:
+        kind = module_kind(modules[name])
+        if kind is not None:
+            out[name] = Activation(kind, "the layer itself")
+        else:
+            rest.append(name)
+    traced = _trace_consumers(model, rest) if rest else {}
+    for name in rest:
+        out[name] = traced[name] if name in traced else _next_registered(modules, name)
+    return out
+
+
+def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activation]:
+    """Activations read from the torch.fx graph; layers the graph does not show are absent."""
+    import torch.fx
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return {}
+    wanted = set(layers)
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname in wanted or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any failure to trace means: fall back to module order
+        return {}
+    modules = dict(model.named_modules())
+    found: dict[str, Activation] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted or node.target in found:
+            continue
+        users = list(node.users)
+        act = _as_activation(users[0], modules) if len(users) == 1 else None
+        found[node.target] = act or NO_ACTIVATION
+    return found
+
+
+def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
+    """The activation a graph node applies to its first input, or None."""
+    import torch.fx
+
+    if node.op == "call_module":
+        kind = module_kind(modules[node.target])
+        return Activation(kind, f"module '{node.target}'", module=node.target) if kind else None
+    if node.op == "call_function":
+        kind = _TRACED_FUNCTIONS.get(node.target)
+        label = f"F.{kind}" if kind else ""
+    elif node.op == "call_method":
+        kind = _TRACED_METHODS.get(node.target)
+        label = f".{node.target}()" if kind else ""
+    else:
+        return None
+    if kind is None:
+        return None
+    names = _ARG_NAMES.get(kind, ())
+    params = dict(zip(names, node.args[1:]))
+    params.update({k: v for k, v in node.kwargs.items() if k in names})
+    if any(isinstance(v, torch.fx.Node) for v in params.values()):
+        return None  # an argument computed in forward: not something we can replay
+    return Activation(kind, f"{label} in forward", params=params)
+
+
+def _next_registered(modules: dict[str, nn.Module], name: str) -> Activation:
+    """The module registered right after ``name`` beside it, when that is an activation."""
     parent_name, _, child = name.rpartition(".")
     siblings = list(modules[parent_name].named_children())
     names = [n for n, _ in siblings]
     i = names.index(child)
-    return i + 1 < len(siblings) and isinstance(siblings[i + 1][1], (nn.ReLU, nn.ReLU6))
+    if i + 1 < len(siblings):
+        kind = module_kind(siblings[i + 1][1])
+        if kind is not None:
+            full = f"{parent_name}.{siblings[i + 1][0]}" if parent_name else siblings[i + 1][0]
+            return Activation(kind, f"module '{full}' (registration order)", module=full)
+    return NO_ACTIVATION
+
+
+def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activation) -> Activation:
+    """The activation for a layer's spec value ``wanted``, given what ``find_activations`` found.
+
+    Raises ValueError with a message for the user when ``wanted`` cannot be applied.
+    """
+    if wanted == "auto":
+        return found
+    if wanted == "none":
+        return NO_ACTIVATION
+    modules = dict(model.named_modules())
+    kind = activation_kind(wanted)
+    if kind is not None and wanted not in modules:
+        if found.kind == kind:
+            return Activation(kind, found.source + ", as the spec says", module=found.module, params=found.params)
+        if found.source == "the layer itself" and module_kind(modules[layer]) == kind:
+            return found
+        if kind == "prelu":
+            raise ValueError("a PReLU has learned slopes; name the PReLU module instead "
+                             "(e.g. 'activation: features.1'), or use 'auto'")
+        return Activation(kind, "the spec")
+    if wanted in modules and wanted:
+        return Activation(module_kind(modules[wanted]) or "module", f"module '{wanted}', as the spec says",
+                          module=wanted)
+    import difflib
+
+    close = difflib.get_close_matches(wanted, [*ACTIVATION_KINDS, "auto", "none", *modules], n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "'reportgen layers SPEC' lists the model's modules"
+    raise ValueError(f"'{wanted}' is neither an activation kind ({', '.join(ACTIVATION_KINDS)}, auto, "
+                     f"none) nor a module of the model; {hint}")
+
+
+def relu_follows(model: nn.Module, name: str) -> bool:
+    """True when ``find_activations`` finds a ReLU (or ReLU6) at or after layer ``name``."""
+    return find_activations(model, [name])[name].kind in ("relu", "relu6")
+
+
+@contextmanager
+def probing(model: nn.Module, names: list[str]) -> Iterator[dict[str, object]]:
+    """Record the first output of each named module, whatever its type, for a dry run.
+
+    Unlike LayerRecorder the hooks never raise: a layer that returns None or a dict is
+    recorded as such (so the caller can say which layer did it) and the forward pass
+    goes on. Yields the dict that the hooks fill; hooks are removed on exit.
+    """
+    modules = dict(model.named_modules())
+    seen: dict[str, object] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if name not in seen:
+                first = output[0] if isinstance(output, (tuple, list)) and output else output
+                seen[name] = first.detach() if isinstance(first, torch.Tensor) else first
+        return hook
+
+    try:
+        for name in dict.fromkeys(names):
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

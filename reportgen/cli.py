@@ -80,8 +80,14 @@ def check(spec: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
     from reportgen.inspect import check_spec
 
+    from reportgen.errors import SpecError
+
     try:
         summary = check_spec(spec)
+    except SpecError as exc:  # check lists every problem of every stage: one line each
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        sys.exit(1)
     except ReportgenError as exc:
         _fail(exc)
     click.echo(summary)
@@ -105,14 +111,18 @@ def layers(spec: Path) -> None:
 @click.option("--arch-args", default="{}", help='Keyword arguments as JSON, e.g. \'{"width": 64}\'.')
 @click.option("--images", default="../images/*.jpg", show_default=True,
               help="Test-image glob, relative to the spec.")
-@click.option("--size", default=224, show_default=True, help="Input height and width.")
+@click.option("--size", type=int, default=None,
+              help="Input height and width [default: inferred with a dry forward pass].")
 @click.option("--channels", type=click.Choice(["rgb", "grey"]), default="rgb", show_default=True)
+@click.option("--normalise", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
+              help="Input normalisation the model was trained with.")
 @click.option("--trusted", is_flag=True, help="The checkpoint is a full pickle you trust.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("specs/report.yaml"), show_default=True, help="Where to write the spec.")
-def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: int, channels: str,
-         trusted: bool, output: Path) -> None:
-    """Write a commented spec for your model ARCH ('file.py:Class' or 'package.module:factory')."""
+def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: int | None, channels: str,
+         normalise: str, trusted: bool, output: Path) -> None:
+    """Write a commented spec for your model ARCH ('file.py:Class', 'package.module:factory' or 'model.onnx'),
+    and a minimal mkdocs.yml and docs/index.md here when they are absent."""
     import json
 
     from reportgen.inspect import init_spec
@@ -125,7 +135,7 @@ def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: i
         click.echo(f"Error: --arch-args must be a JSON object like '{{\"width\": 64}}' ({exc})", err=True)
         sys.exit(1)
     try:
-        click.echo(init_spec(arch, output, checkpoint, args, images, size, channels, trusted))
+        click.echo(init_spec(arch, output, checkpoint, args, images, size, channels, trusted, normalise))
     except ReportgenError as exc:
         _fail(exc)
 
@@ -137,18 +147,22 @@ def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: i
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N")
 @click.option("-a", "--dev-addr", default="127.0.0.1:8000", show_default=True, help="Address to serve on.")
 @click.option("-f", "--config-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("mkdocs.yml"),
-              show_default=True, help="The MkDocs configuration.")
+              show_default=True, help="The MkDocs configuration (a minimal one is written when absent).")
 def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: Path) -> None:
-    """Build SPEC's report, then preview the site with live reload (mkdocs serve)."""
+    """Build SPEC's report, then preview the site with live reload (mkdocs serve).
+
+    The site's home page lists the reports unless docs/index.md is your own page.
+    SIGINT (Ctrl-C) and SIGTERM stop the preview server too.
+    """
     import os
-    import subprocess
 
     from reportgen.build import build as run_build
     from reportgen.progress import Progress
+    from reportgen.scaffold import mkdocs_yml, refresh_index, write_if_absent
 
-    if not config_file.is_file():
-        click.echo(f"Error: {config_file} not found; run from the folder that holds mkdocs.yml or pass -f", err=True)
-        sys.exit(1)
+    docs_rel = os.path.relpath(docs_dir.resolve(), config_file.resolve().parent)
+    if write_if_absent(config_file, mkdocs_yml("Reports", docs_rel)):
+        click.echo(f"Wrote a minimal {config_file} (docs_dir: {docs_rel}).")
     try:
         with Progress() as progress:
             result = run_build(spec, docs_dir, device=device, log=progress)
@@ -156,13 +170,43 @@ def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: P
         _fail(exc)
     except OSError as exc:
         _fail_env(exc)
+    if not refresh_index(docs_dir):
+        click.echo(f"{docs_dir / 'index.md'} is your own page: link {result.out_dir.name}/index.md from it.")
     click.echo(f"Built {result.out_dir}; serving on http://{dev_addr}/ (Ctrl-C stops)")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    sys.exit(_run_until_signal([sys.executable, "-m", "mkdocs", "serve", "-f", str(config_file),
+                                "-a", dev_addr], env))
+
+
+def _run_until_signal(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` until it exits, or until this process gets SIGINT or SIGTERM, which stop
+    it too (a preview server must not outlive the command that started it). Returns the
+    exit status to use: the child's, or 0 when stopped by a signal."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(cmd, env=env)
+    stopped = []
+
+    def stop(signum, _frame) -> None:
+        stopped.append(signum)
+        if child.poll() is None:
+            child.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sys.exit(subprocess.call([sys.executable, "-m", "mkdocs", "serve", "-f", str(config_file),
-                                  "-a", dev_addr], env=env))
-    except KeyboardInterrupt:
-        sys.exit(0)
+        code = child.wait()
+    finally:
+        if child.poll() is None:  # an exception in this process: never leave the server behind
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopped else code
 
 
 @cli.command()

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reportgen.analysis.filters import near_duplicates, norm_outliers
+from reportgen.analysis.filters import near_duplicates, norm_over_init
+from reportgen.analysis.init_check import check_layer
 from reportgen.cache import Cache, digest, register
 from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
@@ -36,6 +37,7 @@ class Comparisons:
     reference_weight: np.ndarray | None = None
     reference_fits: list[GaborFit] | None = None
     warnings: list[str] = field(default_factory=list)
+    models: list = field(default_factory=list)  # crossmodel.ModelPair per pair of models
 
 
 def gabor_applies(w: np.ndarray | None) -> bool:
@@ -43,18 +45,24 @@ def gabor_applies(w: np.ndarray | None) -> bool:
 
 
 def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
-    """Near-duplicate filters and norm outliers, into each layer's ``health``."""
+    """Near-duplicate and on/off filter pairs, each filter's norm against its initial norm
+    (into each layer's ``health``) and the layer's test against its init laws
+    (``info["init_check"]``)."""
     h = spec.analyses.health
     for r in results:
         for lr in r.layers:
             if lr.health is None:
                 continue
             skip = lr.health["dead"] | lr.health["nonfinite"]
-            lr.health.update(cache.memo(
-                "health", digest("health-extras", lr.weight, skip, h.duplicate_cosine, h.outlier_z),
-                lambda lr=lr, skip=skip: {
-                    "duplicate_of": near_duplicates(lr.weight, h.duplicate_cosine, skip),
-                    "norm_outlier": norm_outliers(lr.health["l2_norm"], h.outlier_z, skip)}))
+
+            def extras(lr=lr, skip=skip) -> dict:
+                dup, opp = near_duplicates(lr.weight, h.duplicate_cosine, skip)
+                return {"duplicate_of": dup, "opposite_of": opp, "norm_over_init": norm_over_init(lr.weight)}
+
+            lr.health.update(cache.memo("health", digest("health-extras-2", lr.weight, skip, h.duplicate_cosine),
+                                        extras))
+            lr.info["init_check"] = cache.memo("health", digest("init-check-1", lr.weight),
+                                               lambda lr=lr: check_layer(lr.weight))
 
 
 def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:
@@ -157,7 +165,7 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
         "name": run.key,
         "layer": ref_spec.layer,
         "against": against,
-        "checkpoint": str(run.checkpoint or run.torchscript or ""),
+        "checkpoint": str(run.checkpoint or run.torchscript or run.onnx or ""),
         "weight_shape": list(ref_w.shape),
         "median_l2_norm": float(np.median(norms)),
         "gabor": gabor_summary(comp.reference_fits, min_score) if comp.reference_fits else None,

@@ -3,6 +3,10 @@
 ``state_dict``: an architecture (a class or factory from a file or a package)
 plus an optional checkpoint, loaded with ``torch.load(weights_only=True)`` unless
 the spec marks the file as trusted. ``torchscript``: a saved ScriptModule.
+``onnx``: an ONNX graph converted to torch modules by onnx2torch (the optional
+``reportgen[onnx]`` extra). Checkpoints may be torch pickles or ``.safetensors`` files;
+weights saved under a prefix (Lightning's ``model.``, DataParallel's ``module.``, ...)
+are matched to the architecture (see fit_prefix).
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import pickle
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import DeviceError, ModelLoadError
+from reportgen.formats import fit_prefix, is_safetensors, load_onnx, read_safetensors
 from reportgen.spec import ReportSpec, Run
 from reportgen.yamlsrc import format_key_path
 
@@ -62,11 +69,33 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(spec: ReportSpec, run: Run, device: torch.device | str = "cpu") -> LoadedModel:
     """Build the run's network with its weights, in eval mode, on ``device``."""
-    kind = "torchscript" if run.model.torchscript else "state_dict"
-    loaded = LOADERS[kind](spec, run)
+    loaded = LOADERS[model_kind(run.model)](spec, run)
     loaded.module.eval()
     loaded.module.to(device)
     return loaded
+
+
+def model_kind(model) -> str:
+    """The LOADERS key for a ModelSpec: 'onnx', 'torchscript' or 'state_dict'.
+
+    ``torchscript`` together with ``arch`` builds the Python architecture and loads the
+    TorchScript file's weights into it, so forward hooks (activations) work.
+    """
+    if getattr(model, "onnx", None):
+        return "onnx"
+    if model.torchscript and not model.arch:
+        return "torchscript"
+    return "state_dict"
+
+
+def runs_python_hooks(model) -> bool:
+    """Whether the loaded network runs Python forward hooks (activations, units)."""
+    return model_kind(model) != "torchscript"
+
+
+NO_HOOKS_NOTE = ("this model was loaded from a TorchScript file, which cannot run Python forward hooks, so only weight "
+                 "views are shown; add 'arch' (the Python class) to the model in the spec to see "
+                 "activations too: reportgen then loads the TorchScript file's weights into it")
 
 
 def _load_torchscript(spec: ReportSpec, run: Run) -> LoadedModel:
@@ -83,28 +112,99 @@ def _load_torchscript(spec: ReportSpec, run: Run) -> LoadedModel:
 
 
 def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
-    factory = resolve_arch(run.model.arch or "", spec.base_dir, spec.where(_model_kp(spec, run) + ("arch",)))
-    try:
-        module = factory(**run.model.arch_args)
-    except TypeError as exc:
-        raise ModelLoadError(
-            f"{spec.where(_model_kp(spec, run) + ('arch_args',))}: cannot build '{run.model.arch}' "
-            f"with arch_args {run.model.arch_args}: {exc}"
-        ) from None
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(
-            f"{spec.where(_model_kp(spec, run) + ('arch',))}: '{run.model.arch}' returned "
-            f"{type(module).__name__}, not a torch.nn.Module"
-        )
+    module = build_architecture(spec, run)
+    source = run.checkpoint
     if run.checkpoint is not None:
         state = read_checkpoint(run.checkpoint, run.location, run.model.trusted, run.model.checkpoint_key)
-        apply_state_dict(module, state, run.location, run.checkpoint)
-    return LoadedModel(module=module, kind="state_dict", hookable=True, source=run.checkpoint)
+    elif run.torchscript is not None:  # weights from a TorchScript file, hooks from the Python class
+        source = run.torchscript
+        state = _load_torchscript(spec, run).module.state_dict()
+    if source is not None:
+        state = fit_prefix(state, module, getattr(run.model, "checkpoint_prefix", None), run.location, source)
+        apply_state_dict(module, state, run.location, source)
+    return LoadedModel(module=module, kind="state_dict", hookable=True, source=source)
+
+
+def build_architecture(spec: ReportSpec, run: Run) -> nn.Module:
+    """The run's architecture with its initial weights (no checkpoint): import, check
+    ``arch_args`` against the factory's signature, construct, check it is a module."""
+    kp = _model_kp(spec, run)
+    arch = run.model.arch or ""
+    where_arch = f"{spec.where(kp + ('arch',))}: {format_key_path(kp + ('arch',))}"
+    factory = resolve_arch(arch, spec.base_dir, where_arch)
+    return construct(factory, run.model.arch_args, arch, where_arch,
+                     f"{spec.where(kp + ('arch_args',))}: {format_key_path(kp + ('arch_args',))}")
+
+
+def construct(factory: Callable[..., Any], args: dict, arch: str, where_arch: str, where_args: str) -> nn.Module:
+    """``factory(**args)`` as a user error when it cannot work: a misspelt or missing
+    argument (with a did-you-mean from the signature), a constructor that raises
+    (SystemExit and KeyboardInterrupt included: an architecture must not end the
+    process), or a result that is not an ``nn.Module``."""
+    if not callable(factory):
+        raise ModelLoadError(
+            f"{where_arch}: '{arch}' is a {type(factory).__name__}, not a class or function; "
+            "point 'arch' at the model class or at a function that returns the model"
+        )
+    _check_arch_args(factory, args, arch, where_args)
+    with _user_code(f"{where_arch}: building '{arch}'", "check the constructor and 'arch_args'"):
+        module = factory(**args)
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(
+            f"{where_arch}: '{arch}' returned {type(module).__name__}, not a torch.nn.Module; "
+            "point 'arch' at the model class or at a function that returns the model"
+        )
+    return module
+
+
+def _check_arch_args(factory: Callable[..., Any], args: dict, arch: str, where: str) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some C types have no signature: let the call decide
+        return
+    params = sig.parameters
+    named = [n for n, p in params.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    shown = f"{getattr(factory, '__name__', arch)}({', '.join(named)})"
+    if not takes_any:
+        for key in args:
+            if key not in named:
+                close = difflib.get_close_matches(str(key), named, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'?" if close else f"it takes: {', '.join(named) or 'nothing'}"
+                raise ModelLoadError(f"{where}: '{key}' is not an argument of {shown}; {hint}")
+    needed = [n for n in named if params[n].default is params[n].empty and n not in args]
+    if needed:
+        raise ModelLoadError(f"{where}: {shown} needs '{needed[0]}'; add it to arch_args")
+
+
+@contextmanager
+def _user_code(what: str, fix: str):
+    """Run an architecture's own code (import or constructor): anything it raises becomes
+    one error line. SystemExit and KeyboardInterrupt are caught too, because a
+    ``sys.exit(0)`` in a model file must not end a build with success; this also
+    turns a Ctrl-C pressed during exactly this call into the error (elsewhere Ctrl-C
+    interrupts as usual)."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, SystemExit):
+            cause = f"called sys.exit({exc.code!r})"
+            fix = "remove the exit, or guard script code with `if __name__ == '__main__':`"
+        elif isinstance(exc, KeyboardInterrupt):
+            cause = "raised KeyboardInterrupt (or Ctrl-C was pressed during it)"
+        else:
+            cause = f"raised {_first_line(exc)}"
+        raise ModelLoadError(f"{what} {cause}; {fix}") from None
 
 
 LOADERS: dict[str, Callable[[ReportSpec, Run], LoadedModel]] = {
     "state_dict": _load_state_dict_model,
     "torchscript": _load_torchscript,
+    "onnx": lambda spec, run: LoadedModel(module=load_onnx(run.onnx, run.location), kind="onnx",
+                                          hookable=True, source=run.onnx),
 }
 
 _ARCH_CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -118,30 +218,35 @@ def resolve_arch(arch: str, base_dir: Path, where: str) -> Callable[..., Any]:
         )
     target, name = arch.rsplit(":", 1)
     cache_key = (str(base_dir), arch)
+    is_file = target.endswith(".py") or "/" in target
+    if is_file:
+        file = (base_dir / target).resolve()
+        try:  # an edited file is imported again
+            stat = file.stat()
+            cache_key += (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            raise ModelLoadError(f"{where}: architecture file not found: {file}") from None
     if cache_key in _ARCH_CACHE:
         return _ARCH_CACHE[cache_key]
-    if target.endswith(".py") or "/" in target:
-        file = (base_dir / target).resolve()
+    if is_file:
         mod_name = "reportgen_arch_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+        writes_bytecode = sys.dont_write_bytecode
+        sys.dont_write_bytecode = True  # no __pycache__ beside the user's file: a build writes only docs/ and its cache
         try:
-            mod_spec = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-            sys.modules[mod_name] = module
-            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except FileNotFoundError:
-            raise ModelLoadError(f"{where}: architecture file not found: {file}") from None
-        except Exception as exc:
-            sys.modules.pop(mod_name, None)
-            raise ModelLoadError(
-                f"{where}: importing {target} failed: {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
+            with _user_code(f"{where}: importing {target}", "fix the file so that it imports"):
+                try:
+                    mod_spec = importlib.util.spec_from_file_location(mod_name, file)
+                    module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+                    sys.modules[mod_name] = module
+                    mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
     else:
-        try:
+        with _user_code(f"{where}: importing module '{target}'", "check the module name and that it imports"):
             module = importlib.import_module(target)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"{where}: cannot import module '{target}': {type(exc).__name__}: {_first_line(exc)}"
-            ) from None
     if not hasattr(module, name):
         names = [n for n in dir(module) if not n.startswith("_")]
         close = difflib.get_close_matches(name, names, n=1)
@@ -154,6 +259,8 @@ def resolve_arch(arch: str, base_dir: Path, where: str) -> Callable[..., Any]:
 def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -> dict[str, torch.Tensor]:
     """Load a checkpoint file and return its state_dict (tensors by parameter name)."""
     where = f"location '{location}': checkpoint {path}"
+    if is_safetensors(path):
+        return read_safetensors(path, where)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
@@ -171,6 +278,7 @@ def read_checkpoint(path: Path, location: str, trusted: bool, key: str | None) -
             "re-save it with torch.save"
         ) from None
     state = _pick_state_dict(obj, key, where)
+    _check_dense(state, where)
     # Checkpoints saved from nn.DataParallel prefix every key with 'module.'.
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -203,6 +311,22 @@ def _pick_state_dict(obj: Any, key: str | None, where: str) -> dict[str, torch.T
     if not _is_state_dict(obj):
         raise ModelLoadError(f"{where}: entry '{key}' is not a state_dict of tensors")
     return obj
+
+
+def _check_dense(state: dict[str, torch.Tensor], where: str) -> None:
+    """Weights must be ordinary dense tensors with values: sparse layouts and meta
+    tensors (shapes without data) cannot be copied into a model's parameters."""
+    for k, t in state.items():
+        if t.layout != torch.strided:
+            raise ModelLoadError(
+                f"{where}: tensor '{k}' is stored as {str(t.layout).removeprefix('torch.')}, not as a dense "
+                "tensor; re-save the checkpoint with dense tensors ({k: v.to_dense() ...})"
+            )
+        if t.is_meta:
+            raise ModelLoadError(
+                f"{where}: tensor '{k}' is a meta tensor (a shape without values), so the file holds no "
+                "weights for it; save the state_dict of a model whose weights were loaded or trained"
+            )
 
 
 def _is_state_dict(obj: Any) -> bool:

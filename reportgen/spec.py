@@ -23,13 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from reportgen.errors import SpecError
 from reportgen.yamlsrc import KeyPath, Located, format_key_path, load_yaml
 
-# Names that become directory or file names: no separators, no leading dot.
 # Names become file names (docs/<report>/, .<report>.staging-*): 64 characters keep every
 # path component well under the 255 bytes file systems allow. Match with re.fullmatch,
 # never re.match: '$' also matches before a final newline ("a\n").
 SLUG_MAX = 64
 SLUG_RE = rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{SLUG_MAX - 1}}}$"
 _SLUG_HELP = f"use letters, digits, '-', '_' and '.', starting with a letter or digit, at most {SLUG_MAX} in all"
+# Bounds that keep one image's activations within memory: 4096 px per input side
+# (a 64-channel float32 map of 4096^2 is 4 GiB), 1024 px for unit maximisation images.
+MAX_INPUT_SIDE = 4096
+MAX_UNITS_SIDE = 1024
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -37,15 +40,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Layer names become folder names and appear in page text; module names outside this
-# set (spaces, backticks, brackets) are possible in PyTorch but would break both.
-LAYER_RE = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}"
+# Activation kinds reportgen understands, by the lower-case name the spec uses. The value
+# is the torch.nn class name; 'auto' and 'none' are the other allowed values.
+ACTIVATION_KINDS = {
+    "relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU",
+    "selu": "SELU", "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish", "mish": "Mish",
+    "sigmoid": "Sigmoid", "tanh": "Tanh",
+}
+_KIND_ALIASES = {cls.lower(): kind for kind, cls in ACTIVATION_KINDS.items()} | {"swish": "silu"}
+_RELU_ALIAS = {"auto": "auto", "yes": "relu", "no": "none"}
+
+
+def activation_kind(name: str) -> str | None:
+    """The kind ('prelu', 'silu', ...) a spec value or class name stands for, or None."""
+    key = name.lower()
+    return key if key in ACTIVATION_KINDS else _KIND_ALIASES.get(key)
+
+
+# Layer names may hold anything a ModuleDict key may ('/', ':', spaces, '<b>', accents):
+# files use names.slug of them and pages show them escaped. Only control characters
+# (which no display survives) and names too long to read are refused.
+LAYER_RE = r"[^\x00-\x1f\x7f]{1,200}"
 
 
 def _layer_name(v: str) -> str:
     if not re.fullmatch(LAYER_RE, v):
         raise ValueError(f"layer name {_short(v)} is not supported; reportgen handles module names of "
-                         "letters, digits, '_', '-' and '.' (at most 200); rename the module")
+                         "at most 200 characters without control characters (newlines, tabs); "
+                         "rename the module")
     return v
 
 
@@ -55,10 +77,16 @@ class LayerSpec(_Strict):
     name: str = Field(min_length=1, description="Dotted module name, as in model.named_modules().")
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _layer_name(v)))
-    relu: Literal["auto", "yes", "no"] = Field(
-        "auto",
-        description="Show activations after a ReLU: 'auto' applies one when the module is a ReLU "
-        "or the next module registered beside it is one; 'yes' always; 'no' never.",
+    activation: str = Field(
+        "auto", min_length=1,
+        description="Activation the statistics and maps are taken after. 'auto' finds the one applied "
+        "to the layer's output (a module such as nn.PReLU, or a functional call such as F.silu in "
+        "forward); 'none' takes the raw output; a kind (relu, relu6, leaky_relu, prelu, elu, selu, "
+        "silu, gelu, hardswish, mish, sigmoid, tanh) applies that function; a module name of the "
+        "model (e.g. 'features.1') applies that module, learned parameters included.",
+    )
+    relu: Optional[Literal["auto", "yes", "no"]] = Field(
+        None, description="Older alias of 'activation': yes = relu, no = none, auto = auto.",
     )
 
     @field_validator("relu", mode="before")
@@ -70,12 +98,78 @@ class LayerSpec(_Strict):
             return "no"
         return v
 
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _none_activation(cls, v: Any) -> Any:
+        # YAML reads `activation: none` as a string but `activation: null` / `no` otherwise.
+        if v is None or v is False:
+            return "none"
+        return v
+
+    @model_validator(mode="after")
+    def _relu_alias(self) -> "LayerSpec":
+        if self.relu is not None:
+            if "activation" in self.model_fields_set:
+                raise ValueError("give 'activation' or its older alias 'relu', not both")
+            object.__setattr__(self, "activation", _RELU_ALIAS[self.relu])
+        elif activation_kind(self.activation) is not None:
+            object.__setattr__(self, "activation", activation_kind(self.activation))
+        return self
+
 
 def _layer_list(v: Any) -> Any:
     # "conv1" is shorthand for {name: conv1}.
     if isinstance(v, list):
         return [{"name": item} if isinstance(item, str) else item for item in v]
     return v
+
+
+class InputSpec(_Strict):
+    """How an image file becomes the network's input tensor."""
+
+    size: Optional[tuple[int, int]] = Field(
+        None, description="Resize to [height, width] (or one number for a square), each 1 to 4096; "
+        "omit to keep."
+    )
+    channels: Literal["rgb", "grey"] = "rgb"
+    mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
+    std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grey_defaults(cls, data: Any) -> Any:
+        # The defaults are written for RGB; a grey model takes one value each.
+        if isinstance(data, dict) and data.get("channels") == "grey":
+            data = {"mean": [0.0], "std": [1.0], **data}
+        return data
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and min(v) < 1:
+            raise ValueError("sizes must be positive")
+        if v is not None and max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"{max(v)} pixels is too large: sides are at most {MAX_INPUT_SIDE}; "
+                             "use the size the model was trained at")
+        return v
+
+    @model_validator(mode="after")
+    def _stats_match(self) -> "InputSpec":
+        n = 3 if self.channels == "rgb" else 1
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) not in (1, n):
+                raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
+        if not all(math.isfinite(x) for x in self.mean + self.std):
+            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("'std' values must be positive")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -88,11 +182,22 @@ class ModelSpec(_Strict):
     )
     arch_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for arch.")
     torchscript: Optional[str] = Field(
-        None, description="TorchScript file (template with {location}) instead of arch + checkpoint."
+        None, description="TorchScript file (template with {location}) instead of a checkpoint. Alone it "
+        "gives weight views only (TorchScript runs no Python hooks); with 'arch' its weights are loaded "
+        "into that class and every view works."
+    )
+    onnx: Optional[str] = Field(
+        None, description="ONNX file (template with {location}) instead of arch + checkpoint; needs "
+        "pip install \"reportgen[onnx]\". Layer names are the converted graph's module names "
+        "(run 'reportgen layers')."
     )
     checkpoint: Optional[str] = Field(
         None, description="Checkpoint path template, e.g. 'ckpt/{location}.pt'. Omit to use the "
         "architecture's own initial weights."
+    )
+    checkpoint_prefix: Optional[str] = Field(
+        None, description="Prefix of the weight names in the checkpoint to strip, e.g. 'model.' for a "
+        "Lightning checkpoint (default: found automatically when the names do not match the arch)."
     )
     checkpoint_key: Optional[str] = Field(
         None, description="Key inside the checkpoint dict that holds the state_dict "
@@ -106,6 +211,9 @@ class ModelSpec(_Strict):
     )
     layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
     images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
+    input: Optional[InputSpec] = Field(
+        None, description="Overrides the top-level input (size, channels, mean/std) for this model."
+    )
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -135,53 +243,20 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
-        if (self.arch is None) == (self.torchscript is None):
-            raise ValueError("give exactly one of 'arch' (with an optional 'checkpoint') or 'torchscript'")
+        if self.onnx is not None and (self.arch or self.torchscript or self.checkpoint):
+            raise ValueError("an ONNX model carries its architecture and weights; remove 'arch', "
+                             "'torchscript' and 'checkpoint'")
+        if self.arch is None and self.torchscript is None and self.onnx is None:
+            raise ValueError("give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'")
         if self.torchscript is not None and self.checkpoint is not None:
             raise ValueError("a TorchScript model carries its weights; remove 'checkpoint'")
-        template = self.checkpoint or self.torchscript or ""
+        template = self.checkpoint or self.torchscript or self.onnx or ""
         if self.locations and len(self.locations) > 1 and template and "{location}" not in template:
             raise ValueError(
                 "several locations share one file; put '{location}' in the checkpoint path"
             )
         if not self.locations and "{location}" in template:
             raise ValueError("the path uses '{location}' but the model lists no 'locations'")
-        return self
-
-
-class InputSpec(_Strict):
-    """How an image file becomes the network's input tensor."""
-
-    size: Optional[tuple[int, int]] = Field(
-        None, description="Resize to [height, width] (or one number for a square); omit to keep."
-    )
-    channels: Literal["rgb", "grey"] = "rgb"
-    mean: tuple[float, ...] = Field((0.0, 0.0, 0.0), description="Per-channel mean, on [0, 1] pixels.")
-    std: tuple[float, ...] = Field((1.0, 1.0, 1.0), description="Per-channel std, on [0, 1] pixels.")
-
-    @field_validator("size", mode="before")
-    @classmethod
-    def _square(cls, v: Any) -> Any:
-        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("size")
-    @classmethod
-    def _positive(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
-        if v is not None and min(v) < 1:
-            raise ValueError("sizes must be positive")
-        return v
-
-    @model_validator(mode="after")
-    def _stats_match(self) -> "InputSpec":
-        n = 3 if self.channels == "rgb" else 1
-        for key in ("mean", "std"):
-            vals = getattr(self, key)
-            if len(vals) not in (1, n):
-                raise ValueError(f"'{key}' needs 1 or {n} values for channels '{self.channels}'")
-        if not all(math.isfinite(x) for x in self.mean + self.std):
-            raise ValueError("'mean' and 'std' must be finite numbers (not .nan or .inf)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("'std' values must be positive")
         return self
 
 
@@ -217,12 +292,8 @@ class HealthOptions(_Strict):
         0.99, gt=0, le=1, description="A channel is saturated when it is positive at this share of positions."
     )
     duplicate_cosine: float = Field(
-        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their |cosine| "
-        "reaches this."
-    )
-    outlier_z: float = Field(
-        3.5, gt=0, description="A filter's norm is an outlier when its robust z-score (median and "
-        "MAD of the layer's norms at that location) exceeds this."
+        0.95, gt=0, le=1, description="Two filters of a layer are near-duplicates when their cosine "
+        "reaches this, and an on/off (sign-flipped) pair when it is at most minus this."
     )
 
 
@@ -242,6 +313,10 @@ class CompareOptions(_Strict):
         0.5, ge=0, le=1, description="Findings call two locations' layers similar at or above this "
         "matched similarity."
     )
+    model_locations: dict[str, str] = Field(
+        default_factory=dict, description="Reports with several models: per model name, the location "
+        "its layers are compared with the other models' on the cross-model page (default: its first)."
+    )
 
 
 class GaborOptions(_Strict):
@@ -258,16 +333,22 @@ class UnitsOptions(_Strict):
     locations: Optional[list[str]] = Field(
         None, description="Runs that get unit views (default: analyses.compare.base or the first run)."
     )
-    maximise: Literal["plain", "fourier", "both", "none"] = "plain"
+    maximise: Literal["plain", "fourier", "both", "none"] = Field(
+        "fourier", description="Activation maximisation: 'fourier' (regularised, the default), 'plain' "
+        "(gradient ascent, the Keras recipe), 'both' or 'none'."
+    )
     objective: Literal["mean", "centre"] = "mean"
     steps: int = Field(20, ge=1, description="Plain gradient-ascent steps.")
-    fourier_steps: int = Field(128, ge=1, description="Steps of the regularised (Fourier) optimisation.")
-    size: Optional[int] = Field(None, ge=8, description="Image side for maximisation; default from the "
-                                "unit's receptive field.")
-    top_n: int = Field(9, ge=1, description="Top-activating crops per unit.")
+    fourier_steps: int = Field(48, ge=1, description="Adam steps of the regularised (Fourier) optimisation.")
+    fourier_lr: float = Field(0.15, gt=0, description="Adam learning rate of the regularised optimisation.")
+    size: Optional[int] = Field(None, ge=8, le=MAX_UNITS_SIDE, description="Image side for maximisation "
+                                "(8 to 1024); default from the unit's receptive field.")
+    top_n: int = Field(9, ge=1, description="Top-activating crops per unit, from all positions of all "
+                       "images, no two overlapping by more than half.")
     max_units: int = Field(64, ge=1, description="Units shown per layer (the first ones).")
     pooling: Literal["subsample", "average"] = Field(
-        "subsample", description="How filter decoding treats pooling layers."
+        "average", description="How filter decoding treats max pooling: 'average' (box filter over the "
+        "window, the default) or 'subsample' (the window's top-left input)."
     )
     baselines: bool = Field(True, description="Deconvnet and guided backprop of each unit's top activation.")
     seed: int = 0
@@ -345,6 +426,8 @@ class Run:
     torchscript: Optional[Path]
     images: tuple[Path, ...]
     layers: tuple[LayerSpec, ...]
+    input: InputSpec = InputSpec()  # the model's own input, else the top-level one
+    onnx: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -370,7 +453,13 @@ class ReportSpec:
 def load_spec(path: str | Path) -> ReportSpec:
     """Read, validate and resolve a spec file; raise SpecError listing every problem."""
     path = Path(path)
-    src = load_yaml(path)
+    return spec_from_source(load_yaml(path), path)
+
+
+def spec_from_source(src: Located, path: Path, collect: list[str] | None = None) -> ReportSpec:
+    """Validate and resolve already-parsed YAML (``load_spec`` without the reading).
+    With ``collect``, problems found after schema validation (missing files, unknown
+    runs) are appended to it and the spec is returned anyway."""
     if not isinstance(src.data, dict):
         raise SpecError(
             f"{path}:1: the spec must be a YAML mapping with keys like 'report', 'title', "
@@ -406,11 +495,33 @@ def load_spec(path: str | Path) -> ReportSpec:
         hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
         problems.append(f"{src.where(('analyses', 'compare', 'base'))}: analyses.compare.base: "
                         f"no location '{compare_base}'; {hint}")
-    if problems:
+    problems += _check_model_locations(schema, src, runs)
+    if problems and collect is not None:  # the caller goes on checking what it can
+        collect.extend(dict.fromkeys(problems))
+    elif problems:
         # A shared image glob fails once per location; say it once.
         raise SpecError(list(dict.fromkeys(problems)))
     return ReportSpec(schema=schema, path=path, base_dir=base, runs=tuple(runs), source=src,
                       reference_run=reference)
+
+
+def _check_model_locations(schema: ReportSchema, src: Located, runs: list[Run]) -> list[str]:
+    """analyses.compare.model_locations names a model and one of its locations."""
+    problems = []
+    models = [m.name for m in schema.models]
+    for name, location in schema.analyses.compare.model_locations.items():
+        kp: KeyPath = ("analyses", "compare", "model_locations", name)
+        where = f"{src.where(kp)}: {format_key_path(kp)}"
+        if name not in models:
+            close = difflib.get_close_matches(name, models, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"models are: {', '.join(models)}"
+            problems.append(f"{where}: no model '{name}'; {hint}")
+            continue
+        locations = [r.location for r in runs if r.model.name == name]
+        if location not in locations:
+            problems.append(f"{where}: model '{name}' has no location '{location}'; "
+                            f"use one of: {', '.join(locations)}")
+    return problems
 
 
 def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: list[str],
@@ -422,7 +533,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
     if ref.arch is not None and _is_file_arch(ref.arch) and not (base / ref.arch.rsplit(":", 1)[0]).is_file():
         problems.append(f"{src.where(kp + ('arch',))}: reference.arch: architecture file "
                         f"'{ref.arch.rsplit(':', 1)[0]}' not found (paths are relative to the spec file)")
-    for key in ("checkpoint", "torchscript"):
+    for key in ("checkpoint", "torchscript", "onnx"):
         value = getattr(ref, key)
         if value and not (base / value).is_file():
             problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {_rel(base / value)}")
@@ -432,7 +543,8 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
         model=ref, location=ref.name, key=ref.name,
         checkpoint=base / ref.checkpoint if ref.checkpoint else None,
         torchscript=base / ref.torchscript if ref.torchscript else None,
-        images=(), layers=(LayerSpec(name=ref.layer),),
+        images=(), layers=(LayerSpec(name=ref.layer),), input=ref.input or schema.input,
+        onnx=base / ref.onnx if ref.onnx else None,
     )
 
 
@@ -468,6 +580,14 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                         f"{src.where(lkp)}: {format_key_path(lkp)}: TorchScript file for location "
                         f"'{location}' not found: {_rel(ts)}"
                     )
+            onnx = None
+            if model.onnx:
+                onnx = base / model.onnx.replace("{location}", location)
+                if not onnx.is_file():
+                    problems.append(
+                        f"{src.where(lkp)}: {format_key_path(lkp)}: ONNX file for location "
+                        f"'{location}' not found: {_rel(onnx)}"
+                    )
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
             runs.append(
                 Run(
@@ -479,6 +599,8 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     torchscript=ts,
                     images=tuple(images),
                     layers=tuple(model.layers or schema.layers),
+                    input=model.input or schema.input,
+                    onnx=onnx,
                 )
             )
     keys = [r.key for r in runs]

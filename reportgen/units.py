@@ -1,16 +1,21 @@
 """What deeper units respond to: every view of one layer's units for one run.
 
 For each unit (output channel) of a layer the spec selects under ``analyses.units``:
-activation maximisation (plain gradient ascent and/or the regularised Fourier kind),
-the top-activating receptive-field crops from the test images with their neuron
-feature and colour-selectivity index, the decoded image-space filter (substitution
-through the layers below) and, for the top activation, deconvnet and guided-backprop
-images. The numerics live in ``reportgen.optim``; this module runs them for a build.
+activation maximisation (the regularised Fourier kind and/or plain gradient ascent,
+with how far the image leaves [0, 1] and the objective of the clipped image), the
+top-activating receptive-field crops over all positions of all test images
+(non-maximum suppression) with their neuron feature and colour-selectivity index,
+the decoded image-space filter (substitution through the layers below) with its
+fidelity R² against the unit's real pre-activation and, for the top activation,
+deconvnet and guided-backprop images. A unit never active on the images (max <= 0
+everywhere) is flagged and gets no crops, neuron feature or baselines (NaN), since
+any crop would show an arbitrary place. The numerics live in ``reportgen.optim``;
+this module runs them for a build.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,9 +24,11 @@ from torch import nn
 from reportgen.cache import register
 from reportgen.capture import LayerRecorder, inference
 from reportgen.images import LoadedImage
-from reportgen.optim.decode import decode_layer, deconvnet, guided_backprop
+from reportgen.optim.decode import (decode_layer, deconvnet, guided_backprop, template_fidelity,
+                                    template_response)
 from reportgen.optim.maximise import default_size, fourier_ascent, plain_ascent
-from reportgen.optim.patches import colour_selectivity, neuron_feature, to_grey, top_patches
+from reportgen.optim.patches import (colour_selectivity, crop_origin, crop_padded, neuron_feature, to_grey,
+                                     top_patches_nms)
 from reportgen.optim.receptive import receptive_field
 
 
@@ -40,13 +47,23 @@ class UnitViews:
     fourier_loss: np.ndarray | None
     decoded: np.ndarray | None  # (U, C_in, s, s) linear templates (None if the path is not a chain)
     decode_note: str | None
-    patches: np.ndarray  # (U, K, 3, h, w) top receptive-field crops in [0, 1], zero-padded
-    patch_values: np.ndarray  # (U, K)
-    patch_images: np.ndarray  # (U, K) index of the image each crop comes from
+    patches: np.ndarray  # (U, K, 3, h, w) top receptive-field crops in [0, 1], zero-padded; NaN where none
+    patch_values: np.ndarray  # (U, K), NaN where fewer than K crops were kept
+    patch_images: np.ndarray  # (U, K) index of the image each crop comes from (-1: none)
     nf: np.ndarray  # (U, 3, h, w) neuron feature (NaN where undefined)
     colour_index: np.ndarray  # (U,) colour selectivity in [0, 1], NaN without positive activations
-    deconv: np.ndarray | None  # (U, 3, h, w) deconvnet image of the top activation, RF crop
-    guided: np.ndarray | None  # (U, 3, h, w) guided backprop, RF crop
+    deconv: np.ndarray | None  # (U, 3, h, w) deconvnet image of the top activation, RF crop (NaN: inactive)
+    guided: np.ndarray | None  # (U, 3, h, w) guided backprop, RF crop (NaN: inactive)
+    # Fields added with the "views that do not mislead" work; defaults keep old values readable.
+    max_activation: np.ndarray | None = None  # (U,) max over all positions of all images
+    inactive: np.ndarray | None = None  # (U,) bool: max_activation <= 0 (never active on the images)
+    patch_positions: np.ndarray | None = None  # (U, K, 2) map (row, col) of each crop (-1: none)
+    plain_outside: np.ndarray | None = None  # (U,) share of pixel values outside [0, 1]
+    plain_clipped: np.ndarray | None = None  # (U,) objective of the image clipped to [0, 1]
+    fourier_outside: np.ndarray | None = None
+    fourier_clipped: np.ndarray | None = None
+    fidelity: np.ndarray | None = None  # (U,) R^2 of the decoded template against the pre-activation
+    pooling: str = "subsample"  # how decoding treated max pooling
 
 
 register(UnitViews)  # cached per layer ("units" entries)
@@ -59,40 +76,62 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
     rf = receptive_field(model, layer, input_shape=shape)
     x = torch.stack([im.tensor for im in images]).to(device)
     pixels = np.stack([im.pixels.transpose(2, 0, 1) for im in images]).astype(np.float64) / 255.0
-    acts = _acts(model, layer, x, relu)
-    n_units = min(acts.shape[1], opts.max_units)
-    acts = acts[:, :n_units]
-    grey_x = _normalise(to_grey(pixels), mean, std).to(device)
+    preact = _acts(model, layer, x, relu=False)
+    n_units = min(preact.shape[1], opts.max_units)
+    preact = preact[:, :n_units]
+    acts = np.maximum(preact, 0.0) if relu else preact
+    grey_x = _normalise(to_grey(pixels), mean, std, channels=x.shape[1]).to(device)
     acts_grey = _acts(model, layer, grey_x, relu)[:, :n_units]
 
-    tops = top_patches(pixels, acts, rf.size, rf.jump, rf.start, top_n=opts.top_n)
-    patches = np.stack([t.crops for t in tops])
-    values = np.stack([t.value for t in tops])
-    where = np.stack([t.image_index for t in tops])
-    nf = np.stack([neuron_feature(t.crops, t.value, t.valid) for t in tops])
+    tops = top_patches_nms(pixels, acts, rf.size, rf.jump, rf.start, top_n=opts.top_n)
+    k = opts.top_n
+    patches = np.full((n_units, k, pixels.shape[1], *rf.size), np.nan)
+    values = np.full((n_units, k), np.nan)
+    where = np.full((n_units, k), -1, dtype=np.int64)
+    positions = np.full((n_units, k, 2), -1, dtype=np.int64)
+    for t in tops:
+        m = len(t.value)
+        patches[t.channel, :m], values[t.channel, :m] = t.crops, t.value
+        where[t.channel, :m], positions[t.channel, :m] = t.image_index, t.position
+    nf = np.stack([neuron_feature(t.crops, t.value, t.valid) if len(t.value)
+                   else np.full((pixels.shape[1], *rf.size), np.nan) for t in tops])
     colour = np.array([
         colour_selectivity(t.value, acts_grey[t.image_index, t.channel, t.position[:, 0], t.position[:, 1]])
-        for t in tops])
+        if len(t.value) else np.nan for t in tops])
+    flat = acts.reshape(acts.shape[0], n_units, -1)
+    max_act = np.nanmax(np.where(np.isnan(flat), -np.inf, flat), axis=(0, 2))
+    inactive = np.array([t.inactive for t in tops])
 
     size = (opts.size, opts.size) if opts.size else tuple(default_size(rf, objective=opts.objective))
     channels = list(range(n_units))
     plain = fourier = None
+    # The optimisers work on RGB images; a one-channel model sees their channel mean.
+    target, target_layer = (model, layer) if shape[0] == 3 else (_GreyInput(model), f"net.{layer}")
+    rgb_mean, rgb_std = _rgb(mean), _rgb(std)
     if opts.maximise in ("plain", "both"):
-        plain = plain_ascent(model, layer, channels, size, steps=opts.steps, objective=opts.objective,
-                             mean=mean, std=std, seed=opts.seed, device=device)
+        plain = plain_ascent(target, target_layer, channels, size, steps=opts.steps, objective=opts.objective,
+                             mean=rgb_mean, std=rgb_std, seed=opts.seed, device=device)
     if opts.maximise in ("fourier", "both"):
-        fourier = fourier_ascent(model, layer, channels, size, steps=opts.fourier_steps, objective=opts.objective,
-                                 mean=mean, std=std, seed=opts.seed, device=device)
+        fourier = fourier_ascent(target, target_layer, channels, size, steps=opts.fourier_steps,
+                                 objective=opts.objective, mean=rgb_mean, std=rgb_std, seed=opts.seed,
+                                 device=device, lr=opts.fourier_lr)
+    if shape[0] != 3:  # show what the model saw
+        plain, fourier = _grey_result(plain), _grey_result(fourier)
 
-    decoded, note = None, None
+    decoded, note, fidelity = None, None, None
     try:
         decoded = decode_layer(model, layer, input_channels=shape[0], pooling=opts.pooling)[:n_units]
     except ValueError as exc:  # not a plain chain of convolutions and pooling
         note = str(exc)
+    if decoded is not None:
+        # The template's [0, 0] sits on the top-left pixel of the unit's receptive field.
+        origin = crop_origin(np.zeros(2), rf.size, rf.jump, rf.start)
+        response = template_response(decoded, x, origin, rf.jump, preact.shape[2:])
+        fidelity = template_fidelity(response, preact)
 
     deconv = guided = None
     if opts.baselines:
-        deconv, guided = _baselines(model, layer, x, tops, rf)
+        deconv, guided = _baselines(model, layer, x, tops, rf, pixels.shape[1])
     return UnitViews(
         layer=layer, rf_size=tuple(rf.size), rf_jump=tuple(rf.jump), image_size=size,
         plain=_np(plain.images) if plain else None, plain_loss=_np(plain.loss) if plain else None,
@@ -100,7 +139,37 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
         fourier=_np(fourier.images) if fourier else None, fourier_loss=_np(fourier.loss) if fourier else None,
         decoded=decoded, decode_note=note, patches=patches, patch_values=values, patch_images=where, nf=nf,
         colour_index=colour, deconv=deconv, guided=guided,
+        max_activation=max_act, inactive=inactive, patch_positions=positions,
+        plain_outside=_np(plain.outside) if plain else None, plain_clipped=_np(plain.clipped_loss) if plain else None,
+        fourier_outside=_np(fourier.outside) if fourier else None,
+        fourier_clipped=_np(fourier.clipped_loss) if fourier else None,
+        fidelity=fidelity, pooling=opts.pooling,
     )
+
+
+class _GreyInput(nn.Module):
+    """A one-channel model behind an RGB input: it sees the mean of the three channels."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.mean(dim=1, keepdim=True))
+
+
+def _rgb(values) -> tuple[float, ...]:
+    """One mean/std value stands for all three channels."""
+    values = tuple(float(v) for v in values)
+    return values * 3 if len(values) == 1 else values
+
+
+def _grey_result(res):
+    """A maximisation result with its (U, 3, H, W) images replaced by their channel mean, repeated."""
+    if res is None:
+        return None
+    grey = res.images.mean(dim=1, keepdim=True).expand_as(res.images).contiguous()
+    return replace(res, images=grey)
 
 
 def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarray:
@@ -111,11 +180,13 @@ def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarr
     return a.cpu().numpy().astype(np.float64)
 
 
-def _normalise(pixels01: np.ndarray, mean, std) -> torch.Tensor:
+def _normalise(pixels01: np.ndarray, mean, std, channels: int) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [0, 1] -> the model's (N, channels, H, W) input; one mean/std value
+    applies to every channel."""
     m = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float64).reshape(1, -1, 1, 1)
-    if pixels01.shape[1] != m.shape[1]:  # grey models take one channel
-        pixels01 = pixels01[:, :1]
+    if pixels01.shape[1] != channels:  # grey models take one channel (to_grey made them equal)
+        pixels01 = pixels01[:, :channels]
     return torch.from_numpy(((pixels01 - m) / s).astype(np.float32))
 
 
@@ -123,12 +194,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _baselines(model, layer, x, tops, rf) -> tuple[np.ndarray, np.ndarray]:
-    """Deconvnet and guided backprop of each unit's top activation, cropped to its field."""
-    from reportgen.optim.patches import crop_origin, crop_padded
+def _baselines(model, layer, x, tops, rf, n_colours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deconvnet and guided backprop of each unit's top activation, cropped to its field.
 
+    Never-active units get NaN: they have no top activation to project.
+    """
     out = {"deconv": [], "guided": []}
     for t in tops:
+        if not len(t.value):
+            for name in out:
+                out[name].append(np.full((n_colours, *rf.size), np.nan))
+            continue
         j, pos = int(t.image_index[0]), tuple(int(v) for v in t.position[0])
         for name, fn in (("deconv", deconvnet), ("guided", guided_backprop)):
             g = fn(model, layer, t.channel, x[j], position=pos)

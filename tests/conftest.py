@@ -39,6 +39,19 @@ def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="session")
+def towncenter_build(tmp_path_factory):
+    """The TownCentre example built once per test session (minutes on a shared CPU), into an
+    empty docs folder: the report must be a site of its own for `mkdocs build --strict`.
+    Returns (BuildResult, docs folder, a scratch folder)."""
+    from reportgen.build import build
+
+    tmp = tmp_path_factory.mktemp("towncenter")
+    docs = tmp / "docs"
+    result = build(ROOT / "specs" / "towncenter.yaml", docs, device="cpu", cache_dir=None)
+    return result, docs, tmp
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with the tiny architecture, checkpoints for three locations and images."""

@@ -155,6 +155,22 @@ def entries(cache_dir, kind="*"):
     return sorted(p for p in (cache_dir).glob(f"{kind}/*/*") if p.is_file())
 
 
+def test_planted_links_and_fifos_are_misses(project_copy, reference_json):
+    """A link to /dev/zero or a FIFO in an entry's place must neither hang nor fill memory."""
+    project, cache = project_copy
+    layer = entries(cache, "layer")
+    for i, p in enumerate(layer):
+        p.unlink()
+        if i % 2:
+            p.symlink_to("/dev/zero")
+        else:
+            os.mkfifo(p)
+    res = cli_build(project, "docs", cache)
+    assert res.exit_code == 0, res.output
+    assert (project / "docs/tiny/report.json").read_bytes() == reference_json
+    assert all(p.is_file() and not p.is_symlink() for p in layer)  # replaced by real entries
+
+
 def test_planted_pickles_never_run(project_copy, tmp_path, reference_json):
     project, cache = project_copy
     ran = tmp_path / "code-ran"
@@ -225,14 +241,15 @@ def _disk_full(tmp_path, monkeypatch):
 
 
 def _unreadable(tmp_path, monkeypatch):
-    real = Path.read_bytes
+    real = os.open
+    root = str(tmp_path / "cache")
 
-    def denied(self):
-        if "cache" in self.parts:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-        return real(self)
+    def denied(path, *args, **kwargs):
+        if os.fsdecode(path).startswith(root):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(os, "open", denied)
     return tmp_path / "cache"
 
 
@@ -324,3 +341,27 @@ def test_forged_entries_are_refused(tree):
 
     with pytest.raises(cache_mod.CorruptEntry):
         cache_mod.decode(_forged(tree, b"\x00" * 8))
+
+
+def test_result_types_of_a_build_round_trip():
+    """Every registered result type, with the kinds of values a build puts in them."""
+    from dataclasses import fields
+
+    from reportgen.analysis.gabor import gabor_scores
+    from reportgen.build import LayerResult
+    from reportgen.units import UnitViews
+
+    rng = np.random.default_rng(0)
+    arr = {"f32": rng.normal(size=(2, 3)).astype(np.float32), "b": np.array([True, False])}
+    views = UnitViews(**{f.name: arr["f32"] for f in fields(UnitViews)})
+    views.layer, views.rf_size, views.decode_note, views.deconv = "conv2", (5, 5), None, None
+    layer = LayerResult("conv1", "Conv2d", {"kernel_size": [3, 3], "pooled_scale": {"median_norm": 0.5}},
+                        arr["f32"], True, stats={"mean": arr["f32"][0]}, maps=[arr["f32"]], health=dict(arr),
+                        key="k" * 64)
+    fits = gabor_scores(rng.normal(size=(2, 1, 7, 7)))
+    back_views, back_layer, back_fits = cache_mod.decode(cache_mod.encode((views, layer, fits)))
+    assert back_views.rf_size == (5, 5) and back_views.deconv is None
+    np.testing.assert_array_equal(back_views.plain, views.plain)
+    assert back_layer.info == layer.info and back_layer.health["b"].dtype == bool
+    np.testing.assert_array_equal([f.score for f in back_fits], [f.score for f in fits])  # NaN == NaN here
+    np.testing.assert_array_equal(back_fits[0].fitted, fits[0].fitted)

@@ -87,3 +87,32 @@ def test_tolerant_run_returns_what_fired():
         got = rec.run(torch.randn(1, 3, 5, 5), require_all=False)  # too small: conv "3" fails
     assert list(got) == ["0"]
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_probing_records_any_output_and_removes_its_hooks():
+    from reportgen.capture import probing
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return None
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.odd = Odd()
+            self.unused = nn.ReLU()
+
+        def forward(self, x):
+            self.odd(x)
+            return self.conv(x)
+
+    model = Net()
+    with probing(model, ["conv", "odd", "unused"]) as seen:
+        model(torch.ones(1, 3, 5, 5))
+    assert seen["conv"].shape == (1, 2, 3, 3) and seen["odd"] is None and "unused" not in seen
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ZeroDivisionError):
+        with probing(model, ["conv"]):
+            1 / 0
+    assert all(not m._forward_hooks for m in model.modules())

@@ -61,7 +61,8 @@ def test_strict_makes_warnings_fatal(project):
     spec = write_spec(project, text)
     res = invoke("build", spec, "--docs-dir", project / "docs", "-q")
     assert res.exit_code == 0
-    assert "Warning: tiny: activation views skipped: TorchScript modules do not run forward hooks" in res.stderr
+    assert ("Warning: tiny: activation views skipped: this model was loaded from a TorchScript file, "
+            "which cannot run Python forward hooks") in res.stderr
     res = invoke("build", spec, "--docs-dir", project / "docs2", "--strict")
     assert res.exit_code == 1 and "--strict was given" in res.stderr
     assert not (project / "docs2" / "tiny").exists()

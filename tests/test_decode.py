@@ -287,3 +287,73 @@ def test_relu_backward_rules(inplace, w2, red, expect):
     relu = model[1]
     assert relu.inplace == inplace and not relu._forward_hooks
     assert all(p.grad is None for p in model.parameters())
+
+
+def _fidelity_net(relu: bool, seed: int = 0) -> nn.Sequential:
+    """conv 3->4 (k3, pad 2, bias) -> [ReLU] -> avg pool 2 -> conv 4->5 (k3, stride 2, bias), in float64.
+
+    The first conv's padding puts the receptive field of unit (0, 0) partly
+    outside the image (a negative origin); zero padding of the input is what
+    the template sees there too, so the linear case stays exact.
+    """
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 4, 3, padding=2, bias=True)]
+    layers += [nn.ReLU()] if relu else [nn.Identity()]
+    layers += [nn.AvgPool2d(2), nn.Conv2d(4, 5, 3, stride=2, bias=True)]
+    return nn.Sequential(*layers).double().eval()
+
+
+def _fidelity(model, x):
+    from reportgen.optim.decode import template_fidelity, template_response
+    from reportgen.optim.patches import crop_origin
+    from reportgen.optim.receptive import receptive_field
+
+    rf = receptive_field(model, "3", input_shape=tuple(x.shape[1:]))
+    with torch.no_grad():
+        pre = model(x)
+    D = decode_layer(model, "3", pooling="average")
+    resp = template_response(D, x, crop_origin(np.zeros(2), rf.size, rf.jump, rf.start), rf.jump, pre.shape[2:])
+    return resp, pre.numpy(), template_fidelity(resp, pre.numpy())
+
+
+def test_fidelity_of_a_linear_network_is_one():
+    model = _fidelity_net(relu=False)
+    x = torch.randn(4, 3, 23, 27, dtype=torch.float64)
+    resp, pre, r2 = _fidelity(model, x)
+    # independent: the same network without its biases is what the template computes
+    bare = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in bare:
+            if isinstance(m, nn.Conv2d):
+                m.bias.zero_()
+        np.testing.assert_allclose(resp, bare(x).numpy(), atol=1e-10)
+    np.testing.assert_allclose(r2, np.ones(5), atol=1e-10)
+
+
+def test_fidelity_with_relus_between_is_the_squared_correlation_and_below_one():
+    model = _fidelity_net(relu=True, seed=1)
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([-1.0, 0.5, -0.3, 0.0], dtype=torch.float64))
+    x = torch.randn(4, 3, 23, 27, dtype=torch.float64)
+    _, pre, r2 = _fidelity(model, x)
+    # independent: the linear copy (ReLU removed, biases zeroed) against the real net, numpy's corrcoef
+    lin = copy.deepcopy(model)
+    lin[1] = nn.Identity()
+    with torch.no_grad():
+        for m in lin:
+            if isinstance(m, nn.Conv2d):
+                m.bias.zero_()
+        t = lin(x).numpy()
+    ref = [np.corrcoef(t[:, k].ravel(), pre[:, k].ravel())[0, 1] ** 2 for k in range(5)]
+    np.testing.assert_allclose(r2, ref, rtol=1e-9)
+    assert (r2 < 0.999).all() and (r2 > 0).all()
+
+
+def test_fidelity_is_nan_for_a_constant_unit():
+    from reportgen.optim.decode import template_fidelity
+
+    resp = np.random.default_rng(0).normal(size=(2, 2, 3, 3))
+    pre = resp.copy()
+    pre[:, 1] = 4.0
+    r2 = template_fidelity(resp, pre)
+    assert r2[0] == pytest.approx(1.0) and np.isnan(r2[1])

@@ -240,3 +240,32 @@ def test_default_size():
     big = ReceptiveField(size=(300, 150), jump=(32, 32), start=(0.0, 0.0))
     assert default_size(big) == (224, 224)  # 600 -> 224 (256 would exceed), 300 -> 224
     assert default_size(big, objective="centre", maximum=512) == (320, 160)
+
+
+def test_plain_reports_range_and_the_clipped_objective():
+    model = small_net(seed=4)
+    res = plain_ascent(model, "3", [0, 3, 5], (16, 16), steps=15, mean=MEAN, std=STD, seed=1)
+    mu, sd = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    pixels = res.raw * sd + mu
+    # independent: count the values outside [0, 1] and run the whole net by hand on the clipped image
+    outside = ((pixels < 0) | (pixels > 1)).double().flatten(1).mean(dim=1)
+    with torch.no_grad():
+        x = (pixels.clamp(0, 1) - mu) / sd
+        conv1, conv2 = model[0], model[3]
+        h = F.max_pool2d(F.relu(F.conv2d(x, conv1.weight, conv1.bias, padding=1)), 2)
+        out = F.conv2d(h, conv2.weight, conv2.bias, padding=1)
+    clipped = out[torch.arange(3), torch.tensor([0, 3, 5])].mean(dim=(1, 2))
+    torch.testing.assert_close(res.outside.double(), outside, rtol=0, atol=1e-7)
+    torch.testing.assert_close(res.clipped_loss, clipped, rtol=1e-5, atol=1e-5)
+    # 15 unit steps in normalised space take the image well out of range, and clipping costs objective
+    assert (res.outside > 0.05).all()
+    assert (res.clipped_loss < res.loss).all()
+
+
+def test_fourier_images_stay_in_range():
+    model = small_net(seed=4)
+    res = fourier_ascent(model, "3", [1, 2], (16, 16), steps=5, mean=MEAN, std=STD, seed=1)
+    pixels = res.raw * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
+    assert (res.outside == 0).all()
+    torch.testing.assert_close(res.clipped_loss, res.loss)

@@ -118,14 +118,15 @@ def test_corrupt_torchscript(project):
 
 def test_arch_errors(project):
     spec, run = run_of(project, SPEC.replace("arch.py:TinyNet", "arch.py:TinyNett"))
-    with pytest.raises(ModelLoadError, match=r"spec.yaml:6: 'arch.py' has no 'TinyNett'; did you mean 'TinyNet'\?"):
+    with pytest.raises(ModelLoadError, match=r"spec.yaml:6: models\[0\].arch: 'arch.py' has no 'TinyNett'; did you mean 'TinyNet'\?"):
         load_model(spec, run)
-    spec, run = run_of(project, SPEC.replace("{width: 4}", "{depth: 4}"))
-    with pytest.raises(ModelLoadError, match=r"spec.yaml:7: cannot build 'arch.py:TinyNet' with arch_args"):
+    spec, run = run_of(project, SPEC.replace("{width: 4}", "{widht: 4}"))
+    with pytest.raises(ModelLoadError, match=r"spec.yaml:7: models\[0\].arch_args: 'widht' is not an argument of "
+                       r"TinyNet\(width\); did you mean 'width'\?"):
         load_model(spec, run)
     (project / "broken.py").write_text("def oops(:\n")
     spec, run = run_of(project, SPEC.replace("arch.py:TinyNet", "broken.py:X"))
-    with pytest.raises(ModelLoadError, match=r"importing broken.py failed: SyntaxError"):
+    with pytest.raises(ModelLoadError, match=r"importing broken.py raised SyntaxError"):
         load_model(spec, run)
 
 
@@ -148,3 +149,71 @@ def test_devices():
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(DeviceError, match=r"^device 'cuda:1' was asked for but this machine has no CUDA GPU"):
         resolve_device("cuda:1")
+
+
+def _state_with(make):
+    sd = tiny_module().state_dict()
+    sd["conv2.weight"] = make(sd["conv2.weight"])
+    return sd
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t.to_sparse(), r"tensor 'conv2.weight' is stored as sparse_coo, not as a dense tensor"),
+    (lambda t: torch.empty(t.shape, device="meta"), r"tensor 'conv2.weight' is a meta tensor"),
+])
+def test_sparse_and_meta_checkpoints_are_refused(project, make, message):
+    torch.save(_state_with(make), project / "ckpt" / "a.pt")
+    spec, run = run_of(project)
+    with pytest.raises(ModelLoadError, match=rf"location 'a': checkpoint .*a.pt: {message}"):
+        load_model(spec, run)
+
+
+def test_an_edited_architecture_file_is_imported_again(project):
+    spec, run = run_of(project)
+    assert load_model(spec, run).module.conv1.out_channels == 4
+    text = (project / "arch.py").read_text().replace("nn.Conv2d(3, width, 3, padding=1)",
+                                                     "nn.Conv2d(3, width + 1, 3, padding=1)")
+    (project / "arch.py").write_text(text + "\n# edited\n")
+    spec, run = run_of(project, SPEC.replace("    checkpoint: ckpt/{location}.pt\n", ""))
+    assert load_model(spec, run).module.conv1.out_channels == 5
+    assert not (project / "__pycache__").exists()  # nothing written beside the user's file
+
+
+class LeNet(torch.nn.Module):
+    """Unpadded convolutions: 32 -> 28 -> 14 -> 10 -> 5, so fc takes 16 * 5 * 5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 5)
+        self.pool1 = torch.nn.MaxPool2d(2)
+        self.conv2 = torch.nn.Conv2d(6, 16, 5)
+        self.pool2 = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool2(self.conv2(self.pool1(self.conv1(x)))).flatten(1))
+
+
+def test_size_is_inferred_from_the_first_linear_layer():
+    from reportgen.preflight import suggest_size
+
+    size, how = suggest_size(LeNet(), 3)
+    # by hand: 5 -> (5-1)*2+2 = 10 -> 10+4 = 14 -> (14-1)*2+2 = 28 -> 28+4 = 32
+    assert size == (32, 32) and how.startswith("inferred from the first Linear layer")
+    with torch.no_grad():
+        assert LeNet()(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_size_search_falls_back_to_common_sizes():
+    from reportgen.preflight import suggest_size
+
+    class Stem(torch.nn.Module):  # a Linear with no conv before it: nothing to infer from
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 28 * 28, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    size, how = suggest_size(Stem(), 3)
+    assert size == (28, 28) and how.startswith("found by trying common sizes")

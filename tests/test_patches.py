@@ -196,3 +196,104 @@ def test_colour_selectivity_clips_and_skips_non_positive():
     assert colour_selectivity([1.0], [3.0]) == 0.0  # grey stronger: clipped at 0
     assert colour_selectivity([1.0], [-3.0]) == 1.0  # grey inhibits: clipped at 1
     assert np.isnan(colour_selectivity([0.0, -1.0], [1.0, 1.0]))
+
+
+# --- Top-N over all positions with non-maximum suppression ---------------------------------
+
+
+def _pixels(origin, size):
+    """The set of input pixels a crop with top-left ``origin`` covers (the overlap reference)."""
+    return {(origin[0] + dy, origin[1] + dx) for dy in range(size[0]) for dx in range(size[1])}
+
+
+def _brute_force_nms(acts, rf_size, jump, start, top_n):
+    """Greedy NMS written out with python loops and pixel sets, for one channel of (N, H, W)."""
+    n, h, w = acts.shape
+    cands = [(-float(acts[i, r, c]), i, r, c) for i in range(n) for r in range(h) for c in range(w)
+             if acts[i, r, c] > 0]
+    cands.sort()  # strongest first; ties by image, row, column
+    kept = []
+    for neg, i, r, c in cands:
+        # top-left corner: centre minus half the size, rounded half up
+        org = tuple(int(np.floor(start[k] + (r, c)[k] * jump[k] - (rf_size[k] - 1) / 2 + 0.5)) for k in range(2))
+        px = _pixels(org, rf_size)
+        area = rf_size[0] * rf_size[1]
+        if any(ki == i and len(px & kpx) / area > 0.5 for _, ki, _, _, kpx in kept):
+            continue
+        kept.append((-neg, i, r, c, px))
+        if len(kept) == top_n:
+            break
+    return kept
+
+
+def _bumpy_acts(seed=3):
+    """(N=3, C=3, 9, 11) activations with smooth bumps, so neighbours of a maximum are strong too."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:9, 0:11]
+    acts = rng.normal(0, 0.05, (3, 3, 9, 11))
+    for n in range(3):
+        for c in range(3):
+            for _ in range(2):
+                cy, cx, a = rng.uniform(0, 9), rng.uniform(0, 11), rng.uniform(0.5, 3)
+                acts[n, c] += a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
+    acts[:, 2] = -np.abs(acts[:, 2])  # channel 2 never active
+    return acts
+
+
+def test_nms_top_n_matches_brute_force_and_never_repeats_a_crop():
+    from reportgen.optim.patches import top_patches_nms
+
+    acts = _bumpy_acts()
+    rng = np.random.default_rng(1)
+    rf, jump, start = (7, 7), (2, 2), (1.0, 1.0)
+    images = rng.uniform(0, 1, (3, 3, 20, 24))
+    res = top_patches_nms(images, acts, rf, jump, start, top_n=6)
+    suppressed_something = False
+    for c in (0, 1):
+        ref = _brute_force_nms(acts[:, c], rf, jump, start, top_n=6)
+        t = res[c]
+        assert not t.inactive and len(t.value) == len(ref) == 6
+        np.testing.assert_array_equal(t.value, [v for v, *_ in ref])
+        np.testing.assert_array_equal(t.image_index, [i for _, i, *_ in ref])
+        np.testing.assert_array_equal(t.position, [(r, cc) for _, _, r, cc, _ in ref])
+        # no two kept crops of one image overlap by more than half (pixel sets, not our formula)
+        for a in range(6):
+            for b in range(a + 1, 6):
+                if t.image_index[a] == t.image_index[b]:
+                    share = len(_pixels(t.origin[a], rf) & _pixels(t.origin[b], rf)) / (rf[0] * rf[1])
+                    assert share <= 0.5
+        # the kept set is not just the six largest values: suppression did something
+        plain_top = np.sort(acts[:, c].ravel())[::-1][:6]
+        suppressed_something |= not np.array_equal(np.sort(t.value)[::-1], plain_top)
+        # every crop is the image window at its origin (zero-padded)
+        for j in range(6):
+            o = t.origin[j]
+            pad = np.pad(images[t.image_index[j]], ((0, 0), (10, 10), (10, 10)))
+            np.testing.assert_array_equal(t.crops[j], pad[:, o[0] + 10:o[0] + 17, o[1] + 10:o[1] + 17])
+    assert suppressed_something
+    assert res[2].inactive and len(res[2].value) == 0 and res[2].crops.shape == (0, 3, 7, 7)
+
+
+def test_nms_neuron_feature_is_the_weighted_mean_of_the_kept_crops():
+    from reportgen.optim.patches import top_patches_nms
+
+    acts = _bumpy_acts(seed=5)
+    images = np.random.default_rng(2).uniform(0, 1, (3, 3, 20, 24))
+    t = top_patches_nms(images, acts, (5, 5), (2, 2), (2.0, 2.0), top_n=4)[0]
+    assert len(t.value) == 4
+    # weights a_j / a_max, and per pixel only the crops that cover it (padding left out)
+    w = (t.value / t.value.max())[:, None, None, None] * t.valid[:, None]
+    expected = (w * t.crops).sum(axis=0) / w.sum(axis=0)
+    np.testing.assert_allclose(neuron_feature(t.crops, t.value, t.valid), expected, rtol=1e-12)
+
+
+def test_nms_keeps_fewer_when_few_separate_responses():
+    from reportgen.optim.patches import top_patches_nms
+
+    acts = np.zeros((2, 1, 6, 6))
+    acts[0, 0, 2, 2], acts[0, 0, 2, 3] = 5.0, 4.0  # neighbours: 1 px apart at jump 1, RF 5 -> overlap 0.8
+    acts[1, 0, 0, 0] = 1.0
+    t = top_patches_nms(np.zeros((2, 3, 6, 6)), acts, (5, 5), (1, 1), (0.0, 0.0), top_n=9)[0]
+    np.testing.assert_array_equal(t.value, [5.0, 1.0])
+    np.testing.assert_array_equal(t.image_index, [0, 1])
+    assert not t.inactive and not t.tie_at_cut

@@ -124,10 +124,16 @@ def test_missing_spec_file(tmp_path):
         load_spec(tmp_path / "nope.yaml")
 
 
-def test_arch_xor_torchscript(project):
-    text = SPEC.replace("    checkpoint: ckpt/{location}.pt\n", "    torchscript: m.pt\n")
+def test_model_sources_that_do_not_go_together(project):
+    # arch + torchscript is allowed (the file's weights go into the class); onnx stands alone.
+    text = SPEC.replace("    checkpoint: ckpt/{location}.pt\n", "    onnx: m{location}.onnx\n")
     assert problems(project, text) == [
-        "SPEC:5: models[0]: give exactly one of 'arch' (with an optional 'checkpoint') or 'torchscript'"
+        "SPEC:5: models[0]: an ONNX model carries its architecture and weights; remove 'arch', "
+        "'torchscript' and 'checkpoint'"
+    ]
+    text = SPEC.replace("    arch: arch.py:TinyNet\n", "").replace("    checkpoint: ckpt/{location}.pt\n", "")
+    assert problems(project, text) == [
+        "SPEC:5: models[0]: give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'"
     ]
 
 
@@ -164,3 +170,24 @@ analyses:
     ]
     spec = load_spec(write_spec(project, text.replace("missing", "a").replace("bb", "b")))
     assert spec.reference_run.key == "reference" and spec.reference_run.layers[0].name == "conv1"
+
+
+def test_grey_input_takes_one_value_defaults(tmp_path):
+    from reportgen.spec import InputSpec
+
+    grey = InputSpec(channels="grey")
+    assert grey.mean == (0.0,) and grey.std == (1.0,)
+    assert InputSpec(channels="grey", mean=[0.5], std=[0.25]).mean == (0.5,)
+    assert InputSpec().mean == (0.0, 0.0, 0.0)
+
+
+def test_one_mean_value_keeps_rgb_units_input():
+    import numpy as np
+
+    from reportgen.units import _normalise
+
+    pixels = np.random.default_rng(0).random((2, 3, 4, 5))
+    x = _normalise(pixels, [0.5], [0.25], channels=3).numpy()
+    assert x.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(x, (pixels - 0.5) / 0.25, rtol=1e-6)
+    assert _normalise(pixels, [0.5], [0.25], channels=1).shape == (2, 1, 4, 5)

@@ -1,6 +1,6 @@
 """Filter weights: reshaping and health statistics. Pure numpy, no I/O.
 
-Health rules (documented in docs/reference/health.md):
+Health rules (documented in docs/reference/methods.md#filter-health):
 - a filter is *dead* when its L2 norm is below ``dead_norm_ratio`` times the
   layer's *typical* filter norm: the median filter norm of that layer pooled
   over every run of the same model in the report. Pooling matters: a location
@@ -8,6 +8,9 @@ Health rules (documented in docs/reference/health.md):
 - a weight is *near zero* when ``|w|`` is below ``near_zero_ratio`` times the
   layer's pooled RMS weight.
 - a filter with any NaN or Inf is flagged ``nonfinite`` and is never called dead.
+- near-duplicates use the signed cosine; sign-flipped pairs are on/off pairs, kept apart.
+- a filter's size is also given against its initial size (``norm_over_init``). A large norm
+  is not flagged: it is what training does to a filter that is used.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 
 
 def as_filters(w: np.ndarray) -> np.ndarray:
@@ -71,49 +75,52 @@ def filter_health(w: np.ndarray, scale: LayerScale, dead_norm_ratio: float,
     }
 
 
-def near_duplicates(w: np.ndarray, threshold: float, skip: np.ndarray | None = None) -> np.ndarray:
-    """For each filter, the index of an earlier filter it nearly duplicates, else -1.
+def near_duplicates(w: np.ndarray, threshold: float,
+                    skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicate and sign-flipped (on/off) filters of one layer.
 
-    w: (N, ...) weights. Two filters are near-duplicates when |cosine| >= threshold
-    (a filter and its negation carry one feature up to the next layer's sign).
+    w: (N, ...) weights. A filter *duplicates* an earlier one when their signed cosine
+    reaches ``threshold``: two copies of one detector. It forms an *on/off pair* with an
+    earlier one when the cosine is at most ``-threshold``: the same pattern with opposite
+    sign, which after a ReLU responds to the opposite contrast (a dark-to-light and a
+    light-to-dark edge), so it is a second feature, not redundancy.
     ``skip``: (N,) bool, filters left out (dead or non-finite: their direction is noise).
-    Returns (N,) int.
+    Returns (duplicate_of, opposite_of): (N,) int each, the earlier filter's index or -1.
+    A filter is listed in at most one of the two (the closer relation wins).
     """
     from reportgen.analysis.compare import cosine_matrix
 
     rows = as_filters(w)
     n = len(rows)
-    out = np.full(n, -1, dtype=np.int64)
+    dup = np.full(n, -1, dtype=np.int64)
+    opp = np.full(n, -1, dtype=np.int64)
     ok = np.isfinite(rows).all(axis=1) & (np.linalg.norm(rows, axis=1) > 0)
     if skip is not None:
         ok &= ~skip
     idx = np.flatnonzero(ok)
     if len(idx) < 2:
-        return out
-    cos = cosine_matrix(rows[idx], rows[idx], absolute=True)
+        return dup, opp
+    cos = cosine_matrix(rows[idx], rows[idx], absolute=False)
     for j in range(1, len(idx)):
         earlier = cos[j, :j]
-        k = int(np.argmax(earlier))
+        k = int(np.argmax(np.abs(earlier)))
         if earlier[k] >= threshold:
-            out[idx[j]] = idx[k]
-    return out
+            dup[idx[j]] = idx[k]
+        elif earlier[k] <= -threshold:
+            opp[idx[j]] = idx[k]
+    return dup, opp
 
 
-def norm_outliers(l2: np.ndarray, z: float, skip: np.ndarray | None = None) -> np.ndarray:
-    """Filters whose L2 norm is far above the layer's others: robust z > ``z``.
+def norm_over_init(w: np.ndarray) -> np.ndarray:
+    """Each filter's L2 norm over the norm PyTorch's default initialisation gives it.
 
-    Robust z = (norm - median) / (1.4826 * MAD), over the filters not skipped
-    (dead and non-finite ones, which have their own flags). One-sided: unusually
-    small norms are what the dead-filter rule is for. Returns (N,) bool.
+    w: (N, ...) weights. Under the default init (kaiming-uniform, a = sqrt(5)) each of a
+    filter's D weights is U(-b, b) with b = 1/sqrt(D), so its squared norm is 1/3 on average
+    (standard deviation sqrt(4 / (45 D))) whatever the layer: 1 means "the size it started
+    with". Training grows the filters of channels that are used; a channel that stopped
+    firing early stops receiving gradient and its filter stays near 1. Returns (N,) float,
+    NaN for non-finite filters.
     """
-    l2 = np.asarray(l2, dtype=np.float64)
-    ok = np.isfinite(l2) if skip is None else np.isfinite(l2) & ~skip
-    out = np.zeros(len(l2), dtype=bool)
-    if ok.sum() < 4:
-        return out
-    med = np.median(l2[ok])
-    mad = 1.4826 * np.median(np.abs(l2[ok] - med))
-    if mad <= 0:
-        return out
-    out[ok] = (l2[ok] - med) / mad > z
-    return out
+    rows = as_filters(w)
+    with np.errstate(invalid="ignore"):
+        return np.linalg.norm(rows, axis=1) / np.sqrt(1 / 3)

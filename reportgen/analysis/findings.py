@@ -1,9 +1,11 @@
 """Written findings: ranked sentences generated from report.json's numbers.
 
 Pure: takes the report dict (the very numbers users read in report.json) and the
-spec's analysis options; returns findings, most severe and largest first. Every
-sentence quotes the numbers behind it and links to the view that shows them.
-The rules and thresholds are documented in docs/reference/methods.md#findings.
+spec's analysis options; returns findings ranked by severity, then by how far from
+normal (``value``), then the overview and the suggested next step. Every sentence
+quotes the numbers behind it and links to the view that shows them. One finding per
+pattern: a diagnosis shared by several locations, or a pattern seen at several layers,
+is one line listing them. The rules are documented in docs/reference/methods.md#findings.
 """
 
 from __future__ import annotations
@@ -12,31 +14,28 @@ from statistics import median
 
 import numpy as np
 
+from reportgen.analysis.findings_health import location_findings, pattern_findings
+from reportgen.analysis.wording import finding
+from reportgen.names import anchor_id, code, slug
+
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
-NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median
 OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
 
 
 def findings(report: dict, analyses) -> list[dict]:
-    """Each finding: ``severity``, ``text`` (Markdown), ``location``, ``layer``, ``link``, ``value``."""
+    """Each finding: ``severity``, ``kind``, ``text`` (Markdown), ``location`` (or null),
+    ``locations`` (every location it names), ``layer``, ``link``, ``value``."""
     health = analyses.health
-    runs: list[dict] = []
-    unhealthy = []
-    for run in report["runs"]:
-        f = _run_health(run, report, health)
-        if f:
-            runs.append(f)
-            if f["severity"] != "info":
-                unhealthy.append(run["key"])
-    gabor = _gabor(report, analyses.gabor.min_score)
-    # Locations by severity and size of the problem; then the report-wide notes in reading
-    # order (Gabor, stage trend and similarity layer by layer, per-layer patterns).
-    runs.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"], f["location"]))
-    notes = gabor + _similarity(report, analyses.compare.similar) + _layer_notes(report, health)
-    notes = sorted(notes, key=lambda f: SEVERITY_ORDER[f["severity"]])  # stable: keeps reading order
-    out = [f for f in runs if f["severity"] != "info"] + notes + [f for f in runs if f["severity"] == "info"]
-    out.append(_overview(report, unhealthy))
-    nxt = _next_step(report, unhealthy, gabor)
+    verdicts = location_findings(report, health)
+    gabor = _tag(_gabor(report, analyses.gabor.min_score), "gabor")
+    sims = [dict(f, kind="trend" if f["link"] == "stages.md" else "similarity")
+            for f in _similarity(report, analyses.compare.similar)]
+    patterns = pattern_findings(report, health)
+    ranked = sorted(verdicts + gabor + sims + patterns, key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+    unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
+    notes = any(f["severity"] == "warning" or f.get("pattern") == "dead" for f in patterns)
+    out = ranked + [_overview(report, unhealthy, notes)]
+    nxt = _next_step(report, verdicts, gabor, patterns)
     if nxt:
         out.append(nxt)
     return out
@@ -44,102 +43,11 @@ def findings(report: dict, analyses) -> list[dict]:
 
 def anchor(layer: str) -> str:
     """HTML id of a layer's section on a location page."""
-    return "layer-" + "".join(c if c.isalnum() else "-" for c in layer)
+    return "layer-" + anchor_id(layer)
 
 
-def _loc_link(run: dict, layer: str) -> str:
-    return f"locations/{run['key']}.md#{anchor(layer)}"
-
-
-def _run_health(run: dict, report: dict, health) -> dict | None:
-    """One finding per run that looks broken, under-trained or over-regularised, with its reasons."""
-    reasons, worst, worst_layer, severity = [], 0.0, None, "info"
-    norm_ref = _median_norm_of_others(report, run)
-    nz_ref = _median_by_layer(report, "near_zero_fraction")
-    na_median = _median_by_layer(report, "never_active_share")
-    for layer in run["layers"]:
-        s, name = layer["summary"], layer["name"]
-        link = _loc_link(run, name)
-        if s["nonfinite"]:
-            reasons.append(f"[{s['nonfinite']} of {s['filters']} `{name}` filters hold NaN or Inf]({link})")
-            worst, worst_layer, severity = max(worst, 1.0), worst_layer or name, "danger"
-        if s["filters"] and s["dead"] / s["filters"] >= health.dead_share_warn:
-            share = s["dead"] / s["filters"]
-            reasons.append(f"[{s['dead']} of {s['filters']} `{name}` filters ({share:.0%}) are dead]({link})")
-            if share > worst:
-                worst, worst_layer = share, name
-            severity = "danger" if share >= 0.5 or severity == "danger" else "warning"
-        ref = norm_ref.get(name)
-        if ref and s["median_l2_norm"] is not None and s["median_l2_norm"] < NORM_COLLAPSE * ref:
-            ratio = s["median_l2_norm"] / ref
-            reasons.append(f"[`{name}`'s median filter norm is {ratio:.0%} of the other locations' median]({link}) "
-                           f"({s['median_l2_norm']:.3g} vs {ref:.3g})")
-            worst_layer = worst_layer or name
-            worst = max(worst, 1 - ratio)
-            severity = "danger" if severity == "danger" else "warning"
-        nz, nzr = s["near_zero_fraction"], nz_ref.get((run["model"], name))
-        if nz is not None and nzr is not None and nz >= max(2 * nzr, nzr + 0.15):
-            reasons.append(f"[{nz:.0%} of `{name}`'s weights are near zero]({link}) (median over locations {nzr:.0%})")
-            worst_layer = worst_layer or name
-            worst = max(worst, nz)
-            severity = "warning" if severity == "info" else severity
-        # max <= 0 means "never fires" only for rectified outputs; raw logits may well stay negative.
-        # A share as high as the other locations' is the layer's pattern, reported once per layer.
-        na_ref = na_median.get((run["model"], name))
-        if (layer["relu_applied"] and s["channels"]
-                and s["never_active"] / s["channels"] >= health.never_active_share_warn
-                and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
-            share = s["never_active"] / s["channels"]
-            reasons.append(f"[{s['never_active']} of {s['channels']} `{name}` channels ({share:.0%}) never activate]"
-                           f"({link}) on the {len(run['images'])} test images")
-            worst_layer = worst_layer or name
-            worst = max(worst, share)
-            severity = "warning" if severity == "info" else severity
-    if not reasons:
-        return None
-    verdict = ("is broken" if any("NaN" in r for r in reasons)
-               else "looks under-trained or over-regularised")
-    text = f"**{run['key']}** {verdict}: " + "; ".join(reasons) + "."
-    return _f(severity, text, run["key"], worst_layer, _loc_link(run, worst_layer), worst)
-
-
-def _layer_notes(report: dict, health) -> list[dict]:
-    """Per layer, one note per pattern across all runs: widespread never-active channels,
-    near-duplicate filters, norm outliers, saturated channels."""
-    out = []
-    by_layer: dict[str, list[tuple[dict, dict]]] = {}
-    for run in report["runs"]:
-        for layer in run["layers"]:
-            by_layer.setdefault(layer["name"], []).append((run, layer))
-    for name, items in by_layer.items():
-        link = f"layers/{name}.md"
-        shares = [lay["summary"]["never_active"] / lay["summary"]["channels"] for _, lay in items
-                  if lay["relu_applied"] and lay["summary"]["channels"]]
-        if len(shares) >= 2 and median(shares) >= health.never_active_share_warn:
-            n_img = median(len(r["images"]) for r, _ in items)
-            out.append(_f("info", f"`{name}`: channels that never activate are common everywhere: a median of "
-                          f"{median(shares):.0%} per location (range {min(shares):.0%}–{max(shares):.0%}) on "
-                          f"{n_img:g} test images. Being shared by all locations, this is a property of the "
-                          f"architecture, the data or the test images rather than of one location; more varied "
-                          f"test images would tell which. [See the layer]({link}).", None, name, link,
-                          median(shares)))
-        for key, what, fmt in (
-                ("duplicates", f"near-duplicate filters (|cos| ≥ {health.duplicate_cosine:g} with an earlier one)",
-                 "filters"),
-                ("norm_outliers", f"filters with unusually large norms (robust z > {health.outlier_z:g})",
-                 "filters"),
-                ("saturated", f"saturated channels (active at ≥ {health.saturated_fraction:.0%} of positions, "
-                              "so they barely select)", "channels")):
-            hits = [(r["key"], lay["summary"][key], lay["summary"][fmt]) for r, lay in items if lay["summary"].get(key)]
-            if not hits:
-                continue
-            share = max(n / max(1, total) for _, n, total in hits)
-            listing = ", ".join(f"{k} {n}/{total}" for k, n, total in sorted(hits, key=lambda h: -h[1])[:6])
-            more = f" and {len(hits) - 6} more" if len(hits) > 6 else ""
-            severity = "warning" if key == "duplicates" and share >= 0.1 else "info"
-            out.append(_f(severity, f"`{name}`: {what} at {len(hits)} of {len(items)} locations: {listing}{more}. "
-                          f"[See the statistics on each location's page]({link}).", None, name, link, share))
-    return out
+def _tag(items: list[dict], kind: str) -> list[dict]:
+    return [dict(f, kind=kind) for f in items]
 
 
 Z_ABOVE_CHANCE = 3.0  # standard deviations above chance before two layers count as related
@@ -161,7 +69,7 @@ def _similarity(report: dict, similar: float) -> list[dict]:
     cka_by_layer = []
     for c in report.get("comparisons", []):
         layer, runs = c["layer"], c["runs"]
-        link = f"layers/{layer}.md#similarity"
+        link = f"layers/{slug(layer)}.md#similarity"
         measure, key = next(((m, k) for m, k in (("matched |cos| of weights", "weight_similarity"),
                                                  ("CKA of activations", "cka")) if c[k] is not None), (None, None))
         if key is None:
@@ -180,7 +88,7 @@ def _similarity(report: dict, similar: float) -> list[dict]:
         chance, sd = (c.get("weight_chance"), c.get("weight_chance_sd")) if weights else (None, None)
         verdict = similarity_verdict(pair_med, chance, sd, similar)
         what = "filters" if weights else "representations"
-        text = f"`{layer}`: the locations learned {verdict} {what}: median {measure} over pairs is {pair_med:.2f}"
+        text = f"{code(layer)}: the locations learned {verdict} {what}: median {measure} over pairs is {pair_med:.2f}"
         if weights and chance is not None and sd:
             z = (pair_med - chance) / sd
             text += (f", {abs(z):.1f} sd {'above' if z >= 0 else 'below'} the {chance:.2f} ± {sd:.3f} that independent "
@@ -212,7 +120,7 @@ def _cka_trend(cka_by_layer: list[tuple[str, float, list | None]]) -> dict:
     """One sentence on how the median CKA moves from stage to stage, as the sequence actually goes."""
     vals = [v for _, v, _ in cka_by_layer]
     steps = np.diff(vals)
-    trend = " → ".join(f"`{name}` {v:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci and ci[0] is not None else "")
+    trend = " → ".join(f"{code(name)} {v:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci and ci[0] is not None else "")
                        for name, v, ci in cka_by_layer)
     if max(vals) - min(vals) < 0.1:
         change = "agree about as much at every stage"
@@ -222,7 +130,7 @@ def _cka_trend(cka_by_layer: list[tuple[str, float, list | None]]) -> dict:
         change = "converge with depth"
     else:
         lo = int(np.argmin(vals))
-        change = (f"neither converge nor diverge steadily (least alike at `{cka_by_layer[lo][0]}`)")
+        change = (f"neither converge nor diverge steadily (least alike at {code(cka_by_layer[lo][0])})")
     with_ci = any(ci and ci[0] is not None for _, _, ci in cka_by_layer)
     return _f("info", f"Across stages, the locations' activations {change}: median CKA {trend}"
               + (" (95% bootstrap intervals over the shared images)" if with_ci else "")
@@ -243,19 +151,19 @@ def _gabor(report: dict, min_score: float) -> list[dict]:
         return []
     ranked = {k: g for k, g in summaries.items() if g.get("ranked", True)}
     unranked = {k: g for k, g in summaries.items() if k not in ranked}
-    link = f"layers/{layer_name}.md#gabor-likeness"
+    link = f"layers/{slug(layer_name)}.md#gabor-likeness"
     few = ""
     if unranked:
         few = (" Not ranked, too few live filters to say: "
                + ", ".join(f"{k} ({g['share_gabor_like']:.0%} of {_live(g)})" for k, g in unranked.items()) + ".")
     if not ranked:
-        text = (f"`{layer_name}`: no location has enough live filters to say how Gabor-like its filters are: "
+        text = (f"{code(layer_name)}: no location has enough live filters to say how Gabor-like its filters are: "
                 + ", ".join(f"{k} {g['share_gabor_like']:.0%} of {_live(g)}" for k, g in summaries.items())
                 + f". [See the fits]({link}).")
         return [_f("info", text, None, layer_name, link, 0.0)]
     med = median(g["share_gabor_like"] for g in ranked.values())
     best = max(ranked, key=lambda k: ranked[k]["share_gabor_like"])
-    text = (f"`{layer_name}`: few filters are Gabor-like" if med < 0.5 else f"`{layer_name}`: most filters are Gabor-like")
+    text = (f"{code(layer_name)}: few filters are Gabor-like" if med < 0.5 else f"{code(layer_name)}: most filters are Gabor-like")
     text += (f": the median location has {med:.0%} of its live filters whose Gabor fit reaches an adjusted R² of "
              f"{min_score:g} (highest: {best}, {ranked[best]['share_gabor_like']:.0%} of {_live(ranked[best])}).")
     text += few
@@ -263,10 +171,10 @@ def _gabor(report: dict, min_score: float) -> list[dict]:
     severity, value = "info", 1 - med
     if ref and ref.get("gabor") and ref["gabor"]["share_gabor_like"] is not None:
         rs = ref["gabor"]["share_gabor_like"]
-        text += f" The reference ({ref['name']}, `{ref['layer']}`) has {rs:.0%} of {_live(ref['gabor'])}."
+        text += f" The reference ({ref['name']}, {code(ref['layer'])}) has {rs:.0%} of {_live(ref['gabor'])}."
         matched = [p["matched_similarity"] for p in ref["per_run"]]
         if matched:
-            text += (f" Matched similarity of each location's `{ref['against']}` to the reference: median "
+            text += (f" Matched similarity of each location's {code(ref['against'])} to the reference: median "
                      f"{median(matched):.2f}.")
         if rs - med >= 0.3:
             severity = "warning"
@@ -280,57 +188,66 @@ def _live(g: dict) -> str:
     return "its filters" if n is None else f"{n} live filter{'s' if n != 1 else ''}"
 
 
-def _overview(report: dict, unhealthy: list[str]) -> dict:
+def _overview(report: dict, unhealthy: list[str], notes: bool) -> dict:
+    """``notes``: health patterns (dead filters, layers at init everywhere) that name no one location."""
     runs = [r["key"] for r in report["runs"]]
+    n = len(runs)
     if unhealthy:
-        text = (f"{len(runs) - len(unhealthy)} of {len(runs)} locations show no health problem at the "
-                f"inspected layers; look first at {', '.join(f'**{b}**' for b in unhealthy)}.")
+        ok = n - len(unhealthy)
+        first = ", ".join(f"**{b}**" for b in unhealthy)
+        if ok == 0:
+            text = (f"Every location shows a health problem at the inspected layers; look first at {first}."
+                    if n > 1 else f"The location shows a health problem at the inspected layers: see above.")
+        else:
+            text = (f"{ok} of {n} locations show no health problem at the inspected layers; "
+                    f"look first at {first}.")
+    elif notes:
+        text = ("No location stands out from the others at the inspected layers, but the health notes below "
+                "apply" + ("." if n > 1 else " to it."))
     else:
-        text = f"All {len(runs)} locations pass every health check at the inspected layers."
-    return _f("info", text, None, None, None, len(unhealthy) / max(1, len(runs)))
+        everyone = "The location passes" if n == 1 else "Both locations pass" if n == 2 else f"All {n} locations pass"
+        text = f"{everyone} every health check at the inspected layers."
+    return _f("info", text, None, None, None, len(unhealthy) / max(1, n), kind="overview")
 
 
-def _next_step(report: dict, unhealthy: list[str], gabor: list[dict]) -> dict | None:
+def _next_step(report: dict, verdicts: list[dict], gabor: list[dict], patterns: list[dict]) -> dict | None:
     steps = []
-    if unhealthy:
-        steps.append(f"retrain {', '.join(unhealthy)} (more steps or lighter weight decay / L1) and rebuild: "
-                     "their statistics, not the architecture, set them apart")
+    if any(f.get("pattern") == "init_everywhere" for f in patterns):
+        steps.append("check that the checkpoints' weights reach the layers that still look like their "
+                     "initialisation (state_dict keys, checkpoint_key) and that training updates them")
+    by_kind: dict[str, list[str]] = {}
+    for f in verdicts:
+        if f["severity"] != "info":
+            for k in f["locations"]:
+                by_kind.setdefault(f["diagnosis"], []).append(k)
+    if by_kind.get("broken"):
+        steps.append(f"find where {', '.join(by_kind['broken'])} went non-finite (lower the learning rate, "
+                     "clip gradients) and retrain")
+    if by_kind.get("untrained"):
+        steps.append(f"train {', '.join(by_kind['untrained'])} longer: "
+                     f"{'it still looks' if len(by_kind['untrained']) == 1 else 'they still look'} "
+                     "like the initialisation")
+    shrunk = by_kind.get("collapsed", []) + by_kind.get("partly collapsed", []) + by_kind.get("shrunk", [])
+    if shrunk:
+        steps.append(f"retrain {', '.join(sorted(shrunk))} with a lighter penalty (L1, group lasso, weight decay) "
+                     "and rebuild")
+    if by_kind.get("silent"):
+        steps.append(f"check {', '.join(by_kind['silent'])} on more varied images; if channels stay silent, "
+                     "retrain with a lower learning rate")
     ref = report.get("reference")
     runs = report["runs"]
     if gabor and ref and ref.get("gabor") and gabor[0]["severity"] == "warning":
         steps.append(f"the healthy locations' first layers are far less Gabor-like than the reference's; "
                      f"to tell the multi-task setup from under-training, train one location longer, or start "
-                     f"its `{ref['against']}` from the reference, and compare the Gabor share")
+                     f"its {code(ref['against'])} from the reference, and compare the Gabor share")
     if len(runs) > 1 and not any(c.get("cka") for c in report.get("comparisons", [])):
         steps.append("add test images shared by all locations (same file in every location's image list) "
                      "to compare their activations with CKA")
     if not steps:
         return None
-    return _f("info", "Suggested next step: " + "; ".join(steps) + ".", None, None, None, 0.0)
+    return _f("info", "Suggested next step: " + "; ".join(steps) + ".", None, None, None, 0.0, kind="next_step")
 
 
-def _f(severity: str, text: str, location: str | None, layer: str | None, link: str | None, value: float) -> dict:
-    return {"severity": severity, "text": text, "location": location, "layer": layer, "link": link,
-            "value": float(value)}
-
-
-def _median_norm_of_others(report: dict, run: dict) -> dict[str, float]:
-    out = {}
-    for layer in run["layers"]:
-        vals = [lay["summary"]["median_l2_norm"] for r in report["runs"] if r is not run and r["model"] == run["model"]
-                for lay in r["layers"] if lay["name"] == layer["name"] and lay["summary"]["median_l2_norm"] is not None]
-        if len(vals) >= 2:
-            out[layer["name"]] = median(vals)
-    return out
-
-
-def _median_by_layer(report: dict, key: str) -> dict[tuple[str, str], float]:
-    """Median of a summary value per (model, layer) over runs (3 runs at least)."""
-    vals: dict[tuple[str, str], list[float]] = {}
-    for run in report["runs"]:
-        for layer in run["layers"]:
-            s = layer["summary"]
-            v = (s["never_active"] / s["channels"] if s["channels"] else None) if key == "never_active_share" else s[key]
-            if v is not None:
-                vals.setdefault((run["model"], layer["name"]), []).append(v)
-    return {k: median(v) for k, v in vals.items() if len(v) >= 3}
+def _f(severity: str, text: str, location: str | None, layer: str | None, link: str | None, value: float,
+       kind: str = "note", locations: list[str] | None = None) -> dict:
+    return finding(severity, text, location, layer, link, value, kind=kind, locations=locations)

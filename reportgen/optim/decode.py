@@ -307,6 +307,58 @@ def decode_layer(model: nn.Module, layer: str, input_channels: int = 3,
     return decode_modules(chain, input_channels, pooling, batchnorm).filters
 
 
+def template_response(templates, inputs, origin, jump, out_size) -> np.ndarray:
+    """Each decoded template correlated with the input at every unit's position.
+
+    templates: (U, C_in, s_h, s_w); inputs: (N, C_in, H, W) model inputs (the
+    normalised images); origin: (y, x) input coordinate of template pixel
+    ``[0, 0]`` for the unit at map position (0, 0), i.e. the top-left of its
+    receptive field (may be negative); jump: (J_y, J_x); out_size: (H_m, W_m)
+    of the layer's map. Unit (i, j)'s template sits at ``origin + (i, j) * jump``;
+    input outside the image counts as 0, like a convolution's zero padding.
+    Returns (N, U, H_m, W_m) float64: ``sum_{c,u,v} D[c, u, v] * x[c, y + u, x + v]``.
+    """
+    D = torch.as_tensor(np.asarray(templates, dtype=np.float64))
+    x = torch.as_tensor(inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor)
+                        else np.asarray(inputs)).double()
+    (oy, ox), (jy, jx), (hm, wm) = ((int(a), int(b)) for a, b in (origin, jump, out_size))
+    sh, sw = D.shape[2:]
+    H, W = x.shape[2:]
+    top, left = max(0, -oy), max(0, -ox)
+    bottom = max(0, oy + (hm - 1) * jy + sh - H)
+    right = max(0, ox + (wm - 1) * jx + sw - W)
+    xp = torch.nn.functional.pad(x, (left, right, top, bottom))
+    xp = xp[:, :, oy + top:, ox + left:]
+    out = torch.nn.functional.conv2d(xp, D, stride=(jy, jx))
+    return out[:, :, :hm, :wm].numpy()
+
+
+def template_fidelity(response, preact) -> np.ndarray:
+    """R^2 of each unit's pre-activation explained by its template's response.
+
+    response, preact: (N, U, H_m, W_m), the template response
+    (``template_response``) and the layer's actual output before any ReLU, over
+    the same images and positions. Per unit: the squared Pearson correlation
+    over all N * H_m * W_m values, i.e. the R^2 of the least-squares fit
+    ``preact ~ a * response + b`` (the offset absorbs the biases the template
+    drops). 1 for a network that is linear up to the layer; NaN where either
+    side is constant. Returns (U,) float64.
+    """
+    t = np.asarray(response, dtype=np.float64)
+    z = np.asarray(preact, dtype=np.float64)
+    if t.shape != z.shape or t.ndim != 4:
+        raise ValueError(f"response and preact must be the same (N, U, H, W) shape: {t.shape} vs {z.shape}")
+    t = np.moveaxis(t, 1, 0).reshape(t.shape[1], -1)
+    z = np.moveaxis(z, 1, 0).reshape(z.shape[1], -1)
+    t = t - t.mean(axis=1, keepdims=True)
+    z = z - z.mean(axis=1, keepdims=True)
+    vt, vz = (t * t).sum(axis=1), (z * z).sum(axis=1)
+    cov = (t * z).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where((vt > 0) & (vz > 0), cov * cov / (vt * vz), np.nan)
+    return np.clip(r2, 0.0, 1.0)
+
+
 class _DeconvReLU(torch.autograd.Function):
     """ReLU forward; backward passes only positive gradients, ignoring the forward mask."""
 

@@ -81,6 +81,12 @@ class AscentResult:
     history: (steps + 1, B) float32; row k is the objective of the input the
         k-th update's gradient was taken at, the last row equals ``loss``.
     channels: the channel of each slot (repeated ``per_unit`` times in Fourier runs).
+    outside: (B,) float32, the share of the values of the pixel image
+        (``raw * std + mean``, every colour of every pixel) outside [0, 1]: how
+        far the image leaves what a real image can be.
+    clipped_loss: (B,) float32, the objective of the same pixel image clipped
+        to [0, 1] (what a real image of it reaches); equals ``loss`` when
+        ``outside`` is 0.
     """
 
     images: torch.Tensor
@@ -89,6 +95,8 @@ class AscentResult:
     stuck: torch.Tensor
     history: torch.Tensor
     channels: tuple[int, ...]
+    outside: torch.Tensor | None = None
+    clipped_loss: torch.Tensor | None = None
 
 
 class _StopForward(Exception):
@@ -163,6 +171,15 @@ def _objective(out: torch.Tensor, index: torch.Tensor, objective: str) -> torch.
     if objective == "mean":
         return maps.mean(dim=(1, 2))
     return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
+
+
+def _range_check(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, index: torch.Tensor,
+                 objective: str, mu: torch.Tensor, sd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) share of ``pixels`` values outside [0, 1], and (B,) the objective of the clipped image."""
+    with torch.no_grad():
+        outside = ((pixels < 0) | (pixels > 1)).float().mean(dim=(1, 2, 3))
+        clipped = _objective(run((pixels.clamp(0.0, 1.0) - mu) / sd), index, objective)
+    return outside.detach(), clipped.detach()
 
 
 def _slot_generator(seed: int, channel: int, replica: int) -> torch.Generator:
@@ -246,7 +263,7 @@ def plain_ascent(
     chans = _check_args(channels, size, steps, objective, chunk)
     H, W = int(size[0]), int(size[1])
     mu, sd = _colour(mean, device), _colour(std, device)
-    raws, hists = [], []
+    raws, hists, checks = [], [], []
     with truncated_forward(model, layer) as run:
         for lo in range(0, len(chans), chunk):
             part = chans[lo : lo + chunk]
@@ -273,6 +290,7 @@ def plain_ascent(
                 x.requires_grad_(True)
             raws.append(x.detach())
             hists.append(torch.stack(hist))
+            checks.append(_range_check(run, x.detach() * sd + mu, index, objective, mu, sd))
     raw = torch.cat(raws)
     history = torch.cat(hists, dim=1).float()
     loss = history[-1].clone()
@@ -283,6 +301,8 @@ def plain_ascent(
         stuck=loss <= 0,
         history=history,
         channels=tuple(chans),
+        outside=torch.cat([o for o, _ in checks]).float(),
+        clipped_loss=torch.cat([c for _, c in checks]).float(),
     )
 
 
@@ -455,6 +475,9 @@ def fourier_ascent(
         stuck=loss <= 0,
         history=history,
         channels=tuple(c for c, _ in slots),
+        # A sigmoid image never leaves (0, 1): nothing to clip.
+        outside=torch.zeros_like(loss),
+        clipped_loss=loss.clone(),
     )
 
 

@@ -15,6 +15,12 @@ outside the image are padded (``pad="zero"``: black, the default;
 ``pad="mean"``: the image's per-channel mean colour), so every crop has the RF
 size, and ``TopPatches.valid`` says which pixels came from the image.
 
+Which crops. ``top_patches`` keeps one crop per image (the image's spatial max),
+the top-N images. ``top_patches_nms`` (what reports use) ranks every position of
+every image and keeps the strongest that do not overlap a kept crop of the same
+image by more than half (non-maximum suppression), so one image can give several
+crops and near-identical neighbours are not repeated.
+
 Neuron feature (NF), the form used here:
 ``NF = sum_j w_j I_j / sum_j w_j`` with ``w_j = a_j / a_max`` over the crops
 whose activation ``a_j`` is positive; crops with ``a_j <= 0`` get weight 0.
@@ -193,6 +199,80 @@ def top_patches(images, acts, rf_size, jump, start, top_n: int = 9,
             origin=origin, crops=crops, valid=valid,
             positive=np.nan_to_num(kept, nan=0.0) > 0,
             inactive=bool(not best > 0), tie_at_cut=tie,
+        ))
+    return out
+
+
+def crop_overlap(origin_a, origin_b, size) -> np.ndarray:
+    """Share of a crop's area that a same-size crop covers: ``|A & B| / (h * w)``.
+
+    origin_a, origin_b: (..., 2) top-left corners (broadcast); size: (h, w).
+    Both crops have the same size, so the share is the same from either side
+    (and equals neither IoU nor a distance: two crops offset by half a side
+    overlap by exactly 0.5). Returns (...) float64 in [0, 1].
+    """
+    d = np.abs(np.asarray(origin_a, dtype=np.int64) - np.asarray(origin_b, dtype=np.int64))
+    h, w = int(size[0]), int(size[1])
+    inter = np.clip(h - d[..., 0], 0, None) * np.clip(w - d[..., 1], 0, None)
+    return inter / float(h * w)
+
+
+def top_patches_nms(images, acts, rf_size, jump, start, top_n: int = 9, max_overlap: float = 0.5,
+                    pad: str = "zero") -> list[TopPatches]:
+    """For every channel, its top-N responses over all positions of all images, without repeats.
+
+    images: (N, 3, Hi, Wi) float in [0, 1]; acts: (N, C, H, W). Candidates are
+    every map position of every image with a positive, finite activation (a
+    crop the unit does not respond to is not a "top" crop). They are taken
+    strongest first (ties: lower image, then row-major position, first) and a
+    candidate is kept unless its crop covers more than ``max_overlap`` of the
+    area of a crop already kept from the same image (``crop_overlap``; crops of
+    different images never overlap). Stops at ``top_n`` kept, so a channel may
+    keep fewer when it has fewer separate positive responses, and none when it
+    is never active (max <= 0 or NaN everywhere: ``inactive``). Returns C
+    ``TopPatches`` with K <= top_n entries each; ``tie_at_cut`` says that the
+    next candidate that would have been kept has the last kept value.
+    """
+    imgs = _numpy(images)
+    a = _numpy(acts).astype(np.float64)
+    if a.ndim != 4 or imgs.ndim != 4 or imgs.shape[0] != a.shape[0]:
+        raise ValueError(f"images (N, 3, H, W) and acts (N, C, H, W) disagree: {imgs.shape} vs {a.shape}")
+    n, c_all, hm, wm = a.shape
+    size = (int(rf_size[0]), int(rf_size[1]))
+    rows, cols = np.meshgrid(np.arange(hm), np.arange(wm), indexing="ij")
+    grid_pos = np.stack([rows.ravel(), cols.ravel()], axis=1)  # (H*W, 2), row-major
+    grid_org = crop_origin(grid_pos, size, jump, start)
+    k_max = max(0, int(top_n))
+    out = []
+    for c in range(c_all):
+        flat = a[:, c].reshape(-1)  # (N*H*W,): image-major, then row-major
+        cand = np.flatnonzero(np.isfinite(flat) & (flat > 0))
+        # Stable sort on -value keeps the lower flat index first among equal values.
+        cand = cand[np.argsort(-flat[cand], kind="stable")]
+        kept: list[int] = []
+        tie = False
+        for idx in cand:
+            img, cell = divmod(int(idx), hm * wm)
+            same = [j for j in kept if j // (hm * wm) == img]
+            if same and (crop_overlap(grid_org[[j % (hm * wm) for j in same]], grid_org[cell], size)
+                         > max_overlap).any():
+                continue
+            if len(kept) == k_max:  # the first one left out
+                tie = bool(k_max > 0 and flat[idx] == flat[kept[-1]])
+                break
+            kept.append(int(idx))
+        kept_arr = np.asarray(kept, dtype=np.int64)
+        image_index, cell = np.divmod(kept_arr, hm * wm)
+        pos = grid_pos[cell].reshape(-1, 2)
+        origin = grid_org[cell].reshape(-1, 2)
+        crops = np.empty((len(kept), imgs.shape[1]) + size)
+        valid = np.empty((len(kept),) + size, dtype=bool)
+        for j, (i, o) in enumerate(zip(image_index, origin)):
+            crops[j], valid[j] = crop_padded(imgs[i], o, size, pad)
+        out.append(TopPatches(
+            channel=c, image_index=image_index, value=flat[kept_arr], position=pos, origin=origin,
+            crops=crops, valid=valid, positive=np.ones(len(kept), dtype=bool),
+            inactive=len(cand) == 0, tie_at_cut=tie,
         ))
     return out
 

@@ -14,28 +14,10 @@ from functools import lru_cache
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reportgen.analysis.findings import anchor
+from reportgen.names import code, md_escape, slug
 from reportgen.spec import ReportSpec
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]{}#|!~])")
-
-
-def md_escape(text: object) -> str:
-    """Text shown literally in Markdown: HTML and Markdown syntax are neutralised."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
-
-
-def md_code(text: object) -> str:
-    """Text as an inline code span (file names, paths): shown exactly as written.
-
-    Nothing inside a code span is Markdown or HTML (Markdown escapes ``<`` and ``&``
-    itself), so no backslashes are needed and none show; the fence is longer than any
-    run of backticks in the text, and line breaks become spaces, so the span cannot end
-    early or spill into the page.
-    """
-    s = re.sub(r"[\r\n]+", " ", str(text))
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", s)), default=0) + 1)
-    pad = " " if s[:1] in ("`", " ") or s[-1:] in ("`", " ") else ""
-    return f"{fence}{pad}{s}{pad}{fence}"
+TOP_FINDINGS = 10  # findings on the home page; the rest are on findings.md
 
 
 def html_escape_only(text: object) -> str:
@@ -127,9 +109,17 @@ def _env() -> Environment:
         keep_trailing_newline=True,
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
-    env.filters.update(md=md_escape, code=md_code, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct, shape=_shape,
-                       anchor=anchor, offdiag_median=_offdiag_median, relink=relink)
+    env.filters.update(md=md_escape, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct,
+                       shape=_shape, anchor=anchor, slug=slug, code=code, offdiag_median=_offdiag_median,
+                       relink=relink)
     return env
+
+
+def layer_page(model: str, layer: str, multi: bool) -> str:
+    """Path of a layer's page: ``layers/<layer>.md``, or ``layers/<model>/<layer>.md`` when
+    the report has several models (each model's layers compared among its own runs);
+    ``<layer>`` is names.slug of the module name."""
+    return f"layers/{model}/{slug(layer)}.md" if multi else f"layers/{slug(layer)}.md"
 
 
 # ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
@@ -164,40 +154,62 @@ def page_style() -> str:
 
 
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
-                 layer_imgs: dict[str, dict[str, list[tuple[str, str]]]],
-                 shared_inputs: list[str], unit_pages: dict | None = None,
-                 widths: dict[str, int] | None = None) -> dict[str, str]:
+                 layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]],
+                 shared_inputs: dict[str, list[str]], unit_pages: dict | None = None,
+                 cross_imgs: dict[str, str] | None = None, widths: dict[str, int] | None = None) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
     images: (run key, layer) -> {view name: path relative to the report directory};
     ("reference", "__ref__") holds the reference's views and (run, "__stages__") the
-    stage strips. layer_imgs: layer -> kind -> [(model, path)] for charts and
-    comparisons. shared_inputs: the shared images shown on the stages page. widths:
+    stage strips. layer_imgs: (model, layer) -> kind -> [(model, path)] for charts and
+    comparisons. shared_inputs: model -> the shared images shown on the stages page.
+    cross_imgs: "modelA|modelB" -> the cross-model CKA heatmap. widths:
     image path -> the CSS width it is drawn for (see ``size_images``).
     """
     env = _env()
     runs = report["runs"]
+    model_names = list(dict.fromkeys(r["model"] for r in runs))
+    multi = len(model_names) > 1
+    models = []
+    for name in model_names:
+        own = [r for r in runs if r["model"] == name]
+        models.append({"name": name, "runs": own, "input": own[0].get("input", {}),
+                       "layers": list(dict.fromkeys(lay["name"] for r in own for lay in r["layers"])),
+                       "shared_inputs": shared_inputs.get(name, [])})
     layer_names = list(dict.fromkeys(lay["name"] for r in runs for lay in r["layers"]))
     ctx = {
         "report": report,
         "description": spec.description,
         "layers": layer_names,
+        "models": models,
+        "multi": multi,
+        "layer_page": lambda model, layer: layer_page(model, layer, multi),
         "images": {f"{k}|{layer}": v for (k, layer), v in images.items()},
         "findings": report["findings"],
-        "layer_imgs": layer_imgs,
-        "comparisons": {c["layer"]: c for c in report.get("comparisons", [])},
+        "comparisons": {f"{c['model']}|{c['layer']}": c for c in report.get("comparisons", [])},
         "reference": report.get("reference"),
-        "shared_inputs": shared_inputs,
         "has_stages": any(k[1] == "__stages__" for k in images),
         "unit_pages": {f"{k}|{layer}": v for (k, layer), v in (unit_pages or {}).items()},
+        "cross_imgs": cross_imgs or {},
+        "model_comparisons": report.get("model_comparisons", []),
     }
-    pages = {"index.md": env.get_template("index.md.j2").render(**ctx)}
+    pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
+             "findings.md": env.get_template("findings.md.j2").render(**ctx),
+             # Ships inside every report, so its links never leave docs/<report>/.
+             "methods.md": env.get_template("methods.md.j2").render(**ctx)}
     for run in runs:
         pages[f"locations/{run['key']}.md"] = env.get_template("location.md.j2").render(run=run, **ctx)
-    for layer in layer_names:
-        entries = [(r, lay) for r in runs for lay in r["layers"] if lay["name"] == layer]
-        pages[f"layers/{layer}.md"] = env.get_template("layer.md.j2").render(
-            layer=layer, entries=entries, imgs=layer_imgs.get(layer, {}), **ctx)
+    ref = ctx["reference"]
+    for m in models:
+        for layer in m["layers"]:
+            entries = [(r, lay) for r in m["runs"] for lay in r["layers"] if lay["name"] == layer]
+            keys = {r["key"] for r, _ in entries}
+            path = layer_page(m["name"], layer, multi)
+            pages[path] = env.get_template("layer.md.j2").render(
+                layer=layer, model=m["name"], entries=entries, imgs=layer_imgs.get((m["name"], layer), {}),
+                root="../" * path.count("/"),
+                ref_here=bool(ref and ref["against"] == layer and any(p["run"] in keys for p in ref["per_run"])),
+                **ctx)
     for run in runs:
         if run.get("trace"):
             pages[f"trace/{run['key']}.md"] = env.get_template("trace.md.j2").render(
@@ -206,8 +218,10 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     for (key, layer), pics in (unit_pages or {}).items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
-        pages[f"units/{key}/{layer}.md"] = env.get_template("units.md.j2").render(
+        pages[f"units/{key}/{slug(layer)}.md"] = env.get_template("units.md.j2").render(
             run=run, lay=lay, pics=pics, **ctx)
     if ctx["has_stages"]:
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
+    if ctx["model_comparisons"]:
+        pages["models.md"] = env.get_template("models.md.j2").render(**ctx)
     return {path: size_images(text, path, widths or {}) + page_style() for path, text in pages.items()}

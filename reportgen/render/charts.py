@@ -48,26 +48,29 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
     return _png(fig)
 
 
-def similarity_heatmap(mat: np.ndarray, names: list[str], title: str) -> bytes:
+def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names: list[str] | None = None) -> bytes:
     """Runs x runs similarity matrix in [0, 1] (viridis), each cell annotated with its value.
 
-    Composed with numpy and Pillow rather than matplotlib: a report draws one per layer and
-    measure, and a figure per matrix cost more than the comparison itself.
+    mat: (R, C); names: R row labels; col_names: C column labels (default: ``names``, a
+    square matrix). Composed with numpy and Pillow rather than matplotlib: a report draws
+    one per layer and measure, and a figure per matrix cost more than the comparison itself.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     from reportgen.render.colour import apply_lut, encode_png
 
     m = np.asarray(mat, dtype=np.float64)
-    k = len(names)
+    cols = list(names if col_names is None else col_names)
+    k, kc = len(names), len(cols)
     d = DENSITY
-    cell = (44 if k <= 12 else 28) * d
-    font = ImageFont.load_default(size=(11 if k <= 12 else 9) * d)
+    cell = (44 if max(k, kc) <= 12 else 28) * d
+    font = ImageFont.load_default(size=(11 if max(k, kc) <= 12 else 9) * d)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8 * d
-    top, bar_w = 24 * d + label_w, 46 * d
-    # wide enough for the title too (a matrix of two runs is narrower than its title)
-    width = max(label_w + k * cell + bar_w + 10 * d, int(probe.textlength(title, font=font)) + 8 * d)
+    col_h = max(int(probe.textlength(n, font=font)) for n in cols) + 8 * d
+    top, bar_w = 24 * d + col_h, 46 * d
+    # wide enough for the title too (a matrix of few runs is narrower than its title)
+    width = max(label_w + kc * cell + bar_w + 10 * d, int(probe.textlength(title, font=font)) + 8 * d)
     height = top + k * cell + 8 * d
     img = Image.new("RGB", (width, height), "white")
     cells = apply_lut(np.clip(m, 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
@@ -77,20 +80,21 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str) -> bytes:
     img.paste(Image.fromarray(grid), (label_w, top))
     draw = ImageDraw.Draw(img)
     draw.text((4 * d, 4 * d), title, fill="black", font=font)
+    for j, name in enumerate(cols):
+        # column labels, written vertically above the matrix
+        txt = Image.new("RGB", (col_h, cell), "white")
+        ImageDraw.Draw(txt).text((4 * d, cell // 2), name, fill="black", font=font, anchor="lm")
+        img.paste(txt.rotate(90, expand=True), (label_w + j * cell, top - col_h))
     for i, name in enumerate(names):
         y = top + i * cell + cell // 2
         draw.text((label_w - 4 * d, y), name, fill="black", font=font, anchor="rm")
-        # column labels, written vertically above the matrix
-        txt = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(txt).text((4 * d, cell // 2), name, fill="black", font=font, anchor="lm")
-        img.paste(txt.rotate(90, expand=True), (label_w + i * cell, top - label_w))
-        for j in range(k):
+        for j in range(kc):
             v = m[i, j]
             if np.isfinite(v):
                 draw.text((label_w + j * cell + cell // 2, y), f"{v:.2f}", font=font, anchor="mm",
                           fill="white" if v < 0.6 else "black")
     bar = apply_lut(np.linspace(1, 0, k * cell)[:, None].repeat(12 * d, axis=1), "viridis")
-    x_bar = label_w + k * cell + 8 * d
+    x_bar = label_w + kc * cell + 8 * d
     img.paste(Image.fromarray(bar), (x_bar, top))
     for v in (0.0, 0.5, 1.0):
         # the end labels sit inside the bar's span, so neither is cut at the image's edge

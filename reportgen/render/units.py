@@ -10,6 +10,18 @@ from reportgen.render.colour import DENSITY, at_density, fit_width, to_uint8
 from reportgen.render.views import LABEL_PX, MARGIN, MAX_WIDTH
 
 CARD_TILE = 64  # px per tile on a unit card
+# Fill of the tiles a unit has no picture for (never active: no crops, no
+# feature, nothing to project; or fewer separate crops than top_n). Plain grey,
+# not the NaN colour, so it reads as "nothing here" rather than "broken".
+BLANK_RGB = np.array([228, 228, 228], dtype=np.uint8)
+# Views that need the unit to respond to some image.
+DATA_VIEWS = ("neuron_feature", "deconvnet", "guided_backprop")
+
+
+def _inactive(u) -> np.ndarray:
+    """(U,) bool, units never active on the images (False for views cached before the flag existed)."""
+    n = len(u.patches)
+    return np.zeros(n, dtype=bool) if getattr(u, "inactive", None) is None else np.asarray(u.inactive, bool)
 
 
 def _rgb(x01: np.ndarray) -> np.ndarray:
@@ -36,27 +48,40 @@ def unit_tiles(u) -> dict[str, np.ndarray]:
         out["decoded"] = _rgb(T.per_filter(u.decoded))
     out["neuron_feature"] = _rgb(u.nf)
     if u.deconv is not None:
-        out["deconvnet"] = _rgb(_signed(u.deconv))
-        out["guided_backprop"] = _rgb(_signed(u.guided))
+        out["deconvnet"] = _rgb(_signed(np.nan_to_num(u.deconv)))
+        out["guided_backprop"] = _rgb(_signed(np.nan_to_num(u.guided)))
+    off = _inactive(u)
+    for name in DATA_VIEWS:
+        if name in out:
+            out[name][off] = BLANK_RGB
     return out
+
+
+def _crop_tiles(patches: np.ndarray) -> np.ndarray:
+    """(K, 3, h, w) crops, NaN where there is none -> (K, h, w, 3) uint8, blank where none."""
+    tiles = _rgb(np.nan_to_num(patches))
+    tiles[~np.isfinite(patches).all(axis=(1, 2, 3))] = BLANK_RGB
+    return tiles
 
 
 def unit_grids(u) -> dict[str, np.ndarray]:
     """Grids of all units for the layer page: one per view, plus the top patches (rows = units)."""
     grids = {}
     stuck = u.stuck if u.stuck is not None else None
+    off = _inactive(u)
     for name, tiles in unit_tiles(u).items():
-        marks = stuck if name == "maximise_plain" else None
+        marks = stuck if name == "maximise_plain" else off if name in DATA_VIEWS else None
         labels = [str(i) for i in range(len(tiles))]
         up = T.upscale_for(tiles.shape[1], 48)
         cols = T.fit_columns(len(tiles), tiles.shape[2] * up + 4 * MARGIN, MAX_WIDTH)
         grids[name] = _fit(T.grid(tiles, ncols=cols, upscale=up, margin=2 * MARGIN, marks=marks, labels=labels,
                                   font_px=LABEL_PX))
     k = u.patches.shape[1]
-    crops = _rgb(u.patches.reshape(-1, *u.patches.shape[2:]))
+    crops = _crop_tiles(u.patches.reshape(-1, *u.patches.shape[2:]))
     labels = [str(i) if j == 0 else "" for i in range(len(u.patches)) for j in range(k)]
     up = min(T.upscale_for(crops.shape[1], 40), max(1, (MAX_WIDTH // k - 2 * MARGIN) // crops.shape[2]))
-    grids["top_patches"] = _fit(T.grid(crops, ncols=k, upscale=up, margin=MARGIN, labels=labels, font_px=LABEL_PX))
+    grids["top_patches"] = _fit(T.grid(crops, ncols=k, upscale=up, margin=MARGIN, marks=np.repeat(off, k),
+                                       labels=labels, font_px=LABEL_PX))
     return grids
 
 
@@ -70,7 +95,7 @@ def unit_card(u, i: int, weight_tile: np.ndarray | None) -> np.ndarray:
     tiles = [] if weight_tile is None else [weight_tile]
     tiles += [t[i] for t in unit_tiles(u).values()]
     tiles.append(np.full((4, 4, 3), 255, dtype=np.uint8))
-    tiles += list(_rgb(u.patches[i]))
+    tiles += list(_crop_tiles(u.patches[i]))
     resized = [np.asarray(Image.fromarray(t).resize((CARD_TILE, CARD_TILE), Image.Resampling.NEAREST)) for t in tiles]
     return T.grid(np.stack(resized), ncols=len(resized), margin=2)
 
