@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup example test serve clean
+.PHONY: setup example test serve clean screenshots
 
 $(BIN)/reportgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ example: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Screenshots of every kind of page at 1400 and 390 px, into screenshots/ (needs
+# playwright and /usr/bin/chromium; see .ci/run).
+screenshots: setup
+	REPORTGEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/test_site.py -k "page_kind" -q
+	@echo "Open the PNGs in screenshots/"
 
 serve: example
 	$(BIN)/mkdocs serve

@@ -30,7 +30,7 @@ from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
 from reportgen.names import slug
 from reportgen.pages import render_pages
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
-from reportgen.render.colour import encode_png
+from reportgen.render.colour import display_width, encode_png
 from reportgen.render.tiles import health_marks, layer_scale
 from reportgen.render.views import activation_grid, across_locations, filter_views, gabor_triplets, stage_strip
 from reportgen.report_json import SCHEMA_VERSION, to_json
@@ -163,8 +163,9 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
     report = report_dict(spec, results, comp, device)
     report["findings"] = model_findings(report, spec.analyses)
     files.add("report.json", to_json(report))
+    widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
-                                  cross_imgs).items():
+                                  cross_imgs, widths).items():
         files.add(rel, text)
     return files, report
 

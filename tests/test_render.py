@@ -9,7 +9,7 @@ from PIL import Image
 
 from reportgen.render import tiles as T
 from reportgen.render.colour import NAN_RGB, apply_lut, encode_png, lut
-from reportgen.render.views import activation_grid, filter_views
+from reportgen.render.views import MAX_WIDTH, activation_grid, filter_views
 
 
 def ramp() -> np.ndarray:
@@ -96,12 +96,12 @@ def test_filter_views_by_layer_kind():
     assert set(filter_views(rng.normal(size=(8, 4, 3, 3)))) == {"filters_mean", "filters_l2", "filters_channels"}
     assert set(filter_views(rng.normal(size=(8, 1, 3, 3)))) == {"filters_mean", "filters_l2", "filters_per_filter"}
     heat = filter_views(rng.normal(size=(10, 2000)))["weights_heatmap"]
-    assert heat.shape[1] <= 512
+    assert heat.shape[1] <= MAX_WIDTH
 
 
 def test_heatmap_block_mean_against_numpy():
     m = np.arange(12.0).reshape(2, 6) - 6
-    out = T._block_mean(m, max_side=3)
+    out = T._block_mean(m, max_cells=3)
     np.testing.assert_allclose(out, m.reshape(2, 3, 2).mean(axis=2))
 
 
@@ -149,3 +149,125 @@ def test_similarity_heatmap_cells_use_the_colour_map():
     viridis = lut("viridis")
     colours = {tuple(c) for c in img.reshape(-1, 3)}
     assert tuple(viridis[255]) in colours and tuple(viridis[0]) in colours  # 1 and 0 cells
+
+
+# --------------------------------------------------------------------------- sized for eyes
+
+from reportgen.render.colour import DENSITY, display_width  # noqa: E402
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """Lengths of the runs of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(edges[1::2] - edges[::2])
+
+
+def test_display_width_is_what_pillow_reads_as_density():
+    img = np.zeros((10, 30, 3), np.uint8)
+    for density in (1, 2, 3):
+        data = encode_png(img, density=density)
+        dpi = Image.open(io.BytesIO(data)).info.get("dpi", (72, 72))[0]
+        expected = None if density == 1 else round(30 / (dpi / 72))
+        assert display_width(data) == expected == (None if density == 1 else 30 // density)
+    assert display_width(b"not a png") is None
+
+
+def test_filter_tiles_at_least_48_css_px_whole_pixel_upscaled():
+    w = np.random.default_rng(1).normal(size=(64, 3, 5, 5))
+    img = filter_views(w)["filters_per_layer"]
+    data = encode_png(img)
+    css_per_px = display_width(data) / img.shape[1]
+    assert css_per_px == 1 / DENSITY
+    # Kernel row 3 of filter 0 (below its label): 5 equal runs of whole pixels, each
+    # exactly the weight's colour (nearest neighbour, nothing blended between them).
+    expected = np.round((0.5 + 0.5 * w[0, :, 3, :] / np.abs(w).max()) * 255).astype(np.uint8).T  # (5, 3)
+    x0 = np.flatnonzero((img != 255).any(axis=(0, 2)))[0]
+    band = _runs((img[:, x0 + 2 * DENSITY] != 255).any(axis=1))[0]  # the first tile row, with its frame
+    y0 = np.flatnonzero((img[:, x0 + 2 * DENSITY] != 255).any(axis=1))[0]
+    lit = np.flatnonzero((img[y0 + band // 2] != 255).any(axis=1))
+    up = _runs((img[y0 + band // 2] != 255).any(axis=1))[0] // 5
+    row = img[y0 + 3 * up + up // 2, lit[0]:lit[0] + 5 * up].reshape(5, up, 3)
+    assert (row == row[:, :1]).all()
+    np.testing.assert_array_equal(row[:, 0], expected)
+    assert 5 * up * css_per_px >= 48  # the whole 5 x 5 tile
+
+
+def test_activation_maps_at_least_96_css_px():
+    maps = np.abs(np.random.default_rng(2).normal(size=(16, 48, 64)))
+    img, _ = activation_grid(maps)
+    css = display_width(encode_png(img)) / img.shape[1]
+    # the first row's map widths, from the white margins between them
+    lit = (img[img.shape[0] // 8] != 255).any(axis=1)
+    assert min(_runs(lit)) * css >= 96
+    assert img.shape[1] <= MAX_WIDTH
+
+
+def test_dense_weights_never_a_hairline():
+    w = np.random.default_rng(3).normal(size=(2, 1024))
+    img = filter_views(w)["weights_heatmap"]
+    css = display_width(encode_png(img)) / img.shape[1]
+    assert img.shape[0] * css >= 96 and img.shape[1] * css >= 96
+    # each unit is a 32 x 32 tile of its weights, row by row, on one symmetric scale
+    from reportgen.render.colour import lut
+
+    colours = lut("RdBu_r")[np.round((0.5 + 0.5 * w / np.abs(w).max()) * 255).astype(int)]
+    lit_cols = _runs((img[img.shape[0] // 2] != 255).any(axis=1))
+    assert len(lit_cols) == 2 and lit_cols[0] == lit_cols[1]
+    up = lit_cols[0] // 32
+    x0 = np.flatnonzero((img[img.shape[0] // 2] != 255).any(axis=1))[0]
+    y0 = np.flatnonzero((img[:, x0] != 255).any(axis=1))[0]
+    for k in (5 * 32, 5 * 32 + 31, 20 * 32 + 7, 1000, 1023):  # rows below the label
+        r, c = divmod(k, 32)
+        assert tuple(img[y0 + r * up + up // 2, x0 + c * up + up // 2]) == tuple(colours[0, k]), k
+    tall = filter_views(np.random.default_rng(4).normal(size=(300, 3)))["weights_heatmap"]
+    assert min(tall.shape[:2]) >= 96 * DENSITY
+
+
+def test_similarity_heatmap_title_is_not_cut():
+    from reportgen.render.charts import similarity_heatmap
+
+    title = "conv1: matched |cos| of filter weights, a long title"
+    img = np.asarray(Image.open(io.BytesIO(similarity_heatmap(np.eye(2), ["a", "b"], title))).convert("L"))
+    ink = np.flatnonzero((img[: 20 * DENSITY] < 128).any(axis=0))
+    assert ink.size and ink[-1] < img.shape[1] - 2  # the title's last letter ends inside the picture
+
+
+def test_norms_chart_legend_is_outside_the_points():
+    """The legend sits above the axes: the plot area's top row, where the largest norm
+    lands, has no legend text; and the tight box keeps the y label in the picture."""
+    from reportgen.render.charts import norms_by_run
+
+    data = norms_by_run({"a": np.full(20, 1.0), "b": np.full(20, 0.95)}, 0.1, "conv1: norms")
+    img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    red = (img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)  # the dashed line and its legend key
+    rows = np.flatnonzero(red.any(axis=1))
+    blue = (img[..., 2] > 150) & (img[..., 0] < 120)
+    top_point = np.flatnonzero(blue.any(axis=1))[0]
+    assert rows[0] < top_point  # the legend's key is drawn above every point
+    assert (img[:, : 3 * DENSITY] < 250).sum() == 0  # a white border: nothing touches the left edge
+
+
+def test_size_images_gives_widths_and_nothing_else():
+    from reportgen.pages import size_images
+
+    text = ("![a](../img/x/f.png){ loading=lazy }\n![b](../img/unknown.png){ loading=lazy }\n"
+            "![c](img/s.png){ loading=lazy width=240 }\n")
+    out = size_images(text, "layers/conv1.md", {"img/x/f.png": 416, "img/s.png": 99})
+    assert out.splitlines() == ["![a](../img/x/f.png){ loading=lazy width=416 }",
+                                "![b](../img/unknown.png){ loading=lazy }", "![c](img/s.png){ loading=lazy width=240 }"]
+
+
+def test_code_spans_show_paths_without_escapes():
+    """Paths go through the templates' ``code`` filter: shown exactly, no backslashes, no markup."""
+    import html as html_lib
+
+    import markdown
+
+    from reportgen.names import code
+
+    for text in ("runs/cam_c/best.pt", "frame_00.png", "a`b``c", "`x`", "x{ onclick=alert(1) }[y](javascript:z)",
+                 "<img src=x>"):
+        out = markdown.markdown(f"file {code(text)} here", extensions=["attr_list"])
+        inner = out[out.index("<code>") + 6:out.index("</code>")]
+        assert html_lib.unescape(inner) == text, (text, out)
+        assert "\\" not in inner and "<a" not in out and "onclick=" not in out.replace(inner, "")

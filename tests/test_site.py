@@ -34,7 +34,7 @@ def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("site")
     docs = tmp / "docs"
     shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
-    for spec in ("towncenter.yaml", "edges.yaml"):
+    for spec in ("towncenter.yaml", "edges.yaml", "colour_mlp.yaml"):
         build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=tmp / "cache")
     proc = mkdocs_strict(docs, tmp)
     assert proc.returncode == 0, proc.stderr
@@ -130,6 +130,126 @@ def test_site_in_a_real_browser(server):
             result = page.locator(".md-search-result__item").first
             result.wait_for(state="visible", timeout=15000)
             assert "loc05" in page.locator(".md-search-result").inner_text()
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- visual check
+
+# Every kind of page, screenshotted at a desktop and a phone width into SCREENSHOTS (kept
+# for a reviewer: `make screenshots`, and CI leaves the folder behind).
+SCREENSHOTS = Path(os.environ.get("REPORTGEN_SCREENSHOTS", ROOT / "screenshots"))
+PAGE_KINDS = {
+    "home": "towncenter/", "location": "towncenter/locations/loc08/", "layer": "towncenter/layers/conv1/",
+    "units": "towncenter/units/loc01/conv2/", "stages": "towncenter/stages/", "trace": "colour-mlp/trace/colourmlp/",
+    "edges": "edges/locations/edgenet/", "dense": "colour-mlp/locations/colourmlp/",
+}
+WIDTHS = (1400, 390)
+
+# Rendered size, in CSS px, of one tile of a picture: the first run of non-white pixels
+# along a row through the middle of its first row of tiles, scaled by how the page shows it.
+FIRST_TILE_JS = """img => ({shown: img.getBoundingClientRect().width, natural: img.naturalWidth,
+                            attr: +img.getAttribute('width') || 0, src: img.getAttribute('src')})"""
+
+OVERFLOW_JS = """() => {
+  const vw = document.documentElement.clientWidth, content = document.querySelector('.md-content');
+  const bad = [];
+  for (const el of content.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= vw + 1) continue;
+    let p = el.parentElement, scrolls = false;
+    for (; p && p !== content; p = p.parentElement) {
+      if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) { scrolls = true; break; }
+    }
+    if (!scrolls) bad.push(`${el.tagName}.${el.className} right=${Math.round(r.right)}`);
+  }
+  return {page: document.documentElement.scrollWidth, vw, bad: bad.slice(0, 8)};
+}"""
+
+
+def _tile_css_px(site: Path, page, selector: str) -> float:
+    """CSS px of the first tile of the first picture matching ``selector``, as rendered."""
+    import numpy as np
+    from PIL import Image
+
+    img = page.locator(selector).first
+    info = img.evaluate(FIRST_TILE_JS)
+    rel = (Path(urlsplit(page.url).path.lstrip("/")) / info["src"])
+    pixels = np.asarray(Image.open(site / os.path.normpath(rel)).convert("RGB"))
+    # background and the frames of flagged filters (red, orange, blue, magenta) are not the tile
+    frames = np.array([[255, 255, 255], [220, 20, 20], [245, 150, 0], [30, 100, 230], [255, 0, 255]])
+    tile_px = ~(pixels[:, :, None, :] == frames[None, None]).all(axis=-1).any(axis=-1)
+
+    def runs(mask):  # (start, length) of each run of True
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+        return list(zip(edges[::2], edges[1::2] - edges[::2]))
+
+    col = np.flatnonzero(tile_px.any(axis=0))[0] + 2  # inside the first column of tiles
+    top, height = runs(tile_px[:, col])[0]
+    _, tile = runs(tile_px[top + height // 2])[0]
+    return float(tile * info["shown"] / info["natural"])
+
+
+def _show_all_tabs(page) -> None:
+    page.evaluate("document.querySelectorAll('.tabbed-block').forEach(b => b.style.display = 'block')")
+
+
+def test_every_page_kind_as_a_reviewer_sees_it(site, server):
+    """Screenshots of every page kind at 1400 and 390 px; pictures at their minimum sizes;
+    nothing wider than a phone; the lightbox enlarges; no escapes; no console errors."""
+    sync_playwright = _browser_or_skip()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            errors: list[str] = []
+            for width in WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                for kind, path in PAGE_KINDS.items():
+                    page.goto(f"{server}/{path}")
+                    assert _all_images_load(page) == [], (kind, width)
+                    page.screenshot(path=str(SCREENSHOTS / f"{kind}-{width}.png"), full_page=True)
+                    text = page.locator("article").inner_text()
+                    assert "\\_" not in text and "\\*" not in text, (kind, "a Markdown escape shows")
+                    if width < 500:
+                        _show_all_tabs(page)
+                        res = page.evaluate(OVERFLOW_JS)
+                        assert res["page"] <= res["vw"] and not res["bad"], (kind, res)
+                if width == 1400:
+                    page.goto(f"{server}/towncenter/locations/loc08/")
+                    _all_images_load(page)
+                    assert _tile_css_px(site, page, 'img[src$="conv1/filters_per_layer.png"]') >= 48
+                    assert _tile_css_px(site, page, 'img[src$="conv2/filters_mean.png"]') >= 48
+                    _show_all_tabs(page)
+                    assert _tile_css_px(site, page, 'img[src$="conv1/activations_0.png"]') >= 96
+                    assert _tile_css_px(site, page, 'img[src$="conv4/activations_0.png"]') >= 96
+                    page.goto(f"{server}/towncenter/layers/conv1/")
+                    _all_images_load(page)
+                    assert _tile_css_px(site, page, 'img[src$="loc01/conv1/filters_per_layer.png"]') >= 48
+                    page.goto(f"{server}/colour-mlp/locations/colourmlp/")
+                    _all_images_load(page)
+                    _show_all_tabs(page)
+                    for img in page.locator('img[src$="weights_heatmap.png"]').all():
+                        box = img.bounding_box()
+                        assert box["width"] >= 96 and box["height"] >= 96, box
+                    # the lightbox opens the picture larger than the page shows it
+                    page.set_viewport_size({"width": 1400, "height": 1400})
+                    page.goto(f"{server}/towncenter/locations/loc08/")
+                    _all_images_load(page)
+                    inline = page.locator('img[src$="conv1/filters_per_layer.png"]').first
+                    shown = inline.bounding_box()["width"]
+                    inline.click()
+                    big = page.locator(".gslide-image img").first
+                    big.wait_for(state="visible", timeout=10000)
+                    page.wait_for_timeout(600)  # the opening animation
+                    natural = big.evaluate("i => i.naturalWidth")
+                    assert big.bounding_box()["width"] >= min(2 * shown, natural) - 1 and natural >= 2 * shown - 1
+                    page.screenshot(path=str(SCREENSHOTS / "lightbox-1400.png"))
+                    page.keyboard.press("Escape")
+                page.close()
             assert errors == [], errors
         finally:
             browser.close()

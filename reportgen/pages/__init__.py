@@ -7,6 +7,7 @@ with page-relative paths so the site works under any sub-path.
 from __future__ import annotations
 
 import html
+import posixpath
 import re
 from functools import lru_cache
 
@@ -121,17 +122,49 @@ def layer_page(model: str, layer: str, multi: bool) -> str:
     return f"layers/{model}/{slug(layer)}.md" if multi else f"layers/{slug(layer)}.md"
 
 
+# ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
+_LAZY_IMAGE = re.compile(r"(!\[[^\]\n]*\]\(([^)\s]+)\))\{ loading=lazy(?=[ }])(?![^}\n]*\bwidth=)")
+
+
+def size_images(text: str, page: str, widths: dict[str, int]) -> str:
+    """Give every picture of a page the CSS width it is drawn for: ``width=N`` (an
+    attribute list, so no raw HTML) for each image whose report-relative path is in
+    ``widths``. Pictures are drawn at DENSITY x that width; the lightbox opens the file.
+
+    page: the page's path in the report (``layers/conv1.md``); widths: image path in
+    the report -> CSS px (see render.colour.display_width).
+    """
+    base = posixpath.dirname(page)
+
+    def add(m: re.Match) -> str:
+        width = widths.get(posixpath.normpath(posixpath.join(base, m.group(2))))
+        return f"{m.group(1)}{{ loading=lazy width={int(width)}" if width else m.group(0)
+
+    return _LAZY_IMAGE.sub(add, text)
+
+
+@lru_cache(maxsize=1)
+def page_style() -> str:
+    """The report's CSS as a <style> block for the end of each page (see report.css)."""
+    from importlib.resources import files
+
+    css = files("reportgen.pages").joinpath("report.css").read_text(encoding="utf-8")
+    lines = [ln.strip() for ln in css.splitlines() if ln.strip()]  # a blank line would end the HTML block
+    return "\n\n<style>\n" + "\n".join(lines) + "\n</style>\n"
+
+
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
                  layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]],
                  shared_inputs: dict[str, list[str]], unit_pages: dict | None = None,
-                 cross_imgs: dict[str, str] | None = None) -> dict[str, str]:
+                 cross_imgs: dict[str, str] | None = None, widths: dict[str, int] | None = None) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
     images: (run key, layer) -> {view name: path relative to the report directory};
     ("reference", "__ref__") holds the reference's views and (run, "__stages__") the
     stage strips. layer_imgs: (model, layer) -> kind -> [(model, path)] for charts and
     comparisons. shared_inputs: model -> the shared images shown on the stages page.
-    cross_imgs: "modelA|modelB" -> the cross-model CKA heatmap.
+    cross_imgs: "modelA|modelB" -> the cross-model CKA heatmap. widths:
+    image path -> the CSS width it is drawn for (see ``size_images``).
     """
     env = _env()
     runs = report["runs"]
@@ -191,4 +224,4 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
     if ctx["model_comparisons"]:
         pages["models.md"] = env.get_template("models.md.j2").render(**ctx)
-    return pages
+    return {path: size_images(text, path, widths or {}) + page_style() for path, text in pages.items()}

@@ -9,10 +9,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+from reportgen.render.colour import DENSITY
+
+
 def _png(fig: Figure) -> bytes:
+    """The figure at 100 dpi x DENSITY, marked with that density for the pages; the
+    bounding box is fitted to every label and legend, so nothing is clipped."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100 * DENSITY, metadata={"Software": None}, bbox_inches="tight",
+                pad_inches=0.08, pil_kwargs={"dpi": (72 * DENSITY,) * 2})
     return buf.getvalue()
 
 
@@ -23,7 +29,6 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
     """
     names = list(norms)
     fig = Figure(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.2))
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.22)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
     for i, name in enumerate(names):
@@ -34,10 +39,11 @@ def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, tit
             ax.plot([i - 0.3, i + 0.3], [np.median(y)] * 2, color="black", lw=1.2)
     if dead_threshold is not None:
         ax.axhline(dead_threshold, color="tab:red", ls="--", lw=1, label="dead below")
-        ax.legend(loc="upper right", fontsize=8, frameon=False)
+        # above the axes, beside the title: inside, it would cover points
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, borderaxespad=0.2)
     ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, fontsize=8)
     ax.set_ylabel("filter L2 norm")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, loc="left")
     ax.set_ylim(bottom=0)
     return _png(fig)
 
@@ -56,16 +62,16 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
     m = np.asarray(mat, dtype=np.float64)
     cols = list(names if col_names is None else col_names)
     k, kc = len(names), len(cols)
-    cell = 44 if max(k, kc) <= 12 else 28
-    font = ImageFont.load_default(size=11 if max(k, kc) <= 12 else 9)
+    d = DENSITY
+    cell = (44 if max(k, kc) <= 12 else 28) * d
+    font = ImageFont.load_default(size=(11 if max(k, kc) <= 12 else 9) * d)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8
-    col_h = max(int(probe.textlength(n, font=font)) for n in cols) + 8
-    top, bar_w = 24 + col_h, 46
-    width = label_w + kc * cell + bar_w + 10
-    if col_names is not None:  # a narrow rectangle must still show its title
-        width = max(width, int(probe.textlength(title, font=font)) + label_w + 8)
-    height = top + k * cell + 8
+    label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8 * d
+    col_h = max(int(probe.textlength(n, font=font)) for n in cols) + 8 * d
+    top, bar_w = 24 * d + col_h, 46 * d
+    # wide enough for the title too (a matrix of few runs is narrower than its title)
+    width = max(label_w + kc * cell + bar_w + 10 * d, int(probe.textlength(title, font=font)) + 8 * d)
+    height = top + k * cell + 8 * d
     img = Image.new("RGB", (width, height), "white")
     cells = apply_lut(np.clip(m, 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
     grid = cells.copy()
@@ -73,26 +79,28 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
     grid[:, ::cell] = 255
     img.paste(Image.fromarray(grid), (label_w, top))
     draw = ImageDraw.Draw(img)
-    draw.text((label_w, 4), title, fill="black", font=font)
+    draw.text((4 * d, 4 * d), title, fill="black", font=font)
     for j, name in enumerate(cols):
         # column labels, written vertically above the matrix
         txt = Image.new("RGB", (col_h, cell), "white")
-        ImageDraw.Draw(txt).text((4, cell // 2), name, fill="black", font=font, anchor="lm")
+        ImageDraw.Draw(txt).text((4 * d, cell // 2), name, fill="black", font=font, anchor="lm")
         img.paste(txt.rotate(90, expand=True), (label_w + j * cell, top - col_h))
     for i, name in enumerate(names):
         y = top + i * cell + cell // 2
-        draw.text((label_w - 4, y), name, fill="black", font=font, anchor="rm")
+        draw.text((label_w - 4 * d, y), name, fill="black", font=font, anchor="rm")
         for j in range(kc):
             v = m[i, j]
             if np.isfinite(v):
                 draw.text((label_w + j * cell + cell // 2, y), f"{v:.2f}", font=font, anchor="mm",
                           fill="white" if v < 0.6 else "black")
-    bar = apply_lut(np.linspace(1, 0, k * cell)[:, None].repeat(12, axis=1), "viridis")
-    x_bar = label_w + kc * cell + 8
+    bar = apply_lut(np.linspace(1, 0, k * cell)[:, None].repeat(12 * d, axis=1), "viridis")
+    x_bar = label_w + kc * cell + 8 * d
     img.paste(Image.fromarray(bar), (x_bar, top))
     for v in (0.0, 0.5, 1.0):
-        draw.text((x_bar + 16, top + (1 - v) * (k * cell - 1)), f"{v:g}", fill="black", font=font, anchor="lm")
-    return encode_png(np.asarray(img))
+        # the end labels sit inside the bar's span, so neither is cut at the image's edge
+        anchor = {0.0: "ld", 0.5: "lm", 1.0: "la"}[v]
+        draw.text((x_bar + 16 * d, top + (1 - v) * (k * cell - 1)), f"{v:g}", fill="black", font=font, anchor=anchor)
+    return encode_png(np.asarray(img), density=d)
 
 
 def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:

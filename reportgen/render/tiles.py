@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from reportgen.render.colour import NAN_RGB, apply_lut, to_uint8
+from reportgen.render.colour import DENSITY, NAN_RGB, apply_lut, to_uint8
 
 BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
 MARK_RGB = np.array([220, 20, 20], dtype=np.uint8)  # frame of dead tiles
@@ -77,20 +77,29 @@ def per_layer(w: np.ndarray, scale: float | None = None) -> np.ndarray:
 NORMALISERS = {"per_filter": per_filter, "per_layer": per_layer}
 
 
-def upscale_for(size: int, target_px: int) -> int:
-    """Integer nearest-neighbour factor that brings ``size`` near ``target_px``."""
-    return max(1, round(target_px / max(size, 1)))
+def upscale_for(size: int, css_px: int, density: int = DENSITY) -> int:
+    """Smallest whole-pixel (nearest-neighbour) factor that shows ``size`` image pixels
+    at least ``css_px`` CSS px wide on a picture drawn at ``density`` px per CSS px, and
+    each pixel at least one CSS px (a large map is never shown below its resolution)."""
+    return max(density, math.ceil(css_px * density / max(size, 1)))
+
+
+def fit_columns(n: int, cell_w: int, max_width: int, ncols: int | None = None) -> int:
+    """Columns for ``n`` cells of ``cell_w`` px: near-square (or ``ncols``), but never
+    wider than ``max_width`` so the grid is not resampled (which would blur it)."""
+    want = ncols if ncols is not None else max(1, math.ceil(math.sqrt(n)))
+    return max(1, min(want, max_width // max(cell_w, 1)))
 
 
 def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: int = 2,
-         marks: np.ndarray | None = None, labels: list[str] | None = None) -> np.ndarray:
+         marks: np.ndarray | None = None, labels: list[str] | None = None, font_px: int = 11) -> np.ndarray:
     """Compose tiles into one image.
 
     tiles: (N, h, w, 3) uint8. Each tile is enlarged ``upscale`` times (nearest
     neighbour) and surrounded by ``margin`` pixels of white; where ``marks[i]`` is
     non-zero the margin is drawn in ``MARK_COLOURS[marks[i]]`` instead (True: red). Tiles fill rows of
-    ``ncols`` (default: a near-square layout). ``labels[i]`` is written small in
-    the tile's top-left corner when tiles are at least LABEL_MIN_PX wide.
+    ``ncols`` (default: a near-square layout). ``labels[i]`` is written (``font_px``
+    high) in the tile's top-left corner when tiles are at least 2.5 x ``font_px`` wide.
     Returns (H, W, 3) uint8.
     """
     tiles = np.asarray(tiles)
@@ -109,28 +118,28 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
         if marks is not None and marks[i] and margin > 0:
             out[y:y + ch, x:x + cw] = MARK_COLOURS[int(marks[i])]
         out[y + margin:y + margin + th, x + margin:x + margin + tw] = big[i]
-    if labels is not None and tw >= LABEL_MIN_PX:
-        out = _draw_labels(out, labels, ncols, ch, cw, margin)
+    if labels is not None and tw >= 2.5 * font_px:
+        out = _draw_labels(out, labels, ncols, ch, cw, margin, font_px)
     return out
 
 
-LABEL_MIN_PX = 28
+def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: int, margin: int,
+                 font_px: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
 
-
-def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: int, margin: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
+    font = ImageFont.load_default(size=font_px)
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
+    pad = max(1, font_px // 8)
     for i, text in enumerate(labels):
         if not text:
             continue
         r, c = divmod(i, ncols)
         x, y = c * cw + margin, r * ch + margin
         # A dark box under white digits stays readable on any tile colour.
-        box = draw.textbbox((x + 1, y), text)
-        draw.rectangle((x, y, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
-        draw.text((x + 1, y), text, fill=(255, 255, 255))
+        box = draw.textbbox((x + pad, y), text, font=font)
+        draw.rectangle((x, y, box[2] + pad, box[3] + pad), fill=(0, 0, 0))
+        draw.text((x + pad, y), text, fill=(255, 255, 255), font=font)
     return np.asarray(pil).copy()
 
 
@@ -144,23 +153,40 @@ def mapped_tiles(x01: np.ndarray, cmap: str) -> np.ndarray:
     return apply_lut(x01, cmap)
 
 
-def heatmap(m: np.ndarray, cmap: str = "RdBu_r", max_side: int = 512, min_side: int = 160) -> np.ndarray:
+def heatmap(m: np.ndarray, cmap: str = "RdBu_r", max_side: int = 1360, min_side: int = 160 * DENSITY,
+            max_cells: int = 170) -> np.ndarray:
     """Dense weight matrix (out, in) -> (H, W, 3) uint8, symmetric around 0.
 
-    Matrices larger than ``max_side`` are block-averaged; small ones are enlarged
-    so the picture is readable.
+    Axes with more than ``max_cells`` entries are block-averaged; each axis is then
+    enlarged by a whole factor to at least ``min_side`` px (at most ``max_side``), so
+    a matrix of 2 rows is two bands, never a hairline. Cells may be non-square.
     """
-    x = np.asarray(m, dtype=np.float64)
-    x = _block_mean(x, max_side)
+    x = _block_mean(np.asarray(m, dtype=np.float64), max_cells)
     img = apply_lut(per_layer(x), cmap)
-    k = max(1, math.ceil(min_side / max(1, min(x.shape))))
-    k = min(k, max(1, max_side // max(x.shape)))
-    return img.repeat(k, axis=0).repeat(k, axis=1)
+    ky, kx = (min(max(1, math.ceil(min_side / n)), max(1, max_side // n)) for n in x.shape)
+    return img.repeat(ky, axis=0).repeat(kx, axis=1)
 
 
-def _block_mean(x: np.ndarray, max_side: int) -> np.ndarray:
-    fy = math.ceil(x.shape[0] / max_side)
-    fx = math.ceil(x.shape[1] / max_side)
+PAD_RGB = np.array([225, 225, 225], dtype=np.uint8)  # past the last input of a wrapped unit
+
+
+def wrapped_units(m: np.ndarray, cmap: str = "RdBu_r") -> np.ndarray:
+    """(out, in) -> (out, s, s, 3) uint8: each unit's ``in`` weights wrapped row by row
+    into an s x s square (s = ceil(sqrt(in))), on one symmetric scale for the matrix;
+    cells past the last input are light grey."""
+    x = np.asarray(m, dtype=np.float64)
+    out_n, d = x.shape
+    side = math.ceil(math.sqrt(d))
+    rgb = apply_lut(per_layer(x), cmap)
+    tiles = np.empty((out_n, side * side, 3), dtype=np.uint8)
+    tiles[:] = PAD_RGB
+    tiles[:, :d] = rgb
+    return tiles.reshape(out_n, side, side, 3)
+
+
+def _block_mean(x: np.ndarray, max_cells: int) -> np.ndarray:
+    fy = math.ceil(x.shape[0] / max_cells)
+    fx = math.ceil(x.shape[1] / max_cells)
     if fy == 1 and fx == 1:
         return x
     ph, pw = -x.shape[0] % fy, -x.shape[1] % fx
@@ -171,6 +197,6 @@ def _block_mean(x: np.ndarray, max_side: int) -> np.ndarray:
 
 
 __all__ = [
-    "NAN_RGB", "NORMALISERS", "grid", "heatmap", "layer_scale", "mapped_tiles", "per_filter",
-    "per_layer", "rgb_filter_tiles", "upscale_for",
+    "NAN_RGB", "NORMALISERS", "fit_columns", "grid", "heatmap", "layer_scale", "mapped_tiles", "per_filter",
+    "per_layer", "rgb_filter_tiles", "upscale_for", "wrapped_units",
 ]

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from reportgen.render import tiles as T
-from reportgen.render.colour import fit_width, to_uint8
-from reportgen.render.views import MAX_WIDTH
+from reportgen.render.colour import DENSITY, at_density, fit_width, to_uint8
+from reportgen.render.views import LABEL_PX, MARGIN, MAX_WIDTH
 
 CARD_TILE = 64  # px per tile on a unit card
 # Fill of the tiles a unit has no picture for (never active: no crops, no
@@ -72,14 +72,21 @@ def unit_grids(u) -> dict[str, np.ndarray]:
     for name, tiles in unit_tiles(u).items():
         marks = stuck if name == "maximise_plain" else off if name in DATA_VIEWS else None
         labels = [str(i) for i in range(len(tiles))]
-        grids[name] = fit_width(T.grid(tiles, upscale=T.upscale_for(tiles.shape[1], 48), marks=marks,
-                                       labels=labels), MAX_WIDTH)
+        up = T.upscale_for(tiles.shape[1], 48)
+        cols = T.fit_columns(len(tiles), tiles.shape[2] * up + 4 * MARGIN, MAX_WIDTH)
+        grids[name] = _fit(T.grid(tiles, ncols=cols, upscale=up, margin=2 * MARGIN, marks=marks, labels=labels,
+                                  font_px=LABEL_PX))
     k = u.patches.shape[1]
     crops = _crop_tiles(u.patches.reshape(-1, *u.patches.shape[2:]))
     labels = [str(i) if j == 0 else "" for i in range(len(u.patches)) for j in range(k)]
-    grids["top_patches"] = fit_width(T.grid(crops, ncols=k, upscale=T.upscale_for(crops.shape[1], 40), margin=1,
-                                            marks=np.repeat(off, k), labels=labels), MAX_WIDTH)
+    up = min(T.upscale_for(crops.shape[1], 40), max(1, (MAX_WIDTH // k - 2 * MARGIN) // crops.shape[2]))
+    grids["top_patches"] = _fit(T.grid(crops, ncols=k, upscale=up, margin=MARGIN, marks=np.repeat(off, k),
+                                       labels=labels, font_px=LABEL_PX))
     return grids
+
+
+def _fit(img: np.ndarray) -> np.ndarray:
+    return fit_width(at_density(img, DENSITY), MAX_WIDTH)
 
 
 def unit_card(u, i: int, weight_tile: np.ndarray | None) -> np.ndarray:

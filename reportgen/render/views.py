@@ -10,60 +10,94 @@ import numpy as np
 
 from reportgen.analysis.activations import rank_channels
 from reportgen.render import tiles as T
-from reportgen.render.colour import apply_lut, fit_width
+from reportgen.render.colour import DENSITY, apply_lut, at_density, fit_width
 
-MAX_WIDTH = 1600  # px; wider grids are shrunk for the screen
+# The report's content column is about 680 CSS px wide in a 1400 px window (Material,
+# both sidebars shown); pictures are drawn at DENSITY px per CSS px to fill it at most.
+CONTENT_CSS = 680
+MAX_WIDTH = CONTENT_CSS * DENSITY  # px; grids pick their columns to fit, wider pictures are shrunk
 MAX_CHANNEL_COLUMNS = 64  # per-input-channel view shows at most this many inputs
+FILTER_CSS = 48  # CSS px per filter tile (kernels of any size)
+MAP_CSS = 96  # CSS px per activation map (the larger side)
+MARGIN = DENSITY  # 1 CSS px around tiles; 2 CSS px frames mark flagged filters
+LABEL_PX = 10 * DENSITY
+
+
+def _fit(img: np.ndarray) -> np.ndarray:
+    return fit_width(at_density(img), MAX_WIDTH)
+
+
+def _filter_grid(tiles: np.ndarray, dead: np.ndarray | None, labels: list[str], css: int) -> np.ndarray:
+    up = T.upscale_for(max(tiles.shape[1:3]), css)
+    cell = tiles.shape[2] * up + 4 * MARGIN
+    return T.grid(tiles, ncols=T.fit_columns(len(tiles), cell, MAX_WIDTH), upscale=up, margin=2 * MARGIN,
+                  marks=dead, labels=labels, font_px=LABEL_PX)
 
 
 def filter_views(w: np.ndarray, dead: np.ndarray | None = None, scale: float | None = None,
                  tile_px: int = 0) -> dict[str, np.ndarray]:
-    """Views of one layer's weights.
+    """Views of one layer's weights, drawn at DENSITY px per CSS px.
 
-    w: (N, C, kh, kw) conv weights or (N, D) dense weights. ``dead``: (N,) bool,
-    framed red. ``scale``: the per-layer symmetric scale (pass one shared across
-    locations to compare magnitudes); defaults to this layer's max|W|.
+    w: (N, C, kh, kw) conv weights or (N, D) dense weights. ``dead``: (N,) mark codes
+    (see tiles.health_marks), framed in colour. ``scale``: the per-layer symmetric scale
+    (pass one shared across locations to compare magnitudes); defaults to this layer's
+    max|W|. ``tile_px``: CSS px per filter tile (0: FILTER_CSS).
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim == 2:
-        return {"weights_heatmap": T.heatmap(w)}
+        return {"weights_heatmap": _fit(dense_weights(w))}
     if w.ndim != 4:
         w = w.reshape(w.shape[0], w.shape[1], -1, 1) if w.ndim == 3 else w.reshape(w.shape[0], 1, -1, 1)
     n, c, kh, kw = w.shape
     s = T.layer_scale(w) if scale is None else scale
     labels = [str(i) for i in range(n)]
+    css = tile_px or FILTER_CSS
     views: dict[str, np.ndarray] = {}
     if c == 3:
-        up = T.upscale_for(max(kh, kw), tile_px or 36)
-        views["filters_per_layer"] = T.grid(T.rgb_filter_tiles(T.per_layer(w, s)), upscale=up, marks=dead,
-                                             labels=labels)
-        views["filters_per_filter"] = T.grid(T.rgb_filter_tiles(T.per_filter(w)), upscale=up, marks=dead,
-                                              labels=labels)
+        views["filters_per_layer"] = _filter_grid(T.rgb_filter_tiles(T.per_layer(w, s)), dead, labels, css)
+        views["filters_per_filter"] = _filter_grid(T.rgb_filter_tiles(T.per_filter(w)), dead, labels, css)
     else:
-        up = T.upscale_for(max(kh, kw), tile_px or 24)
         mean = w.mean(axis=1)
-        views["filters_mean"] = T.grid(T.mapped_tiles(T.per_layer(mean, T.layer_scale(mean)), "gray"),
-                                       upscale=up, marks=dead, labels=labels)
+        views["filters_mean"] = _filter_grid(T.mapped_tiles(T.per_layer(mean, T.layer_scale(mean)), "gray"),
+                                             dead, labels, css)
         l2 = np.sqrt((w**2).sum(axis=1))
         l2max = T.layer_scale(l2)
-        views["filters_l2"] = T.grid(T.mapped_tiles(l2 / l2max if l2max > 0 else l2 * 0, "gray"),
-                                     upscale=up, marks=dead, labels=labels)
+        views["filters_l2"] = _filter_grid(T.mapped_tiles(l2 / l2max if l2max > 0 else l2 * 0, "gray"),
+                                           dead, labels, css)
         if c > 1:
             cc = min(c, MAX_CHANNEL_COLUMNS)
             sub = T.per_layer(w[:, :cc], s).reshape(n * cc, kh, kw)
-            up_c = T.upscale_for(max(kh, kw), 12)
-            rows = T.grid(T.mapped_tiles(sub, "gray"), ncols=cc, upscale=up_c, margin=1)
-            views["filters_channels"] = rows
+            # as large as 12 CSS px per kernel, but one row of cc kernels must fit unresampled
+            up_c = min(T.upscale_for(max(kh, kw), 12), max(1, (MAX_WIDTH // cc - 2) // kw))
+            views["filters_channels"] = T.grid(T.mapped_tiles(sub, "gray"), ncols=cc, upscale=up_c, margin=1)
         else:
-            views["filters_per_filter"] = T.grid(T.mapped_tiles(T.per_filter(w[:, 0]), "gray"),
-                                                 upscale=up, marks=dead, labels=labels)
-    return {k: fit_width(v, MAX_WIDTH) for k, v in views.items()}
+            views["filters_per_filter"] = _filter_grid(T.mapped_tiles(T.per_filter(w[:, 0]), "gray"),
+                                                       dead, labels, css)
+    return {k: _fit(v) for k, v in views.items()}
 
 
-def activation_grid(maps: np.ndarray, target_px: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def dense_weights(w: np.ndarray) -> np.ndarray:
+    """A dense layer's (out, in) weights as a picture no thinner than about 96 CSS px.
+
+    Few units with many inputs: one tile per unit, its inputs wrapped row by row into a
+    square (a 2 x 1024 matrix is two 32 x 32 tiles, not a 2-px band); otherwise a
+    heatmap, rows units and columns inputs, with whole-pixel cells.
+    """
+    out_n, d = w.shape
+    if d >= 64 and out_n <= 64:
+        tiles = T.wrapped_units(w)
+        up = T.upscale_for(tiles.shape[1], MAP_CSS)
+        cell = tiles.shape[2] * up + 2 * MARGIN
+        return T.grid(tiles, ncols=T.fit_columns(out_n, cell, MAX_WIDTH), upscale=up, margin=MARGIN,
+                      labels=[str(i) for i in range(out_n)], font_px=LABEL_PX)
+    return T.heatmap(w, max_side=MAX_WIDTH)
+
+
+def activation_grid(maps: np.ndarray, target_px: int = MAP_CSS) -> tuple[np.ndarray, np.ndarray]:
     """One image's feature maps as a grid, most active channel first.
 
-    maps: (C, H, W) or (C,) for dense layers. Non-negative maps use one colour
+    maps: (C, H, W) or (C,) for dense layers. Each map is at least ``target_px`` CSS px
+    on its larger side (a dense layer's 1 x 1 maps: 24). Non-negative maps use one colour
     scale [0, max] for all channels (weak channels look weak); maps with negative
     values use a diverging scale symmetric around 0. Returns (image, order).
     """
@@ -80,9 +114,11 @@ def activation_grid(maps: np.ndarray, target_px: int = 64) -> tuple[np.ndarray, 
     else:
         x01, cmap = (ranked / hi if hi > 0 else np.where(np.isfinite(ranked), 0.0, np.nan)), "viridis"
     h, w = maps.shape[1:]
-    up = T.upscale_for(max(h, w), target_px)
-    img = T.grid(apply_lut(x01, cmap), upscale=up, margin=1, labels=[str(int(i)) for i in order])
-    return fit_width(img, MAX_WIDTH), order
+    up = T.upscale_for(max(h, w), target_px if h * w > 1 else 24)
+    cols = T.fit_columns(len(maps), w * up + 2 * MARGIN, MAX_WIDTH)
+    img = T.grid(apply_lut(x01, cmap), ncols=cols, upscale=up, margin=MARGIN,
+                 labels=[str(int(i)) for i in order], font_px=LABEL_PX)
+    return _fit(img), order
 
 
 def filter_tiles(w: np.ndarray, scale: float) -> np.ndarray:
@@ -97,7 +133,7 @@ def filter_tiles(w: np.ndarray, scale: float) -> np.ndarray:
 
 def across_locations(base: np.ndarray, others: list[np.ndarray],
                      matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: float,
-                     tile_px: int = 30) -> np.ndarray:
+                     tile_px: int = FILTER_CSS) -> np.ndarray:
     """Each base filter (rows) beside its matched filter at every other location (columns).
 
     base: (N, C, kh, kw); others: K arrays (M, C, kh, kw); matches from
@@ -115,11 +151,12 @@ def across_locations(base: np.ndarray, others: list[np.ndarray],
         cols.append(tiles)
     stacked = np.stack(cols, axis=1).reshape(n * len(cols), kh, kw, 3)  # row-major: filter, location
     labels = [str(i) if j == 0 else "" for i in range(n) for j in range(len(cols))]
-    img = T.grid(stacked, ncols=len(cols), upscale=T.upscale_for(max(kh, kw), tile_px), margin=1, labels=labels)
-    return fit_width(img, MAX_WIDTH)
+    img = T.grid(stacked, ncols=len(cols), upscale=T.upscale_for(max(kh, kw), tile_px), margin=MARGIN,
+                 labels=labels, font_px=LABEL_PX)
+    return _fit(img)
 
 
-def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 56) -> np.ndarray:
+def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = FILTER_CSS) -> np.ndarray:
     """Per filter: the filter (RGB or grey, min-max), its spatial pattern and the fitted Gabor.
 
     w: (N, C, kh, kw) with C in (1, 3); fits: N GaborFit. The spatial pattern is the
@@ -142,20 +179,22 @@ def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = 56) -> np.ndarray:
     for i in range(n):
         score = fits[i].score
         labels += [f"{i}: {'nan' if not np.isfinite(score) else f'{score:.2f}'}", "", ""]
-    img = T.grid(np.stack(out), ncols=3 * min(8, n), upscale=T.upscale_for(max(kh, kw), tile_px),
-                 margin=1, labels=labels)
-    return fit_width(img, MAX_WIDTH)
+    up = T.upscale_for(max(kh, kw), tile_px)
+    triplets = T.fit_columns(n, 3 * (kw * up + 2 * MARGIN), MAX_WIDTH, ncols=min(8, n))
+    img = T.grid(np.stack(out), ncols=3 * triplets, upscale=up, margin=MARGIN, labels=labels, font_px=LABEL_PX)
+    return _fit(img)
 
 
-def stage_strip(maps: list[np.ndarray], height: int = 96) -> np.ndarray:
+def stage_strip(maps: list[np.ndarray], height: int = MAP_CSS) -> np.ndarray:
     """One image's activations at several layers, left to right.
 
     maps: per layer (C, H, W) (or (C,) for dense layers, drawn as a bar of channels).
     Each panel is the mean over channels, scaled to its own [0, max] and resized to
-    ``height`` pixels (nearest), so panels of different resolution line up.
+    ``height`` CSS px (nearest), so panels of different resolution line up.
     """
     from PIL import Image
 
+    height *= DENSITY
     panels = []
     for m in maps:
         m = np.asarray(m, dtype=np.float64)
@@ -165,6 +204,6 @@ def stage_strip(maps: list[np.ndarray], height: int = 96) -> np.ndarray:
         rgb = apply_lut(x01, "viridis")
         w = max(1, round(rgb.shape[1] * height / rgb.shape[0])) if m.ndim == 3 else height
         panels.append(np.asarray(Image.fromarray(rgb).resize((w, height), Image.Resampling.NEAREST)))
-    gap = np.full((height, 6, 3), 255, dtype=np.uint8)
+    gap = np.full((height, 6 * DENSITY, 3), 255, dtype=np.uint8)
     row = [p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1]
-    return fit_width(np.concatenate(row, axis=1), MAX_WIDTH)
+    return _fit(np.concatenate(row, axis=1))
