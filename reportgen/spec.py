@@ -262,7 +262,7 @@ class ModelSpec(_Strict):
 
 class FilterOptions(_Strict):
     enabled: bool = True
-    tile_px: int = Field(0, ge=0, description="Tile size in pixels; 0 picks one from the kernel size.")
+    tile_px: int = Field(0, ge=0, description="Smallest size of a filter tile on the page, in CSS pixels; 0 means 48.")
 
 
 class ActivationOptions(_Strict):
