@@ -117,7 +117,8 @@ def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:
                         hspace=0.45, wspace=0.12)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     for ax, name, x in zip(axes.ravel(), names, finite):
-        ax.hist(np.clip(x, -lim, lim), bins=bins, color="tab:blue")
+        # One step artist per panel, not one rectangle per bin: the same picture, drawn faster.
+        ax.stairs(np.histogram(np.clip(x, -lim, lim), bins=bins)[0], bins, fill=True, color="tab:blue")
         ax.set_title(name, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_yticks([])
