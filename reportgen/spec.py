@@ -564,30 +564,19 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
         images_kp = mkp + ("images",) if model.images is not None else ("images",)
         for li, location in enumerate(locations):
             lkp = mkp + ("locations", li) if model.locations else mkp
-            ckpt = ts = None
-            if model.checkpoint:
-                ckpt = base / model.checkpoint.replace("{location}", location)
-                if not ckpt.is_file():
-                    problems.append(
-                        f"{src.where(lkp)}: {format_key_path(lkp)}: checkpoint for location "
-                        f"'{location}' not found: {_rel(ckpt)}; check the 'checkpoint' template "
-                        "and the location name"
-                    )
-            if model.torchscript:
-                ts = base / model.torchscript.replace("{location}", location)
-                if not ts.is_file():
-                    problems.append(
-                        f"{src.where(lkp)}: {format_key_path(lkp)}: TorchScript file for location "
-                        f"'{location}' not found: {_rel(ts)}"
-                    )
-            onnx = None
-            if model.onnx:
-                onnx = base / model.onnx.replace("{location}", location)
-                if not onnx.is_file():
-                    problems.append(
-                        f"{src.where(lkp)}: {format_key_path(lkp)}: ONNX file for location "
-                        f"'{location}' not found: {_rel(onnx)}"
-                    )
+            def located(template: Optional[str], what: str, hint: str = "") -> Optional[Path]:
+                if not template:
+                    return None
+                path = base / template.replace("{location}", location)
+                if not path.is_file():
+                    problems.append(f"{src.where(lkp)}: {format_key_path(lkp)}: {what} for location "
+                                    f"'{location}' not found: {_rel(path)}{hint}")
+                return path
+
+            ckpt = located(model.checkpoint, "checkpoint",
+                           "; check the 'checkpoint' template and the location name")
+            ts = located(model.torchscript, "TorchScript file")
+            onnx = located(model.onnx, "ONNX file")
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
             runs.append(
                 Run(
