@@ -229,7 +229,7 @@ def _base_index(spec: ReportSpec, keys: list[str]) -> int:
 def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
     """Grids and per-unit cards of every (run, layer) with unit views; returns their paths."""
     from reportgen.render.tiles import mapped_tiles, per_layer
-    from reportgen.render.units import card_legend, unit_card, unit_grids
+    from reportgen.render.units import card_legend, unit_cards, unit_grids
 
     pages = {}
     for r in results:
@@ -244,8 +244,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
                     mean = lr.weight.mean(axis=1)
                     w_tiles = mapped_tiles(per_layer(mean), "gray")
                 grids = {name: encode_png(img) for name, img in unit_grids(u).items()}
-                cards = [encode_png(unit_card(u, i, None if w_tiles is None else w_tiles[i]))
-                         for i in range(len(u.patches))]
+                cards = [encode_png(card) for card in unit_cards(u, w_tiles)]
                 return {"grids": grids, "cards": cards, "legend": card_legend(u, w_tiles is not None)}
 
             pics = cache.memo("png", key, draw)

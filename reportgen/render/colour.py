@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -74,15 +75,57 @@ def encode_png(img: np.ndarray, density: int | None = None) -> bytes:
 
     ``density`` (default: the Picture's own, else 1) above 1 is recorded in the PNG's
     pHYs chunk (72 x density dpi) so the pages can show the picture at
-    ``width / density`` CSS px (see ``display_width``).
+    ``width / density`` CSS px (see ``display_width``). An RGB image whose every pixel
+    is grey (R = G = B) is stored as an 8-bit greyscale PNG: the same pixels in a third
+    of the data.
+
+    Written here rather than by Pillow because encoding was the largest cost of a
+    build: Pillow tries every PNG row filter on every row, which our pictures do not
+    need. They are mostly nearest-neighbour enlargements, so a row usually repeats the
+    one above (stored as filter "Up", all zeros) and pixels repeat along a row, which
+    deflate finds without a filter. About 4x faster than Pillow's level-6 encoding, at
+    a similar size (bench/bench_render.py).
     """
     if density is None:
         density = getattr(img, "density", 1)
-    img = np.asarray(img)
-    buf = io.BytesIO()
-    extra = {"dpi": (_CSS_DPI * density,) * 2} if density != 1 else {}
-    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=6, **extra)
-    return buf.getvalue()
+    a = np.ascontiguousarray(np.asarray(img), dtype=np.uint8)
+    if a.ndim == 3 and a.shape[2] == 3 and _is_grey(a):
+        a = np.ascontiguousarray(a[..., 0])
+    if a.ndim == 2:
+        colour_type = 0
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        colour_type = 2 if a.shape[2] == 3 else 6
+    else:
+        raise ValueError(f"encode_png needs (H, W), (H, W, 3) or (H, W, 4) uint8, got shape {a.shape}")
+    h, w = a.shape[:2]
+    rows = a.reshape(h, -1)
+    data = np.zeros((h, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 ("None"), then the row
+    data[:, 1:] = rows
+    same = np.zeros(h, dtype=bool)
+    same[1:] = (rows[1:] == rows[:-1]).all(axis=1)
+    data[same] = 0
+    data[same, 0] = 2  # "Up": the row above, unchanged
+    out = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))]
+    if density != 1:
+        per_metre = int(_CSS_DPI * density / 0.0254 + 0.5)
+        out.append(_chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)))
+    out += [_chunk(b"IDAT", zlib.compress(data.tobytes(), _ZLIB_LEVEL)), _chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Deflate level 2: measured on report grids, as fast as level 1 and a few % smaller;
+# levels 4-6 take twice as long for 10-20 % smaller files.
+_ZLIB_LEVEL = 2
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    """Whether every pixel of (H, W, 3) uint8 has R = G = B."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def display_width(png: bytes) -> int | None:

@@ -109,15 +109,25 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
     nrows = max(1, math.ceil(n / ncols))
     th, tw = h * upscale, w * upscale
     ch, cw = th + 2 * margin, tw + 2 * margin
-    out = np.empty((nrows * ch, ncols * cw, 3), dtype=np.uint8)
-    out[:] = BACKGROUND
-    big = tiles.repeat(upscale, axis=1).repeat(upscale, axis=2) if upscale > 1 else tiles
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        y, x = r * ch, c * cw
-        if marks is not None and marks[i] and margin > 0:
-            out[y:y + ch, x:x + cw] = MARK_COLOURS[int(marks[i])]
-        out[y + margin:y + margin + th, x + margin:x + margin + tw] = big[i]
+    out = np.full((nrows * ch, ncols * cw, 3), 255, dtype=np.uint8)  # BACKGROUND
+    # Cells as a (row, y, column, x) view of the picture: frames first, then every tile
+    # at once, enlarged along x by np.repeat and along y by broadcasting whole pixel rows
+    # into a (row, y, k, column, x) view (no per-tile loop; long contiguous copies).
+    cells = out.reshape(nrows, ch, ncols, cw, 3)
+    if marks is not None and margin > 0:
+        for i in np.flatnonzero(np.asarray(marks)[:n]):
+            r, c = divmod(int(i), ncols)
+            cells[r, :, c] = MARK_COLOURS[int(marks[i])]
+    padded = tiles if n == nrows * ncols else np.concatenate(
+        [tiles, np.broadcast_to(BACKGROUND, (nrows * ncols - n, h, w, 3))])
+    src = padded.reshape(nrows, ncols, h, w, 3).transpose(0, 2, 1, 3, 4)  # (row, y, column, x, 3)
+    if upscale > 1:
+        src = src.repeat(upscale, axis=3)
+    inner = cells[:, margin:margin + th, :, margin:margin + tw]
+    s = inner.strides
+    view = np.lib.stride_tricks.as_strided(inner, (nrows, h, upscale, ncols, tw, 3),
+                                           (s[0], s[1] * upscale, s[1], s[2], s[3], s[4]), writeable=True)
+    view[...] = src[:, :, None]
     if labels is not None and tw >= 2.5 * font_px:
         out = _draw_labels(out, labels, ncols, ch, cw, margin, font_px)
     return out

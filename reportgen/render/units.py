@@ -89,15 +89,24 @@ def _fit(img: np.ndarray) -> np.ndarray:
     return fit_width(at_density(img, DENSITY), MAX_WIDTH)
 
 
-def unit_card(u, i: int, weight_tile: np.ndarray | None) -> np.ndarray:
+def unit_card(u, i: int, weight_tile: np.ndarray | None, tiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """One unit in one row: weights, decoded filter, maximisation images, neuron feature,
-    deconvnet, guided backprop, a gap, then its top-activating crops. (H, W, 3) uint8."""
-    tiles = [] if weight_tile is None else [weight_tile]
-    tiles += [t[i] for t in unit_tiles(u).values()]
-    tiles.append(np.full((4, 4, 3), 255, dtype=np.uint8))
-    tiles += list(_crop_tiles(u.patches[i]))
-    resized = [np.asarray(Image.fromarray(t).resize((CARD_TILE, CARD_TILE), Image.Resampling.NEAREST)) for t in tiles]
+    deconvnet, guided backprop, a gap, then its top-activating crops. (H, W, 3) uint8.
+
+    ``tiles``: ``unit_tiles(u)`` when the caller has it already (drawing every card of a
+    layer computes it once, not once per card)."""
+    row = [] if weight_tile is None else [weight_tile]
+    row += [t[i] for t in (unit_tiles(u) if tiles is None else tiles).values()]
+    row.append(np.full((4, 4, 3), 255, dtype=np.uint8))
+    row += list(_crop_tiles(u.patches[i]))
+    resized = [np.asarray(Image.fromarray(t).resize((CARD_TILE, CARD_TILE), Image.Resampling.NEAREST)) for t in row]
     return T.grid(np.stack(resized), ncols=len(resized), margin=2)
+
+
+def unit_cards(u, weight_tiles: np.ndarray | None) -> list[np.ndarray]:
+    """``unit_card`` of every unit of the layer; weight_tiles: (U, h, w, 3) or None."""
+    tiles = unit_tiles(u)
+    return [unit_card(u, i, None if weight_tiles is None else weight_tiles[i], tiles) for i in range(len(u.patches))]
 
 
 def card_legend(u, with_weights: bool) -> list[str]:

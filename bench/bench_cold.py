@@ -1,0 +1,132 @@
+"""Benchmark: the cold TownCentre build as a whole process, against the 10 s target.
+
+Run from the repository root:
+
+    python bench/bench_cold.py                 # 3 builds, the build's default --jobs
+    python bench/bench_cold.py --jobs 1        # one process (when the option exists)
+    python bench/bench_cold.py --runs 5 --spec specs/edges.yaml
+
+Each build is a fresh `python -m reportgen build SPEC -q` process with an empty cache
+directory and docs directory of its own, so every run imports everything, loads every
+model and computes every result. Per build the table gives:
+
+* wall: seconds from starting the process to its exit;
+* cpu: user + system seconds of the process and every process it waited for (a
+  process pool's workers included), from ``os.wait4``;
+* cpu/wall: how many cores the build kept busy on average;
+* peak RSS: the largest resident set of any one of those processes (``ru_maxrss``),
+  and the peak of the sum over the process and its descendants, sampled every 20 ms
+  from /proc (what a pool costs in memory together).
+
+The last line is the median wall time and its ratio to the target (issue 12: at most
+10 s on a quiet 2-core machine with both cores in use). ``--jobs`` is passed through
+only when ``reportgen build --help`` lists it. Numbers from a loaded machine are not
+comparable with the target: compare cpu seconds instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 10.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and all its descendants now (0 once it is gone)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))  # fields[1]: parent pid
+        rss[int(entry)] = int(fields[21]) * _PAGE  # fields[21]: resident pages
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+def has_jobs_option(env: dict) -> bool:
+    out = subprocess.run([sys.executable, "-m", "reportgen", "build", "--help"], capture_output=True,
+                         text=True, cwd=ROOT, env=env)
+    return "--jobs" in out.stdout
+
+
+def cold_build(spec: str, jobs: int | None, env: dict) -> dict:
+    """One cold build in a fresh process; returns wall, cpu and peak memory."""
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+        cmd = [sys.executable, "-m", "reportgen", "build", spec, "-q", "--docs-dir", f"{tmp}/docs",
+               "--cache-dir", f"{tmp}/cache"]
+        if jobs is not None:
+            cmd += ["--jobs", str(jobs)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _tree_rss(proc.pid))
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"build failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024,
+            "tree_rss": peak[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default="specs/towncenter.yaml", help="spec, relative to the repository root")
+    ap.add_argument("--runs", type=int, default=3, help="cold builds (the median is reported; default 3)")
+    ap.add_argument("--jobs", type=int, default=None, help="passed to `reportgen build --jobs` when it exists")
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    jobs = args.jobs
+    if jobs is not None and not has_jobs_option(env):
+        print("note: `reportgen build` has no --jobs option here; building without it")
+        jobs = None
+
+    rows = [cold_build(args.spec, jobs, env) for _ in range(args.runs)]
+    mib = 1 << 20
+    print(f"spec: {args.spec}  jobs: {jobs if jobs is not None else 'default'}  cores: {os.cpu_count()}  "
+          f"load average now: {os.getloadavg()[0]:.1f}")
+    print(f"{'build':>5} {'wall s':>8} {'cpu s':>8} {'cpu/wall':>9} {'peak RSS MiB':>13} {'all procs MiB':>14}")
+    for k, r in enumerate(rows, 1):
+        print(f"{k:>5} {r['wall']:>8.2f} {r['cpu']:>8.2f} {r['cpu'] / r['wall']:>9.2f} "
+              f"{r['maxrss'] / mib:>13.0f} {r['tree_rss'] / mib:>14.0f}")
+    med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    print(f"{'median':>5} {med['wall']:>8.2f} {med['cpu']:>8.2f} {med['cpu'] / med['wall']:>9.2f} "
+          f"{med['maxrss'] / mib:>13.0f} {med['tree_rss'] / mib:>14.0f}")
+    print(f"ratio median wall / target {TARGET_S:.0f} s: {med['wall'] / TARGET_S:.2f} "
+          f"({'met' if med['wall'] <= TARGET_S else 'missed'})")
+
+
+if __name__ == "__main__":
+    main()
