@@ -123,10 +123,17 @@ class BootRun:
             # constant_rule, for a chunk of resamples at once
             corr[ca[:, :, None] | cb[:, None, :]] = 0.0
             corr[ca[:, :, None] & cb[:, None, :]] = 1.0
-            for k, r in enumerate(range(sl.start, sl.start + len(cov))):
-                rows, cols = linear_sum_assignment(corr[k], maximize=True)
-                keep = ~(ca[k][rows] & cb[k][cols])  # pairs constant on both sides: left out
-                act[r] = corr[k][rows[keep], cols[keep]].mean() if keep.any() else 1.0
+            # One assignment per resample (scipy has no batched solver); everything around
+            # it is done for the whole chunk at once.
+            m = min(corr.shape[1:])
+            rows, cols = np.empty((len(corr), m), dtype=np.intp), np.empty((len(corr), m), dtype=np.intp)
+            for k, c in enumerate(corr):
+                rows[k], cols[k] = linear_sum_assignment(c, maximize=True)
+            k = np.arange(len(cov))[:, None]
+            keep = ~(ca[k, rows] & cb[k, cols])  # pairs constant on both sides: left out
+            n_keep = keep.sum(axis=1)
+            picked = np.where(keep, corr[k, rows, cols], 0.0).sum(axis=1)
+            act[sl] = np.where(n_keep > 0, picked / np.maximum(n_keep, 1), 1.0)
             both = ca.all(axis=1) & cb.all(axis=1)
             either = ca.all(axis=1) | cb.all(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
