@@ -24,8 +24,7 @@ from torch import nn
 from reportgen.cache import register
 from reportgen.capture import LayerRecorder, inference
 from reportgen.images import LoadedImage
-from reportgen.optim.decode import (decode_layer, deconvnet, guided_backprop, template_fidelity,
-                                    template_response)
+from reportgen.optim.decode import decode_layer, template_fidelity, template_response, unit_gradients
 from reportgen.optim.maximise import default_size, fourier_ascent, plain_ascent
 from reportgen.optim.patches import (colour_selectivity, crop_origin, crop_padded, neuron_feature, to_grey,
                                      top_patches_nms)
@@ -197,19 +196,20 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _baselines(model, layer, x, tops, rf, n_colours: int) -> tuple[np.ndarray, np.ndarray]:
     """Deconvnet and guided backprop of each unit's top activation, cropped to its field.
 
-    Never-active units get NaN: they have no top activation to project.
+    Never-active units get NaN: they have no top activation to project. All active units
+    of the layer go through one batched forward and backward per method (a slot per unit).
     """
-    out = {"deconv": [], "guided": []}
-    for t in tops:
-        if not len(t.value):
-            for name in out:
-                out[name].append(np.full((n_colours, *rf.size), np.nan))
-            continue
-        j, pos = int(t.image_index[0]), tuple(int(v) for v in t.position[0])
-        for name, fn in (("deconv", deconvnet), ("guided", guided_backprop)):
-            g = fn(model, layer, t.channel, x[j], position=pos)
-            g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+    n = len(tops)
+    out = {name: np.full((n, n_colours, *rf.size), np.nan) for name in ("deconv", "guided")}
+    active = [k for k, t in enumerate(tops) if len(t.value)]
+    if not active:
+        return out["deconv"], out["guided"]
+    images = x[[int(tops[k].image_index[0]) for k in active]]
+    positions = [tuple(int(v) for v in tops[k].position[0]) for k in active]
+    channels = [tops[k].channel for k in active]
+    for name, rule in (("deconv", "deconvnet"), ("guided", "guided")):
+        grads = unit_gradients(model, layer, channels, images, rule, positions)
+        for g, k, pos in zip(grads, active, positions):
             origin = crop_origin(np.array(pos), rf.size, rf.jump, rf.start)
-            crop, _ = crop_padded(g.astype(np.float64), origin, rf.size, pad="zero")
-            out[name].append(crop)
-    return np.stack(out["deconv"]), np.stack(out["guided"])
+            out[name][k], _ = crop_padded(g, origin, rf.size, pad="zero")
+    return out["deconv"], out["guided"]

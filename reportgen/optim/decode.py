@@ -391,6 +391,26 @@ _RULES = {"plain": None, "deconvnet": _DeconvReLU, "guided": _GuidedReLU}
 def _unit_gradient(model: nn.Module, layer: str, channel: int, image, rule: str,
                    position: tuple[int, int] | None) -> np.ndarray:
     """Gradient of one unit of ``layer`` w.r.t. the input image with a ReLU backward rule."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"image must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
+    return unit_gradients(model, layer, [channel], x, rule, None if position is None else [position])[0]
+
+
+def unit_gradients(model: nn.Module, layer: str, channels: Sequence[int], images, rule: str,
+                   positions: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Input gradients of many units at once, one unit per batch slot.
+
+    images: (B, C, H, W), slot b's image; channels: B channels of ``layer``;
+    positions: B (row, col) of the unit in its map (default: each map's maximum);
+    rule: "plain", "deconvnet" or "guided" (how every nn.ReLU passes gradients back).
+    Returns (B, C, H, W) float64. Slots do not interact (eval mode, elementwise ReLU
+    rules), so slot b equals the single-unit gradient of ``channels[b]`` on its image:
+    one forward and one backward serve a whole layer's units instead of one each.
+    The model is left unchanged and no parameter ``.grad`` is touched.
+    """
     named = dict(model.named_modules())
     if layer not in named:
         raise ValueError(f"no module named {layer!r} in the model")
@@ -399,12 +419,10 @@ def _unit_gradient(model: nn.Module, layer: str, channel: int, image, rule: str,
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     x = x.detach().to(device=device, dtype=dtype)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"image must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[0] != len(channels):
+        raise ValueError(f"images must be (B, C, H, W) with B = {len(channels)} channels, got {tuple(x.shape)}")
     x = x.clone().requires_grad_(True)
 
     captured = {}
@@ -433,18 +451,22 @@ def _unit_gradient(model: nn.Module, layer: str, channel: int, image, rule: str,
                 pass
             if "out" not in captured:
                 raise ValueError(f"module {layer!r} never ran in a forward pass")
-            fmap = captured["out"][0, channel]
-            if position is None:
-                flat = int(torch.nan_to_num(fmap.detach(), nan=-float("inf")).argmax())
-                position = (flat // fmap.shape[1], flat % fmap.shape[1])
-            (grad,) = torch.autograd.grad(fmap[int(position[0]), int(position[1])], x)
+            slots = torch.arange(len(channels), device=x.device)
+            fmaps = captured["out"][slots, torch.as_tensor([int(c) for c in channels], device=x.device)]  # (B, h, w)
+            if positions is None:
+                flat = torch.nan_to_num(fmaps.detach(), nan=-float("inf")).flatten(1).argmax(dim=1)
+                rows, cols = flat // fmaps.shape[2], flat % fmaps.shape[2]
+            else:
+                rows = torch.as_tensor([int(p[0]) for p in positions], device=x.device)
+                cols = torch.as_tensor([int(p[1]) for p in positions], device=x.device)
+            (grad,) = torch.autograd.grad(fmaps[slots, rows, cols].sum(), x)
     finally:
         for hd in handles:
             hd.remove()
         for m, flag in zip(relus, inplace):
             m.inplace = flag
         model.train(was_training)
-    return grad[0].detach().cpu().double().numpy()
+    return grad.detach().cpu().double().numpy()
 
 
 def plain_gradient(model: nn.Module, layer: str, channel: int, image,
