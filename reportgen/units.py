@@ -196,20 +196,63 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _baselines(model, layer, x, tops, rf, n_colours: int) -> tuple[np.ndarray, np.ndarray]:
     """Deconvnet and guided backprop of each unit's top activation, cropped to its field.
 
-    Never-active units get NaN: they have no top activation to project. All active units
-    of the layer go through one batched forward and backward per method (a slot per unit).
+    Never-active units get NaN: they have no top activation to project. The active units
+    of a layer go through one batched forward and backward per method, each on a window
+    of its image around its receptive field (``_field_windows``) rather than the whole
+    image: the gradient is zero outside the field, and the field's pixels alone decide
+    the unit. A unit whose value on its window differs from its value on the whole image
+    (a layer whose statistics span the map, which the measured field ignores) is done
+    again on the whole image.
     """
     n = len(tops)
     out = {name: np.full((n, n_colours, *rf.size), np.nan) for name in ("deconv", "guided")}
     active = [k for k, t in enumerate(tops) if len(t.value)]
     if not active:
         return out["deconv"], out["guided"]
-    images = x[[int(tops[k].image_index[0]) for k in active]]
+    image_of = [int(tops[k].image_index[0]) for k in active]
     positions = [tuple(int(v) for v in tops[k].position[0]) for k in active]
     channels = [tops[k].channel for k in active]
+    want = np.array([float(tops[k].value[0]) for k in active])
+    origins = [crop_origin(np.array(pos), rf.size, rf.jump, rf.start) for pos in positions]
+    windows = _field_windows(origins, rf, tuple(x.shape[2:]))
     for name, rule in (("deconv", "deconvnet"), ("guided", "guided")):
-        grads = unit_gradients(model, layer, channels, images, rule, positions)
-        for g, k, pos in zip(grads, active, positions):
-            origin = crop_origin(np.array(pos), rf.size, rf.jump, rf.start)
-            out[name][k], _ = crop_padded(g, origin, rf.size, pad="zero")
+        todo = []  # slots whose window did not reproduce the unit
+        groups: dict[tuple, list[int]] = {}
+        for s, (y0, x0, h, w) in enumerate(windows):
+            groups.setdefault((h, w), []).append(s)
+        for (h, w), slots in groups.items():
+            images = torch.stack([x[image_of[s], :, windows[s][0]:windows[s][0] + h, windows[s][1]:windows[s][1] + w]
+                                  for s in slots])
+            local = [(positions[s][0] - windows[s][0] // rf.jump[0], positions[s][1] - windows[s][1] // rf.jump[1])
+                     for s in slots]
+            got: list[float] = []
+            grads = unit_gradients(model, layer, [channels[s] for s in slots], images, rule, local, values=got)
+            for g, s, value in zip(grads, slots, got):
+                if not np.isclose(value, want[s], rtol=1e-4, atol=1e-6 * max(1.0, abs(want[s]))):
+                    todo.append(s)
+                    continue
+                origin = origins[s] - np.array(windows[s][:2])
+                out[name][active[s]], _ = crop_padded(g, origin, rf.size, pad="zero")
+        if todo:
+            grads = unit_gradients(model, layer, [channels[s] for s in todo], x[[image_of[s] for s in todo]], rule,
+                                   [positions[s] for s in todo])
+            for g, s in zip(grads, todo):
+                out[name][active[s]], _ = crop_padded(g, origins[s], rf.size, pad="zero")
     return out["deconv"], out["guided"]
+
+
+def _field_windows(origins, rf, image_hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, h, w) of the input window each unit is computed on: its receptive field
+    (top-left ``origins[k]``) and one jump more on every side, clipped to the image, with
+    the top-left on the layer's jump grid so every layer's positions line up with the
+    whole image's. Windows of units away from the borders share one size (one batch)."""
+    out = []
+    for origin in origins:
+        window = []
+        for axis in (0, 1):
+            jump, size, full = int(rf.jump[axis]), int(rf.size[axis]), int(image_hw[axis])
+            lo = max(0, (int(origin[axis]) - jump) // jump * jump)
+            span = -(-(size + 3 * jump) // jump) * jump  # field + a jump each side + alignment slack
+            window.append((lo, min(span, full - lo)))
+        out.append((window[0][0], window[1][0], window[0][1], window[1][1]))
+    return out

@@ -290,3 +290,32 @@ def test_code_spans_show_paths_without_escapes():
         inner = out[out.index("<code>") + 6:out.index("</code>")]
         assert html_lib.unescape(inner) == text, (text, out)
         assert "\\" not in inner and "<a" not in out and "onclick=" not in out.replace(inner, "")
+
+
+def test_plot_ticks_are_round_values_inside_the_range():
+    from reportgen.render.plot import nice_ticks, tick_label
+
+    assert nice_ticks(0.0, 1.05) == [0.0, 0.5, 1.0]  # step >= 1.05 / 4, the next of 1, 2, 2.5, 5 x 10^k
+    assert nice_ticks(-0.14, 0.14) == [-0.1, 0.0, 0.1]
+    assert nice_ticks(0.0, 2.6, 3) == [0.0, 2.0]
+    assert nice_ticks(3.0, 3.0) == [3.0]
+    assert [tick_label(t, [0.0, 0.25]) for t in (0.0, 0.25, -0.5)] == ["0.00", "0.25", "-0.50"]
+    assert tick_label(20.0, [0.0, 10.0]) == "20"
+
+
+def test_histogram_bars_follow_the_counts():
+    """Each panel's bars are as tall as its counts, relative to its highest bar."""
+    from reportgen.render.plot import histograms
+
+    counts = {"a": np.array([0, 5, 10, 5]), "b": np.array([8, 0, 0, 2])}
+    img = np.asarray(Image.open(io.BytesIO(histograms(counts, np.linspace(-1, 1, 5), "t"))).convert("RGB")).astype(int)
+    blue = (img[..., 2] > 150) & (img[..., 0] < 60)
+    cols = np.flatnonzero(blue.any(axis=0))
+    panels = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1)
+    assert len(panels) == 3  # a: bins 1-3 side by side; b: bins 0 and 3 (empty bins draw nothing)
+    a, b0, b3 = panels
+    height = lambda x: int(blue[:, x].sum())  # noqa: E731
+    ha = [height(a[round(len(a) * f)]) for f in (1 / 6, 3 / 6, 5 / 6)]  # the middle of each of a's bins
+    assert ha[1] > 0 and abs(ha[0] - ha[1] / 2) <= 2 and ha[0] == ha[2]
+    assert height(b0[len(b0) // 2]) == ha[1] and abs(height(b3[len(b3) // 2]) - ha[1] / 4) <= 2
+    assert len(b0) == len(b3) and abs(len(a) - 3 * len(b0)) <= 3  # equal bin widths

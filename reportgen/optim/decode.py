@@ -400,7 +400,7 @@ def _unit_gradient(model: nn.Module, layer: str, channel: int, image, rule: str,
 
 
 def unit_gradients(model: nn.Module, layer: str, channels: Sequence[int], images, rule: str,
-                   positions: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+                   positions: Sequence[tuple[int, int]] | None = None, values: list | None = None) -> np.ndarray:
     """Input gradients of many units at once, one unit per batch slot.
 
     images: (B, C, H, W), slot b's image; channels: B channels of ``layer``;
@@ -409,7 +409,8 @@ def unit_gradients(model: nn.Module, layer: str, channels: Sequence[int], images
     Returns (B, C, H, W) float64. Slots do not interact (eval mode, elementwise ReLU
     rules), so slot b equals the single-unit gradient of ``channels[b]`` on its image:
     one forward and one backward serve a whole layer's units instead of one each.
-    The model is left unchanged and no parameter ``.grad`` is touched.
+    The model is left unchanged and no parameter ``.grad`` is touched. ``values``: a
+    list that receives the (B,) float64 values of the units (the layer's output there).
     """
     named = dict(model.named_modules())
     if layer not in named:
@@ -459,7 +460,10 @@ def unit_gradients(model: nn.Module, layer: str, channels: Sequence[int], images
             else:
                 rows = torch.as_tensor([int(p[0]) for p in positions], device=x.device)
                 cols = torch.as_tensor([int(p[1]) for p in positions], device=x.device)
-            (grad,) = torch.autograd.grad(fmaps[slots, rows, cols].sum(), x)
+            picked = fmaps[slots, rows, cols]
+            if values is not None:
+                values.extend(picked.detach().cpu().double().tolist())
+            (grad,) = torch.autograd.grad(picked.sum(), x)
     finally:
         for hd in handles:
             hd.remove()

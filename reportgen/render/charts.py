@@ -1,51 +1,28 @@
-"""Charts drawn with matplotlib's object API (no pyplot, no global state)."""
+"""Charts of a layer across runs, as PNG bytes (no pyplot, no global state).
+
+All are drawn with numpy and Pillow, not matplotlib: the similarity matrix here, the strip
+chart of norms and the weight histograms with the small plotting helpers of render.plot.
+A matplotlib figure per chart cost more than the statistics it showed.
+"""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 
 from reportgen.render.colour import DENSITY
-
-
-def _png(fig: Figure) -> bytes:
-    """The figure at 100 dpi x DENSITY, marked with that density for the pages; the
-    bounding box is fitted to every label and legend, so nothing is clipped."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100 * DENSITY, metadata={"Software": None}, bbox_inches="tight",
-                pad_inches=0.08, pil_kwargs={"dpi": (72 * DENSITY,) * 2})
-    return buf.getvalue()
 
 
 def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, title: str) -> bytes:
     """Strip chart of per-filter L2 norms, one column per run, dead threshold dashed.
 
-    norms: run name -> (N,) filter norms.
+    norms: run name -> (N,) filter norms (non-finite ones are left out). Drawn with
+    numpy and Pillow (render.plot), not matplotlib: a figure cost more than the layer's
+    statistics.
     """
-    names = list(norms)
-    fig = Figure(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.2))
-    ax = fig.add_subplot()
-    rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
-    for i, name in enumerate(names):
-        y = np.asarray(norms[name], dtype=np.float64)
-        y = y[np.isfinite(y)]
-        ax.scatter(i + rng.uniform(-0.18, 0.18, y.size), y, s=6, alpha=0.6, color="tab:blue")
-        if y.size:
-            ax.plot([i - 0.3, i + 0.3], [np.median(y)] * 2, color="black", lw=1.2)
-    if dead_threshold is not None:
-        ax.axhline(dead_threshold, color="tab:red", ls="--", lw=1, label="dead below")
-        # above the axes, beside the title: inside, it would cover points
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, borderaxespad=0.2)
-    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, fontsize=8)
-    ax.set_ylabel("filter L2 norm")
-    ax.set_title(title, fontsize=10, loc="left")
-    ax.set_ylim(bottom=0)
-    return _png(fig)
+    from reportgen.render.plot import strip_chart
+
+    finite = {name: np.asarray(v, dtype=np.float64)[np.isfinite(v)] for name, v in norms.items()}
+    return strip_chart(finite, dead_threshold, title, "filter L2 norm", "dead below")
 
 
 def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names: list[str] | None = None) -> bytes:
@@ -104,25 +81,16 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
 
 
 def weight_histograms(weights: dict[str, np.ndarray], title: str) -> bytes:
-    """One histogram of weight values per run, on a shared x range (small multiples)."""
-    names = list(weights)
-    cols = min(5, len(names))
-    rows = -(-len(names) // cols)
+    """One histogram of weight values per run, on a shared x range (small multiples).
+
+    The range is +-the largest 99.5th percentile of |w| over the runs, 40 bins; values
+    beyond it count in the end bins. Drawn with numpy and Pillow (render.plot).
+    """
+    from reportgen.render.plot import histograms
+
     finite = [np.asarray(w, dtype=np.float64).ravel() for w in weights.values()]
     finite = [x[np.isfinite(x)] for x in finite]
     lim = max((np.percentile(np.abs(x), 99.5) for x in finite if x.size), default=1.0) or 1.0
     bins = np.linspace(-lim, lim, 41)
-    fig = Figure(figsize=(2.2 * cols, 1.7 * rows + 0.4))
-    fig.subplots_adjust(left=0.04, right=0.98, top=1 - 0.5 / (1.7 * rows + 0.4), bottom=0.12 / rows,
-                        hspace=0.45, wspace=0.12)
-    axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
-    for ax, name, x in zip(axes.ravel(), names, finite):
-        # One step artist per panel, not one rectangle per bin: the same picture, drawn faster.
-        ax.stairs(np.histogram(np.clip(x, -lim, lim), bins=bins)[0], bins, fill=True, color="tab:blue")
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_yticks([])
-    for ax in axes.ravel()[len(names):]:
-        ax.set_visible(False)
-    fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    counts = {name: np.histogram(np.clip(x, -lim, lim), bins=bins)[0] for name, x in zip(weights, finite)}
+    return histograms(counts, bins, title)
