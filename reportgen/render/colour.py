@@ -99,17 +99,18 @@ def encode_png(img: np.ndarray, density: int | None = None) -> bytes:
         raise ValueError(f"encode_png needs (H, W), (H, W, 3) or (H, W, 4) uint8, got shape {a.shape}")
     h, w = a.shape[:2]
     rows = a.reshape(h, -1)
-    data = np.zeros((h, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 ("None"), then the row
+    data = np.empty((h, rows.shape[1] + 1), dtype=np.uint8)
+    data[:, 0] = 0  # filter "None": the row as it is
     data[:, 1:] = rows
     same = np.zeros(h, dtype=bool)
     same[1:] = (rows[1:] == rows[:-1]).all(axis=1)
-    data[same] = 0
-    data[same, 0] = 2  # "Up": the row above, unchanged
+    data[same, 1:] = 0
+    data[same, 0] = 2  # filter "Up": the row above, unchanged
     out = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))]
     if density != 1:
         per_metre = int(_CSS_DPI * density / 0.0254 + 0.5)
         out.append(_chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)))
-    out += [_chunk(b"IDAT", zlib.compress(data.tobytes(), _ZLIB_LEVEL)), _chunk(b"IEND", b"")]
+    out += [_chunk(b"IDAT", zlib.compress(memoryview(data), _ZLIB_LEVEL)), _chunk(b"IEND", b"")]
     return b"".join(out)
 
 
@@ -120,7 +121,7 @@ _ZLIB_LEVEL = 2
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
 
 
 def _is_grey(rgb: np.ndarray) -> bool:

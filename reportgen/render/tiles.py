@@ -11,6 +11,7 @@ Normalisations (see docs/reference/views.md):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -135,22 +136,44 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
 
 def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: int, margin: int,
                  font_px: int) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=font_px)
-    pil = Image.fromarray(img)
-    draw = ImageDraw.Draw(pil)
-    pad = max(1, font_px // 8)
+    """Each non-empty label stamped at its cell's top-left inside the margin (in place)."""
+    h_img, w_img = img.shape[:2]
     for i, text in enumerate(labels):
         if not text:
             continue
         r, c = divmod(i, ncols)
         x, y = c * cw + margin, r * ch + margin
-        # A dark box under white digits stays readable on any tile colour.
-        box = draw.textbbox((x + pad, y), text, font=font)
-        draw.rectangle((x, y, box[2] + pad, box[3] + pad), fill=(0, 0, 0))
-        draw.text((x + pad, y), text, fill=(255, 255, 255), font=font)
-    return np.asarray(pil).copy()
+        stamp = _label_stamp(text, font_px)
+        h, w = min(stamp.shape[0], h_img - y), min(stamp.shape[1], w_img - x)
+        img[y:y + h, x:x + w] = stamp[:h, :w]
+    return img
+
+
+@lru_cache(maxsize=2048)
+def _label_stamp(text: str, font_px: int) -> np.ndarray:
+    """(h, w, 3) uint8: white digits on the dark box under them, drawn once per text.
+
+    A dark box under white digits stays readable on any tile colour; the box covers the
+    text's ink, so the stamp does not depend on the tile below and can be reused (drawing
+    the text for every tile was most of the time of a labelled grid).
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(font_px)
+    pad = max(1, font_px // 8)
+    box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((pad, 0), text, font=font)
+    stamp = Image.new("RGB", (box[2] + pad + 1, box[3] + pad + 1), (0, 0, 0))
+    ImageDraw.Draw(stamp).text((pad, 0), text, fill=(255, 255, 255), font=font)
+    out = np.asarray(stamp)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _font(font_px: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=font_px)
 
 
 def rgb_filter_tiles(w01: np.ndarray) -> np.ndarray:
