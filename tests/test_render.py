@@ -76,11 +76,14 @@ def test_upscale_and_layout():
     assert (img[3:6, 3:6] == tiles[4, 0, 0]).all()
 
 
-def test_lut_matches_matplotlib():
+@pytest.mark.parametrize("name", ["viridis", "gray", "RdBu_r", "magma"])
+def test_lut_matches_matplotlib(name):
+    # the report's maps are stored tables (render._luts), others come from matplotlib
     import matplotlib
 
-    table = lut("viridis")
-    ref = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
+    table = lut(name)
+    ref = matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3]
+    assert table.shape == (256, 3) and table.dtype == np.uint8
     assert np.abs(table / 255 - ref).max() <= 0.5 / 255 + 1e-9
 
 

@@ -15,11 +15,17 @@ NAN_RGB = np.array([255, 0, 255], dtype=np.uint8)
 
 @lru_cache(maxsize=16)
 def lut(name: str) -> np.ndarray:
-    """(256, 3) uint8 lookup table of a matplotlib colour map."""
-    import matplotlib
+    """(256, 3) uint8 lookup table of a matplotlib colour map (the report's own maps are
+    stored in render._luts, so matplotlib is imported only for another name)."""
+    from reportgen.render._luts import TABLES
 
-    table = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
-    table = np.round(table * 255).astype(np.uint8)
+    if name in TABLES:
+        table = np.frombuffer(bytes.fromhex(TABLES[name]), dtype=np.uint8).reshape(256, 3).copy()
+    else:
+        import matplotlib
+
+        table = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
+        table = np.round(table * 255).astype(np.uint8)
     table.setflags(write=False)
     return table
 
