@@ -9,7 +9,7 @@ and returns values.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,55 +25,18 @@ from reportgen.capture import (NO_ACTIVATION, LayerRecorder, apply_activation, f
 from reportgen.chain import layer_chains
 from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
-from reportgen.cache import Cache, digest, file_digest, register
+from reportgen.cache import Cache, digest, file_digest
 from reportgen.comparison import run_comparisons
 from reportgen.crossmodel import CROSS_GRID, cross_model_cka, cross_model_runs, cross_shared_images
 from reportgen.errors import SpecError, StrictWarningsError
 from reportgen.images import LoadedImage, load_image
 from reportgen.models import NO_HOOKS_NOTE, load_model, resolve_device, runs_python_hooks
+from reportgen.results import LayerResult, RunResult
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
 from reportgen.yamlsrc import format_key_path
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class LayerResult:
-    name: str
-    type: str
-    info: dict  # kernel_size, stride, padding, output_shape, ... (JSON-ready)
-    weight: np.ndarray | None  # (N, ...) float32 on the CPU
-    relu_applied: bool  # the activation is a ReLU or ReLU6 (unit views rectify only then)
-    stats: dict[str, np.ndarray] | None = None  # ChannelStats.result()
-    maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) per shown image
-    health: dict[str, np.ndarray] | None = None
-    features: np.ndarray | None = None  # (S, C) sampled positions of the shared images
-    key: str = ""  # cache key: a digest of everything this result depends on
-    shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
-    activation: str = "none"  # the activation kind the statistics and maps come after
-    activation_source: str = ""  # how it was found, e.g. "module 'act1'", "F.silu in forward"
-    cross_pooled: np.ndarray | None = None  # (N, C, G, G) images all models see, pooled to a G x G grid
-    cross_mean: np.ndarray | None = None  # (N, C) the same images' spatial means
-    feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from
-    chain: list[dict] | None = None  # weighted layers from the input to this one (reportgen.chain), for alignment
-    chain_note: str | None = None  # why there is no chain (a residual add, a model fx cannot trace, ...)
-
-
-register(LayerResult)  # cached per layer ("layer" entries)
-
-
-@dataclass
-class RunResult:
-    run: Run
-    layers: list[LayerResult]
-    images: list[LoadedImage]  # the images shown (first max_images)
-    n_images: int
-    checkpoint_sha256: str | None
-    notes: list[str] = field(default_factory=list)
-    shared_shown: list[LoadedImage] = field(default_factory=list)  # first shared images (stages view)
-    units: dict = field(default_factory=dict)  # layer -> units.UnitViews (analyses.units)
-    trace: dict | None = None  # {"trace": analysis.trace.Trace, "fd_error": float, "names": [...]}
 
 
 @dataclass
