@@ -29,6 +29,7 @@ from reportgen.cache import Cache, digest
 from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
 from reportgen.names import slug
 from reportgen.pages import render_pages
+from reportgen.reduce.extensions import add_extension_files, reduce_extensions, with_extension_findings
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import display_width, encode_png
 from reportgen.render.tiles import health_marks, layer_scale
@@ -161,8 +162,10 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     report = report_dict(spec, results, comp, device)
-    report["findings"] = model_findings(report, spec.analyses)
+    done = reduce_extensions(spec, results, report)
+    report["findings"] = with_extension_findings(model_findings(report, spec.analyses), done, report, spec.analyses)
     files.add("report.json", to_json(report))
+    add_extension_files(spec, done, report, files)
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
                                   cross_imgs, widths).items():

@@ -1,13 +1,19 @@
-"""The one place that runs the steps of a build in order.
+"""The sequencer: the one place that runs the steps of a build in order.
 
-load spec -> check layers -> per run: load model, read weights, stream images
-through hooks -> pooled layer scales -> health -> findings -> pictures -> pages
--> publish (atomic). Everything between loading and publishing takes values
-and returns values.
+    load spec -> check layers -> map runs -> reduce -> render -> publish
+
+*map*: the per-run task (reportgen.run.run_task) for every run, through an executor
+(reportgen.executors): each run's model is loaded once, and only when some result is
+not cached. *reduce*: health pooled per model and layer, comparisons of locations, the
+reference and models (reportgen.comparison, reportgen.crossmodel). *render*: pictures,
+report.json, findings and pages in memory (reportgen.assemble). *publish*: an atomic
+swap into docs/<report>/ (reportgen.site). Everything between loading and publishing
+takes values and returns values.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +27,14 @@ from reportgen.assemble import group_layers, render_report
 from reportgen.cache import default_dir as default_cache_dir
 from reportgen.cache import Cache
 from reportgen.comparison import run_comparisons
-from reportgen.crossmodel import cross_model_cka, cross_model_runs, cross_shared_images
+from reportgen.crossmodel import cross_model_cka
 from reportgen.errors import SpecError, StrictWarningsError
-from reportgen.images import LoadedImage, load_image
+from reportgen.executors import Executor, Sequential
 from reportgen.models import resolve_device
 from reportgen.results import RunResult
-from reportgen.run.layers import activation_problems, analyse_run, shared_images
-from reportgen.run.trace import add_traces
-from reportgen.run.units import add_units
+from reportgen.run.layers import activation_problems
+from reportgen.run.task import RunTask, remember_spec, run_task
+from reportgen.run.trace import trace_batch
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, load_spec
 
@@ -48,11 +54,12 @@ class BuildResult:
 
 def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "auto",
           strict: bool = False, log: Log = lambda msg: None,
-          cache_dir: str | Path | None | bool = True) -> BuildResult:
+          cache_dir: str | Path | None | bool = True, executor: Executor | None = None) -> BuildResult:
     """Build the report of ``spec_path`` into ``docs_dir/<report>/``.
 
     ``cache_dir``: where results are cached between builds; True: the default
     (``$REPORTGEN_CACHE_DIR`` or ``.reportgen-cache``); None or False: no cache.
+    ``executor``: where the per-run tasks run (reportgen.executors); default: in this process.
     """
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
@@ -61,7 +68,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
     with build_lock(docs, spec.report):
         check_layers(spec)
-        results, warnings = analyse(spec, dev, log, cache)
+        results, warnings = analyse(spec, dev, log, cache, executor)
         log("comparing locations")
         comp = run_comparisons(spec, results, dev, cache)
         comp.models = cross_model_cka(spec, results)
@@ -100,30 +107,39 @@ def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
     return {name: dict(c.module.named_modules()) for name, c in checks.items()}
 
 
-def analyse(spec: ReportSpec, device: torch.device, log: Log,
-            cache: Cache | None = None) -> tuple[list[RunResult], list[str]]:
-    """Run every model over its images; health statistics use scales pooled per model."""
+def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | None = None,
+            executor: Executor | None = None) -> tuple[list[RunResult], list[str]]:
+    """Map the per-run task over every run (in spec order, whatever the executor), then pool
+    the health statistics per model and layer. Returns the results and the warnings: every
+    run's notes, then the unit views', then the traces'."""
     cache = cache or Cache(None)
-    loaded: dict[tuple[Path, object], LoadedImage] = {}  # (path, the model's input spec)
-    warnings: list[str] = []
+    executor = executor or Sequential()
+    trace_batch(spec)  # a malformed trace batch is a spec error before any run starts
+    tasks = [RunTask(spec_path=str(spec.path.resolve()), run_key=run.key, device=str(device),
+                     cache_dir=str(cache.root.resolve()) if cache.enabled else None) for run in spec.runs]
+    fn = run_task
+    if isinstance(executor, Sequential):  # in this process: reuse the loaded spec, show unit progress
+        remember_spec(spec)
+        fn = functools.partial(run_task, log=log)
     results = []
-    shared = shared_images(spec)
-    representative = {r.key for r in cross_model_runs(spec).values()}
-    cross = cross_shared_images(spec)
-    for i, run in enumerate(spec.runs, 1):
-        log(f"[{i}/{len(spec.runs)}] {run.key}")
-        for p in run.images:
-            if (p, run.input) not in loaded:  # shared images are read once per input spec
-                loaded[(p, run.input)] = load_image(p, run.input)
-        images = [loaded[(p, run.input)] for p in run.images]
-        result = analyse_run(spec, run, device, images, shared.get(run.model.name, []), cache,
-                             cross if run.key in representative else [])
-        warnings += [f"{run.key}: {n}" for n in result.notes]
+    mapped = executor.map(fn, tasks)
+    for i, task in enumerate(tasks, 1):
+        log(f"[{i}/{len(tasks)}] {task.run_key}")
+        result = next(mapped)
+        _merge_cache_counts(cache, result)
         results.append(result)
+    warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
+    warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
     _add_health(spec, results)
-    warnings += add_units(spec, results, device, cache, log, loaded)
-    warnings += add_traces(spec, results)
     return results, warnings
+
+
+def _merge_cache_counts(cache: Cache, result: RunResult) -> None:
+    """A task's cache hits, misses and warning, counted with the build's own."""
+    cache.hits.update(result.cache_hits)
+    cache.misses.update(result.cache_misses)
+    if result.cache_warnings and not cache.warnings:
+        cache.warnings.extend(result.cache_warnings)
 
 
 def _add_health(spec: ReportSpec, results: list[RunResult]) -> None:

@@ -29,6 +29,10 @@ class SpecError(ReportgenError):
             )
         super().__init__(msg)
 
+    def __reduce__(self):
+        # Rebuilt from its problems when it crosses a process boundary (a worker of the build).
+        return type(self), (self.problems,)
+
 
 class ModelLoadError(ReportgenError):
     """A model's architecture or checkpoint could not be loaded."""

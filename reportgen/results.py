@@ -44,6 +44,8 @@ register_alias("reportgen.build.LayerResult", LayerResult)  # entries written be
 
 @dataclass
 class RunResult:
+    """Everything the per-run task (reportgen.run.run_task) found for one run."""
+
     run: Run
     layers: list[LayerResult]
     images: list[LoadedImage]  # the images shown (first max_images)
@@ -53,3 +55,11 @@ class RunResult:
     shared_shown: list[LoadedImage] = field(default_factory=list)  # first shared images (stages view)
     units: dict = field(default_factory=dict)  # layer -> units.UnitViews (analyses.units)
     trace: dict | None = None  # {"trace": analysis.trace.Trace, "fd_error": float, "names": [...]}
+    extras: dict = field(default_factory=dict)  # extension name -> its run_part value (reportgen.extensions)
+    # Warnings of the unit views and the trace (the build lists them after every run's notes).
+    unit_notes: list[str] = field(default_factory=list)
+    trace_notes: list[str] = field(default_factory=list)
+    # The task's own cache counters and warning, added to the build's (a worker has its own Cache).
+    cache_hits: dict[str, int] = field(default_factory=dict)
+    cache_misses: dict[str, int] = field(default_factory=dict)
+    cache_warnings: list[str] = field(default_factory=list)

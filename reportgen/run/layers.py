@@ -22,8 +22,9 @@ from reportgen.chain import layer_chains
 from reportgen.crossmodel import CROSS_GRID
 from reportgen.errors import SpecError
 from reportgen.images import LoadedImage
-from reportgen.models import NO_HOOKS_NOTE, load_model, runs_python_hooks
+from reportgen.models import NO_HOOKS_NOTE, runs_python_hooks
 from reportgen.results import LayerResult, RunResult
+from reportgen.run.model import LazyModel
 from reportgen.spec import ReportSpec, Run
 from reportgen.yamlsrc import format_key_path
 
@@ -39,13 +40,15 @@ def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:
 
 
 def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[LoadedImage],
-                shared: list[Path] = (), cache: Cache | None = None, cross: list[Path] = ()) -> RunResult:
+                shared: list[Path] = (), cache: Cache | None = None, cross: list[Path] = (),
+                model: LazyModel | None = None) -> RunResult:
     """Weights, activation statistics and maps of every layer of one run.
 
     Each layer's result is cached under a key of everything it depends on; the
     model is loaded, and the images run through it, only for the layers that miss.
     """
     cache = cache or Cache(None)
+    model = model or LazyModel(spec, run, device)
     opts = spec.analyses.activations
     hookable = runs_python_hooks(run.model)
     with_acts = opts.enabled and bool(images) and hookable
@@ -54,7 +57,7 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     missing = [ls for ls in run.layers if found[ls.name] is None]
     source = run.checkpoint or run.torchscript or run.onnx
     if missing:
-        fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts, cross)
+        fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts, cross, model)
         for lr in fresh:
             lr.key = keys[lr.name]
             cache.put("layer", keys[lr.name], lr)
@@ -91,8 +94,8 @@ def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared
 
 def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch.device,
                     images: list[LoadedImage], shared: list[Path], with_acts: bool,
-                    cross: list[Path] = ()) -> list[LayerResult]:
-    loaded = load_model(spec, run, device)
+                    cross: list[Path] = (), lazy: LazyModel | None = None) -> list[LayerResult]:
+    loaded = (lazy or LazyModel(spec, run, device)).get()
     model = loaded.module
     modules = dict(model.named_modules())
     found = find_activations(model, [ls.name for ls in layer_specs]) if loaded.hookable else {}
