@@ -29,7 +29,7 @@ from reportgen.cache import Cache
 from reportgen.comparison import run_comparisons
 from reportgen.crossmodel import cross_model_cka
 from reportgen.errors import SpecError, StrictWarningsError
-from reportgen.executors import Executor, Sequential
+from reportgen.executors import Executor, Sequential, make_executor
 from reportgen.models import resolve_device
 from reportgen.results import RunResult
 from reportgen.run.layers import activation_problems
@@ -37,6 +37,7 @@ from reportgen.run.task import RunTask, remember_spec, run_task
 from reportgen.run.trace import trace_batch
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, load_spec
+from reportgen.spill import NO_SPILL, Spill, spill_store
 
 Log = Callable[[str], None]
 
@@ -54,31 +55,36 @@ class BuildResult:
 
 def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "auto",
           strict: bool = False, log: Log = lambda msg: None,
-          cache_dir: str | Path | None | bool = True, executor: Executor | None = None) -> BuildResult:
+          cache_dir: str | Path | None | bool = True, jobs: int = 1, executor: Executor | str | None = None,
+          ray_address: str | None = None) -> BuildResult:
     """Build the report of ``spec_path`` into ``docs_dir/<report>/``.
 
     ``cache_dir``: where results are cached between builds; True: the default
     (``$REPORTGEN_CACHE_DIR`` or ``.reportgen-cache``); None or False: no cache.
-    ``executor``: where the per-run tasks run (reportgen.executors); default: in this process.
+    ``executor``: where the per-run tasks run: an Executor, or a name of
+    ``reportgen.executors.EXECUTORS`` made with ``jobs`` and ``ray_address``; None: a
+    process pool of ``jobs`` workers when ``jobs`` > 1 and the spec has several runs, else
+    this process. The output is the same whichever runs the tasks.
     """
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
     dev = resolve_device(device)
+    executor = choose_executor(executor, jobs, ray_address, len(spec.runs))
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    with build_lock(docs, spec.report):
+    with build_lock(docs, spec.report), spill_store(cache) as spill:
         check_layers(spec)
-        results, warnings = analyse(spec, dev, log, cache, executor)
+        results, warnings = analyse(spec, dev, log, cache, executor, spill)
         log("comparing locations")
-        comp = run_comparisons(spec, results, dev, cache)
-        comp.models = cross_model_cka(spec, results)
+        comp = run_comparisons(spec, results, dev, cache, spill)
+        comp.models = cross_model_cka(spec, results, spill)
         warnings += comp.warnings
         if strict and warnings:
             raise StrictWarningsError(
                 f"{len(warnings)} warning(s) and --strict was given: " + "; ".join(warnings)
             )
         log("drawing pictures and writing pages")
-        files, report = render_report(spec, results, comp, dev, cache)
+        files, report = render_report(spec, results, comp, dev, cache, spill)
         out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict).
     warnings += cache.warnings
@@ -86,6 +92,15 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
     )
+
+
+def choose_executor(executor: Executor | str | None, jobs: int, address: str | None, runs: int) -> Executor:
+    """The executor of a build (see ``build``); never more workers than runs."""
+    if executor is None:
+        executor = "process" if jobs > 1 and runs > 1 else "sequential"
+    if isinstance(executor, str):
+        return make_executor(executor, max(1, min(jobs, runs)), address)
+    return executor
 
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
@@ -108,30 +123,40 @@ def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
 
 
 def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | None = None,
-            executor: Executor | None = None) -> tuple[list[RunResult], list[str]]:
+            executor: Executor | None = None, spill: Spill = NO_SPILL) -> tuple[list[RunResult], list[str]]:
     """Map the per-run task over every run (in spec order, whatever the executor), then pool
     the health statistics per model and layer. Returns the results and the warnings: every
-    run's notes, then the unit views', then the traces'."""
+    run's notes, then the unit views', then the traces'. With a ``spill`` store, the
+    results hold their heavy arrays there (reportgen.spill), not in memory."""
     cache = cache or Cache(None)
     executor = executor or Sequential()
     trace_batch(spec)  # a malformed trace batch is a spec error before any run starts
     tasks = [RunTask(spec_path=str(spec.path.resolve()), run_key=run.key, device=str(device),
-                     cache_dir=str(cache.root.resolve()) if cache.enabled else None) for run in spec.runs]
+                     cache_dir=str(cache.root.resolve()) if cache.enabled else None, spill_dir=spill.root)
+             for run in spec.runs]
     fn = run_task
     if isinstance(executor, Sequential):  # in this process: reuse the loaded spec, show unit progress
         remember_spec(spec)
         fn = functools.partial(run_task, log=log)
     results = []
+    shown: dict = {}
     mapped = executor.map(fn, tasks)
     for i, task in enumerate(tasks, 1):
         log(f"[{i}/{len(tasks)}] {task.run_key}")
         result = next(mapped)
         _merge_cache_counts(cache, result)
+        _share_images(result, shown)
         results.append(result)
     warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
     warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
     _add_health(spec, results)
     return results, warnings
+
+
+def _share_images(result: RunResult, shown: dict) -> None:
+    """Runs that show the same image (same file, same pixels) hold one copy of it."""
+    for attr in ("images", "shared_shown"):
+        setattr(result, attr, [shown.setdefault((im.path, im.digest), im) for im in getattr(result, attr)])
 
 
 def _merge_cache_counts(cache: Cache, result: RunResult) -> None:

@@ -52,3 +52,7 @@ class BuildLockedError(ReportgenError):
 
 class StrictWarningsError(ReportgenError):
     """``--strict`` was given and the build produced warnings."""
+
+
+class ExecutorError(ReportgenError):
+    """The asked-for executor is not installed or cannot start."""

@@ -36,6 +36,7 @@ class LayerResult:
     feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from
     chain: list[dict] | None = None  # weighted layers from the input to this one (reportgen.chain), for alignment
     chain_note: str | None = None  # why there is no chain (a residual add, a model fx cannot trace, ...)
+    spilled: list[str] = field(default_factory=list)  # heavy fields kept on disk (reportgen.spill), not here
 
 
 register(LayerResult)  # cached per layer ("layer" entries)

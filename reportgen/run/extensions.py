@@ -12,10 +12,11 @@ from reportgen.images import LoadedImage
 from reportgen.results import RunResult
 from reportgen.run.model import LazyModel
 from reportgen.spec import ReportSpec
+from reportgen.spill import NO_SPILL, Spill
 
 
 def run_extensions(spec: ReportSpec, result: RunResult, images: list[LoadedImage], model: LazyModel,
-                   device: torch.device, cache: Cache) -> dict[str, Any]:
+                   device: torch.device, cache: Cache, spill: Spill = NO_SPILL) -> dict[str, Any]:
     """Extension name -> the value of its ``run_part`` for this run, each cached under
     ``ext-<name>`` by the extension's version, the run's layer keys and ``run_key(ctx)``.
 
@@ -34,6 +35,7 @@ def run_extensions(spec: ReportSpec, result: RunResult, images: list[LoadedImage
         def compute(ctx=ctx, ext=ext) -> Any:
             loaded = model.get()
             ctx.model = loaded.module if loaded.hookable else None
+            ctx.layers = {lr.name: spill.restored(lr) for lr in result.layers}  # with maps and features
             return ext.run_part(ctx)
 
         out[ext.name] = cache.memo(f"ext-{ext.name}", key, compute)

@@ -26,6 +26,7 @@ from reportgen.models import NO_HOOKS_NOTE, runs_python_hooks
 from reportgen.results import LayerResult, RunResult
 from reportgen.run.model import LazyModel
 from reportgen.spec import ReportSpec, Run
+from reportgen.spill import NO_SPILL, Spill
 from reportgen.yamlsrc import format_key_path
 
 
@@ -41,7 +42,7 @@ def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:
 
 def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[LoadedImage],
                 shared: list[Path] = (), cache: Cache | None = None, cross: list[Path] = (),
-                model: LazyModel | None = None) -> RunResult:
+                model: LazyModel | None = None, spill: Spill = NO_SPILL) -> RunResult:
     """Weights, activation statistics and maps of every layer of one run.
 
     Each layer's result is cached under a key of everything it depends on; the
@@ -54,13 +55,15 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     with_acts = opts.enabled and bool(images) and hookable
     keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts, cross) for ls in run.layers}
     found = {name: cache.get("layer", key) for name, key in keys.items()}
+    found = {name: lr if lr is None or spill.complete(lr) else None for name, lr in found.items()}
     missing = [ls for ls in run.layers if found[ls.name] is None]
     source = run.checkpoint or run.torchscript or run.onnx
     if missing:
         fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts, cross, model)
         for lr in fresh:
             lr.key = keys[lr.name]
-            cache.put("layer", keys[lr.name], lr)
+            spill.write(lr)  # the layer entry names its spilled arrays rather than holding them twice
+            cache.put("layer", keys[lr.name], spill.stripped(lr))
             found[lr.name] = lr
     notes = []
     if opts.enabled and images and not hookable:

@@ -9,6 +9,7 @@ their inputs).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from reportgen.run.model import LazyModel
 from reportgen.run.trace import run_trace
 from reportgen.run.units import run_units
 from reportgen.spec import ReportSpec, load_spec
+from reportgen.spill import Spill
 
 Log = Callable[[str], None]
 
@@ -38,6 +40,7 @@ class RunTask:
     device: str  # a resolved torch device: "cpu", "cuda", "cuda:1"
     cache_dir: str | None  # the content-addressed cache (reportgen.cache); None: no cache
     threads: int = 0  # torch threads for this task's process (0: leave torch's choice)
+    spill_dir: str | None = None  # where heavy arrays go after the task (reportgen.spill); None: kept
 
 
 def run_task(task: RunTask, log: Log | None = None) -> RunResult:
@@ -54,11 +57,16 @@ def run_task(task: RunTask, log: Log | None = None) -> RunResult:
     images = _images(run)
     cross = cross_shared_images(spec) if run.key in {r.key for r in cross_model_runs(spec).values()} else []
     model = LazyModel(spec, run, device)
+    spill = Spill(task.spill_dir)
     result = analyse_run(spec, run, device, images, shared_images(spec).get(run.model.name, []), cache, cross,
-                         model=model)
+                         model=model, spill=spill)
     result.unit_notes = run_units(spec, result, images, model, device, cache, log)
     result.trace_notes = run_trace(spec, result, model)
-    result.extras = run_extensions(spec, result, images, model, device, cache)
+    result.extras = run_extensions(spec, result, images, model, device, cache, spill)
+    for lr in result.layers:
+        spill.strip(lr)
+    result.images = [_pixels_only(im) for im in result.images]
+    result.shared_shown = [_pixels_only(im) for im in result.shared_shown]
     result.cache_hits, result.cache_misses = dict(cache.hits), dict(cache.misses)
     result.cache_warnings = list(cache.warnings)
     return result
@@ -94,3 +102,8 @@ def _images(run) -> list[LoadedImage]:
     _IMAGES.clear()
     _IMAGES.update(fresh)
     return list(fresh[(p, run.input)] for p in run.images)
+
+
+def _pixels_only(im: LoadedImage) -> LoadedImage:
+    """The image as later steps use it (pixels shown on pages), without the network's input tensor."""
+    return dataclasses.replace(im, tensor=None)
