@@ -93,3 +93,10 @@ def test_complete_subset_leaves_out_the_location_without_numbers():
     a = _points(5, 1)
     a[2, :] = a[:, 2] = np.nan
     assert complete_subset([a, _points(5, 2)]) == [0, 1, 3, 4]
+
+
+def test_spearman_with_ties_equals_scipy():
+    a = np.round(_points(7, 21), 1)  # rounding makes ties
+    b = np.round(_points(7, 22), 1)
+    iu = np.triu_indices(7, 1)
+    assert mantel(a, b, "spearman", permutations=99).r == pytest.approx(stats.spearmanr(a[iu], b[iu])[0], abs=1e-12)
