@@ -204,3 +204,16 @@ def test_page_shows_every_test_and_the_pictures():
     rows = [ln for ln in text.splitlines() if ln.startswith("| `conv1` |")]
     assert len(rows) == 5 and all(ln.count("|") == rows[0].count("|") for ln in rows)
     assert rows[0].count("|") == text.splitlines()[text.splitlines().index(rows[0]) - 1].count("|")
+
+
+def test_every_data_key_is_documented():
+    from tests.conftest import ROOT
+    from tests.test_docs import _all_keys
+
+    keys, values, comps = _planted("scale")
+    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    json.dumps(section, allow_nan=False)  # JSON-ready, no NaN
+    page = (ROOT / "docs/reference/report-json.md").read_text()
+    found = _all_keys({"data": section}, set())
+    missing = sorted(k for k in found if f'"{k}"' not in page and f"`{k}`" not in page and f"{k}`" not in page)
+    assert not missing, missing
