@@ -100,3 +100,19 @@ def test_spearman_with_ties_equals_scipy():
     b = np.round(_points(7, 22), 1)
     iu = np.triu_indices(7, 1)
     assert mantel(a, b, "spearman", permutations=99).r == pytest.approx(stats.spearmanr(a[iu], b[iu])[0], abs=1e-12)
+
+
+def test_leave_one_out_equals_scipy_without_that_location():
+    from reportgen.analysis.mantel import leave_one_out
+
+    a, b = _points(6, 31), _points(6, 32)
+    loo = leave_one_out(a, b)
+    keep = [0, 1, 2, 4, 5]
+    iu = np.triu_indices(5, 1)
+    assert loo[3] == pytest.approx(stats.pearsonr(a[np.ix_(keep, keep)][iu], b[np.ix_(keep, keep)][iu])[0], abs=1e-12)
+    # one location far from all others in both matrices carries r: without it r drops
+    a2, b2 = a.copy(), b.copy()
+    a2[0, 1:] = a2[1:, 0] = 50
+    b2[0, 1:] = b2[1:, 0] = 50
+    assert mantel(a2, b2, permutations=99).r > 0.9
+    assert leave_one_out(a2, b2)[0] == pytest.approx(loo[0]) and loo[0] < 0.9  # the same matrices without it

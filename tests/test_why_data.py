@@ -217,3 +217,74 @@ def test_every_data_key_is_documented():
     found = _all_keys({"data": section}, set())
     missing = sorted(k for k in found if f'"{k}"' not in page and f"`{k}`" not in page and f"{k}`" not in page)
     assert not missing, missing
+
+
+# -- end to end: a build whose networks are planted to follow background brightness -------
+
+
+def _planted_project(tmp_path, k: int = 7) -> None:
+    """k locations: the weights of location i are W0 + t_i * N (so the networks' distances grow
+    with |t_i - t_j|), its own frames have a background of brightness 0.2 + 0.6 t_i, and its
+    boxes are of sizes unrelated to t. Four shared frames feed the activation comparisons."""
+    import torch
+
+    from tests.conftest import tiny_module
+
+    (tmp_path / "arch.py").write_text(TINY_ARCH)
+    (tmp_path / "ckpt").mkdir()
+    rng = np.random.default_rng(5)
+    t = rng.permutation(k) / (k - 1)
+    base, direction = tiny_module(seed=0).state_dict(), tiny_module(seed=1).state_dict()
+    images, anns = [], []
+    for i in range(k):
+        loc = f"l{i}"
+        torch.save({n: base[n] + 0.8 * float(t[i]) * direction[n] for n in base}, tmp_path / "ckpt" / f"{loc}.pt")
+        (tmp_path / loc).mkdir()
+        for f in range(3):
+            img = np.clip(0.2 + 0.6 * t[i] + rng.normal(scale=0.03, size=(16, 20, 3)), 0, 1)
+            name = f"{loc}/f{f}.png"
+            Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / name)
+            images.append({"id": len(images) + 1, "file_name": name, "width": 20, "height": 16})
+            h = float(rng.uniform(3, 14))
+            anns.append({"id": len(anns) + 1, "image_id": len(images), "category_id": 1,
+                         "bbox": [float(rng.uniform(0, 15)), 15 - h, 4, h]})
+    (tmp_path / "shared").mkdir()
+    for s in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(tmp_path / "shared" / f"s{s}.png")
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                   "categories": [{"id": 1, "name": "person"}]}))
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(f"""\
+        report: planted
+        title: Planted
+        models:
+          - name: tiny
+            arch: arch.py:TinyNet
+            checkpoint: ckpt/{{location}}.pt
+            locations: [{', '.join(f'l{i}' for i in range(k))}]
+        input:
+          size: [16, 20]
+        images: ["{{location}}/*.png", "shared/*.png"]
+        annotations: ann.json
+        layers: [conv1]
+        analyses:
+          compare: {{max_samples: 256}}
+        """))
+
+
+def test_build_finds_that_the_planted_networks_follow_the_background(tmp_path):
+    from reportgen.build import build
+
+    _planted_project(tmp_path)
+    build(tmp_path / "spec.yaml", tmp_path / "docs", device="cpu")
+    report = json.loads((tmp_path / "docs/planted/report.json").read_text())
+    data = report["data"]
+    assert [e["frames"] for e in data["locations"]] == [3] * 7
+    assert all(e["shared_left_out"] == 4 for e in data["locations"])
+    ours = [f for f in report["findings"] if f["kind"] == "data"]
+    conv1 = next(f for f in ours if f["layer"] == "conv1")
+    assert conv1["text"].startswith("`conv1` differences follow the background") or \
+        conv1["text"].startswith("`conv1` differences follow colour"), conv1["text"]
+    scale = [t for t in data["mantel"]["results"] if t["data"] == "scale"]
+    assert not any(t["survives"] for t in scale)
+    page = (tmp_path / "docs/planted/data.md").read_text()
+    assert "## Mantel tests" in page and "backgrounds.png" in page

@@ -126,6 +126,21 @@ def _standardised_rows(x: np.ndarray) -> np.ndarray:
     return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
+def leave_one_out(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n,) Pearson r of the triangles with each location left out in turn (NaN where a
+    triangle is constant): how much one location, e.g. a collapsed network far from all
+    others, carries the correlation."""
+    n = len(a)
+    out = np.full(n, np.nan)
+    for i in range(n):
+        keep = [j for j in range(n) if j != i]
+        x = _standardised(triangle(np.asarray(a)[np.ix_(keep, keep)]))
+        y = _standardised(triangle(np.asarray(b)[np.ix_(keep, keep)]))
+        if x is not None and y is not None and len(keep) >= 3:
+            out[i] = float(x @ y)
+    return out
+
+
 def holm(pvalues: list[float | None]) -> list[float | None]:
     """Holm's step-down adjustment of a family of p-values (None stays None and does not
     count towards the family): a test is significant at level alpha when its adjusted p <= alpha."""

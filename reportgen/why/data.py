@@ -18,7 +18,7 @@ import numpy as np
 
 from reportgen import cache
 from reportgen.analysis import datastats as ds
-from reportgen.analysis.mantel import PERMUTATIONS, complete_subset, holm, mantel
+from reportgen.analysis.mantel import PERMUTATIONS, complete_subset, holm, leave_one_out, mantel
 from reportgen.extensions import Extension, RunContext, register_extension
 
 cache.register(ds.LocationData)
@@ -178,13 +178,16 @@ def mantel_tests(comparisons: list[dict], distances: dict[str, dict], permutatio
                          "runs": [runs[i] for i in keep],
                          "left_out": sorted(set(c["runs"]) - {runs[i] for i in keep}),
                          "n": len(keep), "r": None, "p": None, "spearman_r": None, "spearman_p": None,
-                         "smallest_p": None, "exact": None, "null_r_95": None}
+                         "smallest_p": None, "exact": None, "null_r_95": None, "r_leave_one_out": None}
                 if len(keep) >= MIN_LOCATIONS:
                     a, b = net_d[np.ix_(keep, keep)], data_d[np.ix_(keep, keep)]
                     pr = mantel(a, b, "pearson", permutations, seed)
                     sr = mantel(a, b, "spearman", permutations, seed)
+                    loo = leave_one_out(a, b)
                     entry.update(r=_num(pr.r), p=pr.p, spearman_r=_num(sr.r), spearman_p=sr.p,
-                                 smallest_p=pr.smallest_p, exact=pr.exact, null_r_95=_num(pr.null_r_95))
+                                 smallest_p=pr.smallest_p, exact=pr.exact, null_r_95=_num(pr.null_r_95),
+                                 r_leave_one_out=[_num(float(np.nanmin(loo))), _num(float(np.nanmax(loo)))]
+                                 if np.isfinite(loo).any() else None)
                 out.append(entry)
     adjusted = holm([e["p"] for e in out])
     for e, q in zip(out, adjusted):

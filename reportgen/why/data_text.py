@@ -18,7 +18,7 @@ NET_NAMES = {"weights": "weights, 1 − matched |cos|", "cka": "activations, 1 �
 def _p(p: float | None) -> str:
     if p is None:
         return "–"
-    return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    return f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
 
 
 def _stat(t: dict) -> str:
@@ -50,6 +50,9 @@ def findings(report: dict) -> list[dict]:
         if best["survives"]:
             text = (f"{name} differences follow {DATA_NAMES[best['data']]} {how}; Holm-adjusted p = "
                     f"{_p(best['p_holm'])} over {family} tests)")
+            also = sorted((t for t in same_net if t["survives"]), key=lambda t: -t["r"])
+            if also:
+                text += ", and " + listing([f"{DATA_NAMES[t['data']]} (r = {t['r']:.2f})" for t in also])
             severity = "info"
         elif best["p"] <= data["mantel"]["alpha"]:
             text = (f"{name} differences may follow {DATA_NAMES[best['data']]} {how}), but not after "
@@ -63,6 +66,9 @@ def findings(report: dict) -> list[dict]:
             severity = "info"
         if worst is not None and best["p"] <= data["mantel"]["alpha"] and worst["p"] > data["mantel"]["alpha"]:
             text += f"; they do not follow {DATA_NAMES[worst['data']]} (r = {worst['r']:.2f}, p = {_p(worst['p'])})"
+        loo = best.get("r_leave_one_out")
+        if loo and best["p"] <= data["mantel"]["alpha"]:
+            text += f"; leaving out any one location, r stays between {loo[0]:.2f} and {loo[1]:.2f}"
         if best["left_out"]:
             text += f" ({listing(best['left_out'])} left out: no finite distance)"
         out.append(finding(severity, text + ".", None, best["layer"], LINK, abs(best["r"]), kind="data",
@@ -84,12 +90,15 @@ def _caution(data: dict, tests: list[dict]) -> dict:
     text = (f"How far the data tests go: {plural(len(tests), 'Mantel test')} ({plural(measures, 'data measure')} × "
             f"{plural(nets, 'network measure')} × {plural(layers, 'layer')}) over {plural(n, 'location')}, that is "
             f"{n * (n - 1) // 2} pairs that share locations; p comes from {draws}, so no p is below {_p(floor)}. "
-            f"After Holm's correction {plural(len(kept), 'test')} "
-            f"{'stays' if len(kept) == 1 else 'stay'} below {data['mantel']['alpha']}. With {n} locations "
+            f"After Holm's correction {_kept(len(kept))} below {data['mantel']['alpha']}. With {n} locations "
             f"a correlation below about {chance:.2f} cannot be told from chance, so \"does not follow\" means "
             "no strong relation was found, not that there is none; and the data measures overlap (a "
             "background differs in colour too), so one relation can show under several names.")
     return finding("info", text, None, None, LINK, 0.0, kind="data")
+
+
+def _kept(k: int) -> str:
+    return "no test stays" if k == 0 else f"{plural(k, 'test')} {'stays' if k == 1 else 'stay'}"
 
 
 def page(report: dict, pictures: dict[str, str]) -> str:
