@@ -195,7 +195,8 @@ def test_page_shows_every_test_and_the_pictures():
     keys, values, comps = _planted("brightness")
     section = D.reduce(_Spec(keys), values, {"comparisons": comps})
     pics = D.EXTENSION.pictures(_Spec(keys), section, values)
-    assert set(pics) == {f"data/m/{v}.png" for v in ("backgrounds", "colour", "spectra", "objects")}
+    views = ("backgrounds", "colour", "spectra", "objects") + tuple(f"distance-{m}" for m in ds.MEASURES)
+    assert set(pics) == {f"data/m/{v}.png" for v in views}
     assert all(p.startswith(b"\x89PNG") for p in pics.values())
     report = {"data": section, "findings": findings({"data": section})}
     text = D.EXTENSION.pages(_Spec(keys), report, {k: "img/" + k for k in pics})["data.md"]

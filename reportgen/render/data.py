@@ -82,6 +82,20 @@ def objects(names: list[str], hists: dict[str, np.ndarray]) -> bytes:
     return _png(fig)
 
 
+def distance_heatmaps(names: list[str], matrices: dict[str, list]) -> dict[str, bytes]:
+    """measure -> runs x runs heatmap of its distances divided by their largest (0 = alike)."""
+    from reportgen.render.charts import similarity_heatmap
+
+    out = {}
+    for measure, rows in matrices.items():
+        m = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+        top = np.nanmax(m) if np.isfinite(m).any() else np.nan
+        if not np.isfinite(top) or top <= 0:
+            continue
+        out[measure] = similarity_heatmap(m / top, names, f"{measure} distance / its largest ({top:.3g})")
+    return out
+
+
 def _colours(n: int) -> list:
     import matplotlib
 
@@ -105,6 +119,10 @@ def data_pictures(section: dict, values: dict[str, ds.LocationData]) -> dict[str
                                                 np.stack([v.colour_sd for v in vals]), section["colour_space"])
         out[f"data/{model}/spectra.png"] = spectra(names, np.stack([v.spectrum for v in vals]),
                                                   [e["spectrum_slope"] for e in own])
+        dist = next((d for d in section["distances"] if d["model"] == model), None)
+        if dist is not None:
+            for measure, png in distance_heatmaps(dist["runs"], dist["matrices"]).items():
+                out[f"data/{model}/distance-{measure}.png"] = png
         if any(v.boxes for v in vals):
             empty = np.zeros(len(ds.HIST_EDGES) - 1)
 

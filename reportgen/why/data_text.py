@@ -115,5 +115,7 @@ def page(report: dict, pictures: dict[str, str]) -> str:
         grouped.setdefault((t["model"], t["layer"], t["data"]), {})[t["network"]] = t
     return _env().get_template("data.md.j2").render(
         data=data, pics=pics, models=models, multi=len(models) > 1, grouped=grouped,
+        pics_distance={m: [k.rsplit("distance-", 1)[1][:-4] for k in pics if k.startswith(f"data/{m}/distance-")]
+                       for m in models},
         networks=list(NET_NAMES), net_names=NET_NAMES, data_names=DATA_NAMES, p=_p,
         findings=[f for f in report.get("findings", []) if f.get("kind") == "data"])
