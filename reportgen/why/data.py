@@ -24,15 +24,12 @@ from reportgen.extensions import Extension, RunContext, register_extension
 cache.register(ds.LocationData)
 
 NAME = "data"
-PAGE = "data.md"
 SEED = 0
 ALPHA = 0.05
 MIN_LOCATIONS = 4  # below this a Mantel test cannot reach p < 0.05 (3! = 6 relabellings)
 MAX_FRAMES = 256  # frames per location kept for the statistics (evenly spaced) to bound memory
 NETWORK = {"weights": ("weight_similarity", "1 − matched |cos| of the weights (aligned through the network)"),
            "cka": ("cka", "1 − linear CKA of the activations on the shared images")}
-NAMES = {"background": "the background", "colour": "colour", "spectrum": "the power spectrum",
-         "scale": "object scale", "position": "object position"}
 
 
 # -- which frames -------------------------------------------------------------------------
@@ -78,9 +75,10 @@ def _frames(ctx: RunContext) -> tuple[np.ndarray, int, list[Path]]:
         keep = np.linspace(0, len(loaded) - 1, MAX_FRAMES).round().astype(int)
         loaded = [loaded[i] for i in keep]
     pix = [im.pixels.astype(np.float32) / 255.0 for im in loaded]
-    size = pix[0].shape[:2]
+    size = pix[0].shape[:2]  # without an input size frames may differ: all take the first one's
     pix = [p if p.shape[:2] == size else ds.resize(p, size).astype(np.float32) for p in pix]
-    n_extra = sum(1 for im in loaded if im.path in set(ctx.run.extra_frames))
+    extra_paths = set(ctx.run.extra_frames)
+    n_extra = sum(1 for im in loaded if im.path in extra_paths)
     return np.stack(pix), n_extra, [im.path for im in loaded]
 
 
@@ -243,7 +241,7 @@ def _pictures(spec, section: dict, values: dict) -> dict[str, bytes]:
 
 
 def _pages(spec, report: dict, pictures: dict[str, str]) -> dict[str, str]:
-    from reportgen.why.data_text import page
+    from reportgen.why.data_text import PAGE, page
 
     return {PAGE: page(report, pictures)}
 

@@ -107,11 +107,8 @@ def page(report: dict, pictures: dict[str, str]) -> str:
     data = report["data"]
     pics = {k: posixpath.relpath(v, posixpath.dirname(PAGE) or ".") for k, v in pictures.items()}
     models = list(dict.fromkeys(e["model"] for e in data["locations"]))
-    rows = []
+    grouped: dict[tuple, dict] = {}  # (model, layer, data measure) -> network measure -> test
     for t in data["mantel"]["results"]:
-        rows.append(t)
-    grouped = {}
-    for t in rows:
         grouped.setdefault((t["model"], t["layer"], t["data"]), {})[t["network"]] = t
     return _env().get_template("data.md.j2").render(
         data=data, pics=pics, models=models, multi=len(models) > 1, grouped=grouped,
