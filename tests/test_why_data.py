@@ -196,11 +196,12 @@ def test_page_shows_every_test_and_the_pictures():
     section = D.reduce(_Spec(keys), values, {"comparisons": comps})
     pics = D.EXTENSION.pictures(_Spec(keys), section, values)
     views = ("backgrounds", "colour", "spectra", "objects") + tuple(f"distance-{m}" for m in ds.MEASURES)
-    assert set(pics) == {f"data/m/{v}.png" for v in views}
+    assert set(pics) == {f"m/{v}.png" for v in views}
     assert all(p.startswith(b"\x89PNG") for p in pics.values())
     report = {"data": section, "findings": findings({"data": section})}
-    text = D.EXTENSION.pages(_Spec(keys), report, {k: "img/" + k for k in pics})["data.md"]
+    text = D.EXTENSION.pages(_Spec(keys), report, {k: "img/data/" + k for k in pics})["data.md"]
     assert "![Background estimate per location](img/data/m/backgrounds.png)" in text
+    assert "![object scale distance between locations](img/data/m/distance-scale.png)" in text
     assert "## Mantel tests" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| `conv1` |")]
     assert len(rows) == 5 and all(ln.count("|") == rows[0].count("|") for ln in rows)

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from reportgen.analysis import datastats as ds
+from reportgen.names import slug
 from reportgen.render.charts import _png
 from reportgen.render.colour import DENSITY, at_density, encode_png, to_uint8
 from reportgen.render.tiles import fit_columns, grid, upscale_for
@@ -104,7 +105,7 @@ def _colours(n: int) -> list:
 
 
 def data_pictures(section: dict, values: dict[str, ds.LocationData]) -> dict[str, bytes]:
-    """The data page's pictures, per model: ``data/<model>/<view>.png``."""
+    """The data page's pictures, per model: ``<model slug>/<view>.png`` (published under img/data/)."""
     out = {}
     entries = section["locations"]
     for model in dict.fromkeys(e["model"] for e in entries):
@@ -114,22 +115,22 @@ def data_pictures(section: dict, values: dict[str, ds.LocationData]) -> dict[str
         size = vals[0].background.shape[:2]
         bgs = {n: (v.background if v.background.shape[:2] == size else ds.resize(v.background, size))
                for n, v in zip(names, vals)}
-        out[f"data/{model}/backgrounds.png"] = backgrounds(bgs)
-        out[f"data/{model}/colour.png"] = colour(names, np.stack([v.colour_mean for v in vals]),
+        out[f"{slug(model)}/backgrounds.png"] = backgrounds(bgs)
+        out[f"{slug(model)}/colour.png"] = colour(names, np.stack([v.colour_mean for v in vals]),
                                                 np.stack([v.colour_sd for v in vals]), section["colour_space"])
-        out[f"data/{model}/spectra.png"] = spectra(names, np.stack([v.spectrum for v in vals]),
+        out[f"{slug(model)}/spectra.png"] = spectra(names, np.stack([v.spectrum for v in vals]),
                                                   [e["spectrum_slope"] for e in own])
         dist = next((d for d in section["distances"] if d["model"] == model), None)
         if dist is not None:
             for measure, png in distance_heatmaps(dist["runs"], dist["matrices"]).items():
-                out[f"data/{model}/distance-{measure}.png"] = png
+                out[f"{slug(model)}/distance-{measure}.png"] = png
         if any(v.boxes for v in vals):
             empty = np.zeros(len(ds.HIST_EDGES) - 1)
 
             def rows(attr: str) -> np.ndarray:
                 return np.stack([empty if getattr(v, attr) is None else getattr(v, attr) for v in vals])
 
-            out[f"data/{model}/objects.png"] = objects(names, {
+            out[f"{slug(model)}/objects.png"] = objects(names, {
                 "box height / image height": rows("scale_hist"),
                 "foot row / image height (0 = top)": rows("foot_hist"),
                 "box centre / image width": rows("centre_hist")})

@@ -237,13 +237,15 @@ def _findings(report: dict, analyses) -> list[dict]:
 def _pictures(spec, section: dict, values: dict) -> dict[str, bytes]:
     from reportgen.render.data import data_pictures
 
+    if not section:
+        return {}
     return data_pictures(section, {k: v for k, v in values.items() if v is not None})
 
 
 def _pages(spec, report: dict, pictures: dict[str, str]) -> dict[str, str]:
     from reportgen.why.data_text import PAGE, page
 
-    return {PAGE: page(report, pictures)}
+    return {PAGE: page(report, pictures)} if report.get(NAME) else {}
 
 
 EXTENSION = register_extension(Extension(

@@ -6,7 +6,7 @@ import posixpath
 from statistics import median
 
 from reportgen.analysis.wording import finding, listing, plural
-from reportgen.names import code
+from reportgen.names import code, slug
 
 PAGE = "data.md"
 LINK = f"{PAGE}#mantel-tests"
@@ -71,8 +71,9 @@ def findings(report: dict) -> list[dict]:
             text += f"; leaving out any one location, r stays between {loo[0]:.2f} and {loo[1]:.2f}"
         if best["left_out"]:
             text += f" ({listing(best['left_out'])} left out: no finite distance)"
+        # without "model" the build says it of the report's only model
         out.append(finding(severity, text + ".", None, best["layer"], LINK, abs(best["r"]), kind="data",
-                           locations=list(locs), model=best["model"] if multi else None))
+                           locations=list(locs), **({"model": best["model"]} if multi else {})))
     out.append(_caution(data, tests))
     return out
 
@@ -105,14 +106,14 @@ def page(report: dict, pictures: dict[str, str]) -> str:
     from reportgen.pages import _env
 
     data = report["data"]
-    pics = {k: posixpath.relpath(v, posixpath.dirname(PAGE) or ".") for k, v in pictures.items()}
     models = list(dict.fromkeys(e["model"] for e in data["locations"]))
+    # picture key "<model slug>/<view>.png" -> its path from this page, per model and view
+    views = {m: {k.split("/", 1)[1][:-4]: posixpath.relpath(v, posixpath.dirname(PAGE) or ".")
+                 for k, v in pictures.items() if k.split("/", 1)[0] == slug(m)} for m in models}
     grouped: dict[tuple, dict] = {}  # (model, layer, data measure) -> network measure -> test
     for t in data["mantel"]["results"]:
         grouped.setdefault((t["model"], t["layer"], t["data"]), {})[t["network"]] = t
     return _env().get_template("data.md.j2").render(
-        data=data, pics=pics, models=models, multi=len(models) > 1, grouped=grouped,
-        pics_distance={m: [k.rsplit("distance-", 1)[1][:-4] for k in pics if k.startswith(f"data/{m}/distance-")]
-                       for m in models},
+        data=data, views=views, models=models, multi=len(models) > 1, grouped=grouped,
         networks=list(NET_NAMES), net_names=NET_NAMES, data_names=DATA_NAMES, p=_p,
         findings=[f for f in report.get("findings", []) if f.get("kind") == "data"])
