@@ -17,6 +17,7 @@ from reportgen.spec import load_spec
 from reportgen.why import data as D
 from reportgen.why.data_text import findings, page
 from tests.conftest import TINY_ARCH
+from tests.sites import strict_lone_site
 
 LOCS = ["a", "b", "c"]
 
@@ -290,3 +291,6 @@ def test_build_finds_that_the_planted_networks_follow_the_background(tmp_path):
     assert not any(t["survives"] for t in scale)
     page = (tmp_path / "docs/planted/data.md").read_text()
     assert "## Mantel tests" in page and "backgrounds.png" in page
+    assert (tmp_path / "docs/planted/img/data/tiny/backgrounds.png").is_file()
+    proc = strict_lone_site(tmp_path / "docs", tmp_path)  # every link and anchor resolves
+    assert proc.returncode == 0, proc.stderr
