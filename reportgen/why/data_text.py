@@ -22,7 +22,7 @@ def _p(p: float | None) -> str:
 
 
 def _stat(t: dict) -> str:
-    return f"Mantel r = {t['r']:.2f}, p = {_p(t['p'])}"
+    return f"[Mantel r = {t['r']:.2f}, p = {_p(t['p'])}]({LINK})"
 
 
 def _layer_name(t: dict, multi: bool) -> str:
@@ -88,7 +88,8 @@ def _caution(data: dict, tests: list[dict]) -> dict:
     chance = median(t["null_r_95"] for t in tests)
     draws = ("every relabelling" if all(t["exact"] for t in tests)
              else f"{data['mantel']['permutations']} random relabellings of the locations")
-    text = (f"How far the data tests go: {plural(len(tests), 'Mantel test')} ({plural(measures, 'data measure')} × "
+    text = (f"How far the data tests go: [{plural(len(tests), 'Mantel test')}]({LINK}) "
+            f"({plural(measures, 'data measure')} × "
             f"{plural(nets, 'network measure')} × {plural(layers, 'layer')}) over {plural(n, 'location')}, that is "
             f"{n * (n - 1) // 2} pairs that share locations; p comes from {draws}, so no p is below {_p(floor)}. "
             f"After Holm's correction {_kept(len(kept))} below {data['mantel']['alpha']}. With {n} locations "
