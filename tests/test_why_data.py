@@ -294,3 +294,16 @@ def test_build_finds_that_the_planted_networks_follow_the_background(tmp_path):
     assert (tmp_path / "docs/planted/img/data/tiny/backgrounds.png").is_file()
     proc = strict_lone_site(tmp_path / "docs", tmp_path)  # every link and anchor resolves
     assert proc.returncode == 0, proc.stderr
+
+
+def test_frames_of_other_sizes_are_resized_and_per_model_extra_frames_override(tmp_path):
+    _frames_project(tmp_path)
+    Image.fromarray(np.full((32, 40, 3), 120, dtype=np.uint8)).save(tmp_path / "a" / "extra" / "big.png")
+    text = (tmp_path / "spec.yaml").read_text().replace("input:\n  size: [16, 20]\n", "")
+    text = text.replace('extra_frames: ["{location}/extra/*.png"]\n', "")
+    text = text.replace("    locations: [a, b, c]\n", '    locations: [a, b, c]\n    extra_frames: ["{location}/extra/*.png"]\n')
+    (tmp_path / "spec.yaml").write_text(text)
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert spec.runs[0].input.size is None and len(spec.runs[0].extra_frames) == 2
+    value = D.run_part(_ctx(spec, spec.runs[0]))
+    assert value.frames == 4 and value.extra_frames == 2 and value.background.shape == (16, 20, 3)
