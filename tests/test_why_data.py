@@ -301,7 +301,8 @@ def test_frames_of_other_sizes_are_resized_and_per_model_extra_frames_override(t
     Image.fromarray(np.full((32, 40, 3), 120, dtype=np.uint8)).save(tmp_path / "a" / "extra" / "big.png")
     text = (tmp_path / "spec.yaml").read_text().replace("input:\n  size: [16, 20]\n", "")
     text = text.replace('extra_frames: ["{location}/extra/*.png"]\n', "")
-    text = text.replace("    locations: [a, b, c]\n", '    locations: [a, b, c]\n    extra_frames: ["{location}/extra/*.png"]\n')
+    own_key = '    locations: [a, b, c]\n    extra_frames: ["{location}/extra/*.png"]\n'
+    text = text.replace("    locations: [a, b, c]\n", own_key)
     (tmp_path / "spec.yaml").write_text(text)
     spec = load_spec(tmp_path / "spec.yaml")
     assert spec.runs[0].input.size is None and len(spec.runs[0].extra_frames) == 2
