@@ -1,15 +1,31 @@
 """Charts of a layer across runs, as PNG bytes (no pyplot, no global state).
 
-All are drawn with numpy and Pillow, not matplotlib: the similarity matrix here, the strip
-chart of norms and the weight histograms with the small plotting helpers of render.plot.
-A matplotlib figure per chart cost more than the statistics it showed.
+The layer charts are drawn with numpy and Pillow, not matplotlib: the similarity matrix here,
+the strip chart of norms and the weight histograms with the small plotting helpers of
+render.plot (a matplotlib figure per chart cost more than the statistics it showed).
+``_png`` saves the matplotlib figures that render.data still draws.
 """
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from reportgen.render.colour import DENSITY
+
+
+def _png(fig) -> bytes:
+    """A matplotlib figure (render.data's charts) at 100 dpi x DENSITY, marked with that
+    density for the pages; the bounding box is fitted to every label and legend, so nothing
+    is clipped. matplotlib is imported only by the callers that draw such figures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100 * DENSITY, metadata={"Software": None}, bbox_inches="tight",
+                pad_inches=0.08, pil_kwargs={"dpi": (72 * DENSITY,) * 2})
+    return buf.getvalue()
 
 
 def norms_by_run(norms: dict[str, np.ndarray], dead_threshold: float | None, title: str) -> bytes:
