@@ -33,6 +33,7 @@ from reportgen.images import LoadedImage, load_image
 from reportgen.models import NO_HOOKS_NOTE, load_model, resolve_device, runs_python_hooks
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, Run, load_spec
+from reportgen.uptodate import build_key, stamp
 from reportgen.yamlsrc import format_key_path
 
 Log = Callable[[str], None]
@@ -98,6 +99,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
     dev = resolve_device(device)
+    key = build_key(spec, str(dev))  # before any input is read: a file changed meanwhile rebuilds next time
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
     with build_lock(docs, spec.report):
@@ -113,6 +115,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
             )
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache)
+        stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.uptodate)
         out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict).
     warnings += cache.warnings

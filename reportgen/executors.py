@@ -56,3 +56,13 @@ def in_order(results: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:
             nxt += 1
     if nxt != n:
         raise RuntimeError(f"executor returned {nxt} of {n} results")
+
+
+def _ray(**options: Any) -> Executor:
+    # Imported here: Ray is an optional extra, and reportgen must import without it.
+    from reportgen.executors_ray import RayExecutor
+
+    return RayExecutor(**options)
+
+
+EXECUTORS["ray"] = _ray

@@ -1,0 +1,82 @@
+"""The Ray executor on a local Ray instance: order, errors, GPUs per task, the optional import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reportgen.errors import ReportgenError, SpecError
+from reportgen.executors import EXECUTORS
+from tests.conftest import ROOT
+
+ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'reportgen[ray]')")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module (it takes seconds to start): 2 CPUs, and one GPU
+    declared so that a task asking for a GPU can be scheduled on a machine without one."""
+    if ray.is_initialized():
+        ray.shutdown()
+    # Workers import reportgen and these tests from this checkout, not an installed copy.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.3 if x == 0 else 0.0)  # the first task finishes last
+    return x * x
+
+
+def fail_on(x: int) -> int:
+    if x == 2:
+        raise SpecError("spec.yaml:3: models[0].checkpoint: broken; fix it")
+    return x
+
+
+def assigned(_: int) -> dict:
+    return {k: v for k, v in ray.get_runtime_context().get_assigned_resources().items() if v}
+
+
+def test_results_come_in_argument_order(local_ray):
+    ex = EXECUTORS["ray"]()
+    args = list(range(7))
+    assert list(ex.map(slow_square, args)) == [x * x for x in args]
+    ex.close()
+    assert local_ray.is_initialized(), "a Ray it did not start is left running"
+
+
+def test_a_window_smaller_than_the_work_still_returns_everything(local_ray):
+    ex = EXECUTORS["ray"](max_in_flight=1)
+    assert list(ex.map(abs, [-3, 2, -1])) == [3, 2, 1]  # a builtin works as well as a function
+
+
+def test_user_error_in_a_task_arrives_as_itself(local_ray):
+    with pytest.raises(SpecError) as info:
+        list(EXECUTORS["ray"]().map(fail_on, [0, 1, 2, 3]))
+    assert str(info.value) == "spec.yaml:3: models[0].checkpoint: broken; fix it"
+
+
+def test_cuda_tasks_ask_for_one_gpu(local_ray):
+    from reportgen.executors_ray import gpus_per_task
+
+    assert [gpus_per_task(d) for d in ("cpu", "cuda", "cuda:1")] == [0, 1, 1]
+    got = list(EXECUTORS["ray"](num_gpus_per_task=gpus_per_task("cuda")).map(assigned, [0]))
+    assert got == [{"CPU": 1.0, "GPU": 1.0}]
+    assert list(EXECUTORS["ray"]().map(assigned, [0])) == [{"CPU": 1.0}]
+
+
+def test_reportgen_imports_without_ray_and_says_how_to_install(monkeypatch):
+    code = ("import sys, reportgen.cli, reportgen.executors\n"
+            "assert 'ray' not in sys.modules, 'ray imported at reportgen import time'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ReportgenError, match=r"^--executor ray needs the Ray package, which is not installed; "
+                                             r"install it with pip install 'reportgen\[ray\]'$"):
+        list(EXECUTORS["ray"]().map(abs, [1]))
