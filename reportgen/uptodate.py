@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,23 @@ _SOURCE_SUFFIXES = {".py", ".j2", ".css"}
 # ----------------------------------------------------------------------------- the key
 
 
+class _NotAFile(OSError):
+    """An input that is not a regular file (a FIFO, a device): the build says what is wrong."""
+
+
+def _open_regular(path: Path):
+    # O_NONBLOCK: a FIFO planted where an image should be must not hang the check.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise _NotAFile(f"{path} is not a regular file")
+    return fh
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with _open_regular(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -187,14 +202,12 @@ class UpToDate:
 
 def _intact(folder: Path, recorded: dict[str, str]) -> bool:
     """Every recorded file is there with its recorded digest, and there is no other file."""
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-    if present != set(recorded) | {MANIFEST}:
+    try:
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+        return present == set(recorded) | {MANIFEST} and all(
+            not (folder / rel).is_symlink() and _sha256_file(folder / rel) == want for rel, want in recorded.items())
+    except OSError:
         return False
-    for rel, want in recorded.items():
-        path = folder / rel
-        if path.is_symlink() or not path.is_file() or _sha256_file(path) != want:
-            return False
-    return True
 
 
 def check(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDate | None:
@@ -208,7 +221,8 @@ def check(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDat
     spec = load_spec(spec_path)
     folder = docs_dir / spec.report
     try:
-        recorded = json.loads((folder / MANIFEST).read_bytes())
+        with _open_regular(folder / MANIFEST) as fh:
+            recorded = json.loads(fh.read())
     except (OSError, ValueError):
         return None
     if not isinstance(recorded, dict) or recorded.get("format") != FORMAT:
@@ -217,8 +231,11 @@ def check(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDat
         return None  # the build will fail and say why
     _refuse_if_locked(docs_dir, spec.report)
     resolved = cheap_device(device)
-    if resolved is None or build_key(spec, resolved) != recorded.get("key"):
-        return None
+    try:
+        if resolved is None or build_key(spec, resolved) != recorded.get("key"):
+            return None
+    except OSError:
+        return None  # an input that cannot be read: the build names it and says how to fix it
     files = recorded.get("files")
     if not isinstance(files, dict) or not _intact(folder, files):
         return None
