@@ -35,7 +35,7 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from reportgen import __version__
@@ -73,25 +73,50 @@ def _sha256_file(path: Path) -> str:
 
 
 def input_files(spec) -> list[Path]:
-    """Every file a build of ``spec`` (a ReportSpec) reads, resolved, without duplicates."""
+    """Every file a build of ``spec`` (a ReportSpec) reads, resolved, without duplicates.
+
+    Found generically, so that a file a future spec key names is not missed: every Path
+    (or tuple of Paths) a run holds (checkpoint, TorchScript, ONNX, images, annotations,
+    ...), every string of the spec that names an existing file relative to it (an arch
+    'file.py:Class', the trace batch, ...), and the module file of a 'package.module:factory'.
+    """
     base = spec.base_dir
     files: list[Path] = [spec.path]
+    runs = list(spec.runs) + ([spec.reference_run] if spec.reference_run else [])
+    for run in runs:
+        for f in fields(run):
+            value = getattr(run, f.name)
+            for v in (value if isinstance(value, (tuple, list)) else (value,)):
+                if isinstance(v, Path):
+                    files.append(v)
+    for text in _strings(spec.source.data):
+        if "\n" in text or len(text) > 1024:  # a description, not a path
+            continue
+        for candidate in dict.fromkeys((text, text.rsplit(":", 1)[0])):
+            try:
+                if candidate and (base / candidate).is_file():
+                    files.append(base / candidate)
+            except (OSError, ValueError):  # a name too long, a NUL byte: not a file
+                pass
     models = list(spec.schema.models) + ([spec.schema.reference] if spec.schema.reference else [])
     for model in models:
         arch = model.arch or ""
-        if ":" in arch and arch.rsplit(":", 1)[0].endswith(".py"):
-            files.append(base / arch.rsplit(":", 1)[0])
-        elif ":" in arch:
+        if ":" in arch and not arch.rsplit(":", 1)[0].endswith(".py") and "/" not in arch:
             found = _module_file(arch.rsplit(":", 1)[0])
             if found is not None:
                 files.append(found)
-    runs = list(spec.runs) + ([spec.reference_run] if spec.reference_run else [])
-    for run in runs:
-        files += [p for p in (run.checkpoint, run.torchscript, run.onnx) if p is not None]
-        files += list(run.images)
-    if spec.schema.analyses.trace.batch:
-        files.append(base / spec.schema.analyses.trace.batch)
     return list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
+
+
+def _strings(data) -> list[str]:
+    """Every string value (not key) in parsed YAML data."""
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, dict):
+        return [s for v in data.values() for s in _strings(v)]
+    if isinstance(data, (list, tuple)):
+        return [s for v in data for s in _strings(v)]
+    return []
 
 
 def _module_file(dotted: str) -> Path | None:

@@ -165,6 +165,21 @@ def test_the_key_reads_every_input_file(built):
     assert got == want
 
 
+def test_files_named_by_any_spec_key_are_read(built):
+    from reportgen.spec import load_spec
+
+    from tests.conftest import SPEC
+
+    (built / "boxes.json").write_text('{"images": [], "annotations": []}')
+    (built / "batch.json").write_text('{"inputs": [], "labels": []}')
+    spec = write_spec(built, SPEC + "annotations: boxes.json\nanalyses:\n  trace:\n    batch: batch.json\n", "more.yaml")
+    got = set(uptodate.input_files(load_spec(spec)))
+    assert {built / "boxes.json", built / "batch.json"} <= got
+    key = uptodate.build_key(load_spec(spec), "cpu")
+    (built / "boxes.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    assert uptodate.build_key(load_spec(spec), "cpu") != key
+
+
 def test_library_versions_match_importlib_metadata():
     from importlib.metadata import version
 
