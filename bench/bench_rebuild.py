@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    print(f"  {dt:7.2f} s  {' '.join(cmd[1:])}", file=sys.stderr, flush=True)  # progress: a cold build takes long
+    return dt
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ def _call(fn: Callable[[Any], Any], arg: Any) -> Any:
 class RayExecutor:
     """Maps tasks onto Ray: a local instance of ``num_cpus`` CPUs (default: this machine's
     cores) when ``address`` is None, else the cluster at ``address`` ("auto" or HOST:PORT).
+    Each task asks for one CPU and ``num_gpus_per_task`` GPUs; by default one GPU when the
+    task's ``device`` attribute (a RunTask's) names CUDA, else none.
 
     A Ray that this process already initialised is used as it is (and left running). A
     local instance or connection that this executor opened lasts until ``close()`` (or the
@@ -58,7 +60,7 @@ class RayExecutor:
     """
 
     address: str | None = None
-    num_gpus_per_task: float = 0
+    num_gpus_per_task: float | None = None  # None: one for a task whose ``device`` is CUDA (gpus_per_task)
     num_cpus: int | None = None
     max_in_flight: int | None = None
     name: str = "ray"
@@ -84,7 +86,7 @@ class RayExecutor:
         if not args:
             return
         ray = self._ray()
-        remote = ray.remote(num_cpus=1, num_gpus=self.num_gpus_per_task, max_retries=0)(_call)
+        remote = ray.remote(num_cpus=1, max_retries=0)(_call)
         fn_ref = ray.put(fn)  # sent to the store once, not with every task
         window = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending = []  # object refs, in argument order
@@ -92,7 +94,11 @@ class RayExecutor:
         try:
             for _ in range(len(args)):
                 while submitted < len(args) and len(pending) < window:
-                    pending.append(remote.remote(fn_ref, args[submitted]))
+                    arg = args[submitted]
+                    gpus = self.num_gpus_per_task
+                    if gpus is None:  # a per-run task says where it runs (RunTask.device)
+                        gpus = gpus_per_task(getattr(arg, "device", "cpu"))
+                    pending.append(remote.options(num_gpus=gpus).remote(fn_ref, arg))
                     submitted += 1
                 ref = pending.pop(0)
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -39,7 +40,7 @@ def fail_on(x: int) -> int:
     return x
 
 
-def assigned(_: int) -> dict:
+def assigned(_) -> dict:
     return {k: v for k, v in ray.get_runtime_context().get_assigned_resources().items() if v}
 
 
@@ -62,12 +63,18 @@ def test_user_error_in_a_task_arrives_as_itself(local_ray):
     assert str(info.value) == "spec.yaml:3: models[0].checkpoint: broken; fix it"
 
 
+@dataclass(frozen=True)
+class Task:  # like reportgen.run.task.RunTask, it says where it runs
+    device: str
+
+
 def test_cuda_tasks_ask_for_one_gpu(local_ray):
     from reportgen.executors_ray import gpus_per_task
 
     assert [gpus_per_task(d) for d in ("cpu", "cuda", "cuda:1")] == [0, 1, 1]
-    got = list(EXECUTORS["ray"](num_gpus_per_task=gpus_per_task("cuda")).map(assigned, [0]))
-    assert got == [{"CPU": 1.0, "GPU": 1.0}]
+    got = list(EXECUTORS["ray"]().map(assigned, [Task("cuda"), Task("cpu"), Task("cuda:0")]))
+    assert got == [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+    assert list(EXECUTORS["ray"](num_gpus_per_task=1).map(assigned, [0])) == [{"CPU": 1.0, "GPU": 1.0}]
     assert list(EXECUTORS["ray"]().map(assigned, [0])) == [{"CPU": 1.0}]
 
 
