@@ -16,7 +16,10 @@ to each node still gives correct output, only fewer hits.
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from reportgen.errors import ReportgenError
@@ -43,6 +46,42 @@ def _call(fn: Callable[[Any], Any], arg: Any) -> Any:
     # The remote function: Ray accepts only Python functions there, and ``fn`` may be any
     # picklable callable (a builtin, a functools.partial).
     return fn(arg)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def nodes_missing(ray, path: str) -> list[str]:
+    """Addresses of the cluster's live nodes on which ``path`` does not exist (one tiny task
+    pinned to each node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_exists)
+    seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(path) for n in nodes])
+    return [n.get("NodeManagerAddress", n["NodeID"]) for n, ok in zip(nodes, seen) if not ok]
+
+
+def check_shared(ray, folder: str) -> None:
+    """Refuse to start when ``folder`` (where tasks leave their heavy arrays for the build,
+    reportgen.spill) is not one folder that every node of a multi-node cluster sees:
+    the build would fail only after every task had run."""
+    if sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+        return  # one machine: every task writes where the build reads
+    probe = Path(folder) / f".reportgen-probe-{uuid.uuid4().hex}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    try:
+        blind = nodes_missing(ray, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ReportgenError(
+            f"the cache folder {folder} is not shared with the Ray node(s) {', '.join(blind)}; "
+            "pass --cache-dir on a filesystem that every node mounts at the same path "
+            "(with --no-cache the build uses a temporary folder of this machine)")
 
 
 @dataclass
@@ -86,6 +125,8 @@ class RayExecutor:
         if not args:
             return
         ray = self._ray()
+        for folder in sorted({getattr(a, "spill_dir", None) for a in args} - {None}):
+            check_shared(ray, folder)
         remote = ray.remote(num_cpus=1, max_retries=0)(_call)
         fn_ref = ray.put(fn)  # sent to the store once, not with every task
         window = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
