@@ -236,7 +236,7 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
     for r in results:
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
-            key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+            key = digest("unit-pictures-named", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
                          u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:

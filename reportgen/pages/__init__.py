@@ -151,6 +151,16 @@ def filter_flags(lay: dict) -> list[list[str]]:
     return out
 
 
+def unit_flags(u: dict, low_fit: float) -> list[str]:
+    """A unit's flags in words (report.json ``units.units[i]``): never active, stuck, low fit."""
+    flags = ["never active"] if u.get("inactive") else []
+    if u.get("stuck"):
+        flags.append("stuck")
+    if u.get("fidelity") is not None and u["fidelity"] < low_fit:
+        flags.append("low fit")
+    return flags
+
+
 def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ctx: dict) -> dict[str, str]:
     """The filter pages of every (run, layer) with per-filter pictures (see filter_page)."""
     pages = {}
@@ -243,6 +253,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "cross_imgs": cross_imgs or {},
         "model_comparisons": report.get("model_comparisons", []),
         "filter_page": filter_page,
+        "unit_flags": unit_flags,
         "has_filter_page": lambda key, layer: (key, layer) in (filter_pics or {}),
         "filter_tiles": {f"{k}|{layer}": v["tiles"] for (k, layer), v in (filter_pics or {}).items()},
     }
