@@ -230,13 +230,13 @@ def _base_index(spec: ReportSpec, keys: list[str]) -> int:
 def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
     """Grids and per-unit cards of every (run, layer) with unit views; returns their paths."""
     from reportgen.render.tiles import mapped_tiles, per_layer
-    from reportgen.render.units import card_legend, unit_card, unit_grids
+    from reportgen.render.units import CARD_TILE, card_legend, unit_card, unit_grids
 
     pages = {}
     for r in results:
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
-            key = digest("unit-pictures-named", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+            key = digest("unit-pictures-named", CARD_TILE, u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
                          u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:

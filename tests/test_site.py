@@ -250,8 +250,9 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
                     _all_images_load(page)
                     card = page.locator('img[src$="units/unit_0.png"]').first
                     natural = card.evaluate("i => i.naturalWidth")
-                    # a card is 7 named tiles of 64 CSS px (with 4 px frames) drawn at 2 px per CSS px
-                    assert card.bounding_box()["width"] / natural * 2 * 68 >= 48
+                    # a card's tiles are CARD_TILE CSS px, in 2 CSS px frames, drawn at DENSITY
+                    from reportgen.render.units import CARD_TILE
+                    assert card.bounding_box()["width"] / natural * 2 * (CARD_TILE + 4) >= 48 + 4 - 0.5
                     page.goto(f"{server}/colour-mlp/locations/colourmlp/")
                     _all_images_load(page)
                     _show_all_tabs(page)

@@ -9,7 +9,7 @@ from reportgen.render import tiles as T
 from reportgen.render.colour import DENSITY, at_density, fit_width, to_uint8
 from reportgen.render.views import LABEL_PX, MARGIN, MAX_WIDTH
 
-CARD_TILE = 64  # px per tile on a unit card
+CARD_TILE = 48  # CSS px per tile on a unit card (drawn at DENSITY)
 # Fill of the tiles a unit has no picture for (never active: no crops, no
 # feature, nothing to project; or fewer separate crops than top_n). Plain grey,
 # not the NaN colour, so it reads as "nothing here" rather than "broken".
