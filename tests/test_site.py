@@ -309,8 +309,11 @@ def test_navigation_names_reports_by_title(site):
     home = html_lib.unescape((site / "index.html").read_text())
     nav = home[home.index('<nav class="md-nav md-nav--primary"'):]
     for folder, title in EXAMPLES.items():
-        assert title in nav, title
-        assert f'href="{folder}/"' in home
+        label = re.compile(rf'<a href="{folder}/" class="md-nav__link[^"]*">\s*<span class="md-ellipsis">\s*'
+                           + re.escape(title))
+        assert label.search(nav), title  # a link of its own in the sidebar, labelled with the title
+        assert f'href="{folder}/"' in home[:home.index('<nav class="md-nav md-nav--primary"')] or \
+            f'<a href="{folder}/">{title}</a>' in home  # and in the docs home's text
     assert "Towncenter" not in nav and "Colour mlp" not in nav
 
 
@@ -509,10 +512,15 @@ def test_filter_sections_match_the_hungarian_assignment(tiny_site):
         cos = np.abs((a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T)
         rows, cols = linear_sum_assignment(-cos)
         for i, j in zip(rows, cols):
-            section = text[text.index(f"{{ #filter-{i} }}"):]
-            line = next(ln for ln in section.splitlines() if ln.startswith(f"| [{okey}]"))
-            assert f"[{j}](../../filters/{okey}/conv1.md#filter-{j})" in line, (i, other, line)
-            assert line.rstrip(" |").endswith(f"{cos[i, j]:.2g}"), (line, cos[i, j])
+            section = text[text.index(f"{{ #filter-{i} }}"):].splitlines()
+
+            def cells(head: str) -> list[str]:
+                row = next(ln for ln in section if ln.startswith(head))
+                return [c.strip() for c in row.strip(" |").split(" | ")][1:]
+
+            col = [c.split("]")[0].lstrip("[") for c in cells("| Matched at")].index(okey)
+            assert cells("| **Filter**")[col].startswith(f"[{j}](../../filters/{okey}/conv1.md#filter-{j})"), (i, j)
+            assert cells("| **\\|cos\\|**")[col] == f"{cos[i, j]:.2g}", (i, j, cos[i, j])
     html = (site_dir / "filters" / key / "conv1" / "index.html").read_text()
     assert html.count('href="#filter-') >= 4 and 'id="filter-3"' in html
 
@@ -551,3 +559,15 @@ def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
         layer_page=lambda m, l: "layers/x.md", has_filter_page=lambda k, l: False, filter_page=None,
         unit_flags=lambda u, f: [])
     assert "Concept (IoU)" in text and "stripes (0.31)" in text and "concept **stripes** (IoU 0.31)" in text
+
+
+def test_a_build_gives_a_site_without_a_home_page_one(project, tmp_path):
+    """`reportgen build` into docs without an index.md writes one listing every report by its
+    title, so the site's root is not a 404; a home page of the user's own is left alone."""
+    docs = tmp_path / "docs"
+    args = ["build", str(write_spec(project)), "--docs-dir", str(docs), "--no-cache", "--device", "cpu", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert "- [Tiny report](tiny/index.md)" in (docs / "index.md").read_text()
+    (docs / "index.md").write_text("# Mine\n")
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert (docs / "index.md").read_text() == "# Mine\n"
