@@ -79,6 +79,9 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
         _fail(exc)
     except OSError as exc:
         _fail_env(exc)
+    from reportgen.scaffold import refresh_index
+
+    refresh_index(docs_dir)  # the site's root lists every report, unless docs/index.md is the user's own
     for w in result.warnings:
         click.echo(f"Warning: {w}", err=True)
     if verbose:
