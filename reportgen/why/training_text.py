@@ -1,0 +1,155 @@
+"""The training page and findings, from report["training"] (see reportgen.why.training). Pure."""
+
+from __future__ import annotations
+
+from reportgen.analysis.wording import finding, listing, plural
+from reportgen.names import anchor_id, code, md_escape, slug
+
+PAGE = "training.md"
+CLEAR_FIT = 0.95  # R^2 a shape fit must reach before the findings name the shape
+FIT_MARGIN = 0.05  # ... and by how much it must beat the other shape
+
+
+def training_page(section: dict, pics: dict[str, str]) -> str:
+    """Markdown of training.md. pics: picture key (img/-relative) -> published path (report-relative)."""
+    still = section["still_per_step"]
+    lines = [
+        "# Training",
+        "",
+        "How each location's inspected layers changed over the checkpoints saved during training "
+        "(the model's `steps`; the last step is the checkpoint every other page shows). "
+        f"A filter is dead at a step when its L2 norm is below {section['dead_norm_ratio']:g} times the "
+        "layer's median filter norm pooled over all locations *at the final step* (the filter-health "
+        "rule with one fixed bound for every step); it *died* at the first step after which it stays "
+        "dead. A layer *stopped moving* at the first step after which every interval between "
+        f"checkpoints moved it by less than {still:.2%} of its size per training step. "
+        "Distance from initialisation is ‖W − W₀‖ / ‖W₀‖ with W₀ the first step; the cosine compares "
+        "each step's weights with the final ones. See [methods](methods.md#training).",
+        "",
+    ]
+    for run in section["runs"]:
+        key = run["run"]
+        lines += [f"## {md_escape(key)} {{ #{anchor_id(key)} }}", ""]
+        chart = pics.get(f"training/{key}.png")
+        if chart:
+            lines += [f"![{md_escape(key)} over training]({chart}){{ loading=lazy }}", ""]
+        lines += [f"Steps: {', '.join(map(str, run['steps']))}.", ""]
+        for note in run["notes"]:
+            lines += [f"!!! note", f"    {md_escape(note)}", ""]
+        if not run["layers"]:
+            continue
+        lines += ["| layer | dead filters, first → last step | died during training | median filter norm, "
+                  "first → last | distance from init at the end | cosine to final at the start | "
+                  "stopped moving |",
+                  "|---|---:|---|---:|---:|---:|---|"]
+        for lay in run["layers"]:
+            dead = "–" if lay["dead"] is None else f"{lay['dead'][0]} → {lay['dead'][-1]} of {lay['filters']}"
+            died = _died_text(lay) or "none"
+            norm = f"{_num(lay['median_norm'][0])} → {_num(lay['median_norm'][-1])}"
+            still_at = lay["stopped_moving"]
+            moving = (f"step {still_at}" if still_at is not None and still_at > lay["steps"][0]
+                      else "never moved" if still_at is not None else "still moving at the end")
+            lines.append(f"| {code(lay['layer'])} | {dead} | {died} | {norm} | {_num(lay['distance_from_init'][-1])} "
+                         f"| {_num(lay['cosine_to_final'][0])} | {moving} |")
+        lines.append("")
+        for lay in run["layers"]:
+            why = shrink_text(lay.get("shrink"))
+            if why:
+                lines += [f"{code(lay['layer'])}: the filters that died {why}.", ""]
+        for lay in run["layers"]:
+            strip = pics.get(f"training/{key}/{slug(lay['layer'])}.png")
+            if strip:
+                lines += [f"### {code(lay['layer'])} filters over training", "",
+                          f"![{md_escape(key)} {md_escape(lay['layer'])} filters at every step]({strip}){{ loading=lazy }}",
+                          "", f"Rows: steps {', '.join(map(str, lay['steps']))} (top to bottom); columns: filters "
+                          f"0–{lay['filters'] - 1}; one colour scale for all steps (grey is zero), so a shrinking "
+                          "filter fades; dead filters are outlined.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _died_text(lay: dict) -> str:
+    """'52: 40 between step 50 and 75, 12 between step 75 and 100' (deaths after the first step)."""
+    groups = [g for g in lay["died"] if g["after"] is not None]
+    if not groups:
+        return ""
+    total = sum(g["count"] for g in groups)
+    parts = [f"{g['count']} between step {g['after']} and {g['by']}" for g in
+             sorted(groups, key=lambda g: -g["count"])[:3]]
+    rest = total - sum(g["count"] for g in sorted(groups, key=lambda g: -g["count"])[:3])
+    return f"{total}: " + ", ".join(parts) + (f", {rest} at other steps" if rest else "")
+
+
+def shrink_text(shrink: dict | None) -> str:
+    """What the shape of the fall says, only when one shape fits clearly better than the other."""
+    if not shrink:
+        return ""
+    span = (f"(median norm of the {shrink['filters']} from {shrink['from_norm']:.3g} at step {shrink['from_step']} "
+            f"to {shrink['to_norm']:.3g} at step {shrink['to_step']})")
+    lin, geo = shrink["linear_r2"], shrink["geometric_r2"]
+    if lin >= CLEAR_FIT and lin - geo >= FIT_MARGIN:
+        return (f"fell in a straight line {span}, about {-shrink['linear_slope']:.2g} per step "
+                f"(R² {lin:.2f}; a geometric decay fits worse, R² {geo:.2f}): the pattern of a constant-size "
+                "pull towards zero, such as an L1 penalty under a sign-like optimiser (Adam), not of weight "
+                "decay alone, which shrinks a filter by a constant factor per step")
+    if geo >= CLEAR_FIT and geo - lin >= FIT_MARGIN:
+        f = shrink["factor_per_step"]
+        return (f"shrank geometrically {span}, by a factor of {f:.4f} per step (R² {geo:.2f}; a straight line "
+                f"fits worse, R² {lin:.2f}): the decay that weight decay alone gives when learning rate × "
+                f"weight decay ≈ {1 - f:.2g}, i.e. once the gradient no longer held these filters up")
+    return ""
+
+
+def training_findings(section: dict | None, analyses) -> list[dict]:
+    """Per run: which filters died when (and, with clear evidence, how); when layers stopped moving."""
+    if not section:
+        return []
+    warn = analyses.health.dead_share_warn
+    out = []
+    for run in section["runs"]:
+        key = run["run"]
+        link = f"{PAGE}#{anchor_id(key)}"
+        died = [(lay, sum(g["count"] for g in lay["died"] if g["after"] is not None)) for lay in run["layers"]]
+        died = [(lay, n) for lay, n in died if n]
+        if died:
+            parts, share = [], 0.0
+            for lay, n in died:
+                main = max((g for g in lay["died"] if g["after"] is not None), key=lambda g: g["count"])
+                when = (f"between step {main['after']} and {main['by']}" if main["count"] == n else
+                        f"{main['count']} of them between step {main['after']} and {main['by']}")
+                norm = lay["median_norm"]
+                parts.append(f"{n} of {lay['filters']} {code(lay['layer'])} filters died {when} (median filter "
+                             f"norm {_num(norm[0])} at step {lay['steps'][0]}, {_num(norm[-1])} at step "
+                             f"{lay['steps'][-1]})")
+                why = shrink_text(lay.get("shrink"))
+                if why:
+                    parts[-1] += f"; they {why}"
+                share = max(share, lay["dead"][-1] / lay["filters"])
+            text = f"**{md_escape(key)}** over training: " + "; ".join(parts) + f". [Training]({link})"
+            out.append(finding("warning" if share >= warn else "info", text, run["location"], died[0][0]["layer"],
+                               link, share, kind="training"))
+        still = [lay for lay in run["layers"] if lay["stopped_moving"] is not None
+                 and lay["stopped_moving"] > lay["steps"][0] and lay["stopped_moving"] < lay["steps"][-1]]
+        moving = [lay for lay in run["layers"] if lay["stopped_moving"] is None]
+        if still or moving:
+            said = []
+            if still:
+                said.append(listing([f"{code(lay['layer'])} at step {lay['stopped_moving']}" for lay in still])
+                            + " stopped moving")
+            if moving:
+                said.append(listing([code(lay["layer"]) for lay in moving])
+                            + (" was" if len(moving) == 1 else " were") + " still moving at the last step "
+                            + f"({_pct_per_step(moving)} of the size per step)")
+            text = (f"**{md_escape(key)}** over {plural(run['steps'][-1] - run['steps'][0], 'training step')}: "
+                    + "; ".join(said) + f". [Training]({link})")
+            out.append(finding("info", text, run["location"], (still or moving)[0]["layer"], link, 0.0,
+                               kind="training"))
+    return out
+
+
+def _pct_per_step(layers: list[dict]) -> str:
+    return listing([f"{lay['relative_change'][-1]:.2%}" if lay["relative_change"][-1] is not None else "–"
+                    for lay in layers])
