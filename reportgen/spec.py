@@ -456,8 +456,12 @@ class ReferenceSpec(ModelSpec):
     def _single(self) -> "ReferenceSpec":
         if self.locations:
             raise ValueError("a reference is one model: remove 'locations'")
-        if self.steps is not None:
-            raise ValueError("a reference is compared by its final weights: remove 'steps'")
+        return self
+
+    @model_validator(mode="after")
+    def _step_templates(self) -> "ReferenceSpec":  # replaces ModelSpec's: a reference has no history
+        if self.steps is not None or self.step_checkpoint is not None or "{step}" in (self.checkpoint or ""):
+            raise ValueError("a reference is compared by its final weights: remove 'steps' and '{step}'")
         return self
 
 
