@@ -17,6 +17,7 @@ import numpy as np
 
 from reportgen.analysis.trajectory import (LayerTrajectory, dead_over_steps, death_index, shrink_fit,
                                            stopped_moving, trajectory)
+from reportgen.analysis.wording import listing
 from reportgen.cache import register
 from reportgen.errors import ModelLoadError
 from reportgen.extensions import Extension, RunContext, register_extension
@@ -71,12 +72,15 @@ def run_part(ctx: RunContext) -> TrainingRun:
     notes = []
     for step, path in zip(run.steps[:-1], run.step_checkpoints[:-1]):
         found = step_weights(run, path, list(series), {n: w.shape for n, w in final.items()})
+        lacking = [name for name in series if name not in found]
+        if lacking:
+            notes.append(f"{listing(lacking)}: no weights in the checkpoint of step {step} ({path.name}), so "
+                         f"{'it is' if len(lacking) == 1 else 'they are'} not followed over training")
         for name in list(series):
-            if name not in found:
-                notes.append(f"{name}: no weights in the checkpoint of step {step} ({path.name}); left out")
-                del series[name]
-            else:
+            if name in found:
                 series[name].append(found[name])
+            else:
+                del series[name]
     layers = {name: trajectory(ws + [final[name]], list(run.steps)) for name, ws in series.items()}
     return TrainingRun(steps=list(run.steps), layers=layers, notes=notes)
 

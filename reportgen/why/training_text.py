@@ -55,7 +55,7 @@ def training_page(section: dict, pics: dict[str, str]) -> str:
         for lay in run["layers"]:
             why = shrink_text(lay.get("shrink"))
             if why:
-                lines += [f"{code(lay['layer'])}: the filters that died {why}.", ""]
+                lines += [f"{code(lay['layer'])}, the {lay['shrink']['filters']} filters that died: {why}.", ""]
         for lay in run["layers"]:
             strip = pics.get(f"training/{key}/{slug(lay['layer'])}.png")
             if strip:
@@ -84,23 +84,41 @@ def _died_text(lay: dict) -> str:
 
 
 def shrink_text(shrink: dict | None) -> str:
-    """What the shape of the fall says, only when one shape fits clearly better than the other."""
+    """How the filters that died fell, with the numbers: their average factor per step, the
+    learning rate × weight decay that weight decay alone would need for it, and the shape of the
+    fall when one shape (straight line or geometric) fits clearly better than the other."""
     if not shrink:
         return ""
-    span = (f"(median norm of the {shrink['filters']} from {shrink['from_norm']:.3g} at step {shrink['from_step']} "
-            f"to {shrink['to_norm']:.3g} at step {shrink['to_step']})")
+    f = shrink["factor_per_step"]
+    text = (f"their median norm fell from {shrink['from_norm']:.3g} at step {shrink['from_step']} to "
+            f"{shrink['to_norm']:.3g} at step {shrink['to_step']}, by a factor of {f:.4f} per step on average "
+            f"(weight decay alone shrinks by 1 − learning rate × weight decay per step: it would need "
+            f"lr × wd ≈ {1 - f:.2g} for this)")
     lin, geo = shrink["linear_r2"], shrink["geometric_r2"]
     if lin >= CLEAR_FIT and lin - geo >= FIT_MARGIN:
-        return (f"fell in a straight line {span}, about {-shrink['linear_slope']:.2g} per step "
-                f"(R² {lin:.2f}; a geometric decay fits worse, R² {geo:.2f}): the pattern of a constant-size "
-                "pull towards zero, such as an L1 penalty under a sign-like optimiser (Adam), not of weight "
-                "decay alone, which shrinks a filter by a constant factor per step")
-    if geo >= CLEAR_FIT and geo - lin >= FIT_MARGIN:
-        f = shrink["factor_per_step"]
-        return (f"shrank geometrically {span}, by a factor of {f:.4f} per step (R² {geo:.2f}; a straight line "
-                f"fits worse, R² {lin:.2f}): the decay that weight decay alone gives when learning rate × "
-                f"weight decay ≈ {1 - f:.2g}, i.e. once the gradient no longer held these filters up")
-    return ""
+        text += (f"; the fall is a straight line (R² {lin:.2f}, geometric {geo:.2f}), about "
+                 f"{-shrink['linear_slope']:.2g} per step: a constant-size pull towards zero, such as an L1 "
+                 "penalty under Adam, rather than weight decay's constant factor")
+    elif geo >= CLEAR_FIT and geo - lin >= FIT_MARGIN:
+        text += f"; the fall is geometric (R² {geo:.2f}, straight line {lin:.2f}), as weight decay's is"
+    return text
+
+
+def _when(lay: dict, n: int) -> str:
+    """'between step 40 and 50' for one interval, else 'the first between step 40 and 50, half
+    by step 60, the last by step 300'."""
+    groups = [g for g in lay["died"] if g["after"] is not None]
+    first = groups[0]
+    if len(groups) == 1:
+        return f"between step {first['after']} and {first['by']}"
+    seen, half = 0, groups[-1]["by"]
+    for g in groups:
+        seen += g["count"]
+        if 2 * seen >= n:
+            half = g["by"]
+            break
+    return (f"the first between step {first['after']} and {first['by']}, half of them by step {half}, "
+            f"the last by step {groups[-1]['by']}")
 
 
 def training_findings(section: dict | None, analyses) -> list[dict]:
@@ -117,16 +135,10 @@ def training_findings(section: dict | None, analyses) -> list[dict]:
         if died:
             parts, share = [], 0.0
             for lay, n in died:
-                main = max((g for g in lay["died"] if g["after"] is not None), key=lambda g: g["count"])
-                when = (f"between step {main['after']} and {main['by']}" if main["count"] == n else
-                        f"{main['count']} of them between step {main['after']} and {main['by']}")
-                norm = lay["median_norm"]
-                parts.append(f"{n} of {lay['filters']} {code(lay['layer'])} filters died {when} (median filter "
-                             f"norm {_num(norm[0])} at step {lay['steps'][0]}, {_num(norm[-1])} at step "
-                             f"{lay['steps'][-1]})")
+                parts.append(f"{n} of {lay['filters']} {code(lay['layer'])} filters died, {_when(lay, n)}")
                 why = shrink_text(lay.get("shrink"))
                 if why:
-                    parts[-1] += f"; they {why}"
+                    parts[-1] += f"; {why}"
                 share = max(share, lay["dead"][-1] / lay["filters"])
             text = f"**{md_escape(key)}** over training: " + "; ".join(parts) + f". [Training]({link})"
             out.append(finding("warning" if share >= warn else "info", text, run["location"], died[0][0]["layer"],
