@@ -226,6 +226,7 @@ class ModelSpec(_Strict):
     )
     layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
     images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
+    annotations: Optional[str] = Field(None, description="Overrides the top-level annotations.")
     input: Optional[InputSpec] = Field(
         None, description="Overrides the top-level input (size, channels, mean/std) for this model."
     )
@@ -474,6 +475,10 @@ class ReportSchema(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     input: InputSpec = InputSpec()
     images: list[str] = Field(default_factory=list, description="Globs relative to the spec; may use {location}.")
+    annotations: Optional[str] = Field(
+        None, description="COCO-style JSON of boxes, keypoints and polygons of the images (relative to the "
+        "spec; may use {location}); its file_names are relative to its own folder."
+    )
     layers: list[LayerSpec] = Field(min_length=1)
     analyses: AnalysesSpec = AnalysesSpec()
     reference: Optional[ReferenceSpec] = None
@@ -508,6 +513,7 @@ class Run:
     # Checkpoints saved over training (the model's ``steps``), ascending; the last is ``checkpoint``.
     steps: tuple[int, ...] = ()
     step_checkpoints: tuple[Path, ...] = ()
+    annotations: Optional[Path] = None  # COCO-style file (reportgen.annotations), checked to exist
 
 
 @dataclass(frozen=True)
@@ -662,6 +668,15 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
             ts = located(model.torchscript, "TorchScript file")
             onnx = located(model.onnx, "ONNX file")
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
+            ann_kp = mkp + ("annotations",) if model.annotations is not None else ("annotations",)
+            ann_template = model.annotations if model.annotations is not None else schema.annotations
+            annotations = None
+            if ann_template:
+                annotations = base / ann_template.replace("{location}", location)
+                if not annotations.is_file():
+                    problems.append(f"{src.where(ann_kp)}: {format_key_path(ann_kp)}: annotation file for "
+                                    f"location '{location}' not found: {_rel(annotations)}; paths are "
+                                    "relative to the spec file")
             runs.append(
                 Run(
                     model=model,
@@ -676,6 +691,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     onnx=onnx,
                     steps=steps,
                     step_checkpoints=step_files + ((ckpt,) if steps and ckpt else ()),
+                    annotations=annotations,
                 )
             )
         problems += _unknown_step_locations(model, locations, src, mkp)
