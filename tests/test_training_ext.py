@@ -61,7 +61,7 @@ def _run_extension(spec_path, docs):
     report = dict(result.report)
     report["training"] = ext.reduce(spec, values, report)
     pics = ext.pictures(spec, report["training"], values)
-    published = {k: f"img/{k}" for k in pics}
+    published = {k: f"img/training/{k}" for k in pics}
     pages = ext.pages(spec, report, published)
     return spec, report, values, pics, pages, ext.findings(report, spec.analyses)
 
@@ -123,7 +123,7 @@ def test_the_frozen_layer_stops_moving_at_step_20(planted):
 
 def test_pictures_page_and_findings(planted):
     _, report, _, pics, pages, found = planted
-    assert {"training/a.png", "training/b.png", "training/c.png", "training/a/conv1.png"} <= set(pics)
+    assert {"a.png", "b.png", "c.png", "a/conv1.png"} <= set(pics)
     assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in pics.values())
     page = pages["training.md"]
     assert "## a { #a }" in page and "(img/training/a.png)" in page and "(img/training/a/conv1.png)" in page

@@ -195,8 +195,9 @@ def _floats(a) -> list:
 
 
 def pictures(spec, section: dict, values: dict[str, TrainingRun]) -> dict[str, bytes]:
-    """Per run a chart over steps (img/training/<run>.png) and, for layers small enough to keep
-    every step's weights, a strip of all filters at every step (img/training/<run>/<layer>.png)."""
+    """Per run a chart over steps (``<run>.png``) and, for layers small enough to keep every step's
+    weights, a strip of all filters at every step (``<run>/<layer>.png``); the build publishes
+    them under img/training/."""
     from reportgen.names import slug
     from reportgen.render.trajectory import filter_strip, training_chart
 
@@ -204,14 +205,14 @@ def pictures(spec, section: dict, values: dict[str, TrainingRun]) -> dict[str, b
     for run in (section or {}).get("runs", []):
         key = run["run"]
         if run["layers"]:
-            out[f"training/{key}.png"] = training_chart(run["layers"], f"{key}: over training")
+            out[f"{key}.png"] = training_chart(run["layers"], f"{key}: over training")
         value = values.get(key)
         for lay in run["layers"]:
             traj = value.layers.get(lay["layer"]) if value else None
             if traj is not None and traj.snapshots is not None and traj.snapshots.ndim == 5:
                 dead = (dead_over_steps(traj.norms, lay["dead_threshold"])
                         if lay["dead_threshold"] is not None else None)
-                out[f"training/{key}/{slug(lay['layer'])}.png"] = filter_strip(traj.snapshots, dead)
+                out[f"{key}/{slug(lay['layer'])}.png"] = filter_strip(traj.snapshots, dead)
     return out
 
 

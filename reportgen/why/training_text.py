@@ -11,7 +11,7 @@ FIT_MARGIN = 0.05  # ... and by how much it must beat the other shape
 
 
 def training_page(section: dict, pics: dict[str, str]) -> str:
-    """Markdown of training.md. pics: picture key (img/-relative) -> published path (report-relative)."""
+    """Markdown of training.md. pics: picture key -> the path it was published at (report-relative)."""
     still = section["still_per_step"]
     lines = [
         "# Training",
@@ -30,7 +30,7 @@ def training_page(section: dict, pics: dict[str, str]) -> str:
     for run in section["runs"]:
         key = run["run"]
         lines += [f"## {md_escape(key)} {{ #{anchor_id(key)} }}", ""]
-        chart = pics.get(f"training/{key}.png")
+        chart = pics.get(f"{key}.png")
         if chart:
             lines += [f"![{md_escape(key)} over training]({chart}){{ loading=lazy }}", ""]
         lines += [f"Steps: {', '.join(map(str, run['steps']))}.", ""]
@@ -57,7 +57,7 @@ def training_page(section: dict, pics: dict[str, str]) -> str:
             if why:
                 lines += [f"{code(lay['layer'])}, the {lay['shrink']['filters']} filters that died: {why}.", ""]
         for lay in run["layers"]:
-            strip = pics.get(f"training/{key}/{slug(lay['layer'])}.png")
+            strip = pics.get(f"{key}/{slug(lay['layer'])}.png")
             if strip:
                 lines += [f"### {code(lay['layer'])} filters over training", "",
                           f"![{md_escape(key)} {md_escape(lay['layer'])} filters at every step]({strip}){{ loading=lazy }}",
