@@ -133,7 +133,7 @@ def test_pictures_page_and_findings(planted):
     assert "1 of 4 `conv1` filters died, between step 20 and 30" in died[0]["text"]
     assert died[0]["severity"] == "warning"  # 1 of 4 dead at the end reaches dead_share_warn (a quarter)
     moving = [f for f in found if f["location"] == "a" and "stopped moving" in f["text"]]
-    assert moving and "`conv2` at step 20 stopped moving" in moving[0]["text"]
+    assert moving and "stopped moving: `conv2` at step 20;" in moving[0]["text"]
 
 
 def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):

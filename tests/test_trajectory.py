@@ -103,3 +103,27 @@ def test_bad_input():
         trajectory(_weights()[:1], [0])
     with pytest.raises(ValueError, match="ascending"):
         trajectory(_weights()[:2], [5, 5])
+
+
+def test_the_dying_filters_fall_is_measured_before_they_die():
+    # Four of six filters decay by a planted factor per step, then hit a cliff at step 80; the
+    # fit sees the decay only (peak to the last step before the median death) and names it.
+    from reportgen.why.training import layer_summary
+
+    steps = np.arange(0, 100, 10)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 3, 3, 3))
+    base /= np.linalg.norm(base.reshape(6, -1), axis=1)[:, None, None, None]
+    ws = []
+    for t in steps:
+        w = base.copy()
+        w[:4] *= 0.97 ** t if t < 80 else 1e-6
+        ws.append(w)
+    out = layer_summary("conv1", trajectory(ws, steps), dead_threshold=0.05)
+    assert [d["filter"] for d in out["deaths"]] == [0, 1, 2, 3] and {d["step"] for d in out["deaths"]} == {80}
+    shrink = out["shrink"]
+    assert (shrink["from_step"], shrink["to_step"], shrink["filters"]) == (0, 70, 4)
+    assert shrink["factor_per_step"] == pytest.approx(0.97) and shrink["geometric_r2"] == pytest.approx(1.0)
+    from reportgen.why.training_text import shrink_text
+    text = shrink_text(shrink)
+    assert "by a factor of 0.9700 per step" in text and "lr × wd ≈ 0.03" in text and "is geometric" in text

@@ -26,7 +26,7 @@ NAME = "training"
 # A layer has stopped moving once each checkpoint interval moves it by less than this
 # fraction of its size per training step (0.01% per step: 1% over a hundred steps).
 STILL_PER_STEP = 1e-4
-SHRINK_MIN_FALL = 10.0  # a dying filter's norm must fall at least this many times for the shape fit
+SHRINK_MIN_FALL = 4.0  # the dying filters' median norm must fall this many times for the shape fit
 
 
 @dataclass
@@ -170,13 +170,15 @@ def layer_summary(name: str, traj: LayerTrajectory, dead_threshold: float | None
 
 def _shrink(traj: LayerTrajectory, idx: np.ndarray) -> dict | None:
     """How the filters that died during training fell: the median norm of those filters from the
-    step where it peaked to the step by which most of them had died, fitted as a line and as a
-    geometric decay (analysis.trajectory.shrink_fit). None without such a fall."""
+    step where it peaked to the last step before the median filter died (a death can be a cliff
+    the fit should not see), fitted as a line and as a geometric decay
+    (analysis.trajectory.shrink_fit). None without a fall of SHRINK_MIN_FALL times over at
+    least four checkpoints."""
     died = np.flatnonzero(idx > 0)
     if died.size == 0:
         return None
     curve = np.median(traj.norms[:, died], axis=1)
-    end = int(np.median(idx[died]))
+    end = int(np.median(idx[died])) - 1
     start = int(np.argmax(curve[: end + 1]))
     if end - start < 3 or not curve[end] > 0 or curve[start] / curve[end] < SHRINK_MIN_FALL:
         return None

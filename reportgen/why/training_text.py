@@ -149,8 +149,8 @@ def training_findings(section: dict | None, analyses) -> list[dict]:
         if still or moving:
             said = []
             if still:
-                said.append(listing([f"{code(lay['layer'])} at step {lay['stopped_moving']}" for lay in still])
-                            + " stopped moving")
+                said.append("stopped moving: " + listing([f"{code(lay['layer'])} at step {lay['stopped_moving']}"
+                                                          for lay in still]))
             if moving:
                 said.append(listing([code(lay["layer"]) for lay in moving])
                             + (" was" if len(moving) == 1 else " were") + " still moving at the last step "
