@@ -7,7 +7,7 @@ from reportgen.names import anchor_id, code, md_escape, slug
 
 PAGE = "training.md"
 CLEAR_FIT = 0.95  # R^2 a shape fit must reach before the findings name the shape
-FIT_MARGIN = 0.05  # ... and by how much it must beat the other shape
+FIT_RATIO = 3.0  # ... and the other shape must leave at least this many times its unexplained variance
 
 
 def training_page(section: dict, pics: dict[str, str]) -> str:
@@ -95,11 +95,11 @@ def shrink_text(shrink: dict | None) -> str:
             f"(weight decay alone shrinks by 1 − learning rate × weight decay per step: it would need "
             f"lr × wd ≈ {1 - f:.2g} for this)")
     lin, geo = shrink["linear_r2"], shrink["geometric_r2"]
-    if lin >= CLEAR_FIT and lin - geo >= FIT_MARGIN:
+    if lin >= CLEAR_FIT and 1 - geo >= FIT_RATIO * (1 - lin):
         text += (f"; the fall is a straight line (R² {lin:.2f}, geometric {geo:.2f}), about "
                  f"{-shrink['linear_slope']:.2g} per step: a constant-size pull towards zero, such as an L1 "
                  "penalty under Adam, rather than weight decay's constant factor")
-    elif geo >= CLEAR_FIT and geo - lin >= FIT_MARGIN:
+    elif geo >= CLEAR_FIT and 1 - lin >= FIT_RATIO * (1 - geo):
         text += f"; the fall is geometric (R² {geo:.2f}, straight line {lin:.2f}), as weight decay's is"
     return text
 
