@@ -43,27 +43,21 @@ def _planted(folder, only_conv1: bool = False):
 
 
 def _run_extension(spec_path, docs):
-    """The build, then the training extension through its contract (as the per-run task calls it)."""
-    from reportgen.build import analyse, build
-    from reportgen.extensions import RunContext, active
-    from reportgen.models import load_model
+    """The build (the training extension runs in it), then its values, pictures and page as the
+    build published them."""
+    import json
+
+    from reportgen.build import build
 
     result = build(spec_path, docs, device="cpu", cache_dir=None)
     spec = load_spec(spec_path)
-    results, _ = analyse(spec, torch.device("cpu"), lambda m: None)
-    ext = next(e for e in active(spec) if e.name == "training")
-    values = {}
-    for r in results:
-        if ext.run_wanted(spec, r.run):
-            ctx = RunContext(spec=spec, run=r.run, model=load_model(spec, r.run).module, device=torch.device("cpu"),
-                             images=[], layers={lr.name: lr for lr in r.layers})
-            values[r.run.key] = ext.run_part(ctx)
-    report = dict(result.report)
-    report["training"] = ext.reduce(spec, values, report)
-    pics = ext.pictures(spec, report["training"], values)
-    published = {k: f"img/training/{k}" for k in pics}
-    pages = ext.pages(spec, report, published)
-    return spec, report, values, pics, pages, ext.findings(report, spec.analyses)
+    out = docs / spec.report
+    report = json.loads((out / "report.json").read_text())
+    pics = {p.relative_to(out / "img" / "training").as_posix(): p.read_bytes()
+            for p in sorted((out / "img" / "training").rglob("*.png"))}
+    pages = {"training.md": (out / "training.md").read_text()}
+    found = [f for f in report["findings"] if f.get("kind") == "training"]
+    return spec, report, result, pics, pages, found
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +116,9 @@ def test_the_frozen_layer_stops_moving_at_step_20(planted):
 
 
 def test_pictures_page_and_findings(planted):
-    _, report, _, pics, pages, found = planted
+    _, report, result, pics, pages, found = planted
     assert {"a.png", "b.png", "c.png", "a/conv1.png"} <= set(pics)
+    assert not result.warnings
     assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in pics.values())
     page = pages["training.md"]
     assert "## a { #a }" in page and "(img/training/a.png)" in page and "(img/training/a/conv1.png)" in page
@@ -137,7 +132,7 @@ def test_pictures_page_and_findings(planted):
 
 
 def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):
-    _, report, values, *_ = _run_extension(_planted(tmp_path / "p", only_conv1=True), tmp_path / "docs")
+    _, report, *_ = _run_extension(_planted(tmp_path / "p", only_conv1=True), tmp_path / "docs")
     run = report["training"]["runs"][0]
     assert [lay["layer"] for lay in run["layers"]] == ["conv1"]
     assert run["notes"] == ["conv2 and fc: no weights in the checkpoint of step 0 (step_0.pt), so they are not "
@@ -147,7 +142,11 @@ def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):
 
 def test_the_value_survives_the_cache(planted):
     from reportgen.cache import decode, encode
+    from reportgen.extensions import RunContext
+    from reportgen.why.training import run_part
 
-    values = planted[2]
-    back = decode(encode(values["a"]))
-    assert back.steps == STEPS and np.array_equal(back.layers["conv1"].norms, values["a"].layers["conv1"].norms)
+    spec = planted[0]
+    value = run_part(RunContext(spec=spec, run=spec.runs[0], model=None, device=torch.device("cpu"), images=[]))
+    back = decode(encode(value))
+    assert back.steps == STEPS and np.array_equal(back.layers["conv1"].norms, value.layers["conv1"].norms)
+    assert back.layers["conv1"].snapshots.dtype == np.float32
