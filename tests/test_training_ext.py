@@ -122,7 +122,7 @@ def test_pictures_page_and_findings(planted):
     assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in pics.values())
     page = pages["training.md"]
     assert "## a { #a }" in page and "(img/training/a.png)" in page and "(img/training/a/conv1.png)" in page
-    assert "1: 1 between step 20 and 30" in page
+    assert "| 1: between step 20 and 30 |" in page
     died = [f for f in found if "died" in f["text"]]
     assert len(died) == 1 and died[0]["location"] == "a" and died[0]["link"] == "training.md#a"
     assert "1 of 4 `conv1` filters died, between step 20 and 30" in died[0]["text"]

@@ -72,15 +72,9 @@ def _num(x) -> str:
 
 
 def _died_text(lay: dict) -> str:
-    """'52: 40 between step 50 and 75, 12 between step 75 and 100' (deaths after the first step)."""
-    groups = [g for g in lay["died"] if g["after"] is not None]
-    if not groups:
-        return ""
-    total = sum(g["count"] for g in groups)
-    parts = [f"{g['count']} between step {g['after']} and {g['by']}" for g in
-             sorted(groups, key=lambda g: -g["count"])[:3]]
-    rest = total - sum(g["count"] for g in sorted(groups, key=lambda g: -g["count"])[:3])
-    return f"{total}: " + ", ".join(parts) + (f", {rest} at other steps" if rest else "")
+    """'55: the first between step 40 and 50, half of them by step 80, ...' (deaths after the first step)."""
+    n = sum(g["count"] for g in lay["died"] if g["after"] is not None)
+    return f"{n}: {_when(lay, n)}" if n else ""
 
 
 def shrink_text(shrink: dict | None) -> str:
