@@ -150,3 +150,15 @@ def test_the_value_survives_the_cache(planted):
     back = decode(encode(value))
     assert back.steps == STEPS and np.array_equal(back.layers["conv1"].norms, value.layers["conv1"].norms)
     assert back.layers["conv1"].snapshots.dtype == np.float32
+
+
+def test_a_process_pool_gives_the_same_training_section(planted, tmp_path):
+    import json
+
+    from reportgen.build import build
+
+    spec = planted[0]
+    build(spec.path, tmp_path / "docs", device="cpu", cache_dir=None, jobs=2, executor="process")
+    pooled = json.loads((tmp_path / "docs" / "tiny" / "report.json").read_text())
+    assert pooled["training"] == planted[1]["training"]
+    assert (tmp_path / "docs/tiny/training.md").read_text() == planted[4]["training.md"]
