@@ -162,3 +162,22 @@ def test_a_process_pool_gives_the_same_training_section(planted, tmp_path):
     pooled = json.loads((tmp_path / "docs" / "tiny" / "report.json").read_text())
     assert pooled["training"] == planted[1]["training"]
     assert (tmp_path / "docs/tiny/training.md").read_text() == planted[4]["training.md"]
+
+
+def test_towncenter_home_page_says_when_and_how_loc08_broke(towncenter_build):
+    """The example ships conv1 snapshots of loc08 (collapsed by an L1 penalty under AdamW) and
+    loc02 (stopped early): the home page's findings say when loc08's filters died and that the
+    fall was a straight line, not weight decay's geometric one."""
+    result, docs, _ = towncenter_build
+    report = result.report
+    ranked = [f for f in report["findings"] if f["kind"] not in ("overview", "next_step")]
+    died = [f for f in ranked[:10] if f["kind"] == "training" and "died" in f["text"]]
+    assert [f["location"] for f in died] == ["loc08"] and died[0]["severity"] == "warning"
+    assert "the first between step 40 and 50" in died[0]["text"] and "straight line" in died[0]["text"]
+    assert "training.md#loc08" in (docs / "towncenter" / "index.md").read_text()
+    runs = {r["run"]: r for r in report["training"]["runs"]}
+    assert set(runs) == {"loc02", "loc08"}
+    conv1 = runs["loc08"]["layers"][0]
+    entry = next(r for r in report["runs"] if r["key"] == "loc08")["layers"][0]
+    assert conv1["dead"][0] == 0 and conv1["dead"][-1] == entry["summary"]["dead"]
+    assert runs["loc02"]["layers"][0]["stopped_moving"] is None  # stopped early, still moving
