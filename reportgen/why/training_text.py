@@ -35,7 +35,7 @@ def training_page(section: dict, pics: dict[str, str]) -> str:
             lines += [f"![{md_escape(key)} over training]({chart}){{ loading=lazy }}", ""]
         lines += [f"Steps: {', '.join(map(str, run['steps']))}.", ""]
         for note in run["notes"]:
-            lines += [f"!!! note", f"    {md_escape(note)}", ""]
+            lines += ["!!! note", f"    {md_escape(note)}", ""]
         if not run["layers"]:
             continue
         lines += ["| layer | dead filters, first → last step | died during training | median filter norm, "
