@@ -80,5 +80,6 @@ def _load_builtin() -> None:
 
 
 BUILTIN: list[str] = [  # module names, e.g. "reportgen.why.data"
+    "reportgen.why.data",
     "reportgen.why.training",
 ]
