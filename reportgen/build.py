@@ -72,7 +72,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     executor = choose_executor(executor, jobs, ray_address, len(spec.runs))
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    with build_lock(docs, spec.report), spill_store(cache) as spill:
+    with build_lock(docs, spec.report), spill_store(cache, docs, spec.report) as spill:
         check_layers(spec)
         results, warnings = analyse(spec, dev, log, cache, executor, spill)
         log("comparing locations")

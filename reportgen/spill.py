@@ -9,7 +9,7 @@ does not grow with the number of locations.
 
 The store is the build's cache folder, where the layer entries name their spilled fields
 (``LayerResult.spilled``); with ``--no-cache`` it is a temporary folder that the build
-always removes. A store that cannot be written (an unusable cache) spills nothing and
+removes (see ``spill_store``). A store that cannot be written (an unusable cache) spills nothing and
 the arrays stay in memory.
 """
 
@@ -96,12 +96,18 @@ NO_SPILL = Spill(None)
 
 
 @contextmanager
-def spill_store(cache: Cache) -> Iterator[Spill]:
-    """The build's store: its cache folder, else a temporary folder removed on exit."""
+def spill_store(cache: Cache, docs_dir: Path, slug: str) -> Iterator[Spill]:
+    """The build's store: its cache folder, else a temporary folder removed on exit.
+
+    The temporary folder is ``docs_dir/.<slug>~staging-spill-*``, next to the report's
+    staging folder, so that one left by a killed build (SIGKILL runs no clean-up) is
+    removed by the next build of the report, with the other leftovers (reportgen.site).
+    Call it while holding the report's build lock.
+    """
     if cache.enabled:
         yield Spill(cache.root.resolve())
         return
-    tmp = tempfile.mkdtemp(prefix="reportgen-spill-")
+    tmp = tempfile.mkdtemp(prefix=f".{slug}~staging-spill-", dir=docs_dir)
     try:
         yield Spill(tmp)
     finally:
