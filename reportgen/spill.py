@@ -49,7 +49,7 @@ class Spill:
             if value is None or (isinstance(value, list) and not value):
                 continue
             key = self._key(lr.key, name)
-            if not self._store.contains("spill", key):
+            if not self._store.intact("spill", key):
                 self._store.put("spill", key, value)
             if self._store.warnings:  # the store cannot be written: keep everything in memory
                 lr.spilled = []
@@ -58,8 +58,9 @@ class Spill:
                 lr.spilled.append(name)
 
     def complete(self, lr) -> bool:
-        """Whether every field ``lr`` names as spilled is in the store."""
-        return all(self._store.contains("spill", self._key(lr.key, name)) for name in lr.spilled)
+        """Whether every field ``lr`` names as spilled is in the store, intact (a planted or
+        damaged entry is replaced when the layer is computed again)."""
+        return all(self._store.intact("spill", self._key(lr.key, name)) for name in lr.spilled)
 
     def stripped(self, lr):
         """A shallow copy of ``lr`` without its spilled arrays (what a layer entry stores)."""
