@@ -12,7 +12,8 @@ SceneNet (see ``model.py``) per location on CPU, and writes:
 * ``frames/locNN/frame_KK.png``: held-out test frames per location;
 * ``frames/shared/scene_KK.png``: frames from a mix of locations, for running
   every location's network on the same images;
-* ``frames/annotations.json``: boxes and keypoints of the people in the frames.
+* ``frames/annotations.json``: boxes and keypoints of the people in the frames, and
+  ``frames/annotations.coco.json``, the same in the COCO layout (``make_coco.py``).
 
 The locations are deliberately trained unevenly (budgets, an under-trained
 location, over-regularised conv1 layers) because that is what real multi-model
@@ -32,12 +33,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from make_coco import main as write_coco
 from model import SceneNet
 
 HERE = Path(__file__).resolve().parent
@@ -493,8 +496,13 @@ def evaluate(model: SceneNet, images: torch.Tensor, targets: torch.Tensor) -> di
     return {k: float(v) for k, v in losses.items()}
 
 
-def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dict]:
-    """Render a location's scenes and train one SceneNet on them according to ``plan``."""
+def train_location(name: str, plan: TrainPlan, seed: int,
+                   on_step: Callable[[int, SceneNet], None] | None = None) -> tuple[SceneNet, dict]:
+    """Render a location's scenes and train one SceneNet on them according to ``plan``.
+
+    ``on_step(step, model)`` is called with the initial weights (step 0) and after every
+    optimiser step; it must not change the model (make_trajectories.py saves snapshots).
+    """
     rng = np.random.default_rng(seed)
     images, targets = build_dataset(LOCATIONS[name], N_TRAIN, rng)
     val_images, val_targets = build_dataset(LOCATIONS[name], N_VAL, rng)
@@ -505,7 +513,9 @@ def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dic
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / plan.steps)))
     recent: dict[str, list[float]] = {"det": [], "seg": [], "pose": []}
-    for _ in range(plan.steps):
+    if on_step is not None:
+        on_step(0, model)
+    for step in range(1, plan.steps + 1):
         idx = torch.randint(N_TRAIN, (BATCH,))
         x, t = flip_batch(normalise(images[idx]), targets[idx], torch.rand(BATCH) < 0.5)
         losses = task_losses(model(x), t)
@@ -516,6 +526,8 @@ def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dic
         sched.step()
         for k, v in losses.items():
             recent[k] = (recent[k] + [v.item()])[-20:]
+        if on_step is not None:
+            on_step(step, model)
     stats = {
         "train": {k: float(np.mean(v)) for k, v in recent.items()},  # mean of the last 20 steps
         "val": evaluate(model, val_images, val_targets),
@@ -672,6 +684,7 @@ def main() -> int:
               f"val {', '.join(f'{k} {v:.3f}' for k, v in stats[name]['val'].items())}", flush=True)
 
     annotations = write_frames(HERE / "frames")
+    write_coco()  # frames/annotations.coco.json, the layout reportgen reads
     verify_checkpoints(ckpt_dir)
     print(f"wrote {len(PLANS)} checkpoints and {len(annotations['frames'])} frames; "
           "all checkpoints load with weights_only=True and strict=True")
