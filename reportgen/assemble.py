@@ -169,7 +169,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
-    filter_pages = _filter_pictures(results, comp, files, cache)
+    filter_pages = _filter_pictures(results, comp, files, cache, spill)
     report = report_dict(spec, results, comp, device)
     done = reduce_extensions(spec, results, report)
     report["findings"] = with_extension_findings(model_findings(report, spec.analyses), done, report, spec.analyses)
@@ -281,7 +281,8 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
     return pages
 
 
-def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
+def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cache,
+                     spill: Spill = NO_SPILL) -> dict[tuple[str, str], dict]:
     """Each conv filter's own pictures (filter pages) and its match at every other location.
 
     Returns (run key, layer) -> {"tiles", "inputs", "maps": [path or None per filter],
@@ -300,7 +301,7 @@ def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cach
         keys = [r.run.key for r, _ in items]
         same = len({w.shape for w in ws}) == 1 and cmp is not None and cmp.weights is not None and cmp.runs == keys
         for b, (r, lr) in enumerate(items):
-            maps = list(lr.maps)
+            maps = list(spill.load(lr, "maps"))  # one run's maps at a time (reportgen.spill)
             key = digest("filter-pictures", lr.weight, shared, lr.key or tuple(maps))
             pics = cache.memo("png", key, lambda lr=lr, maps=maps: [
                 {k: encode_png(v) for k, v in p.items()} for p in one_filter_pictures(lr.weight, shared, maps)])

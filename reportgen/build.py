@@ -74,7 +74,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     executor = choose_executor(executor, jobs, ray_address, len(spec.runs))
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    with build_lock(docs, spec.report), spill_store(cache) as spill:
+    with build_lock(docs, spec.report), spill_store(cache, docs, spec.report) as spill:
         check_layers(spec)
         results, warnings = analyse(spec, dev, log, cache, executor, spill)
         log("comparing locations")
@@ -137,16 +137,25 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | Non
     tasks = [RunTask(spec_path=str(spec.path.resolve()), run_key=run.key, device=str(device),
                      cache_dir=str(cache.root.resolve()) if cache.enabled else None, spill_dir=spill.root)
              for run in spec.runs]
-    fn = run_task
-    if isinstance(executor, Sequential):  # in this process: reuse the loaded spec, show unit progress
-        remember_spec(spec)
-        fn = functools.partial(run_task, log=log)
+    remember_spec(spec)  # tasks in this process use the loaded spec
+    cached: dict[int, RunResult] = {}
+    if not isinstance(executor, Sequential) and cache.enabled:
+        # Runs whose results are all cached are read here: starting workers (each imports
+        # torch) is worth it only for runs with work to do.
+        for i, task in enumerate(tasks):
+            result = run_task(task, cached_only=True)
+            if result is not None:
+                cached[i] = result
+        if len(tasks) - len(cached) <= 1:
+            executor = Sequential()
+    todo = [task for i, task in enumerate(tasks) if i not in cached]
+    fn = functools.partial(run_task, log=log) if isinstance(executor, Sequential) else run_task
     results = []
     shown: dict = {}
-    mapped = executor.map(fn, tasks)
+    mapped = executor.map(fn, todo)
     for i, task in enumerate(tasks, 1):
         log(f"[{i}/{len(tasks)}] {task.run_key}")
-        result = next(mapped)
+        result = cached[i - 1] if i - 1 in cached else next(mapped)
         _merge_cache_counts(cache, result)
         _share_images(result, shown)
         results.append(result)

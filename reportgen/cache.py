@@ -291,14 +291,19 @@ class Cache:
         data = encode(value)  # outside the write guard: an unstorable type is a bug, not the disk's fault
         self._write(kind, key, data)
 
-    def contains(self, kind: str, key: str) -> bool:
-        """Whether an entry for ``key`` exists (not read, so not checked and not counted)."""
+    def intact(self, kind: str, key: str) -> bool:
+        """Whether an entry for ``key`` exists and passes its digest check (read, not decoded,
+        not counted as a hit or miss)."""
         if not self._reads:
             return False
         try:
-            return self._path(kind, key).is_file()
-        except OSError:
+            data = _read_entry(self._path(kind, key))
+        except (OSError, CorruptEntry):
             return False
+        if len(data) < _HEAD.size:
+            return False
+        magic, want, _ = _HEAD.unpack_from(data)
+        return magic == MAGIC and hashlib.sha256(memoryview(data)[8 + 32:]).digest() == want
 
     def get_bytes(self, kind: str, key: str) -> bytes | None:
         value = self._load(kind, key)

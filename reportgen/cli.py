@@ -47,7 +47,7 @@ def cli() -> None:
 @click.option("--no-cache", is_flag=True, help="Compute everything again and store nothing.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Runs analysed at once, each in a worker process; 1 analyses them one after another "
-                   "in this process [default: the cores this process may use].")
+                   "in this process [default: $REPORTGEN_JOBS, else the cores this process may use].")
 @click.option("--executor", type=click.Choice(["sequential", "process", "ray"]), default=None,
               help="Where the per-run tasks run [default: process when --jobs is above 1, else sequential].")
 @click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
@@ -74,7 +74,8 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
     try:
         with progress:
             result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache,
-                               jobs=jobs or default_jobs(), executor=executor, ray_address=ray_address)
+                               jobs=jobs or _env_jobs() or default_jobs(), executor=executor,
+                               ray_address=ray_address)
     except ReportgenError as exc:
         _fail(exc)
     except OSError as exc:
@@ -92,6 +93,14 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
         f"Built {result.out_dir} in {result.seconds:.1f} s: {result.pages} pages, {result.images} images, "
         f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings, {result.cache.summary()}."
     )
+
+
+def _env_jobs() -> int | None:
+    """$REPORTGEN_JOBS as a positive number of jobs, if set to one."""
+    import os
+
+    value = os.environ.get("REPORTGEN_JOBS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:

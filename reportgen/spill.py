@@ -9,7 +9,7 @@ does not grow with the number of locations.
 
 The store is the build's cache folder, where the layer entries name their spilled fields
 (``LayerResult.spilled``); with ``--no-cache`` it is a temporary folder that the build
-always removes. A store that cannot be written (an unusable cache) spills nothing and
+removes (see ``spill_store``). A store that cannot be written (an unusable cache) spills nothing and
 the arrays stay in memory.
 """
 
@@ -49,7 +49,7 @@ class Spill:
             if value is None or (isinstance(value, list) and not value):
                 continue
             key = self._key(lr.key, name)
-            if not self._store.contains("spill", key):
+            if not self._store.intact("spill", key):
                 self._store.put("spill", key, value)
             if self._store.warnings:  # the store cannot be written: keep everything in memory
                 lr.spilled = []
@@ -58,8 +58,9 @@ class Spill:
                 lr.spilled.append(name)
 
     def complete(self, lr) -> bool:
-        """Whether every field ``lr`` names as spilled is in the store."""
-        return all(self._store.contains("spill", self._key(lr.key, name)) for name in lr.spilled)
+        """Whether every field ``lr`` names as spilled is in the store, intact (a planted or
+        damaged entry is replaced when the layer is computed again)."""
+        return all(self._store.intact("spill", self._key(lr.key, name)) for name in lr.spilled)
 
     def stripped(self, lr):
         """A shallow copy of ``lr`` without its spilled arrays (what a layer entry stores)."""
@@ -96,12 +97,18 @@ NO_SPILL = Spill(None)
 
 
 @contextmanager
-def spill_store(cache: Cache) -> Iterator[Spill]:
-    """The build's store: its cache folder, else a temporary folder removed on exit."""
+def spill_store(cache: Cache, docs_dir: Path, slug: str) -> Iterator[Spill]:
+    """The build's store: its cache folder, else a temporary folder removed on exit.
+
+    The temporary folder is ``docs_dir/.<slug>~staging-spill-*``, next to the report's
+    staging folder, so that one left by a killed build (SIGKILL runs no clean-up) is
+    removed by the next build of the report, with the other leftovers (reportgen.site).
+    Call it while holding the report's build lock.
+    """
     if cache.enabled:
         yield Spill(cache.root.resolve())
         return
-    tmp = tempfile.mkdtemp(prefix="reportgen-spill-")
+    tmp = tempfile.mkdtemp(prefix=f".{slug}~staging-spill-", dir=docs_dir)
     try:
         yield Spill(tmp)
     finally:

@@ -37,6 +37,9 @@ def one_thread():
 def own_cache(tmp_path_factory, monkeypatch):
     """Each test builds with a cache of its own, never the working directory's."""
     monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    # CLI builds run in the test's process (patches apply; no worker start-up); tests of the
+    # process pool ask for it.
+    monkeypatch.setenv("REPORTGEN_JOBS", "1")
 
 
 @pytest.fixture(scope="session")

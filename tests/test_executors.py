@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from reportgen.build import build
@@ -57,3 +58,34 @@ def test_unknown_executor_is_one_clear_error(monkeypatch):
 
 def _no_module(name):
     raise ImportError(name)
+
+
+class _NoWorkers:
+    """An executor that must not be given any task."""
+
+    name = "no-workers"
+
+    def map(self, fn, args):
+        args = list(args)
+        assert not args, f"{len(args)} task(s) sent to workers"
+        return iter(())
+
+
+def test_cached_runs_are_read_in_process_not_sent_to_workers(project, tmp_path):
+    import torch
+
+    spec = write_spec(project)
+    cache = tmp_path / "cache"
+    first = build(spec, project / "a", device="cpu", cache_dir=cache)
+    again = build(spec, project / "b", device="cpu", cache_dir=cache, executor=_NoWorkers())
+    assert snapshot(project / "a") == snapshot(project / "b") and again.cache.misses["layer"] == 0
+    # one changed location: its task alone, in this process (starting workers would cost more)
+    ck = torch.load(project / "ckpt" / "b.pt", weights_only=True)
+    ck["state_dict"]["conv1.weight"] *= 2
+    torch.save(ck, project / "ckpt" / "b.pt")
+    changed = build(spec, project / "c", device="cpu", cache_dir=cache, executor=_NoWorkers())
+    assert changed.cache.misses["layer"] == 3  # b's three layers
+    runs = {r["key"]: r for r in changed.report["runs"]}
+    norms = [f["l2_norm"] for f in runs["b"]["layers"][0]["filters"]]
+    before = {r["key"]: r for r in first.report["runs"]}
+    np.testing.assert_allclose(norms, [2 * f["l2_norm"] for f in before["b"]["layers"][0]["filters"]], rtol=1e-6)

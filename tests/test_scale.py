@@ -30,7 +30,7 @@ def test_spilled_build_equals_an_in_memory_one_and_survives_lost_spill_entries(p
     # beyond the first two shared images) -- at least one entry per layer and run
     assert len(spilled) >= 9
     with monkeypatch.context() as m:  # the same build holding every array in memory
-        m.setattr(build_mod, "spill_store", lambda c: contextlib.nullcontext(NO_SPILL))
+        m.setattr(build_mod, "spill_store", lambda *a: contextlib.nullcontext(NO_SPILL))
         build(spec, project / "memory", device="cpu", cache_dir=None)
     assert snapshot(project / "spilled") == snapshot(project / "memory")
     # a layer entry whose spilled arrays are gone is recomputed, not half-used

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import torch
 
-from reportgen.models import LoadedModel, load_model
+from reportgen import models
+from reportgen.models import LoadedModel
 from reportgen.spec import ReportSpec, Run
 
 
-class LazyModel:
-    """``get()`` loads the run's model once (eval mode, on ``device``); a fully cached run never loads it."""
+class ModelNeeded(Exception):
+    """A result is not cached and ``LazyModel(..., load=False)`` may not load the model."""
 
-    def __init__(self, spec: ReportSpec, run: Run, device: torch.device):
-        self.spec, self.run, self.device = spec, run, device
+
+class LazyModel:
+    """``get()`` loads the run's model once (eval mode, on ``device``); a fully cached run never
+    loads it. With ``load=False``, ``get()`` raises ModelNeeded instead: every step computes
+    through the model, so this tells a run whose results are all cached from one that needs work."""
+
+    def __init__(self, spec: ReportSpec, run: Run, device: torch.device, load: bool = True):
+        self.spec, self.run, self.device, self.load = spec, run, device, load
         self._loaded: LoadedModel | None = None
 
     def get(self) -> LoadedModel:
         if self._loaded is None:
-            self._loaded = load_model(self.spec, self.run, self.device)
+            if not self.load:
+                raise ModelNeeded(self.run.key)
+            self._loaded = models.load_model(self.spec, self.run, self.device)
         return self._loaded
 
     @property

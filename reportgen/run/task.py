@@ -22,7 +22,7 @@ from reportgen.images import LoadedImage, load_image
 from reportgen.results import RunResult
 from reportgen.run.extensions import run_extensions
 from reportgen.run.layers import analyse_run, shared_images
-from reportgen.run.model import LazyModel
+from reportgen.run.model import LazyModel, ModelNeeded
 from reportgen.run.trace import run_trace
 from reportgen.run.units import run_units
 from reportgen.spec import ReportSpec, load_spec
@@ -43,10 +43,11 @@ class RunTask:
     spill_dir: str | None = None  # where heavy arrays go after the task (reportgen.spill); None: kept
 
 
-def run_task(task: RunTask, log: Log | None = None) -> RunResult:
+def run_task(task: RunTask, log: Log | None = None, cached_only: bool = False) -> RunResult | None:
     """Load the run's model (only if some result is not cached) and compute its layers
     (weights, statistics, maps, comparison features, chains), unit views, numeric trace and
-    the active extensions' per-run parts. ``log`` gets progress lines (in-process only)."""
+    the active extensions' per-run parts. ``log`` gets progress lines (in-process only).
+    ``cached_only``: return None, having written nothing, if anything would need the model."""
     log = log or (lambda msg: None)
     if task.threads and torch.get_num_threads() != task.threads:
         torch.set_num_threads(task.threads)
@@ -56,13 +57,16 @@ def run_task(task: RunTask, log: Log | None = None) -> RunResult:
     cache = Cache(task.cache_dir)
     images = _images(run)
     cross = cross_shared_images(spec) if run.key in {r.key for r in cross_model_runs(spec).values()} else []
-    model = LazyModel(spec, run, device)
+    model = LazyModel(spec, run, device, load=not cached_only)
     spill = Spill(task.spill_dir)
-    result = analyse_run(spec, run, device, images, shared_images(spec).get(run.model.name, []), cache, cross,
-                         model=model, spill=spill)
-    result.unit_notes = run_units(spec, result, images, model, device, cache, log)
-    result.trace_notes = run_trace(spec, result, model)
-    result.extras = run_extensions(spec, result, images, model, device, cache, spill)
+    try:
+        result = analyse_run(spec, run, device, images, shared_images(spec).get(run.model.name, []), cache,
+                             cross, model=model, spill=spill)
+        result.unit_notes = run_units(spec, result, images, model, device, cache, log)
+        result.trace_notes = run_trace(spec, result, model)
+        result.extras = run_extensions(spec, result, images, model, device, cache, spill)
+    except ModelNeeded:
+        return None
     for lr in result.layers:
         spill.strip(lr)
     result.images = [_pixels_only(im) for im in result.images]
