@@ -1,0 +1,138 @@
+"""Causal importance of units: zero one channel, measure how much each output changes.
+
+Ablating unit k of a layer sets channel k of the layer's output to zero for the rest
+of the forward pass (a forward hook; the hook is removed on exit, also after an
+exception). The effect on an output head is its relative L2 change,
+||y_ablated - y|| / ||y|| per image, averaged over the images (images where the head's
+output is all zero are left out). A forward that returns a tuple, list or dict of
+tensors has one head per element; a plain tensor is the head "output".
+
+Several units are ablated in one forward pass: the images are repeated once per unit
+and each copy zeroes its own unit, so the cost is one pass over (units x images) inputs,
+in batches of at most ``batch_images``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from reportgen.capture import inference
+
+
+@dataclass(frozen=True)
+class Ablation:
+    heads: tuple[str, ...]  # H output names
+    units: np.ndarray  # (U,) int: the channels ablated
+    effect: np.ndarray  # (U, H) mean relative L2 change of each head's output
+
+    @property
+    def overall(self) -> np.ndarray:
+        """(U,) the mean over heads: relative changes are scale-free, so heads weigh alike."""
+        return self.effect.mean(axis=1) if self.effect.size else np.zeros(len(self.units))
+
+
+def output_heads(out: object) -> dict[str, torch.Tensor]:
+    """A model's output as named tensors: dict keys, tuple/list positions, or 'output'."""
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, dict):
+        items = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        items = []
+    heads = {k: v for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if not heads:
+        raise TypeError(f"the model returned {type(out).__name__} without floating-point tensors to compare")
+    return heads
+
+
+@contextmanager
+def zeroed(model: nn.Module, layer: str, channels: list[int] | torch.Tensor, group: int) -> Iterator[None]:
+    """While active, the output of module ``layer`` has channel ``channels[j]`` set to zero in
+    samples ``j * group`` to ``(j + 1) * group - 1`` (one ablated unit per block of ``group``
+    samples); a channel of -1 ablates nothing in its block."""
+    module = dict(model.named_modules())[layer]
+    chans = torch.as_tensor(channels, dtype=torch.long)
+
+    def hook(mod: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer '{layer}' returned {type(output).__name__}, not a tensor")
+        keep = torch.ones(output.shape[:2], dtype=output.dtype, device=output.device)
+        rows = torch.arange(len(chans) * group, device=output.device)
+        cols = chans.to(output.device).repeat_interleave(group)
+        live = cols >= 0
+        keep[rows[live], cols[live]] = 0
+        return output * keep.reshape(*keep.shape, *([1] * (output.ndim - 2)))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int],
+                 batch_images: int = 64) -> Ablation:
+    """Effect of zeroing each of ``units`` of ``layer`` on every output head.
+
+    x: (N, C, H, W) the model's input images on the model's device.
+    """
+    n = x.shape[0]
+    with inference(model):
+        base = {k: v.float() for k, v in output_heads(model(x)).items()}
+        heads = tuple(base)
+        norms = {k: v.reshape(n, -1).norm(dim=1) for k, v in base.items()}
+        effect = np.zeros((len(units), len(heads)))
+        per_pass = max(1, batch_images // max(1, n))
+        for start in range(0, len(units), per_pass):
+            chunk = units[start:start + per_pass]
+            xs = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
+            with zeroed(model, layer, chunk, group=n):
+                out = output_heads(model(xs))
+            for h, name in enumerate(heads):
+                y = out[name].float().reshape(len(chunk), n, -1)
+                diff = (y - base[name].reshape(1, n, -1)).norm(dim=2)  # (k, N)
+                ok = norms[name] > 0
+                rel = diff[:, ok] / norms[name][ok]
+                effect[start:start + len(chunk), h] = (rel.mean(dim=1).double().cpu().numpy() if ok.any()
+                                                       else np.nan)
+    return Ablation(heads=heads, units=np.asarray(units, dtype=np.int64), effect=effect)
+
+
+def ranking(effect: np.ndarray) -> np.ndarray:
+    """Unit positions from most to least important (ties: lower index first)."""
+    return np.argsort(-np.nan_to_num(np.asarray(effect, dtype=np.float64), nan=-np.inf), kind="stable")
+
+
+def relate_to_flags(effect: np.ndarray, flagged: np.ndarray, share: float = 0.25) -> dict:
+    """Are the flagged units (dead, never active, duplicates) the unimportant ones?
+
+    effect: (U,) importance; flagged: (U,) bool. The least important ``share`` of the
+    units (at least one) is compared with the flags: how many flagged units it holds,
+    how many it would hold by chance (hypergeometric mean), the chance of holding at
+    least that many (hypergeometric tail), and the Spearman correlation between effect
+    and flag (negative: flagged units matter less). NaN where undefined.
+    """
+    effect = np.asarray(effect, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    u = len(effect)
+    n_low = max(1, math.ceil(share * u)) if u else 0
+    low = ranking(effect)[::-1][:n_low]
+    k = int(flagged.sum())
+    hits = int(flagged[low].sum())
+    p = float(stats.hypergeom.sf(hits - 1, u, k, n_low)) if k and u else math.nan
+    rho = math.nan
+    finite = effect[np.isfinite(effect)]
+    if 0 < k < u and finite.size and finite.max() > finite.min():
+        rho = float(stats.spearmanr(effect, flagged.astype(float), nan_policy="omit").statistic)
+    return {"units": u, "flagged": k, "least_important": n_low, "flagged_in_least": hits,
+            "expected_in_least": (k * n_low / u) if u else math.nan, "p_value": p, "spearman": rho}
