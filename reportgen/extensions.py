@@ -79,4 +79,7 @@ def _load_builtin() -> None:
         importlib.import_module(mod)
 
 
-BUILTIN: list[str] = []  # module names, e.g. "reportgen.why.data"
+BUILTIN: list[str] = [  # module names, e.g. "reportgen.why.data"
+    "reportgen.why.concepts",
+    "reportgen.why.importance",
+]
