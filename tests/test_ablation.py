@@ -94,3 +94,37 @@ def test_flags_in_the_least_important_quarter():
     assert rel["p_value"] == pytest.approx(1 / 28)
     assert rel["spearman"] == pytest.approx(stats.spearmanr(effect, flagged).statistic)
     assert rel["spearman"] < 0  # flagged units matter less
+
+
+class Skip(nn.Module):
+    """A residual block after the ablated layer, and a branch that reads the input again."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        h = h + torch.relu(self.conv2(h))
+        return self.head(h) + x.mean()
+
+
+def test_tail_and_hooks_agree():
+    """Running only the network after the layer gives the same effects as zeroing hooks."""
+    import reportgen.analysis.ablation as ab
+
+    x = _images(3, seed=2)
+    for net, layer in ((Skip(), "conv1"), (Skip(), "conv2"), (TwoHeads(), "conv1")):
+        assert ab.tail_after(net, layer) is not None
+        fast = ab.ablate_units(net, layer, x, list(range(3)))
+        orig = ab.tail_after
+        ab.tail_after = lambda *a: None  # force the hook path
+        try:
+            slow = ab.ablate_units(net, layer, x, list(range(3)))
+        finally:
+            ab.tail_after = orig
+        np.testing.assert_allclose(fast.effect, slow.effect, rtol=1e-5, atol=1e-7)
+        assert not any(m._forward_hooks for m in net.modules())

@@ -8,8 +8,10 @@ output is all zero are left out). A forward that returns a tuple, list or dict o
 tensors has one head per element; a plain tensor is the head "output".
 
 Several units are ablated in one forward pass: the images are repeated once per unit
-and each copy zeroes its own unit, so the cost is one pass over (units x images) inputs,
-in batches of at most ``batch_images``.
+and each copy zeroes its own unit, in batches of at most ``batch_images``. When torch.fx
+can trace the model and the layer is called once, only the part of the network after the
+layer is run again (the layer's output is computed once and fed to that *tail*);
+otherwise every pass runs the whole model with the zeroing hook.
 """
 
 from __future__ import annotations
@@ -80,15 +82,53 @@ def zeroed(model: nn.Module, layer: str, channels: list[int] | torch.Tensor, gro
         handle.remove()
 
 
+def tail_after(model: nn.Module, layer: str):
+    """The network after ``layer``: a GraphModule ``f(x, layer_output)`` computing the model's
+    output from the layer's output (and the input, where a skip connection reads it), or None
+    when torch.fx cannot trace the model or the layer is called more than once."""
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname == layer or super().is_leaf_module(m, qualname)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: ablate with hooks
+        return None
+    calls = [nd for nd in graph.nodes if nd.op == "call_module" and nd.target == layer]
+    inputs = [nd for nd in graph.nodes if nd.op == "placeholder"]
+    if len(calls) != 1 or len(inputs) != 1:
+        return None
+    with graph.inserting_after(inputs[0]):
+        fed = graph.placeholder("layer_output")
+    calls[0].replace_all_uses_with(fed)
+    graph.erase_node(calls[0])
+    tail = torch.fx.GraphModule(model, graph)
+    tail.graph.eliminate_dead_code()  # drops the layers before: they are what the tail saves
+    tail.recompile()
+    return tail
+
+
 def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int],
                  batch_images: int = 64) -> Ablation:
     """Effect of zeroing each of ``units`` of ``layer`` on every output head.
 
     x: (N, C, H, W) the model's input images on the model's device.
     """
+    from reportgen.capture import LayerRecorder
+
     n = x.shape[0]
+    tail = tail_after(model, layer)
     with inference(model):
-        base = {k: v.float() for k, v in output_heads(model(x)).items()}
+        mid = None
+        if tail is not None:
+            with LayerRecorder(model, [layer]) as rec:
+                mid = rec.run(x)[layer]
+        # The baseline through the same path as the ablations, so an unused unit changes nothing at all.
+        base = {k: v.float() for k, v in output_heads(model(x) if tail is None else tail(x, mid)).items()}
         heads = tuple(base)
         norms = {k: v.reshape(n, -1).norm(dim=1) for k, v in base.items()}
         effect = np.zeros((len(units), len(heads)))
@@ -96,8 +136,14 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
         for start in range(0, len(units), per_pass):
             chunk = units[start:start + per_pass]
             xs = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
-            with zeroed(model, layer, chunk, group=n):
-                out = output_heads(model(xs))
+            if tail is not None:
+                ms = mid.repeat(len(chunk), *([1] * (mid.ndim - 1)))
+                for j, u in enumerate(chunk):
+                    ms[j * n:(j + 1) * n, u] = 0
+                out = output_heads(tail(xs, ms))
+            else:
+                with zeroed(model, layer, chunk, group=n):
+                    out = output_heads(model(xs))
             for h, name in enumerate(heads):
                 y = out[name].float().reshape(len(chunk), n, -1)
                 diff = (y - base[name].reshape(1, n, -1)).norm(dim=2)  # (k, N)
