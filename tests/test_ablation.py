@@ -128,3 +128,14 @@ def test_tail_and_hooks_agree():
             ab.tail_after = orig
         np.testing.assert_allclose(fast.effect, slow.effect, rtol=1e-5, atol=1e-7)
         assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_ties_at_the_quarter_are_not_split():
+    """Six units without effect: the least important group holds all six, not an arbitrary two."""
+    effect = np.array([0.0, 0.4, 0.0, 0.0, 0.0, 0.3, 0.0, 0.0])
+    flagged = np.array([True, False, False, True, True, False, True, False])
+    rel = relate_to_flags(effect, flagged)
+    assert rel["least_important"] == 6 and rel["flagged_in_least"] == 4
+    assert rel["expected_in_least"] == pytest.approx(4 * 6 / 8)
+    assert rel["p_value"] == pytest.approx(stats.hypergeom.sf(3, 8, 4, 6))
+    assert rel["no_effect"] == 6 and rel["flagged_no_effect"] == 4

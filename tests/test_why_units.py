@@ -159,8 +159,12 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
     assert lay["top"] == [{"head": "a", "unit": 0, "effect": pytest.approx(eff[0, 0])},
                           {"head": "b", "unit": 1, "effect": pytest.approx(1.0)}]
     texts = [f["text"] for f in importance.findings({"importance": sec}, spec.analyses)]
-    assert any("mostly the unimportant ones" in t and "the 1 least important units of a include 1 of its 1"
-               in t for t in texts)
+    (flags, tops) = texts
+    assert "mostly the unimportant ones" in flags and "a: its 1 least important unit includes 1 of its 1" in flags
+    # at b the untrained unit 0 ties with the dead one: both lead the least important group
+    assert "b: its 2 least important units (with ties) include 1 of its 1" in flags
+    assert "Ablating 2 of the 2 flagged units changes no output at all (and 1 unflagged unit)" in flags
+    assert tops.startswith("The `conv1` unit whose ablation changes the outputs most: a unit 1 (a ")
     pics = importance.pictures(spec, sec, values)
     page = importance.pages(spec, {"importance": sec}, {k: "img/" + k for k in pics})["importance.md"]
     assert "![conv1: ablation effect per unit](img/importance/conv1.png)" in page
@@ -187,3 +191,20 @@ def test_spec_mistakes_are_one_line(boxes, edit, message):
     with pytest.raises(SpecError) as exc:
         load_spec(write_spec(boxes, text, "bad.yaml"))
     assert message in str(exc.value)
+
+
+def test_concepts_too_large_for_the_quantile_are_named():
+    from reportgen.why.concepts import best_possible_iou, findings
+
+    assert best_possible_iou(0.005, 0.92) == pytest.approx(0.005 / 0.92)
+    assert best_possible_iou(0.005, 0.001) == pytest.approx(0.2)
+    sec = {"quantile": 0.005, "iou_threshold": 0.04, "concepts": ["person", "background"],
+           "runs": [{"run": "a", "concept_share": [0.08, 0.92], "max_iou": [0.0625, 0.005 / 0.92],
+                     "layers": [{"layer": "conv1", "units_total": 4, "labelled": 2, "detectors": [2, 0], "units": []}],
+                     "notes": [], "images": 3}],
+           "layers": [{"layer": "conv1", "runs": ["a"], "detectors": [[2, 0]], "runs_with": [1, 0],
+                       "everywhere": ["person"], "somewhere": [], "runs_without": []}]}
+    texts = [f["text"] for f in findings({"concepts": sec}, None)]
+    assert any(t.startswith("No unit detects background (it covers 92.0% of the pixels: IoU at most 0.005)")
+               for t in texts)
+    assert not any("person (it covers" in t for t in texts)

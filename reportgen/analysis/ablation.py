@@ -8,7 +8,8 @@ output is all zero are left out). A forward that returns a tuple, list or dict o
 tensors has one head per element; a plain tensor is the head "output".
 
 Several units are ablated in one forward pass: the images are repeated once per unit
-and each copy zeroes its own unit, in batches of at most ``batch_images``. When torch.fx
+and each copy zeroes its own unit, in batches of at most ``batch_images`` that also hold the images unablated, the
+baseline each ablation is compared with. When torch.fx
 can trace the model and the layer is called once, only the part of the network after the
 layer is run again (the layer's output is computed once and fed to that *tail*);
 otherwise every pass runs the whole model with the zeroing hook.
@@ -127,18 +128,21 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
         if tail is not None:
             with LayerRecorder(model, [layer]) as rec:
                 mid = rec.run(x)[layer]
-        # The baseline through the same path as the ablations, so an unused unit changes nothing at all.
         base = {k: v.float() for k, v in output_heads(model(x) if tail is None else tail(x, mid)).items()}
         heads = tuple(base)
         norms = {k: v.reshape(n, -1).norm(dim=1) for k, v in base.items()}
         effect = np.zeros((len(units), len(heads)))
-        per_pass = max(1, batch_images // max(1, n))
+        # Each pass also carries the images unablated (block 0) and compares against that copy:
+        # a kernel's float rounding can depend on the batch size, and a unit that changes
+        # nothing must come out as exactly 0, not as 1e-7.
+        per_pass = max(1, batch_images // max(1, n) - 1)
         for start in range(0, len(units), per_pass):
-            chunk = units[start:start + per_pass]
+            chunk = [-1] + list(units[start:start + per_pass])
+            k = len(chunk) - 1
             xs = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
             if tail is not None:
                 ms = mid.repeat(len(chunk), *([1] * (mid.ndim - 1)))
-                for j, u in enumerate(chunk):
+                for j, u in enumerate(chunk[1:], start=1):
                     ms[j * n:(j + 1) * n, u] = 0
                 out = output_heads(tail(xs, ms))
             else:
@@ -146,11 +150,10 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
                     out = output_heads(model(xs))
             for h, name in enumerate(heads):
                 y = out[name].float().reshape(len(chunk), n, -1)
-                diff = (y - base[name].reshape(1, n, -1)).norm(dim=2)  # (k, N)
+                diff = (y[1:] - y[:1]).norm(dim=2)  # (k, N)
                 ok = norms[name] > 0
                 rel = diff[:, ok] / norms[name][ok]
-                effect[start:start + len(chunk), h] = (rel.mean(dim=1).double().cpu().numpy() if ok.any()
-                                                       else np.nan)
+                effect[start:start + k, h] = rel.mean(dim=1).double().cpu().numpy() if ok.any() else np.nan
     return Ablation(heads=heads, units=np.asarray(units, dtype=np.int64), effect=effect)
 
 
@@ -163,22 +166,29 @@ def relate_to_flags(effect: np.ndarray, flagged: np.ndarray, share: float = 0.25
     """Are the flagged units (dead, never active, duplicates) the unimportant ones?
 
     effect: (U,) importance; flagged: (U,) bool. The least important ``share`` of the
-    units (at least one) is compared with the flags: how many flagged units it holds,
-    how many it would hold by chance (hypergeometric mean), the chance of holding at
-    least that many (hypergeometric tail), and the Spearman correlation between effect
-    and flag (negative: flagged units matter less). NaN where undefined.
+    units (at least one, extended to every unit tied with its most important member, so
+    that units of equal effect are never split) is compared with the flags: how many
+    flagged units it holds, how many a random group of that size would hold
+    (hypergeometric mean), the chance of holding at least that many (hypergeometric tail),
+    and the Spearman correlation between effect and flag (negative: flagged units matter
+    less). ``no_effect``: units whose ablation changes nothing (effect exactly 0). NaN where
+    undefined.
     """
     effect = np.asarray(effect, dtype=np.float64)
     flagged = np.asarray(flagged, dtype=bool)
     u = len(effect)
-    n_low = max(1, math.ceil(share * u)) if u else 0
-    low = ranking(effect)[::-1][:n_low]
+    finite = np.isfinite(effect)
     k = int(flagged.sum())
-    hits = int(flagged[low].sum())
+    low = np.zeros(u, dtype=bool)
+    if finite.any():
+        cutoff = np.sort(effect[finite])[min(int(finite.sum()), max(1, math.ceil(share * u))) - 1]
+        low = finite & (effect <= cutoff)
+    n_low, hits = int(low.sum()), int((flagged & low).sum())
     p = float(stats.hypergeom.sf(hits - 1, u, k, n_low)) if k and u else math.nan
     rho = math.nan
-    finite = effect[np.isfinite(effect)]
-    if 0 < k < u and finite.size and finite.max() > finite.min():
+    if 0 < k < u and finite.any() and effect[finite].max() > effect[finite].min():
         rho = float(stats.spearmanr(effect, flagged.astype(float), nan_policy="omit").statistic)
+    none = finite & (effect == 0)
     return {"units": u, "flagged": k, "least_important": n_low, "flagged_in_least": hits,
-            "expected_in_least": (k * n_low / u) if u else math.nan, "p_value": p, "spearman": rho}
+            "expected_in_least": (k * n_low / u) if u else math.nan, "p_value": p, "spearman": rho,
+            "no_effect": int(none.sum()), "flagged_no_effect": int((none & flagged).sum())}

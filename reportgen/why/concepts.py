@@ -95,9 +95,10 @@ def reduce(spec, values: dict[str, RunConcepts], report: dict) -> dict:
         concepts.append("background")
     runs, by_layer = [], {}
     for key, v in values.items():
-        entry = {"run": key, "images": v.images, "notes": list(v.notes), "layers": [],
-                 "concept_share": [float(v.concept_share[v.concepts.index(c)]) if c in v.concepts else 0.0
-                                   for c in concepts] if v.concept_share is not None else None}
+        share = ([float(v.concept_share[v.concepts.index(c)]) if c in v.concepts else 0.0 for c in concepts]
+                 if v.concept_share is not None else None)
+        entry = {"run": key, "images": v.images, "notes": list(v.notes), "layers": [], "concept_share": share,
+                 "max_iou": [best_possible_iou(opts.quantile, s) for s in share] if share is not None else None}
         for layer, iou in zip(v.layers, v.iou):
             full = np.zeros((iou.shape[0], len(concepts)))  # aligned with the report-wide concept list
             for j, c in enumerate(v.concepts):
@@ -121,6 +122,12 @@ def reduce(spec, values: dict[str, RunConcepts], report: dict) -> dict:
                        "runs_without": [k for k, d, _ in items if not any(d)]})
     return {"quantile": opts.quantile, "iou_threshold": opts.iou, "concepts": concepts, "runs": runs,
             "layers": layers}
+
+
+def best_possible_iou(quantile: float, share: float) -> float:
+    """The highest IoU a unit firing on a share ``quantile`` of the pixels can reach with a
+    concept covering a share ``share``: min / max of the two (one inside the other)."""
+    return min(quantile, share) / max(quantile, share) if share > 0 else 0.0
 
 
 def pictures(spec, section: dict, values) -> dict[str, bytes]:
@@ -161,6 +168,9 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
                       f"At some: {', '.join(lay['somewhere']) or 'none'}.", ""]
         lines += ["| Location | Images | " + " | ".join(md_escape(c) for c in concepts) + " | No concept |",
                   "|---|---|" + "---|" * len(concepts) + "---|"]
+        reach = [max((r["max_iou"][j] for r in sec["runs"] if r["max_iou"]), default=0.0)
+                 for j in range(len(concepts))]
+        lines.append("| *best possible IoU* | | " + " | ".join(f"*{x:.3f}*" for x in reach) + " | |")
         for run, det in zip(lay["runs"], lay["detectors"]):
             entry = _layer_of(sec, run, layer)
             images = next(r["images"] for r in sec["runs"] if r["run"] == run)
@@ -217,7 +227,27 @@ def findings(report: dict, analyses) -> list[dict]:
             text += f"; only at some: {listing(some)}." if some else "."
         out.append(finding("info", text, None, layer, link, float((counts.sum(axis=1) > 0).mean()),
                            kind="concepts", locations=list(lay["runs"])))
+    out += _unreachable(sec)
     return out
+
+
+def _unreachable(sec: dict) -> list[dict]:
+    """Concepts no unit can detect at this quantile, whatever it computes: too large or too small."""
+    runs = [r for r in sec["runs"] if r["max_iou"] is not None]
+    if not runs:
+        return []
+    shares = np.array([r["concept_share"] for r in runs])
+    best = np.array([r["max_iou"] for r in runs]).max(axis=0)
+    found = {c for lay in sec["layers"] for j, c in enumerate(sec["concepts"]) if lay["runs_with"][j]}
+    parts = [f"{c} (it covers {100 * np.median(shares[:, j]):.1f}% of the pixels: IoU at most {best[j]:.3f})"
+             for j, c in enumerate(sec["concepts"]) if best[j] < sec["iou_threshold"] and c not in found]
+    if not parts:
+        return []
+    q = sec["quantile"]
+    text = (f"No unit detects {listing(parts, 4)}, and none could: a unit firing on its top {100 * q:g}% of "
+            f"the pixels cannot reach IoU {sec['iou_threshold']:g} with a concept that size. A larger "
+            "`analyses.concepts.quantile` lets units of large concepts count.")
+    return [finding("info", text, None, None, PAGE, 0.0, kind="concepts", locations=[])]
 
 
 register_extension(Extension(

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from reportgen.analysis.ablation import ablate_units, ranking, relate_to_flags
-from reportgen.analysis.wording import finding, listing
+from reportgen.analysis.wording import finding, listing, plural
 from reportgen.cache import register
 from reportgen.capture import LayerRecorder, inference
 from reportgen.extensions import Extension, RunContext, register_extension
@@ -185,6 +185,21 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
     return {PAGE: "\n".join(lines) + "\n"}
 
 
+def _least(f: dict) -> str:
+    quarter = -(-f["units"] // 4)
+    tied = " (with ties)" if f["least_important"] > quarter else ""
+    verb = "includes" if f["least_important"] == 1 else "include"
+    return f"{plural(f['least_important'], 'least important unit')}{tied} {verb}"
+
+
+def _p(p) -> str:
+    return f", p = {p:.2g}" if _finite(p) else ""
+
+
+def _sort_p(p) -> float:
+    return p if _finite(p) else 2.0
+
+
 def _flag_words(u: dict) -> str:
     return "/".join(w for w, k in (("dead", "dead"), ("never active", "never_active"), ("duplicate", "duplicate"))
                     if u[k])
@@ -200,24 +215,30 @@ def findings(report: dict, analyses) -> list[dict]:
         link = f"{PAGE}#{anchor_id(layer)}"
         with_flags = [(r, lay) for r, lay in items if lay["flags"]["flagged"]]
         if with_flags:
-            parts, concentrated = [], 0
-            for r, lay in sorted(with_flags, key=lambda t: -t[1]["flags"]["flagged"]):
-                f = lay["flags"]
-                concentrated += f["flagged_in_least"] > f["expected_in_least"]
-                p = f" p = {f['p_value']:.2g}" if _finite(f["p_value"]) else ""
-                parts.append(f"the {f['least_important']} least important units of {r['run']} include "
-                             f"{f['flagged_in_least']} of its {f['flagged']} flagged ones "
-                             f"({f['expected_in_least']:.1f} expected by chance,{p})")
-            verdict = ("mostly the unimportant ones" if concentrated > len(with_flags) / 2
+            above = [(r, lay) for r, lay in with_flags
+                     if lay["flags"]["flagged_in_least"] > lay["flags"]["expected_in_least"]]
+            verdict = ("mostly the unimportant ones" if len(above) > len(with_flags) / 2
                        else "not especially the unimportant ones")
-            text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): "
-                    f"{listing(parts, 3)}.")
-            # flagged units that still matter: in the most important half
-            matter = [(r["run"], u) for r, lay in with_flags for u in lay["units"]
-                      if (u["dead"] or u["never_active"] or u["duplicate"]) and u["rank"] <= len(lay["units"]) / 2]
+            examples = [f"{r['run']}: its {_least(lay['flags'])} {lay['flags']['flagged_in_least']} of its "
+                        f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} expected by "
+                        f"chance{_p(lay['flags']['p_value'])})"
+                        for r, lay in sorted(with_flags, key=lambda t: _sort_p(t[1]["flags"]["p_value"]))]
+            text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
+                    f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
+                    f"holds more of them than chance, e.g. {listing(examples, 2)}.")
+            flagged = sum(lay["flags"]["flagged"] for _, lay in with_flags)
+            none = sum(lay["flags"]["flagged_no_effect"] for _, lay in with_flags)
+            other = sum(lay["flags"]["no_effect"] - lay["flags"]["flagged_no_effect"] for _, lay in items)
+            also = f" (and {plural(other, 'unflagged unit')})" if other else ""
+            text += f" Ablating {none} of the {flagged} flagged units changes no output at all{also}."
+            matter = []
+            for r, lay in with_flags:
+                med = float(np.median([u["overall"] for u in lay["units"]]))
+                matter += [f"{r['run']} unit {u['index']} ({_flag_words(u)}, rank {u['rank']} of "
+                           f"{len(lay['units'])})" for u in lay["units"]
+                           if (u["dead"] or u["never_active"] or u["duplicate"]) and u["overall"] > max(med, 0.0)]
             if matter:
-                shown = [f"{run} unit {u['index']} ({_flag_words(u)}, rank {u['rank']})" for run, u in matter]
-                text += f" Flagged but in the more important half: {listing(shown, 4)}."
+                text += f" Flagged but more important than the median unit: {listing(matter, 4)}."
             share = np.mean([lay["flags"]["flagged_in_least"] / lay["flags"]["flagged"] for _, lay in with_flags])
             out.append(finding("info", text, None, layer, link, float(share), kind="importance",
                                locations=[r["run"] for r, _ in with_flags]))
