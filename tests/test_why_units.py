@@ -163,7 +163,9 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
     assert "mostly the unimportant ones" in flags and "a: its 1 least important unit includes 1 of its 1" in flags
     # at b the untrained unit 0 ties with the dead one: both lead the least important group
     assert "b: its 2 least important units (with ties) include 1 of its 1" in flags
-    assert "Ablating 2 of the 2 flagged units changes no output at all (and 1 unflagged unit)" in flags
+    # unit 2 is never active in the report given: zeroing it cannot change anything
+    assert ("Ablating a never-active unit changes no output at all for 2 of 2 (as they must: their channel is "
+            "zero on every image); so does ablating 1 other unit." in flags)
     assert tops.startswith("The `conv1` unit whose ablation changes the outputs most: a unit 1 (a ")
     pics = importance.pictures(spec, sec, values)
     page = importance.pages(spec, {"importance": sec}, {k: "img/" + k for k in pics})["importance.md"]
@@ -208,3 +210,23 @@ def test_concepts_too_large_for_the_quantile_are_named():
     assert any(t.startswith("No unit detects background (it covers 92.0% of the pixels: IoU at most 0.005)")
                for t in texts)
     assert not any("person (it covers" in t for t in texts)
+
+
+def test_dead_filters_that_still_fire_and_matter_are_named():
+    from reportgen.analysis.ablation import relate_to_flags
+    from reportgen.why.importance import findings
+
+    overall = [0.5, 0.0, 0.3, 0.1, 0.0, 0.2, 0.05, 0.4]
+    dead = [True, True, False, False, True, False, False, False]  # unit 0: dead weights, yet it matters
+    never = [False, True, False, False, True, False, False, False]
+    units = [{"index": i, "effect": [e], "overall": e, "rank": r, "dead": d, "never_active": n, "duplicate": False}
+             for i, (e, d, n, r) in enumerate(zip(overall, dead, never, [1, 7, 3, 5, 8, 4, 6, 2]))]
+    flags = relate_to_flags(np.array(overall), np.array(dead) | np.array(never))
+    sec = {"max_units": 8, "runs": [{"run": "x", "images": 2, "heads": ["out"], "notes": [], "layers": [
+        {"layer": "conv1", "channels": 8, "units_ablated": 8, "order": [0, 7, 2, 5, 3, 6, 1, 4],
+         "top": [{"head": "out", "unit": 0, "effect": 0.5}], "flags": flags, "spearman_norm": None,
+         "units": units}]}]}
+    text = findings({"importance": sec}, None)[0]["text"]
+    assert "for 2 of 2 (as they must" in text
+    assert "1 of the 1 dead or duplicate unit that still fire (a dead filter's bias makes a constant channel) " \
+           "matter more than the median unit: x unit 0 (dead, rank 1 of 8)" in text

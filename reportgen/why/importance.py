@@ -200,6 +200,42 @@ def _sort_p(p) -> float:
     return p if _finite(p) else 2.0
 
 
+def _no_effect(items: list[tuple[dict, dict]]) -> str:
+    """How many never-active and other units change nothing when ablated."""
+    units = [u for _, lay in items for u in lay["units"]]
+    silent = [u for u in units if u["never_active"]]
+    silent_none = sum(u["overall"] == 0 for u in silent)
+    other_none = sum(u["overall"] == 0 for u in units if not u["never_active"])
+    text = ""
+    if silent:
+        why = " (as they must: their channel is zero on every image)" if silent_none == len(silent) else ""
+        text += f" Ablating a never-active unit changes no output at all for {silent_none} of {len(silent)}{why}"
+        text += f"; so does ablating {plural(other_none, 'other unit')}." if other_none else "."
+    elif other_none:
+        text += f" Ablating {plural(other_none, 'unit')} changes no output at all."
+    return text
+
+
+def _still_matter(with_flags: list[tuple[dict, dict]]) -> str:
+    """Dead or duplicate units that are active and more important than the layer's median unit:
+    a dead filter's bias can still feed the next layer a constant channel."""
+    matter, candidates = [], 0
+    for r, lay in with_flags:
+        med = float(np.median([u["overall"] for u in lay["units"]]))
+        for u in lay["units"]:
+            if (u["dead"] or u["duplicate"]) and not u["never_active"]:
+                candidates += 1
+                if u["overall"] > max(med, 0.0):
+                    matter.append(f"{r['run']} unit {u['index']} ({_flag_words(u)}, rank {u['rank']} of "
+                                  f"{len(lay['units'])})")
+    if not candidates:
+        return ""
+    if not matter:
+        return f" None of the {plural(candidates, 'active dead or duplicate unit')} is more important than the median unit."
+    return (f" {len(matter)} of the {plural(candidates, 'dead or duplicate unit')} that still fire (a dead filter's "
+            f"bias makes a constant channel) matter more than the median unit: {listing(matter, 4)}.")
+
+
 def _flag_words(u: dict) -> str:
     return "/".join(w for w, k in (("dead", "dead"), ("never active", "never_active"), ("duplicate", "duplicate"))
                     if u[k])
@@ -226,19 +262,7 @@ def findings(report: dict, analyses) -> list[dict]:
             text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
                     f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
                     f"holds more of them than chance, e.g. {listing(examples, 2)}.")
-            flagged = sum(lay["flags"]["flagged"] for _, lay in with_flags)
-            none = sum(lay["flags"]["flagged_no_effect"] for _, lay in with_flags)
-            other = sum(lay["flags"]["no_effect"] - lay["flags"]["flagged_no_effect"] for _, lay in items)
-            also = f" (and {plural(other, 'unflagged unit')})" if other else ""
-            text += f" Ablating {none} of the {flagged} flagged units changes no output at all{also}."
-            matter = []
-            for r, lay in with_flags:
-                med = float(np.median([u["overall"] for u in lay["units"]]))
-                matter += [f"{r['run']} unit {u['index']} ({_flag_words(u)}, rank {u['rank']} of "
-                           f"{len(lay['units'])})" for u in lay["units"]
-                           if (u["dead"] or u["never_active"] or u["duplicate"]) and u["overall"] > max(med, 0.0)]
-            if matter:
-                text += f" Flagged but more important than the median unit: {listing(matter, 4)}."
+            text += _no_effect(items) + _still_matter(with_flags)
             share = np.mean([lay["flags"]["flagged_in_least"] / lay["flags"]["flagged"] for _, lay in with_flags])
             out.append(finding("info", text, None, layer, link, float(share), kind="importance",
                                locations=[r["run"] for r, _ in with_flags]))
