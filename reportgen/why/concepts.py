@@ -56,6 +56,8 @@ def _run_key(ctx: RunContext) -> tuple:
 def run_part(ctx: RunContext) -> RunConcepts:
     """IoU of every unit of the covered layers with every annotated concept."""
     layers = covered(_opts(ctx.spec), ctx.run)
+    if not layers:
+        return RunConcepts()
     if ctx.model is None:
         return RunConcepts(notes=["no concept labels: the model cannot run Python hooks (TorchScript/ONNX "
                                   "without 'arch')"])

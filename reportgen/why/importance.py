@@ -54,6 +54,8 @@ def _run_key(ctx: RunContext) -> tuple:
 def run_part(ctx: RunContext) -> RunImportance:
     """Ablate the first ``max_units`` units of each covered layer on all of the run's images."""
     layers = covered(_opts(ctx.spec), ctx.run)
+    if not layers:
+        return RunImportance()
     if ctx.model is None:
         return RunImportance(notes=["no ablation: the model cannot run Python hooks (TorchScript/ONNX "
                                     "without 'arch')"])
@@ -133,8 +135,8 @@ def pictures(spec, section: dict, values) -> dict[str, bytes]:
             panels.append((r["run"], np.array([u["overall"] for u in units]),
                            np.array([u["dead"] or u["never_active"] or u["duplicate"] for u in units])))
         out[f"importance/{slug(layer)}.png"] = importance_bars(
-            panels, f"{layer}: effect of ablating each unit (mean over heads), most important first; "
-            "red = dead, never active or duplicate")
+            panels, f"{layer}: effect of ablating each unit, most important first\n"
+            "(mean relative change over heads; red: dead, never active or duplicate)")
     return out
 
 
