@@ -117,7 +117,12 @@ def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
     spec = load_spec(boxes / "spec.yaml")
     assert [e.name for e in extensions.active(spec)] == ["concepts", "importance"]
     values = {ctx.run.key: concepts.run_part(ctx) for ctx in _contexts(spec)}
-    sec = concepts.reduce(spec, values, _report(spec))
+    report = _report(spec)
+    report["runs"][0]["layers"][0]["units"] = {"units": [{"index": i} for i in range(3)]}  # unit views of a
+    sec = concepts.reduce(spec, values, report)
+    # the unit cards read the labels from the unit views
+    assert report["runs"][0]["layers"][0]["units"]["units"][0] == {"index": 0, "concept": "person", "concept_iou": 1.0}
+    assert "units" not in report["runs"][1]["layers"][0]
     assert sec["concepts"] == ["person", "head", "background"]
     a = {u["index"]: u for u in sec["runs"][0]["layers"][0]["units"]}
     assert (a[0]["concept"], a[0]["concept_iou"]) == ("person", 1.0)

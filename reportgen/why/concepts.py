@@ -21,7 +21,7 @@ from reportgen.cache import register
 from reportgen.extensions import Extension, RunContext, register_extension
 from reportgen.names import anchor_id, code, md_escape, slug
 from reportgen.render.why_units import detector_bars
-from reportgen.why.unitsel import covered, layer_maps, stacked_inputs, unit_page
+from reportgen.why.unitsel import covered, find_layer, layer_maps, stacked_inputs, unit_page
 
 NAME = "concepts"
 PAGE = "concepts.md"
@@ -122,8 +122,27 @@ def reduce(spec, values: dict[str, RunConcepts], report: dict) -> dict:
                        "everywhere": [c for c, n in zip(concepts, with_any) if n == len(items)],
                        "somewhere": [c for c, n in zip(concepts, with_any) if 0 < n < len(items)],
                        "runs_without": [k for k, d, _ in items if not any(d)]})
-    return {"quantile": opts.quantile, "iou_threshold": opts.iou, "concepts": concepts, "runs": runs,
-            "layers": layers}
+    section = {"quantile": opts.quantile, "iou_threshold": opts.iou, "concepts": concepts, "runs": runs,
+               "layers": layers}
+    label_unit_entries(report, section)
+    return section
+
+
+def label_unit_entries(report: dict, section: dict) -> None:
+    """Copy each unit's ``concept`` and ``concept_iou`` into report["runs"][..]["layers"][..]
+    ["units"]["units"][..] where the report has unit views of that run and layer: the unit
+    pages show them on the unit cards. The one change an extension makes outside its own key."""
+    for entry in section["runs"]:
+        for lay in entry["layers"]:
+            target = find_layer(report, entry["run"], lay["layer"])
+            views = (target or {}).get("units")
+            if not isinstance(views, dict):
+                continue
+            labels_by_unit = {u["index"]: u for u in lay["units"]}
+            for u in views.get("units", []):
+                got = labels_by_unit.get(u.get("index"))
+                if got is not None:
+                    u["concept"], u["concept_iou"] = got["concept"], got["concept_iou"]
 
 
 def best_possible_iou(quantile: float, share: float) -> float:
