@@ -118,6 +118,14 @@ def register(*classes: type) -> type | None:
     return classes[0] if len(classes) == 1 else None
 
 
+def register_alias(name: str, cls: type) -> None:
+    """Also read entries stored under another dotted type name (a registered type that moved
+    module): the entry's fields are checked as usual; new entries use the current name."""
+    if _TYPES.get(_type_name(cls)) is not cls:
+        raise TypeError(f"register {cls!r} before giving it an alias")
+    _TYPES[name] = cls
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -290,6 +298,15 @@ class Cache:
     def put(self, kind: str, key: str, value: Any) -> None:
         data = encode(value)  # outside the write guard: an unstorable type is a bug, not the disk's fault
         self._write(kind, key, data)
+
+    def contains(self, kind: str, key: str) -> bool:
+        """Whether an entry for ``key`` exists (not read, so not checked and not counted)."""
+        if not self._reads:
+            return False
+        try:
+            return self._path(kind, key).is_file()
+        except OSError:
+            return False
 
     def get_bytes(self, kind: str, key: str) -> bytes | None:
         value = self._load(kind, key)
