@@ -135,8 +135,8 @@ def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
     (f,) = concepts.findings({"concepts": sec}, spec.analyses)
     assert "a 2 of 3 (1 person, 1 background)" in f["text"] and "only at some: person at 1" in f["text"]
     pics = concepts.pictures(spec, sec, values)
-    assert list(pics) == ["concepts/conv1.png"] and pics["concepts/conv1.png"][:4] == b"\x89PNG"
-    page = concepts.pages(spec, {"concepts": sec, "runs": []}, {"concepts/conv1.png": "img/concepts/conv1.png"})
+    assert list(pics) == ["conv1.png"] and pics["conv1.png"][:4] == b"\x89PNG"
+    page = concepts.pages(spec, {"concepts": sec, "runs": []}, {"conv1.png": "img/concepts/conv1.png"})
     assert "| [a](locations/a.md#layer-conv1) | 3 | 1 | 0 | 1 | 1 of 3 |" in page["concepts.md"]
 
 
@@ -173,7 +173,7 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
             "zero on every image); so does ablating 1 other unit." in flags)
     assert tops.startswith("The `conv1` unit whose ablation changes the outputs most: a unit 1 (a ")
     pics = importance.pictures(spec, sec, values)
-    page = importance.pages(spec, {"importance": sec}, {k: "img/" + k for k in pics})["importance.md"]
+    page = importance.pages(spec, {"importance": sec}, {k: "img/importance/" + k for k in pics})["importance.md"]
     assert "![conv1: ablation effect per unit](img/importance/conv1.png)" in page
 
 

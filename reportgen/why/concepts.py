@@ -154,7 +154,7 @@ def best_possible_iou(quantile: float, share: float) -> float:
 def pictures(spec, section: dict, values) -> dict[str, bytes]:
     out = {}
     for lay in section["layers"]:
-        out[f"concepts/{slug(lay['layer'])}.png"] = detector_bars(
+        out[f"{slug(lay['layer'])}.png"] = detector_bars(
             lay["runs"], section["concepts"], np.array(lay["detectors"]),
             f"{lay['layer']}: units detecting each concept (IoU ≥ {section['iou_threshold']:g})")
     return out
@@ -181,7 +181,7 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
     for lay in sec["layers"]:
         layer = lay["layer"]
         lines += [f"## {code(layer)} {{ #{anchor_id(layer)} }}", ""]
-        pic = pics.get(f"concepts/{slug(layer)}.png")
+        pic = pics.get(f"{slug(layer)}.png")
         if pic:
             lines += [f"![{md_escape(layer)}: detector units per concept]({pic}){{ loading=lazy }}", ""]
         if lay["everywhere"] or lay["somewhere"]:

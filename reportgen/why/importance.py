@@ -134,7 +134,7 @@ def pictures(spec, section: dict, values) -> dict[str, bytes]:
             units = [lay["units"][i] for i in lay["order"]]
             panels.append((r["run"], np.array([u["overall"] for u in units]),
                            np.array([u["dead"] or u["never_active"] or u["duplicate"] for u in units])))
-        out[f"importance/{slug(layer)}.png"] = importance_bars(
+        out[f"{slug(layer)}.png"] = importance_bars(
             panels, f"{layer}: effect of ablating each unit, most important first\n"
             "(mean relative change over heads; red: dead, never active or duplicate)")
     return out
@@ -167,7 +167,7 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
         lines += ["!!! note \"Missing\"", ""] + ["    " + n for n in notes] + [""]
     for layer, items in _by_layer(sec).items():
         lines += [f"## {code(layer)} {{ #{anchor_id(layer)} }}", ""]
-        pic = pics.get(f"importance/{slug(layer)}.png")
+        pic = pics.get(f"{slug(layer)}.png")
         if pic:
             lines += [f"![{md_escape(layer)}: ablation effect per unit]({pic}){{ loading=lazy }}", ""]
         heads = items[0][0]["heads"]
