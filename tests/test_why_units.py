@@ -235,3 +235,19 @@ def test_dead_filters_that_still_fire_and_matter_are_named():
     assert "for 2 of 2 (as they must" in text
     assert "1 of the 1 dead or duplicate unit that still fire (a dead filter's bias makes a constant channel) " \
            "matter more than the median unit: x unit 0 (dead, rank 1 of 8)" in text
+
+
+def test_every_key_of_both_sections_is_documented(boxes):
+    from reportgen.why import concepts, importance
+    from tests.conftest import ROOT
+    from tests.test_docs import _all_keys
+
+    spec = load_spec(boxes / "spec.yaml")
+    ctxs = _contexts(spec)
+    report = _report(spec)
+    report["concepts"] = concepts.reduce(spec, {c.run.key: concepts.run_part(c) for c in ctxs}, report)
+    report["importance"] = importance.reduce(spec, {c.run.key: importance.run_part(c) for c in ctxs}, report)
+    page = (ROOT / "docs/reference/report-json.md").read_text()
+    keys = _all_keys({k: report[k] for k in ("concepts", "importance")}, set())
+    missing = sorted(k for k in keys if f'"{k}"' not in page and f"`{k}`" not in page and f"{k}`" not in page)
+    assert not missing
