@@ -271,7 +271,7 @@ def _unreachable(sec: dict) -> list[dict]:
     return [finding("info", text, None, None, PAGE, 0.0, kind="concepts", locations=[])]
 
 
-register_extension(Extension(
+EXT = register_extension(Extension(
     name=NAME, wanted=lambda spec: bool(_opts(spec).layers), reduce=reduce, run_part=run_part,
     run_key=_run_key, run_wanted=lambda spec, run: bool(covered(_opts(spec), run)),
     pictures=pictures, pages=pages, findings=findings))

@@ -282,7 +282,7 @@ def findings(report: dict, analyses) -> list[dict]:
     return out
 
 
-register_extension(Extension(
+EXT = register_extension(Extension(
     name=NAME, wanted=lambda spec: bool(_opts(spec).layers), reduce=reduce, run_part=run_part,
     run_key=_run_key, run_wanted=lambda spec, run: bool(covered(_opts(spec), run)),
     pictures=pictures, pages=pages, findings=findings))
