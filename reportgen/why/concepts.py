@@ -170,7 +170,7 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
     concepts = sec["concepts"]
     lines = ["# Concept labels", "",
              f"Which annotated concepts the units detect (network dissection with the spec's own annotations, "
-             f"[methods](methods.md)): a unit fires where its upsampled activation is in its top "
+             f"[methods](methods.md#concepts)): a unit fires where its upsampled activation is in its top "
              f"{100 * sec['quantile']:g}% over all annotated images; it **detects** the concept whose masks "
              f"overlap those places best when their IoU reaches {sec['iou_threshold']:g}. "
              "Concepts: boxes per category, keypoints as small discs, polygons, and background "

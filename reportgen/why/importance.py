@@ -158,7 +158,7 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
     lines = ["# Unit importance", "",
              "How much each unit matters to the outputs: its channel is set to zero (ablated) and the "
              "change of every output head is measured on the location's test images, as ‖y′ − y‖ / ‖y‖ "
-             "per image, averaged ([methods](methods.md)). Units are ranked by the mean over heads. "
+             "per image, averaged ([methods](methods.md#importance)). Units are ranked by the mean over heads. "
              f"Up to {sec['max_units']} units per layer (the first ones). *Flagged* units are dead filters, "
              "never-active channels or near-duplicate filters; the table asks whether they sit in the least "
              "important quarter.", ""]
