@@ -251,3 +251,20 @@ def test_every_key_of_both_sections_is_documented(boxes):
     keys = _all_keys({k: report[k] for k in ("concepts", "importance")}, set())
     missing = sorted(k for k in keys if f'"{k}"' not in page and f"`{k}`" not in page and f"{k}`" not in page)
     assert not missing
+
+
+def test_a_build_writes_both_sections_pages_and_findings(boxes):
+    from reportgen.build import build
+
+    build(boxes / "spec.yaml", boxes / "docs", device="cpu")
+    out = boxes / "docs" / "boxes"
+    report = json.loads((out / "report.json").read_text())
+    a = report["concepts"]["runs"][0]["layers"][0]["units"][0]
+    assert (a["concept"], a["concept_iou"]) == ("person", 1.0)
+    imp = report["importance"]["runs"][0]["layers"][0]
+    assert imp["units"][2]["dead"] and imp["units"][2]["overall"] == 0.0  # the zero filter, flagged by the build
+    kinds = {f["kind"] for f in report["findings"]}
+    assert {"concepts", "importance"} <= kinds
+    assert (out / "concepts.md").is_file() and (out / "importance.md").is_file()
+    assert (out / "img" / "concepts" / "conv1.png").is_file() and (out / "img" / "importance" / "conv1.png").is_file()
+    assert "img/importance/conv1.png" in (out / "importance.md").read_text()
