@@ -96,10 +96,12 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
                     "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
                     lambda: gabor_triplets(lr.weight, fits)))
-            for k, maps in enumerate(spill.load(lr, "maps")):
+            # Spilled maps are read only when a picture is not cached: there is one per shown image.
+            layer_maps = _Once(lambda lr=lr: spill.load(lr, "maps"))
+            for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
                 # The layer's key already digests everything the maps come from.
-                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", maps)
-                data, order = cache.memo("png", act_key, lambda maps=maps: _act_png(maps))
+                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", lr.maps[k])
+                data, order = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
                 paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
         if ws:
@@ -136,13 +138,16 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
     for r in results:
         for k, im in enumerate(r.images):
             files.add(f"img/{r.run.key}/input_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
-        shared_maps = [spill.load(lr, "shared_maps") for lr in r.layers]
-        n_stages = min((len(m) for m in shared_maps), default=0)
+        # One stage map per shared image shown (r.shared_shown), read only to draw a missing picture.
+        stage_maps = _Once(lambda r=r: [spill.load(lr, "shared_maps") for lr in r.layers])
+        n_stages = min((len(r.shared_shown) if "shared_maps" in lr.spilled else len(lr.shared_maps)
+                        for lr in r.layers), default=0)
         for k in range(n_stages):
-            maps = [m[k] for m in shared_maps]
-            stage_inputs = tuple(lr.key for lr in r.layers) if all(lr.key for lr in r.layers) else tuple(maps)
+            keyed = all(lr.key for lr in r.layers)
+            stage_inputs = tuple(lr.key for lr in r.layers) if keyed else tuple(m[k] for m in stage_maps())
             images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
-                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k), lambda maps=maps: stage_strip(maps)))
+                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k),
+                                                        lambda k=k, m=stage_maps: stage_strip([x[k] for x in m()])))
     shared_inputs = _shared_inputs(spec, results, files, png)
     cross_imgs = {}
     for pair in comp.models:
@@ -174,6 +179,18 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                                   cross_imgs, widths).items():
         files.add(rel, text)
     return files, report
+
+
+class _Once:
+    """``make()`` called on first use only, then remembered."""
+
+    def __init__(self, make):
+        self.make, self.value, self.done = make, None, False
+
+    def __call__(self):
+        if not self.done:
+            self.value, self.done = self.make(), True
+        return self.value
 
 
 def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[str, list[str]]:

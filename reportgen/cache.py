@@ -118,14 +118,6 @@ def register(*classes: type) -> type | None:
     return classes[0] if len(classes) == 1 else None
 
 
-def register_alias(name: str, cls: type) -> None:
-    """Also read entries stored under another dotted type name (a registered type that moved
-    module): the entry's fields are checked as usual; new entries use the current name."""
-    if _TYPES.get(_type_name(cls)) is not cls:
-        raise TypeError(f"register {cls!r} before giving it an alias")
-    _TYPES[name] = cls
-
-
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reportgen.cache import register, register_alias
+from reportgen.cache import register
 from reportgen.images import LoadedImage
 from reportgen.spec import Run
 
@@ -40,7 +40,6 @@ class LayerResult:
 
 
 register(LayerResult)  # cached per layer ("layer" entries)
-register_alias("reportgen.build.LayerResult", LayerResult)  # entries written before the type moved here
 
 
 @dataclass

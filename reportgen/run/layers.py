@@ -55,7 +55,11 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     with_acts = opts.enabled and bool(images) and hookable
     keys = {ls.name: _layer_key(spec, run, ls, images, shared, device, with_acts, cross) for ls in run.layers}
     found = {name: cache.get("layer", key) for name, key in keys.items()}
-    found = {name: lr if lr is None or spill.complete(lr) else None for name, lr in found.items()}
+    for name, lr in found.items():
+        if lr is not None and not spill.complete(lr):  # its spilled arrays are gone: compute it again
+            found[name] = None
+            cache.hits["layer"] -= 1
+            cache.misses["layer"] += 1
     missing = [ls for ls in run.layers if found[ls.name] is None]
     source = run.checkpoint or run.torchscript or run.onnx
     if missing:
