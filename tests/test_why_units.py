@@ -256,7 +256,7 @@ def test_every_key_of_both_sections_is_documented(boxes):
 def test_a_build_writes_both_sections_pages_and_findings(boxes):
     from reportgen.build import build
 
-    build(boxes / "spec.yaml", boxes / "docs", device="cpu")
+    build(boxes / "spec.yaml", boxes / "docs", device="cpu", jobs=2)  # the parts run in worker processes
     out = boxes / "docs" / "boxes"
     report = json.loads((out / "report.json").read_text())
     a = report["concepts"]["runs"][0]["layers"][0]["units"][0]
