@@ -181,7 +181,7 @@ def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
             f = lay["flags"]
             lines.append(f"| [{r['run']}](locations/{r['run']}.md#layer-{anchor_id(layer)}) | {top} | {per_head} | "
                          f"{f['flagged_in_least']} of {f['flagged']} (¼ = {f['least_important']} units) | "
-                         f"{_num(f['expected_in_least'], 1)} | {_num(f['p_value'], 3)} | {_num(f['spearman'])} | "
+                         f"{_num(f['expected_in_least'], 1)} | {_p(f['p_value']).removeprefix(', p = ') or '–'} | {_num(f['spearman'])} | "
                          f"{_num(lay['spearman_norm'])} |")
         lines.append("")
     return {PAGE: "\n".join(lines) + "\n"}
