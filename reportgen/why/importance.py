@@ -265,8 +265,12 @@ def findings(report: dict, analyses) -> list[dict]:
                     f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
                     f"holds more of them than chance, e.g. {listing(examples, 2)}.")
             text += _no_effect(items) + _still_matter(with_flags)
-            share = np.mean([lay["flags"]["flagged_in_least"] / lay["flags"]["flagged"] for _, lay in with_flags])
-            out.append(finding("info", text, None, layer, link, float(share), kind="importance",
+            # Ranked by the share of flagged units that still fire: that never-active units change
+            # nothing is a given, whether dead or duplicate filters matter is the news.
+            flagged = [u for _, lay in with_flags for u in lay["units"] if u["dead"] or u["duplicate"]
+                       or u["never_active"]]
+            firing = sum(not u["never_active"] for u in flagged) / len(flagged) if flagged else 0.0
+            out.append(finding("info", text, None, layer, link, float(firing), kind="importance",
                                locations=[r["run"] for r, _ in with_flags]))
         tops = []
         for r, lay in items:
