@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(BIN)/reportgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"  # ray: the Ray executor's tests
 	$(BIN)/python -m pip install -q --no-deps "onnx2torch>=1.5"  # without torchvision (ONNX tests)
 	touch $@
 
@@ -27,9 +27,10 @@ test: setup
 	$(BIN)/python -m pytest
 
 # Screenshots of every kind of page at 1400 and 390 px, into screenshots/ (needs
-# playwright and /usr/bin/chromium; see .ci/run).
+# playwright and /usr/bin/chromium; see .ci/run). The example builds keep their cache in
+# .reportgen-cache, so a second run takes a fraction of the first.
 screenshots: setup
-	REPORTGEN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/test_site.py -k "page_kind" -q
+	REPORTGEN_REQUIRE_BROWSER=1 REPORTGEN_SITE_CACHE=.reportgen-cache $(BIN)/python -m pytest tests/test_site.py -k "page_kind" -q
 	@echo "Open the PNGs in screenshots/"
 
 serve: example

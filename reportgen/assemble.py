@@ -169,6 +169,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
+    filter_pages = _filter_pictures(results, comp, files, cache)
     report = report_dict(spec, results, comp, device)
     done = reduce_extensions(spec, results, report)
     report["findings"] = with_extension_findings(model_findings(report, spec.analyses), done, report, spec.analyses)
@@ -176,7 +177,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
     add_extension_files(spec, done, report, files)
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
-                                  cross_imgs, widths).items():
+                                  cross_imgs, widths, filter_pages).items():
         files.add(rel, text)
     return files, report
 
@@ -252,13 +253,13 @@ def _base_index(spec: ReportSpec, keys: list[str]) -> int:
 def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
     """Grids and per-unit cards of every (run, layer) with unit views; returns their paths."""
     from reportgen.render.tiles import mapped_tiles, per_layer
-    from reportgen.render.units import card_legend, unit_card, unit_grids
+    from reportgen.render.units import CARD_TILE, card_legend, unit_card, unit_grids
 
     pages = {}
     for r in results:
         for layer, u in r.units.items():
             lr = next(x for x in r.layers if x.name == layer)
-            key = digest("unit-pictures", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+            key = digest("unit-pictures-named", CARD_TILE, u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
                          u.stuck, lr.weight, getattr(u, "inactive", None))
 
             def draw(u=u, lr=lr) -> dict:
@@ -279,6 +280,48 @@ def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str,
                 "legend": pics["legend"],
             }
     return pages
+
+
+def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
+    """Each conv filter's own pictures (filter pages) and its match at every other location.
+
+    Returns (run key, layer) -> {"tiles", "inputs", "maps": [path or None per filter],
+    "matches": per filter [{"run", "index", "sign", "score"}]}: the comparison's matching
+    (aligned through the network where it was) with |cos| in each run's own input order.
+    """
+    from reportgen.render.views import one_filter_pictures
+
+    out = {}
+    for (model, layer), items in group_layers(results).items():
+        ws = [lr.weight for _, lr in items]
+        if any(w is None or w.ndim != 4 for w in ws):
+            continue
+        shared = max(layer_scale(w) for w in ws)
+        cmp = comp.layers.get((model, layer))
+        keys = [r.run.key for r, _ in items]
+        same = len({w.shape for w in ws}) == 1 and cmp is not None and cmp.weights is not None and cmp.runs == keys
+        for b, (r, lr) in enumerate(items):
+            maps = list(lr.maps)
+            key = digest("filter-pictures", lr.weight, shared, lr.key or tuple(maps))
+            pics = cache.memo("png", key, lambda lr=lr, maps=maps: [
+                {k: encode_png(v) for k, v in p.items()} for p in one_filter_pictures(lr.weight, shared, maps)])
+            base = f"img/{r.run.key}/{slug(layer)}/filter"
+            entry = {kind: [files.add(f"{base}/{kind}_{i}.png", p[kind]) if kind in p else None
+                            for i, p in enumerate(pics)] for kind in ("tile", "inputs", "maps")}
+            entry["tiles"] = entry.pop("tile")
+            matches: list[list[dict]] = [[] for _ in pics]
+            if same:
+                others = [j for j in range(len(items)) if j != b]
+                found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b))
+                for j, (idx, sign, score) in zip(others, found):
+                    for i in range(len(pics)):
+                        if idx[i] >= 0:
+                            matches[i].append({"run": keys[j], "index": int(idx[i]), "sign": int(sign[i]),
+                                               "score": _py("", score[i])})
+            entry["matches"] = matches
+            entry["n_maps"] = sum(1 for m in maps if np.ndim(m) == 3 and len(m) == len(pics))
+            out[(r.run.key, layer)] = entry
+    return out
 
 
 def _units_json(u) -> dict:

@@ -81,6 +81,7 @@ def _load_builtin() -> None:
 
 BUILTIN: list[str] = [  # module names, in the order their pages and findings appear
     "reportgen.why.data",
+    "reportgen.why.training",
     "reportgen.why.concepts",
     "reportgen.why.importance",
 ]

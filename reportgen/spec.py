@@ -117,6 +117,10 @@ class LayerSpec(_Strict):
         return self
 
 
+# A training step of a checkpoint saved over training (the model's ``steps``).
+StepNumber = typing.Annotated[int, Field(ge=0, strict=True)]
+
+
 def _layer_list(v: Any) -> Any:
     # "conv1" is shorthand for {name: conv1}.
     if isinstance(v, list):
@@ -206,6 +210,17 @@ class ModelSpec(_Strict):
     trusted: bool = Field(
         False, description="Allow full pickle loading (can run code). Only for files you trust."
     )
+    steps: Optional[list[StepNumber] | dict[str, list[StepNumber]]] = Field(
+        None, description="Training steps of checkpoints saved over training, ascending: a list for every "
+        "location or a mapping location -> list. The path template holding '{step}' ('checkpoint', or "
+        "'step_checkpoint') gives each step's file; the last step is the run's checkpoint. Feeds the "
+        "training page (how filters, norms and dead counts evolved)."
+    )
+    step_checkpoint: Optional[str] = Field(
+        None, description="Path template with '{step}' (and '{location}') of the earlier checkpoints when "
+        "they are stored apart from 'checkpoint' (which stays the final one, the last listed step). "
+        "Step files may hold only the inspected layers' weights."
+    )
     locations: Optional[list[str]] = Field(
         None, min_length=1, description="One run per location; omit for a single run named after the model."
     )
@@ -242,6 +257,62 @@ class ModelSpec(_Strict):
         if isinstance(v, list):
             return [str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in v]
         return v
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _str_step_locations(cls, v: Any) -> Any:
+        # One clear message instead of pydantic's two (one per branch of the union).
+        def check(steps: Any, where: str) -> None:
+            if not isinstance(steps, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                       for x in steps):
+                raise ValueError(f"steps{where} must be a list of whole numbers >= 0 (training steps), "
+                                 f"got {_short(steps)}")
+        if isinstance(v, dict):
+            # YAML reads `steps: {1: [...]}` with int keys; location names are strings.
+            v = {str(k) if isinstance(k, (int, float)) and not isinstance(k, bool) else k: x for k, x in v.items()}
+            for k, x in v.items():
+                check(x, f" of '{k}'")
+        elif v is not None:
+            if not isinstance(v, list):
+                raise ValueError(f"give a list of training steps ([0, 200, 400]) or a mapping of location to "
+                                 f"such a list, got {_short(v)}")
+            check(v, "")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending_steps(cls, v: Any) -> Any:
+        for where, steps in ([("", v)] if isinstance(v, list) else [(f" of '{k}'", x) for k, x in (v or {}).items()]):
+            if not steps:
+                raise ValueError(f"the step list{where} is empty; list the steps of the saved checkpoints")
+            if any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(f"the steps{where} must be ascending with no repeats, got {_short(list(steps))}")
+        return v
+
+    @model_validator(mode="after")
+    def _step_templates(self) -> "ModelSpec":
+        in_ckpt = "{step}" in (self.checkpoint or "")
+        if self.step_checkpoint is not None:
+            if "{step}" not in self.step_checkpoint:
+                raise ValueError("'step_checkpoint' needs '{step}' in its path, e.g. runs/{location}/step_{step}.pt")
+            if in_ckpt:
+                raise ValueError("'{step}' is in both 'checkpoint' and 'step_checkpoint'; keep one template "
+                                 "with '{step}' (the checkpoint then is its last step)")
+            if self.checkpoint is None:
+                raise ValueError("'step_checkpoint' follows a 'checkpoint' over training; add 'checkpoint' "
+                                 "(the final weights)")
+        if self.steps is None and (in_ckpt or self.step_checkpoint is not None):
+            raise ValueError("the path uses '{step}' but the model lists no 'steps'; add steps: [0, 200, ...] "
+                             "(the steps of the saved checkpoints)")
+        if self.steps is not None and not in_ckpt and self.step_checkpoint is None:
+            raise ValueError("'steps' needs '{step}' in the checkpoint path (e.g. runs/{location}/step_{step}.pt) "
+                             "or a 'step_checkpoint' template with '{step}'")
+        if (self.step_checkpoint is not None and self.locations and len(self.locations) > 1
+                and "{location}" not in self.step_checkpoint):
+            raise ValueError("several locations share one 'step_checkpoint' path; put '{location}' in it")
+        if "{step}" in (self.torchscript or "") + (self.onnx or ""):
+            raise ValueError("'{step}' works in 'checkpoint' and 'step_checkpoint' only")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -412,6 +483,12 @@ class ReferenceSpec(ModelSpec):
             raise ValueError("a reference is one model: remove 'locations'")
         return self
 
+    @model_validator(mode="after")
+    def _step_templates(self) -> "ReferenceSpec":  # replaces ModelSpec's: a reference has no history
+        if self.steps is not None or self.step_checkpoint is not None or "{step}" in (self.checkpoint or ""):
+            raise ValueError("a reference is compared by its final weights: remove 'steps' and '{step}'")
+        return self
+
 
 class ReportSchema(_Strict):
     """The top level of a report spec file."""
@@ -461,6 +538,9 @@ class Run:
     layers: tuple[LayerSpec, ...]
     input: InputSpec = InputSpec()  # the model's own input, else the top-level one
     onnx: Optional[Path] = None
+    # Checkpoints saved over training (the model's ``steps``), ascending; the last is ``checkpoint``.
+    steps: tuple[int, ...] = ()
+    step_checkpoints: tuple[Path, ...] = ()
     annotations: Optional[Path] = None  # COCO-style file (reportgen.annotations), checked to exist
     extra_frames: tuple[Path, ...] = ()  # frames for the data statistics only (reportgen.why.data)
 
@@ -614,7 +694,11 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                                     f"'{location}' not found: {_rel(path)}{hint}")
                 return path
 
-            ckpt = located(model.checkpoint, "checkpoint",
+            steps, step_files = _steps_of(model, location, base, src, mkp, problems)
+            template = model.checkpoint
+            if template and "{step}" in template:
+                template = template.replace("{step}", str(steps[-1])) if steps else None
+            ckpt = located(template, "checkpoint",
                            "; check the 'checkpoint' template and the location name")
             ts = located(model.torchscript, "TorchScript file")
             onnx = located(model.onnx, "ONNX file")
@@ -640,10 +724,13 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     layers=tuple(model.layers or schema.layers),
                     input=model.input or schema.input,
                     onnx=onnx,
+                    steps=steps,
+                    step_checkpoints=step_files + ((ckpt,) if steps and ckpt else ()),
                     annotations=annotations,
                     extra_frames=tuple(_resolve_images(extra_globs, location, base, src, extra_kp, problems)),
                 )
             )
+        problems += _unknown_step_locations(model, locations, src, mkp)
     keys = [r.key for r in runs]
     for k in sorted({k for k in keys if keys.count(k) > 1}):
         problems.append(
@@ -651,6 +738,47 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
             "rename a model or a location"
         )
     return runs
+
+
+def _steps_of(model: ModelSpec, location: str, base: Path, src: Located, mkp: KeyPath,
+              problems: list[str]) -> tuple[tuple[int, ...], tuple[Path, ...]]:
+    """A location's training steps and the files of all but the last (the run's checkpoint,
+    resolved with the other checkpoints); a missing file or step list is a problem."""
+    if model.steps is None:
+        return (), ()
+    kp = mkp + ("steps",)
+    if isinstance(model.steps, dict):
+        if location not in model.steps:
+            if model.step_checkpoint is not None:
+                return (), ()  # a location without a history: its checkpoint alone
+            problems.append(f"{src.where(kp)}: {format_key_path(kp)}: location '{location}' has no steps, but "
+                            "its checkpoint path needs '{step}'; list its steps")
+            return (), ()
+        kp, steps = kp + (location,), tuple(model.steps[location])
+    else:
+        steps = tuple(model.steps)
+    template = model.step_checkpoint or model.checkpoint or ""
+    files = []
+    for step in steps[:-1]:
+        path = base / template.replace("{location}", location).replace("{step}", str(step))
+        if not path.is_file():
+            problems.append(f"{src.where(kp)}: {format_key_path(kp)}: checkpoint of step {step} for location "
+                            f"'{location}' not found: {_rel(path)}; check the steps and the '{{step}}' template")
+        files.append(path)
+    return steps, tuple(files)
+
+
+def _unknown_step_locations(model: ModelSpec, locations: list[str], src: Located, mkp: KeyPath) -> list[str]:
+    if not isinstance(model.steps, dict):
+        return []
+    out = []
+    for name in model.steps:
+        if name not in locations:
+            close = difflib.get_close_matches(name, locations, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"locations are: {', '.join(locations)}"
+            kp = mkp + ("steps", name)
+            out.append(f"{src.where(kp)}: {format_key_path(kp)}: no location '{name}'; {hint}")
+    return out
 
 
 def _resolve_images(globs: list[str], location: str, base: Path, src: Located,

@@ -34,8 +34,10 @@ def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("site")
     docs = tmp / "docs"
     shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
+    # REPORTGEN_SITE_CACHE: a cache kept between runs (make screenshots, a reviewer's reruns)
+    cache = Path(os.environ.get("REPORTGEN_SITE_CACHE") or tmp / "cache")
     for spec in ("towncenter.yaml", "edges.yaml", "colour_mlp.yaml"):
-        build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=tmp / "cache")
+        build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=cache)
     proc = mkdocs_strict(docs, tmp)
     assert proc.returncode == 0, proc.stderr
     return tmp / "site"
@@ -141,11 +143,15 @@ def test_site_in_a_real_browser(server):
 # for a reviewer: `make screenshots`, and CI leaves the folder behind).
 SCREENSHOTS = Path(os.environ.get("REPORTGEN_SCREENSHOTS", ROOT / "screenshots"))
 PAGE_KINDS = {
-    "home": "towncenter/", "location": "towncenter/locations/loc08/", "layer": "towncenter/layers/conv1/",
+    "root": "", "home": "towncenter/", "location": "towncenter/locations/loc08/", "layer": "towncenter/layers/conv1/",
     "units": "towncenter/units/loc01/conv2/", "stages": "towncenter/stages/", "trace": "colour-mlp/trace/colourmlp/",
+    "filter": "towncenter/filters/loc08/conv1/", "filter-units": "towncenter/filters/loc01/conv2/",
     "edges": "edges/locations/edgenet/", "dense": "colour-mlp/locations/colourmlp/",
 }
 WIDTHS = (1400, 390)
+MAX_SHOT_PX = 8000  # a filter page is 64 sections long: its screenshot keeps the top (grid and first filters)
+EXAMPLES = {"towncenter": "TownCentre scene-specific networks", "edges": "Hand-made edge filters",
+            "colour-mlp": "Black or white text? A 3-5-2-1 network, number by number"}
 
 # Rendered size, in CSS px, of one tile of a picture: the first run of non-white pixels
 # along a row through the middle of its first row of tiles, scaled by how the page shows it.
@@ -211,7 +217,9 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
                 for kind, path in PAGE_KINDS.items():
                     page.goto(f"{server}/{path}")
                     assert _all_images_load(page) == [], (kind, width)
-                    page.screenshot(path=str(SCREENSHOTS / f"{kind}-{width}.png"), full_page=True)
+                    height = page.evaluate("document.documentElement.scrollHeight")
+                    page.screenshot(path=str(SCREENSHOTS / f"{kind}-{width}.png"), full_page=True,
+                                    clip={"x": 0, "y": 0, "width": width, "height": min(height, MAX_SHOT_PX)})
                     text = page.locator("article").inner_text()
                     assert "\\_" not in text and "\\*" not in text, (kind, "a Markdown escape shows")
                     if width < 500:
@@ -229,6 +237,22 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
                     page.goto(f"{server}/towncenter/layers/conv1/")
                     _all_images_load(page)
                     assert _tile_css_px(site, page, 'img[src$="loc01/conv1/filters_per_layer.png"]') >= 48
+                    # the filter view: the linked tile grid at 48 px, the filter itself large, its maps
+                    page.goto(f"{server}/towncenter/filters/loc08/conv1/")
+                    _all_images_load(page)
+                    grid_tile = page.locator('a[href="#filter-5"] img').first
+                    assert grid_tile.bounding_box()["width"] >= 48 - 0.5
+                    assert page.locator("#filter-5 ~ p img").first.bounding_box()["width"] >= 96
+                    assert _tile_css_px(site, page, 'img[src$="filter/maps_5.png"]') >= 96
+                    grid_tile.click()
+                    page.wait_for_url("**/filters/loc08/conv1/#filter-5")
+                    page.goto(f"{server}/towncenter/units/loc01/conv2/")
+                    _all_images_load(page)
+                    card = page.locator('img[src$="units/unit_0.png"]').first
+                    natural = card.evaluate("i => i.naturalWidth")
+                    # a card's tiles are CARD_TILE CSS px, in 2 CSS px frames, drawn at DENSITY
+                    from reportgen.render.units import CARD_TILE
+                    assert card.bounding_box()["width"] / natural * 2 * (CARD_TILE + 4) >= 48 + 4 - 0.5
                     page.goto(f"{server}/colour-mlp/locations/colourmlp/")
                     _all_images_load(page)
                     _show_all_tabs(page)
@@ -253,6 +277,44 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
             assert errors == [], errors
         finally:
             browser.close()
+
+
+def test_every_filter_links_to_its_story(site):
+    """Each filter of a location's statistics table and of its filter page's tile grid links
+    to a section of its own that holds its weights, its match at every other location
+    (by the comparison's matching in report.json) and its feature maps."""
+    import json
+
+    report = json.loads((site / "towncenter" / "report.json").read_text())
+    cmp = next(c for c in report["comparisons"] if c["layer"] == "conv1")
+    pair = next(m for m in cmp["weight_matching"] if m["a"] == "loc01" and m["b"] == "loc08")
+    page = (site / "towncenter/filters/loc01/conv1/index.html").read_text()
+    loc_page = (site / "towncenter/locations/loc01/index.html").read_text()
+    for i in (0, 17, 63):
+        assert f'href="../../filters/loc01/conv1/#filter-{i}"' in loc_page
+        assert f'href="#filter-{i}"' in page  # the tile grid
+        section = page[page.index(f'id="filter-{i}"'):]
+        section = section[:section.index('id="filter-', 10)] if i < 63 else section
+        assert f"filter/tile_{i}.png" in section and f"filter/maps_{i}.png" in section
+        j = pair["b_index"][i]
+        assert f'href="../../loc08/conv1/#filter-{j}"' in section, (i, j)
+        others = set(re.findall(r'href="\.\./\.\./(loc\d+)/conv1/#filter-\d+"', section))
+        assert others == set(cmp["runs"]) - {"loc01"}  # every other location
+
+
+def test_navigation_names_reports_by_title(site):
+    """The sidebar says each example's title, and the docs home links every example."""
+    import html as html_lib
+
+    home = html_lib.unescape((site / "index.html").read_text())
+    nav = home[home.index('<nav class="md-nav md-nav--primary"'):]
+    for folder, title in EXAMPLES.items():
+        label = re.compile(rf'<a href="{folder}/" class="md-nav__link[^"]*">\s*<span class="md-ellipsis">\s*'
+                           + re.escape(title))
+        assert label.search(nav), title  # a link of its own in the sidebar, labelled with the title
+        assert f'href="{folder}/"' in home[:home.index('<nav class="md-nav md-nav--primary"')] or \
+            f'<a href="{folder}/">{title}</a>' in home  # and in the docs home's text
+    assert "Towncenter" not in nav and "Colour mlp" not in nav
 
 
 # --------------------------------------------------------------------------- files and names
@@ -367,3 +429,145 @@ def test_legitimate_markdown_of_the_description_survives(hostile_site):
     assert '<a href="../">home</a>' in text or '<a href="../index.html">home</a>' in text
     # the hostile parts show as text
     assert "javascript:alert(1)" in text and "onmouseover" in text
+
+
+# --------------------------------------------------------------------------- filter and unit views
+
+TINY_UNITS = SPEC + "analyses:\n  units: {layers: [conv2], steps: 2, fourier_steps: 2, top_n: 2, maximise: plain}\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_site(tmp_path_factory):
+    """The tiny report with unit views of conv2 at its first location, built with the
+    minimal mkdocs.yml of `reportgen init` (every broken link or anchor fails --strict)."""
+    from tests.conftest import make_project
+    from tests.sites import strict_lone_site
+
+    tmp = tmp_path_factory.mktemp("tinysite")
+    project = make_project(tmp / "project")
+    build(write_spec(project, TINY_UNITS), tmp / "docs", device="cpu", cache_dir=None)
+    proc = strict_lone_site(tmp / "docs", tmp)
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "docs" / "tiny", tmp / "site" / "tiny"
+
+
+def test_filter_pages_are_paged_by_64():
+    from reportgen.pages import filter_page
+
+    assert filter_page("loc01", "conv1", 0) == "filters/loc01/conv1.md#filter-0"
+    assert filter_page("loc01", "conv1", 63) == "filters/loc01/conv1.md#filter-63"
+    assert filter_page("loc01", "features.3", 64) == "filters/loc01/features.3-2.md#filter-64"
+    assert filter_page("loc01", "conv1", 200) == "filters/loc01/conv1-4.md#filter-200"
+
+
+def test_one_filter_pictures_against_numpy():
+    """The tile is the filter on the shared scale (0.5 + 0.5 w / s), enlarged by whole pixels;
+    the map row is channel i of each image on that image's scale (viridis on [0, max])."""
+    import matplotlib
+    import numpy as np
+
+    from reportgen.render.views import FILTER_LARGE_CSS, MAP_CSS, one_filter_pictures
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 5, 5))
+    s = 2 * np.abs(w).max()
+    maps = [np.abs(rng.normal(size=(4, 6, 8))) for _ in range(2)]
+    pics = one_filter_pictures(w, s, maps)
+    assert len(pics) == 4
+    tile = np.asarray(pics[2]["tile"])
+    up = tile.shape[0] // 5
+    assert tile.shape == (5 * up, 5 * up, 3) and up * 5 >= 2 * FILTER_LARGE_CSS
+    expect = np.round(np.clip(0.5 + 0.5 * w[2] / s, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    assert np.abs(tile[::up, ::up].astype(int) - expect).max() <= 1
+    row = np.asarray(pics[2]["maps"])
+    k = -(-2 * MAP_CSS // 8)  # whole-pixel factor for an 8-px-wide map at 96 CSS px, 2x density
+    assert row.shape[0] == 6 * k
+    viridis = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
+    for j, m in enumerate(maps):
+        want = np.round(viridis[np.round(m[2] / m.max() * 255).astype(int)] * 255)
+        x0 = j * (8 * k + 8)  # maps side by side with a 4 CSS px gap
+        got = row[::k, x0:x0 + 8 * k:k].astype(int)
+        assert np.abs(got - want).max() <= 1, j
+    assert pics[2]["inputs"].shape[1] > 0  # R, G, B kernels
+
+
+def test_filter_sections_match_the_hungarian_assignment(tiny_site):
+    """conv1 has no layer below it, so its matching is the plain optimal assignment of |cos|:
+    scipy's, on numpy's cosines, names the same filter and the same |cos| on the page."""
+    import json
+
+    import numpy as np
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    report_dir, site_dir = tiny_site
+    project = report_dir.parents[1] / "project"
+    w = {loc: torch.load(project / "ckpt" / f"{loc}.pt")["state_dict"]["conv1.weight"].numpy().reshape(4, -1)
+         for loc in "abc"}
+    key = json.loads((report_dir / "report.json").read_text())["runs"][0]["key"]
+    text = (report_dir / "filters" / key / "conv1.md").read_text()
+    for other in ("b", "c"):
+        okey = key[:-1] + other
+        a, b = w["a"], w[other]
+        cos = np.abs((a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T)
+        rows, cols = linear_sum_assignment(-cos)
+        for i, j in zip(rows, cols):
+            section = text[text.index(f"{{ #filter-{i} }}"):].splitlines()
+
+            def cells(head: str) -> list[str]:
+                row = next(ln for ln in section if ln.startswith(head))
+                return [c.strip() for c in row.strip(" |").split(" | ")][1:]
+
+            col = [c.split("]")[0].lstrip("[") for c in cells("| Matched at")].index(okey)
+            assert cells("| **Filter**")[col].startswith(f"[{j}](../../filters/{okey}/conv1.md#filter-{j})"), (i, j)
+            assert cells("| **\\|cos\\|**")[col] == f"{cos[i, j]:.2g}", (i, j, cos[i, j])
+    html = (site_dir / "filters" / key / "conv1" / "index.html").read_text()
+    assert html.count('href="#filter-') >= 4 and 'id="filter-3"' in html
+
+
+def test_unit_page_opens_with_units_ranked_by_activation(tiny_site):
+    import json
+
+    report_dir, _ = tiny_site
+    report = json.loads((report_dir / "report.json").read_text())
+    run = report["runs"][0]
+    units = next(lay for lay in run["layers"] if lay["name"] == "conv2")["units"]["units"]
+    text = (report_dir / "units" / run["key"] / "conv2.md").read_text()
+    overview = text[text.index("## Units ranked"):text.index("## All units")]
+    shown = [int(m) for m in re.findall(r"\| \d+ \| \[unit (\d+)\]\(#unit-\d+\)", overview)]
+    active = [u for u in units if u["max_activation"] is not None]
+    assert shown == [u["index"] for u in sorted(active, key=lambda u: -u["max_activation"])]
+    assert "### Unit 0 { #unit-0 }" in text and "[back to the ranking](#overview)" in text
+    # a card names its tiles: the legend explains every name drawn on it
+    for name in ("weights", "max. plain", "feature", "crop 1"):
+        assert f"*{name}*" in text
+
+
+def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
+    """Room for an optional best concept per unit (``concept``, ``concept_iou``)."""
+    import json
+
+    from reportgen.pages import _env
+
+    report_dir, _ = tiny_site
+    report = json.loads((report_dir / "report.json").read_text())
+    run = report["runs"][0]
+    lay = next(x for x in run["layers"] if x["name"] == "conv2")
+    lay["units"]["units"][1].update(concept="stripes", concept_iou=0.31)
+    text = _env().get_template("units.md.j2").render(
+        run=run, lay=lay, pics={"grids": {}, "cards": ["c.png"] * 8, "legend": []}, report=report,
+        layer_page=lambda m, l: "layers/x.md", has_filter_page=lambda k, l: False, filter_page=None,
+        unit_flags=lambda u, f: [])
+    assert "Concept (IoU)" in text and "stripes (0.31)" in text and "concept **stripes** (IoU 0.31)" in text
+
+
+def test_a_build_gives_a_site_without_a_home_page_one(project, tmp_path):
+    """`reportgen build` into docs without an index.md writes one listing every report by its
+    title, so the site's root is not a 404; a home page of the user's own is left alone."""
+    docs = tmp_path / "docs"
+    args = ["build", str(write_spec(project)), "--docs-dir", str(docs), "--no-cache", "--device", "cpu", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert "- [Tiny report](tiny/index.md)" in (docs / "index.md").read_text()
+    (docs / "index.md").write_text("# Mine\n")
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert (docs / "index.md").read_text() == "# Mine\n"

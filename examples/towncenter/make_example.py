@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -495,8 +496,13 @@ def evaluate(model: SceneNet, images: torch.Tensor, targets: torch.Tensor) -> di
     return {k: float(v) for k, v in losses.items()}
 
 
-def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dict]:
-    """Render a location's scenes and train one SceneNet on them according to ``plan``."""
+def train_location(name: str, plan: TrainPlan, seed: int,
+                   on_step: Callable[[int, SceneNet], None] | None = None) -> tuple[SceneNet, dict]:
+    """Render a location's scenes and train one SceneNet on them according to ``plan``.
+
+    ``on_step(step, model)`` is called with the initial weights (step 0) and after every
+    optimiser step; it must not change the model (make_trajectories.py saves snapshots).
+    """
     rng = np.random.default_rng(seed)
     images, targets = build_dataset(LOCATIONS[name], N_TRAIN, rng)
     val_images, val_targets = build_dataset(LOCATIONS[name], N_VAL, rng)
@@ -507,7 +513,9 @@ def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dic
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / plan.steps)))
     recent: dict[str, list[float]] = {"det": [], "seg": [], "pose": []}
-    for _ in range(plan.steps):
+    if on_step is not None:
+        on_step(0, model)
+    for step in range(1, plan.steps + 1):
         idx = torch.randint(N_TRAIN, (BATCH,))
         x, t = flip_batch(normalise(images[idx]), targets[idx], torch.rand(BATCH) < 0.5)
         losses = task_losses(model(x), t)
@@ -518,6 +526,8 @@ def train_location(name: str, plan: TrainPlan, seed: int) -> tuple[SceneNet, dic
         sched.step()
         for k, v in losses.items():
             recent[k] = (recent[k] + [v.item()])[-20:]
+        if on_step is not None:
+            on_step(step, model)
     stats = {
         "train": {k: float(np.mean(v)) for k, v in recent.items()},  # mean of the last 20 steps
         "val": evaluate(model, val_images, val_targets),

@@ -122,6 +122,64 @@ def layer_page(model: str, layer: str, multi: bool) -> str:
     return f"layers/{model}/{slug(layer)}.md" if multi else f"layers/{slug(layer)}.md"
 
 
+FILTERS_PER_PAGE = 64  # sections per filter page: a layer of 512 filters gets 8 pages
+
+
+def filter_page(run: str, layer: str, index: int) -> str:
+    """Link from the report root to filter ``index``'s section on its run's filter pages:
+    ``filters/<run>/<layer>.md#filter-<index>`` for filters 0-63, then ``<layer>-2.md``, ...
+    (``<layer>``: names.slug of the module name)."""
+    part = index // FILTERS_PER_PAGE
+    return f"filters/{run}/{slug(layer)}{'' if part == 0 else f'-{part + 1}'}.md#filter-{index}"
+
+
+def filter_flags(lay: dict) -> list[list[str]]:
+    """Per filter of a report.json layer, its health flags in words (empty: healthy)."""
+    fs, cs = lay.get("filters", []), lay.get("channels", [])
+    out = []
+    for i in range(max(len(fs), len(cs))):
+        f = fs[i] if i < len(fs) else {}
+        c = cs[i] if i < len(cs) else {}
+        flags = [name for key, name in (("dead", "dead"), ("nonfinite", "NaN/Inf")) if f.get(key)]
+        if f.get("duplicate_of") is not None:
+            flags.append(f"≈ {f['duplicate_of']}")
+        if c.get("never_active"):
+            flags.append("never active")
+        if c.get("saturated"):
+            flags.append("saturated")
+        out.append(flags)
+    return out
+
+
+def unit_flags(u: dict, low_fit: float) -> list[str]:
+    """A unit's flags in words (report.json ``units.units[i]``): never active, stuck, low fit."""
+    flags = ["never active"] if u.get("inactive") else []
+    if u.get("stuck"):
+        flags.append("stuck")
+    if u.get("fidelity") is not None and u["fidelity"] < low_fit:
+        flags.append("low fit")
+    return flags
+
+
+def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ctx: dict) -> dict[str, str]:
+    """The filter pages of every (run, layer) with per-filter pictures (see filter_page)."""
+    pages = {}
+    for (key, layer), pics in filter_pics.items():
+        run = next(r for r in runs if r["key"] == key)
+        lay = next(x for x in run["layers"] if x["name"] == layer)
+        n = len(pics["tiles"])
+        n_pages = -(-n // FILTERS_PER_PAGE)
+        for p in range(n_pages):
+            first, last = p * FILTERS_PER_PAGE, min(n, (p + 1) * FILTERS_PER_PAGE) - 1
+            path = filter_page(key, layer, first).partition("#")[0]
+            pages[path] = env.get_template("filters.md.j2").render(
+                run=run, lay=lay, pics=pics, units=unit_pages.get((key, layer)), first=first, last=last,
+                page_no=p, n_pages=n_pages, n_filters=n, per_page=FILTERS_PER_PAGE, cols=8,
+                flags=filter_flags(lay), root="../../", map_images=run["images"][:pics.get("n_maps", 0)],
+                tiles_of=lambda other, layer=layer: filter_pics[(other, layer)]["tiles"], **ctx)
+    return pages
+
+
 # ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
 _LAZY_IMAGE = re.compile(r"(!\[[^\]\n]*\]\(([^)\s]+)\))\{ loading=lazy(?=[ }])(?![^}\n]*\bwidth=)")
 
@@ -156,7 +214,8 @@ def page_style() -> str:
 def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], dict[str, str]],
                  layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]],
                  shared_inputs: dict[str, list[str]], unit_pages: dict | None = None,
-                 cross_imgs: dict[str, str] | None = None, widths: dict[str, int] | None = None) -> dict[str, str]:
+                 cross_imgs: dict[str, str] | None = None, widths: dict[str, int] | None = None,
+                 filter_pics: dict | None = None) -> dict[str, str]:
     """All Markdown pages of a report, keyed by path relative to the report directory.
 
     images: (run key, layer) -> {view name: path relative to the report directory};
@@ -164,7 +223,8 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     stage strips. layer_imgs: (model, layer) -> kind -> [(model, path)] for charts and
     comparisons. shared_inputs: model -> the shared images shown on the stages page.
     cross_imgs: "modelA|modelB" -> the cross-model CKA heatmap. widths:
-    image path -> the CSS width it is drawn for (see ``size_images``).
+    image path -> the CSS width it is drawn for (see ``size_images``). filter_pics:
+    (run key, layer) -> each filter's pictures and matches (assemble._filter_pictures).
     """
     env = _env()
     runs = report["runs"]
@@ -192,6 +252,10 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "unit_pages": {f"{k}|{layer}": v for (k, layer), v in (unit_pages or {}).items()},
         "cross_imgs": cross_imgs or {},
         "model_comparisons": report.get("model_comparisons", []),
+        "filter_page": filter_page,
+        "unit_flags": unit_flags,
+        "has_filter_page": lambda key, layer: (key, layer) in (filter_pics or {}),
+        "filter_tiles": {f"{k}|{layer}": v["tiles"] for (k, layer), v in (filter_pics or {}).items()},
     }
     pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
              "findings.md": env.get_template("findings.md.j2").render(**ctx),
@@ -220,6 +284,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         lay = next(x for x in run["layers"] if x["name"] == layer)
         pages[f"units/{key}/{slug(layer)}.md"] = env.get_template("units.md.j2").render(
             run=run, lay=lay, pics=pics, **ctx)
+    pages.update(_filter_pages(env, runs, filter_pics or {}, unit_pages or {}, ctx))
     if ctx["has_stages"]:
         pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
     if ctx["model_comparisons"]:

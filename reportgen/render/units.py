@@ -9,7 +9,7 @@ from reportgen.render import tiles as T
 from reportgen.render.colour import DENSITY, at_density, fit_width, to_uint8
 from reportgen.render.views import LABEL_PX, MARGIN, MAX_WIDTH
 
-CARD_TILE = 64  # px per tile on a unit card
+CARD_TILE = 48  # CSS px per tile on a unit card (drawn at DENSITY)
 # Fill of the tiles a unit has no picture for (never active: no crops, no
 # feature, nothing to project; or fewer separate crops than top_n). Plain grey,
 # not the NaN colour, so it reads as "nothing here" rather than "broken".
@@ -89,15 +89,46 @@ def _fit(img: np.ndarray) -> np.ndarray:
     return fit_width(at_density(img, DENSITY), MAX_WIDTH)
 
 
+# Names drawn above the tiles of a unit card (short: a tile is CARD_TILE CSS px wide).
+CARD_NAMES = {"maximise_plain": "max. plain", "maximise_fourier": "max. reg.", "decoded": "decoded",
+              "neuron_feature": "feature", "deconvnet": "deconv", "guided_backprop": "guided"}
+
+
 def unit_card(u, i: int, weight_tile: np.ndarray | None) -> np.ndarray:
     """One unit in one row: weights, decoded filter, maximisation images, neuron feature,
-    deconvnet, guided backprop, a gap, then its top-activating crops. (H, W, 3) uint8."""
+    deconvnet, guided backprop; below them its top-activating crops; each tile named in
+    a band above it. Drawn at DENSITY px per CSS px: (H, W, 3) uint8 Picture."""
+    views = unit_tiles(u)
     tiles = [] if weight_tile is None else [weight_tile]
-    tiles += [t[i] for t in unit_tiles(u).values()]
-    tiles.append(np.full((4, 4, 3), 255, dtype=np.uint8))
-    tiles += list(_crop_tiles(u.patches[i]))
-    resized = [np.asarray(Image.fromarray(t).resize((CARD_TILE, CARD_TILE), Image.Resampling.NEAREST)) for t in tiles]
-    return T.grid(np.stack(resized), ncols=len(resized), margin=2)
+    names = [] if weight_tile is None else ["weights"]
+    tiles += [t[i] for t in views.values()]
+    names += [CARD_NAMES.get(v, v) for v in views]
+    crops = list(_crop_tiles(u.patches[i]))
+    side = CARD_TILE * DENSITY
+    parts = []
+    for row_tiles, row_names in ((tiles, names), (crops, [f"crop {k + 1}" for k in range(len(crops))])):
+        if not row_tiles:
+            continue
+        big = [np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST)) for t in row_tiles]
+        row = T.grid(np.stack(big), ncols=len(big), margin=2 * DENSITY)
+        parts += [_name_band(row_names, side + 4 * DENSITY, row.shape[1]), row]
+    width = max(p.shape[1] for p in parts)
+    parts = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
+    return at_density(np.concatenate(parts, axis=0))
+
+
+def _name_band(names: list[str], cell: int, width: int) -> np.ndarray:
+    """A white band with ``names[k]`` in dark grey above column k (cells ``cell`` px wide)."""
+    from PIL import ImageDraw, ImageFont
+
+    font_px = 10 * DENSITY
+    band = Image.new("RGB", (width, font_px + 4 * DENSITY), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    font = ImageFont.load_default(size=font_px)
+    for k, name in enumerate(names):
+        if name:
+            draw.text((k * cell + 2 * DENSITY, DENSITY), name, fill=(40, 40, 40), font=font)
+    return np.asarray(band)
 
 
 def card_legend(u, with_weights: bool) -> list[str]:

@@ -105,20 +105,69 @@ def activation_grid(maps: np.ndarray, target_px: int = MAP_CSS) -> tuple[np.ndar
     if maps.ndim == 1:
         maps = maps[:, None, None]
     order = rank_channels(maps)
-    ranked = maps[order]
-    finite = ranked[np.isfinite(ranked)]
-    lo = float(finite.min()) if finite.size else 0.0
-    hi = float(finite.max()) if finite.size else 0.0
-    if lo < 0:
-        x01, cmap = T.per_layer(ranked), "RdBu_r"
-    else:
-        x01, cmap = (ranked / hi if hi > 0 else np.where(np.isfinite(ranked), 0.0, np.nan)), "viridis"
     h, w = maps.shape[1:]
     up = T.upscale_for(max(h, w), target_px if h * w > 1 else 24)
     cols = T.fit_columns(len(maps), w * up + 2 * MARGIN, MAX_WIDTH)
-    img = T.grid(apply_lut(x01, cmap), ncols=cols, upscale=up, margin=MARGIN,
+    img = T.grid(coloured_maps(maps)[order], ncols=cols, upscale=up, margin=MARGIN,
                  labels=[str(int(i)) for i in order], font_px=LABEL_PX)
     return _fit(img), order
+
+
+def coloured_maps(maps: np.ndarray) -> np.ndarray:
+    """(C, H, W) feature maps of one image -> (C, H, W, 3) uint8 on one colour scale for
+    all channels: viridis on [0, max] for non-negative maps, else RdBu symmetric around 0."""
+    maps = np.asarray(maps, dtype=np.float64)
+    finite = maps[np.isfinite(maps)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 0.0
+    if lo < 0:
+        return apply_lut(T.per_layer(maps), "RdBu_r")
+    return apply_lut(maps / hi if hi > 0 else np.where(np.isfinite(maps), 0.0, np.nan), "viridis")
+
+
+FILTER_LARGE_CSS = 128  # CSS px of one filter on its own section (tables show it at 48)
+
+
+def _nearest(tile: np.ndarray, css: int) -> np.ndarray:
+    """(h, w, 3) uint8 enlarged by whole pixels to at least ``css`` CSS px at DENSITY."""
+    up = T.upscale_for(max(tile.shape[:2]), css)
+    return tile.repeat(up, axis=0).repeat(up, axis=1)
+
+
+def one_filter_pictures(w: np.ndarray, scale: float, maps: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The pictures of each filter's own section (the filter pages), drawn at DENSITY.
+
+    w: (N, C, kh, kw) conv weights; scale: the layer's shared symmetric scale; maps: per
+    test image (C_out, H, W) feature maps (C_out = N). Per filter:
+    ``tile``: the filter alone (RGB, or the mean over inputs in grey; 0 is mid grey) at
+    FILTER_LARGE_CSS; ``inputs``: its kernel for each input channel (up to
+    MAX_CHANNEL_COLUMNS), grey on the shared scale, when it has more than one;
+    ``maps``: its feature map on each image, left to right, MAP_CSS tall, coloured on the
+    same scale as that image's activation grid (so a weak channel looks weak here too).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    n, c, kh, kw = w.shape
+    tiles = filter_tiles(w, scale)
+    cc = min(c, MAX_CHANNEL_COLUMNS)
+    per_input = T.mapped_tiles(T.per_layer(w[:, :cc], scale).reshape(n * cc, kh, kw), "gray") if c > 1 else None
+    up_in = T.upscale_for(max(kh, kw), 64 if cc <= 4 else 24)
+    cols_in = T.fit_columns(cc, kw * up_in + 2 * MARGIN, MAX_WIDTH, ncols=min(cc, 16))
+    coloured = [coloured_maps(m) for m in maps if np.ndim(m) == 3 and len(m) == n]
+    gap = None
+    out = []
+    for i in range(n):
+        pics = {"tile": at_density(_nearest(tiles[i], FILTER_LARGE_CSS))}
+        if per_input is not None:
+            pics["inputs"] = at_density(T.grid(per_input[i * cc:(i + 1) * cc], ncols=cols_in, upscale=up_in,
+                                               margin=MARGIN))
+        if coloured:
+            row = [_nearest(cm[i], MAP_CSS) for cm in coloured]
+            gap = np.full((row[0].shape[0], 4 * DENSITY, 3), 255, np.uint8) if gap is None else gap
+            if all(r.shape[0] == row[0].shape[0] for r in row):
+                joined = np.concatenate([p for r in row for p in (r, gap)][:-1], axis=1)
+                pics["maps"] = _fit(joined)
+        out.append(pics)
+    return out
 
 
 def filter_tiles(w: np.ndarray, scale: float) -> np.ndarray:
