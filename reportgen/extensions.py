@@ -79,7 +79,9 @@ def _load_builtin() -> None:
         importlib.import_module(mod)
 
 
-BUILTIN: list[str] = [  # module names, e.g. "reportgen.why.data"
+BUILTIN: list[str] = [  # module names, in the order their pages and findings appear
     "reportgen.why.data",
     "reportgen.why.training",
+    "reportgen.why.concepts",
+    "reportgen.why.importance",
 ]

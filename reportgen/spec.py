@@ -427,6 +427,27 @@ class UnitsOptions(_Strict):
     seed: int = 0
 
 
+class ConceptOptions(_Strict):
+    """Concept labels of units from the spec's annotations (docs/reference/methods.md#concept-labels)."""
+
+    layers: list[str] = Field(default_factory=list, description="Layers whose units are dissected (default: none, "
+                              "the analysis is off). Needs 'annotations'.")
+    locations: Optional[list[str]] = Field(None, description="Runs to dissect (default: every run).")
+    quantile: float = Field(0.005, gt=0, lt=1, description="Top quantile of each unit's activations, over all "
+                            "positions of all annotated images, that counts as the unit firing.")
+    iou: float = Field(0.04, gt=0, le=1, description="IoU from which a unit detects its best concept.")
+
+
+class ImportanceOptions(_Strict):
+    """Causal importance of units by ablation (docs/reference/methods.md#unit-importance)."""
+
+    layers: list[str] = Field(default_factory=list, description="Layers whose units are ablated one at a time "
+                              "(default: none, the analysis is off).")
+    locations: Optional[list[str]] = Field(None, description="Runs to ablate (default: every run).")
+    max_units: int = Field(64, ge=1, description="Units ablated per layer (the first ones): one forward pass "
+                           "over the run's images per unit.")
+
+
 class TraceOptions(_Strict):
     """Numeric trace of a small dense network on one batch."""
 
@@ -442,6 +463,8 @@ class AnalysesSpec(_Strict):
     gabor: GaborOptions = GaborOptions()
     units: UnitsOptions = UnitsOptions()
     trace: TraceOptions = TraceOptions()
+    concepts: ConceptOptions = ConceptOptions()
+    importance: ImportanceOptions = ImportanceOptions()
 
 
 class ReferenceSpec(ModelSpec):
@@ -566,18 +589,22 @@ def spec_from_source(src: Located, path: Path, collect: list[str] | None = None)
     problems: list[str] = []
     runs = _expand_runs(schema, base, src, problems)
     reference = _reference_run(schema, base, src, problems, runs)
-    units = schema.analyses.units
     layer_names = {ls.name for m in schema.models for ls in (m.layers or schema.layers)}
-    for i, name in enumerate(units.layers):
-        if name not in layer_names:
-            problems.append(f"{src.where(('analyses', 'units', 'layers', i))}: analyses.units.layers[{i}]: "
-                            f"'{name}' is not among the inspected layers; add it to 'layers' first")
-    for i, name in enumerate(units.locations or []):
-        if name not in {r.key for r in runs}:
-            close = difflib.get_close_matches(name, [r.key for r in runs], n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
-            problems.append(f"{src.where(('analyses', 'units', 'locations', i))}: "
-                            f"analyses.units.locations[{i}]: no run '{name}'; {hint}")
+    for section in ("units", "concepts", "importance"):
+        opts = getattr(schema.analyses, section)
+        for i, name in enumerate(opts.layers):
+            if name not in layer_names:
+                problems.append(f"{src.where(('analyses', section, 'layers', i))}: analyses.{section}.layers[{i}]: "
+                                f"'{name}' is not among the inspected layers; add it to 'layers' first")
+        for i, name in enumerate(opts.locations or []):
+            if name not in {r.key for r in runs}:
+                close = difflib.get_close_matches(name, [r.key for r in runs], n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "use one of the run names"
+                problems.append(f"{src.where(('analyses', section, 'locations', i))}: "
+                                f"analyses.{section}.locations[{i}]: no run '{name}'; {hint}")
+    if schema.analyses.concepts.layers and not any(r.annotations for r in runs):
+        problems.append(f"{src.where(('analyses', 'concepts', 'layers'))}: analyses.concepts.layers: concept labels "
+                        "need annotations of the images; add 'annotations: <COCO-style JSON>' to the spec")
     if schema.analyses.trace.batch and not (base / schema.analyses.trace.batch).is_file():
         problems.append(f"{src.where(('analyses', 'trace', 'batch'))}: analyses.trace.batch: file not found: "
                         f"{_rel(base / schema.analyses.trace.batch)}")

@@ -1,0 +1,194 @@
+"""Causal importance of units: zero one channel, measure how much each output changes.
+
+Ablating unit k of a layer sets channel k of the layer's output to zero for the rest
+of the forward pass (a forward hook; the hook is removed on exit, also after an
+exception). The effect on an output head is its relative L2 change,
+||y_ablated - y|| / ||y|| per image, averaged over the images (images where the head's
+output is all zero are left out). A forward that returns a tuple, list or dict of
+tensors has one head per element; a plain tensor is the head "output".
+
+Several units are ablated in one forward pass: the images are repeated once per unit
+and each copy zeroes its own unit, in batches of at most ``batch_images`` that also hold the images unablated, the
+baseline each ablation is compared with. When torch.fx
+can trace the model and the layer is called once, only the part of the network after the
+layer is run again (the layer's output is computed once and fed to that *tail*);
+otherwise every pass runs the whole model with the zeroing hook.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from reportgen.capture import inference
+
+
+@dataclass(frozen=True)
+class Ablation:
+    heads: tuple[str, ...]  # H output names
+    units: np.ndarray  # (U,) int: the channels ablated
+    effect: np.ndarray  # (U, H) mean relative L2 change of each head's output
+
+    @property
+    def overall(self) -> np.ndarray:
+        """(U,) the mean over heads: relative changes are scale-free, so heads weigh alike."""
+        return self.effect.mean(axis=1) if self.effect.size else np.zeros(len(self.units))
+
+
+def output_heads(out: object) -> dict[str, torch.Tensor]:
+    """A model's output as named tensors: dict keys, tuple/list positions, or 'output'."""
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, dict):
+        items = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        items = []
+    heads = {k: v for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if not heads:
+        raise TypeError(f"the model returned {type(out).__name__} without floating-point tensors to compare")
+    return heads
+
+
+@contextmanager
+def zeroed(model: nn.Module, layer: str, channels: list[int] | torch.Tensor, group: int) -> Iterator[None]:
+    """While active, the output of module ``layer`` has channel ``channels[j]`` set to zero in
+    samples ``j * group`` to ``(j + 1) * group - 1`` (one ablated unit per block of ``group``
+    samples); a channel of -1 ablates nothing in its block."""
+    module = dict(model.named_modules())[layer]
+    chans = torch.as_tensor(channels, dtype=torch.long)
+
+    def hook(mod: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"layer '{layer}' returned {type(output).__name__}, not a tensor")
+        keep = torch.ones(output.shape[:2], dtype=output.dtype, device=output.device)
+        rows = torch.arange(len(chans) * group, device=output.device)
+        cols = chans.to(output.device).repeat_interleave(group)
+        live = cols >= 0
+        keep[rows[live], cols[live]] = 0
+        return output * keep.reshape(*keep.shape, *([1] * (output.ndim - 2)))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def tail_after(model: nn.Module, layer: str):
+    """The network after ``layer``: a GraphModule ``f(x, layer_output)`` computing the model's
+    output from the layer's output (and the input, where a skip connection reads it), or None
+    when torch.fx cannot trace the model or the layer is called more than once."""
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname == layer or super().is_leaf_module(m, qualname)
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: ablate with hooks
+        return None
+    calls = [nd for nd in graph.nodes if nd.op == "call_module" and nd.target == layer]
+    inputs = [nd for nd in graph.nodes if nd.op == "placeholder"]
+    if len(calls) != 1 or len(inputs) != 1:
+        return None
+    with graph.inserting_after(inputs[0]):
+        fed = graph.placeholder("layer_output")
+    calls[0].replace_all_uses_with(fed)
+    graph.erase_node(calls[0])
+    tail = torch.fx.GraphModule(model, graph)
+    tail.graph.eliminate_dead_code()  # drops the layers before: they are what the tail saves
+    tail.recompile()
+    return tail
+
+
+def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int],
+                 batch_images: int = 64) -> Ablation:
+    """Effect of zeroing each of ``units`` of ``layer`` on every output head.
+
+    x: (N, C, H, W) the model's input images on the model's device.
+    """
+    from reportgen.capture import LayerRecorder
+
+    n = x.shape[0]
+    tail = tail_after(model, layer)
+    with inference(model):
+        mid = None
+        if tail is not None:
+            with LayerRecorder(model, [layer]) as rec:
+                mid = rec.run(x)[layer]
+        base = {k: v.float() for k, v in output_heads(model(x) if tail is None else tail(x, mid)).items()}
+        heads = tuple(base)
+        norms = {k: v.reshape(n, -1).norm(dim=1) for k, v in base.items()}
+        effect = np.zeros((len(units), len(heads)))
+        # Each pass also carries the images unablated (block 0) and compares against that copy:
+        # a kernel's float rounding can depend on the batch size, and a unit that changes
+        # nothing must come out as exactly 0, not as 1e-7.
+        per_pass = max(1, batch_images // max(1, n) - 1)
+        for start in range(0, len(units), per_pass):
+            chunk = [-1] + list(units[start:start + per_pass])
+            k = len(chunk) - 1
+            xs = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
+            if tail is not None:
+                ms = mid.repeat(len(chunk), *([1] * (mid.ndim - 1)))
+                for j, u in enumerate(chunk[1:], start=1):
+                    ms[j * n:(j + 1) * n, u] = 0
+                out = output_heads(tail(xs, ms))
+            else:
+                with zeroed(model, layer, chunk, group=n):
+                    out = output_heads(model(xs))
+            for h, name in enumerate(heads):
+                y = out[name].float().reshape(len(chunk), n, -1)
+                diff = (y[1:] - y[:1]).norm(dim=2)  # (k, N)
+                ok = norms[name] > 0
+                rel = diff[:, ok] / norms[name][ok]
+                effect[start:start + k, h] = rel.mean(dim=1).double().cpu().numpy() if ok.any() else np.nan
+    return Ablation(heads=heads, units=np.asarray(units, dtype=np.int64), effect=effect)
+
+
+def ranking(effect: np.ndarray) -> np.ndarray:
+    """Unit positions from most to least important (ties: lower index first)."""
+    return np.argsort(-np.nan_to_num(np.asarray(effect, dtype=np.float64), nan=-np.inf), kind="stable")
+
+
+def relate_to_flags(effect: np.ndarray, flagged: np.ndarray, share: float = 0.25) -> dict:
+    """Are the flagged units (dead, never active, duplicates) the unimportant ones?
+
+    effect: (U,) importance; flagged: (U,) bool. The least important ``share`` of the
+    units (at least one, extended to every unit tied with its most important member, so
+    that units of equal effect are never split) is compared with the flags: how many
+    flagged units it holds, how many a random group of that size would hold
+    (hypergeometric mean), the chance of holding at least that many (hypergeometric tail),
+    and the Spearman correlation between effect and flag (negative: flagged units matter
+    less). ``no_effect``: units whose ablation changes nothing (effect exactly 0). NaN where
+    undefined.
+    """
+    effect = np.asarray(effect, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    u = len(effect)
+    finite = np.isfinite(effect)
+    k = int(flagged.sum())
+    low = np.zeros(u, dtype=bool)
+    if finite.any():
+        cutoff = np.sort(effect[finite])[min(int(finite.sum()), max(1, math.ceil(share * u))) - 1]
+        low = finite & (effect <= cutoff)
+    n_low, hits = int(low.sum()), int((flagged & low).sum())
+    p = float(stats.hypergeom.sf(hits - 1, u, k, n_low)) if k and u else math.nan
+    rho = math.nan
+    if 0 < k < u and finite.any() and effect[finite].max() > effect[finite].min():
+        rho = float(stats.spearmanr(effect, flagged.astype(float), nan_policy="omit").statistic)
+    none = finite & (effect == 0)
+    return {"units": u, "flagged": k, "least_important": n_low, "flagged_in_least": hits,
+            "expected_in_least": (k * n_low / u) if u else math.nan, "p_value": p, "spearman": rho,
+            "no_effect": int(none.sum()), "flagged_no_effect": int((none & flagged).sum())}
