@@ -1,9 +1,24 @@
-"""Tiny models with hand-set weights and helpers that write specs to tmp dirs."""
+"""Tiny models with hand-set weights, helpers that write specs to tmp dirs, and the example
+reports built once per test session.
+
+`make test` runs the suite on parallel workers (pytest-xdist, ``--dist loadgroup``). Tests
+that share an expensive fixture are put in one xdist group (``pytest_collection_modifyitems``
+below), so each example report is built once, by one worker, while the others run the rest.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from pathlib import Path
+
+# One torch thread per xdist worker: the workers already use every core, and threads of
+# several workers fighting over the same cores make every test slower. Set before torch is
+# imported so that subprocesses (the CLI, process pools) inherit it.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 import numpy as np
 import pytest
@@ -39,17 +54,42 @@ def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture(scope="session")
-def towncenter_build(tmp_path_factory):
-    """The TownCentre example built once per test session (minutes on a shared CPU), into an
-    empty docs folder: the report must be a site of its own for `mkdocs build --strict`.
-    Returns (BuildResult, docs folder, a scratch folder)."""
+def _build_example(tmp_path_factory, spec_name: str):
+    """An example spec built without a cache into an empty docs folder of its own (the report
+    must be a site of its own for `mkdocs build --strict`).
+    Returns (BuildResult, docs folder, a scratch folder). Tests only read the docs folder;
+    one that changes files works on a copy (``copy_report``)."""
     from reportgen.build import build
 
-    tmp = tmp_path_factory.mktemp("towncenter")
+    tmp = tmp_path_factory.mktemp(spec_name.split(".")[0])
     docs = tmp / "docs"
-    result = build(ROOT / "specs" / "towncenter.yaml", docs, device="cpu", cache_dir=None)
+    result = build(ROOT / "specs" / spec_name, docs, device="cpu", cache_dir=None)
     return result, docs, tmp
+
+
+@pytest.fixture(scope="session")
+def towncenter_build(tmp_path_factory):
+    """The TownCentre example built once per test session (the longest build of the suite)."""
+    return _build_example(tmp_path_factory, "towncenter.yaml")
+
+
+@pytest.fixture(scope="session")
+def edges_build(tmp_path_factory):
+    """The edges example built once per test session."""
+    return _build_example(tmp_path_factory, "edges.yaml")
+
+
+@pytest.fixture(scope="session")
+def colour_mlp_build(tmp_path_factory):
+    """The colour MLP example built once per test session."""
+    return _build_example(tmp_path_factory, "colour_mlp.yaml")
+
+
+def copy_report(build: tuple, docs: Path) -> Path:
+    """Copy a session-built report into ``docs`` (a folder the test owns); returns its folder."""
+    result, built_docs, _ = build
+    name = result.out_dir.name
+    return Path(shutil.copytree(built_docs / name, docs / name))
 
 
 @pytest.fixture
@@ -98,3 +138,43 @@ def write_spec(folder: Path, text: str = SPEC, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+# The example reports above, built once per session. Every test that uses one runs in this
+# xdist group, on one worker: each example is built once, and the group (the longest chain
+# of the suite, with the browser test) is handed out first.
+EXAMPLES = ("towncenter_build", "edges_build", "colour_mlp_build")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into work units
+def pytest_collection_modifyitems(config, items):
+    """Put tests that share an expensive fixture in one xdist group (``--dist loadgroup``):
+    the example builds, and each fixture of module scope that a test module defines (a
+    report built once for the module), which would otherwise be built on every worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if any(name in item.fixturenames for name in EXAMPLES):
+            item.add_marker(pytest.mark.xdist_group("examples"))
+            continue
+        module = item.getparent(pytest.Module)
+        info = getattr(item, "_fixtureinfo", None)
+        for name, fixturedefs in (info.name2fixturedefs.items() if info and module else ()):
+            if any(d.scope == "module" and d.baseid == module.nodeid for d in fixturedefs):
+                item.add_marker(pytest.mark.xdist_group(f"{module.name}:{name}"))
+                break
+    # The examples first: with the order kept (``pytest_configure``), their group is the first
+    # work unit handed out, and the other workers run everything else alongside it.
+    items.sort(key=lambda item: not _in_group(item, "examples"))
+
+
+def _in_group(item, group: str) -> bool:
+    mark = item.get_closest_marker("xdist_group")
+    return mark is not None and mark.args[:1] == (group,)
+
+
+def pytest_configure(config):
+    # xdist hands out groups largest first unless told to keep the collection order, which
+    # puts the examples (few tests, but the longest chain) first.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False

@@ -184,14 +184,12 @@ def test_unseen_resnet_builds_and_passes_mkdocs_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("spec_name", ["edges.yaml", "towncenter.yaml", "colour_mlp.yaml"])
-def test_example_specs_build_and_pass_mkdocs_strict(tmp_path, spec_name, request):
-    # A site holding only this report: every link it writes must stay inside it.
-    if spec_name == "towncenter.yaml":  # built once per session, shared with tests/test_findings.py
-        result, docs, tmp_path = request.getfixturevalue("towncenter_build")
-    else:
-        docs = tmp_path / "docs"
-        result = build(ROOT / "specs" / spec_name, docs, device="cpu")
+@pytest.mark.parametrize("example", ["edges_build", "towncenter_build", "colour_mlp_build"])
+@pytest.mark.xdist_group("examples")  # with the other tests of the examples (tests/conftest.py)
+def test_example_specs_build_and_pass_mkdocs_strict(tmp_path, example, request):
+    # A site holding only this report: every link it writes must stay inside it. Each example
+    # is built once per session (tests/conftest.py) and shared with the other tests that read it.
+    result, docs, _ = request.getfixturevalue(example)
     assert result.pages >= 3 and result.images > 0
     proc = strict_lone_site(docs, tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -22,7 +22,7 @@ import pytest
 
 from reportgen.build import build
 from tests.test_build import mkdocs_strict
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,12 +30,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, towncenter_build, edges_build, colour_mlp_build):
+    """The repository's site with the three example reports (built once per session)."""
     tmp = tmp_path_factory.mktemp("site")
     docs = tmp / "docs"
     shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
-    for spec in ("towncenter.yaml", "edges.yaml", "colour_mlp.yaml"):
-        build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=tmp / "cache")
+    for example in (towncenter_build, edges_build, colour_mlp_build):
+        copy_report(example, docs)
     proc = mkdocs_strict(docs, tmp)
     assert proc.returncode == 0, proc.stderr
     return tmp / "site"
