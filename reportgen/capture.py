@@ -221,14 +221,18 @@ def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activatio
     try:
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any failure to trace means: fall back to module order
-        return {}
+        if not isinstance(model, torch.fx.GraphModule):
+            return {}
+        # A graph module (an ONNX conversion) whose forward cannot be traced again still
+        # carries the graph it was built from.
+        graph = model.graph
     modules = dict(model.named_modules())
     found: dict[str, Activation] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted or node.target in found:
             continue
         users = list(node.users)
-        act = _as_activation(users[0], modules) if len(users) == 1 else None
+        act = _as_activation(users[0], modules) if len(users) == 1 else _gated(node, users, modules)
         if act is None and len(users) == 1 and _is_batchnorm(users[0], modules):
             after = list(users[0].users)
             act = _as_activation(after[0], modules) if len(after) == 1 else None
@@ -260,6 +264,26 @@ def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
     if any(isinstance(v, torch.fx.Node) for v in params.values()):
         return None  # an argument computed in forward: not something we can replay
     return Activation(kind, f"{label} in forward", params=params)
+
+
+def _gated(node, users: list, modules: dict[str, nn.Module]) -> Activation | None:
+    """SiLU written out as ``x * sigmoid(x)`` (how ONNX exports store it): the layer's output
+    feeds a sigmoid and a product of itself with that sigmoid, and nothing else."""
+    import operator
+
+    if len(users) != 2:
+        return None
+    for sig, mul in (users, users[::-1]):
+        act = _as_activation(sig, modules)
+        if act is None or act.kind != "sigmoid":
+            continue
+        is_mul = ((mul.op == "call_function" and mul.target in (operator.mul, torch.mul))
+                  or (mul.op == "call_method" and mul.target == "mul")
+                  or (mul.op == "call_module"
+                      and getattr(modules.get(mul.target), "math_op_function", None) in (torch.mul, operator.mul)))
+        if is_mul and set(mul.args[:2]) == {node, sig} and len(mul.args) == 2:
+            return Activation("silu", "x * sigmoid(x) in forward")
+    return None
 
 
 def _is_batchnorm(node, modules: dict[str, nn.Module]) -> bool:

@@ -211,6 +211,7 @@ class ModelSpec(_Strict):
     )
     layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
     images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
+    annotations: Optional[str] = Field(None, description="Overrides the top-level annotations.")
     input: Optional[InputSpec] = Field(
         None, description="Overrides the top-level input (size, channels, mean/std) for this model."
     )
@@ -397,6 +398,10 @@ class ReportSchema(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     input: InputSpec = InputSpec()
     images: list[str] = Field(default_factory=list, description="Globs relative to the spec; may use {location}.")
+    annotations: Optional[str] = Field(
+        None, description="COCO-style JSON of boxes, keypoints and polygons of the images (relative to the "
+        "spec; may use {location}); its file_names are relative to its own folder."
+    )
     layers: list[LayerSpec] = Field(min_length=1)
     analyses: AnalysesSpec = AnalysesSpec()
     reference: Optional[ReferenceSpec] = None
@@ -428,6 +433,7 @@ class Run:
     layers: tuple[LayerSpec, ...]
     input: InputSpec = InputSpec()  # the model's own input, else the top-level one
     onnx: Optional[Path] = None
+    annotations: Optional[Path] = None  # COCO-style file (reportgen.annotations), checked to exist
 
 
 @dataclass(frozen=True)
@@ -578,6 +584,15 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
             ts = located(model.torchscript, "TorchScript file")
             onnx = located(model.onnx, "ONNX file")
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
+            ann_kp = mkp + ("annotations",) if model.annotations is not None else ("annotations",)
+            ann_template = model.annotations if model.annotations is not None else schema.annotations
+            annotations = None
+            if ann_template:
+                annotations = base / ann_template.replace("{location}", location)
+                if not annotations.is_file():
+                    problems.append(f"{src.where(ann_kp)}: {format_key_path(ann_kp)}: annotation file for "
+                                    f"location '{location}' not found: {_rel(annotations)}; paths are "
+                                    "relative to the spec file")
             runs.append(
                 Run(
                     model=model,
@@ -590,6 +605,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     layers=tuple(model.layers or schema.layers),
                     input=model.input or schema.input,
                     onnx=onnx,
+                    annotations=annotations,
                 )
             )
     keys = [r.key for r in runs]

@@ -116,3 +116,63 @@ def test_probing_records_any_output_and_removes_its_hooks():
         with probing(model, ["conv"]):
             1 / 0
     assert all(not m._forward_hooks for m in model.modules())
+
+
+class _SiluByHand(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * torch.sigmoid(y)
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # cannot be traced with proxies
+
+
+def _converted_graph_module() -> torch.fx.GraphModule:
+    """What an ONNX conversion looks like: conv -> Sigmoid module and Mul -> a module that
+    cannot be traced again."""
+    import operator
+
+    root = nn.Module()
+    root.conv, root.sig, root.gate = nn.Conv2d(2, 3, 3), nn.Sigmoid(), _DataDependent()
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    c = g.call_module("conv", (x,))
+    s = g.call_module("sig", (c,))
+    m = g.call_function(operator.mul, (c, s))
+    g.output(g.call_module("gate", (m,)))
+    return torch.fx.GraphModule(root, g)
+
+
+@pytest.mark.parametrize("make", [_SiluByHand, _converted_graph_module])
+def test_silu_written_as_x_times_sigmoid_is_silu(make):
+    from reportgen.capture import apply_activation, find_activations
+
+    torch.manual_seed(0)
+    model = make()
+    act = find_activations(model, ["conv"])["conv"]
+    assert act.kind == "silu", act  # not the sigmoid alone
+    x = torch.randn(1, 2, 6, 6)
+    out = model.conv(x)
+    got = apply_activation(act, dict(model.named_modules()), out)
+    assert torch.allclose(got, out * torch.sigmoid(out))
+
+
+def test_sigmoid_used_elsewhere_too_is_not_silu():
+    from reportgen.capture import find_activations
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * torch.sigmoid(x), torch.sigmoid(y)  # the product is not with sigmoid(y)
+
+    assert find_activations(Two(), ["conv"])["conv"].kind != "silu"

@@ -12,7 +12,8 @@ SceneNet (see ``model.py``) per location on CPU, and writes:
 * ``frames/locNN/frame_KK.png``: held-out test frames per location;
 * ``frames/shared/scene_KK.png``: frames from a mix of locations, for running
   every location's network on the same images;
-* ``frames/annotations.json``: boxes and keypoints of the people in the frames.
+* ``frames/annotations.json``: boxes and keypoints of the people in the frames, and
+  ``frames/annotations.coco.json``, the same in the COCO layout (``make_coco.py``).
 
 The locations are deliberately trained unevenly (budgets, an under-trained
 location, over-regularised conv1 layers) because that is what real multi-model
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from make_coco import main as write_coco
 from model import SceneNet
 
 HERE = Path(__file__).resolve().parent
@@ -672,6 +674,7 @@ def main() -> int:
               f"val {', '.join(f'{k} {v:.3f}' for k, v in stats[name]['val'].items())}", flush=True)
 
     annotations = write_frames(HERE / "frames")
+    write_coco()  # frames/annotations.coco.json, the layout reportgen reads
     verify_checkpoints(ckpt_dir)
     print(f"wrote {len(PLANS)} checkpoints and {len(annotations['frames'])} frames; "
           "all checkpoints load with weights_only=True and strict=True")
