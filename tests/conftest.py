@@ -8,17 +8,11 @@ below), so each example report is built once, by one worker, while the others ru
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 from pathlib import Path
 
-# One torch thread per xdist worker: the workers already use every core, and threads of
-# several workers fighting over the same cores make every test slower. Set before torch is
-# imported so that subprocesses (the CLI, process pools) inherit it.
-if "PYTEST_XDIST_WORKER" in os.environ:
-    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+import tests.workers  # noqa: F401  (first: shares the cores out before torch is imported)
 
 import numpy as np
 import pytest
@@ -138,6 +132,17 @@ def write_spec(folder: Path, text: str = SPEC, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """The ``project`` fixture's folder with SPEC built into its docs/ without a cache, once
+    per session (per worker): (BuildResult, project folder). For tests that only read it."""
+    from reportgen.build import build
+
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    result = build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    return result, project
 
 
 # The example reports above, built once per session. Every test that uses one runs in this

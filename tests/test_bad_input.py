@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from reportgen.cli import cli
-from tests.conftest import ROOT, SPEC, copy_report, make_project, tiny_module, write_spec
+from tests.conftest import ROOT, SPEC, copy_report, tiny_module, write_spec
 
 
 class Evil:
@@ -407,23 +407,12 @@ MODEL_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """A project with a good report built once into docs/; each case works on a copy."""
-
-    root = tmp_path_factory.mktemp("template")
-    make_project(root)
-    res = CliRunner().invoke(cli, ["build", str(write_spec(root)), "--docs-dir", str(root / "docs"), "-q",
-                                   "--no-cache", "--device", "cpu"])
-    assert res.exit_code == 0, res.output
-    return root
-
-
 @pytest.fixture
-def built(template, tmp_path, monkeypatch):
-    """A copy of the built project, and the working directory inside it."""
+def built(tiny_build, tmp_path, monkeypatch):
+    """A copy of a project with a good report in docs/ (``tiny_build``, built once per session),
+    and the working directory inside it."""
     dst = tmp_path / "p"
-    shutil.copytree(template, dst)
+    shutil.copytree(tiny_build[1], dst)
     monkeypatch.chdir(dst)
     return dst
 

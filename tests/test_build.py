@@ -33,8 +33,8 @@ def mkdocs_strict(docs: Path, tmp: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""})
 
 
-def test_tiny_build_report_json(project):
-    result = build(write_spec(project), project / "docs", device="cpu")
+def test_tiny_build_report_json(tiny_build):
+    result, project = tiny_build  # built once per session (tests/conftest.py)
     out = project / "docs" / "tiny"
     assert result.out_dir == out
     report = json.loads((out / "report.json").read_text())

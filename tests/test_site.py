@@ -304,9 +304,9 @@ def test_cleanup_touches_only_its_own_report(project):
     assert not (docs / ".tiny~staging-dead").exists()
 
 
-def test_report_as_another_user_sees_it(project, tmp_path):
+def test_report_as_another_user_sees_it(tiny_build):
     """The reason for the modes: 'other' users (mkdocs run by a web server) can read every file."""
-    build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    _, project = tiny_build  # built once per session under the default umask (tests/conftest.py)
     for p in [project / "docs" / "tiny", *(project / "docs" / "tiny").rglob("*")]:
         mode = p.stat().st_mode
         assert mode & stat.S_IROTH and (not p.is_dir() or mode & stat.S_IXOTH), p
