@@ -29,6 +29,7 @@ from reportgen.cache import Cache, digest
 from reportgen.comparison import GABOR_MIN_LIVE, Comparisons, gabor_summary
 from reportgen.names import slug
 from reportgen.pages import render_pages
+from reportgen.reduce.extensions import add_extension_files, reduce_extensions, with_extension_findings
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import display_width, encode_png
 from reportgen.render.tiles import health_marks, layer_scale
@@ -36,6 +37,7 @@ from reportgen.render.views import activation_grid, across_locations, filter_vie
 from reportgen.report_json import SCHEMA_VERSION, to_json
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
+from reportgen.spill import NO_SPILL, Spill
 
 FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
                "duplicate_of", "opposite_of", "gabor_score"]
@@ -52,11 +54,12 @@ def group_layers(results) -> dict[tuple[str, str], list]:
 
 
 def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.device,
-                  cache: Cache | None = None) -> tuple[ReportFiles, dict]:
+                  cache: Cache | None = None, spill: Spill = NO_SPILL) -> tuple[ReportFiles, dict]:
     """All pictures, report.json and pages of a report.
 
     Every picture is cached under a digest of the arrays and options it is drawn
-    from, so an unchanged layer is not drawn again.
+    from, so an unchanged layer is not drawn again. Spilled maps (reportgen.spill) are
+    loaded one run and layer at a time.
     """
     cache = cache or Cache(None)
 
@@ -93,10 +96,12 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
                     "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
                     lambda: gabor_triplets(lr.weight, fits)))
-            for k, maps in enumerate(lr.maps):
+            # Spilled maps are read only when a picture is not cached: there is one per shown image.
+            layer_maps = _Once(lambda lr=lr: spill.load(lr, "maps"))
+            for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
                 # The layer's key already digests everything the maps come from.
-                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", maps)
-                data, order = cache.memo("png", act_key, lambda maps=maps: _act_png(maps))
+                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", lr.maps[k])
+                data, order = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
                 paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
         if ws:
@@ -133,12 +138,16 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
     for r in results:
         for k, im in enumerate(r.images):
             files.add(f"img/{r.run.key}/input_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
-        n_stages = min((len(lr.shared_maps) for lr in r.layers), default=0)
+        # One stage map per shared image shown (r.shared_shown), read only to draw a missing picture.
+        stage_maps = _Once(lambda r=r: [spill.load(lr, "shared_maps") for lr in r.layers])
+        n_stages = min((len(r.shared_shown) if "shared_maps" in lr.spilled else len(lr.shared_maps)
+                        for lr in r.layers), default=0)
         for k in range(n_stages):
-            maps = [lr.shared_maps[k] for lr in r.layers]
-            stage_inputs = tuple(lr.key for lr in r.layers) if all(lr.key for lr in r.layers) else tuple(maps)
+            keyed = all(lr.key for lr in r.layers)
+            stage_inputs = tuple(lr.key for lr in r.layers) if keyed else tuple(m[k] for m in stage_maps())
             images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
-                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k), lambda maps=maps: stage_strip(maps)))
+                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k),
+                                                        lambda k=k, m=stage_maps: stage_strip([x[k] for x in m()])))
     shared_inputs = _shared_inputs(spec, results, files, png)
     cross_imgs = {}
     for pair in comp.models:
@@ -161,13 +170,27 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     report = report_dict(spec, results, comp, device)
-    report["findings"] = model_findings(report, spec.analyses)
+    done = reduce_extensions(spec, results, report)
+    report["findings"] = with_extension_findings(model_findings(report, spec.analyses), done, report, spec.analyses)
     files.add("report.json", to_json(report))
+    add_extension_files(spec, done, report, files)
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
                                   cross_imgs, widths).items():
         files.add(rel, text)
     return files, report
+
+
+class _Once:
+    """``make()`` called on first use only, then remembered."""
+
+    def __init__(self, make):
+        self.make, self.value, self.done = make, None, False
+
+    def __call__(self):
+        if not self.done:
+            self.value, self.done = self.make(), True
+        return self.value
 
 
 def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[str, list[str]]:

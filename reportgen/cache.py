@@ -291,6 +291,15 @@ class Cache:
         data = encode(value)  # outside the write guard: an unstorable type is a bug, not the disk's fault
         self._write(kind, key, data)
 
+    def contains(self, kind: str, key: str) -> bool:
+        """Whether an entry for ``key`` exists (not read, so not checked and not counted)."""
+        if not self._reads:
+            return False
+        try:
+            return self._path(kind, key).is_file()
+        except OSError:
+            return False
+
     def get_bytes(self, kind: str, key: str) -> bytes | None:
         value = self._load(kind, key)
         return value if type(value) is bytes else None

@@ -45,19 +45,28 @@ def cli() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Cache of results between builds [default: $REPORTGEN_CACHE_DIR or .reportgen-cache].")
 @click.option("--no-cache", is_flag=True, help="Compute everything again and store nothing.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Runs analysed at once, each in a worker process; 1 analyses them one after another "
+                   "in this process [default: the cores this process may use].")
+@click.option("--executor", type=click.Choice(["sequential", "process", "ray"]), default=None,
+              help="Where the per-run tasks run [default: process when --jobs is above 1, else sequential].")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="The Ray cluster for --executor ray [default: a local Ray instance].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step and the cache hits per kind.")
 def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path | None, no_cache: bool,
-          quiet: bool, verbose: bool) -> None:
+          jobs: int | None, executor: str | None, ray_address: str | None, quiet: bool, verbose: bool) -> None:
     """Build the report described by SPEC."""
     from reportgen.build import build as run_build
+    from reportgen.executors import default_jobs
     from reportgen.progress import Progress
 
     progress = Progress(enabled=not quiet, verbose=verbose)
     cache = None if no_cache else (cache_dir or True)
     try:
         with progress:
-            result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache)
+            result = run_build(spec, docs_dir, device=device, strict=strict, log=progress, cache_dir=cache,
+                               jobs=jobs or default_jobs(), executor=executor, ray_address=ray_address)
     except ReportgenError as exc:
         _fail(exc)
     except OSError as exc:

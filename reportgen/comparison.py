@@ -79,7 +79,20 @@ def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> No
                 lr.health["gabor_score"] = np.array([f.score for f in fits])
 
 
-def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:
+class _Features:
+    """The runs' comparison features, loaded from the spill store when a pair needs them."""
+
+    def __init__(self, lrs: list, spill):
+        self.lrs, self.spill = lrs, spill
+
+    def __len__(self) -> int:
+        return len(self.lrs)
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        return self.spill.load(self.lrs[i], "features") if self.spill is not None else self.lrs[i].features
+
+
+def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> None:
     if not spec.analyses.compare.enabled:
         return
     groups: dict[tuple[str, str], list] = {}
@@ -102,7 +115,8 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
         same_rows = images is not None and all(
             lr.feature_images is not None and np.array_equal(lr.feature_images, images) for lr in lrs)
         comp.layers[key] = compare_layer(
-            [k for k, _ in items], [lr.weight for lr in lrs], [lr.features for lr in lrs], memo=memo,
+            [k for k, _ in items], [lr.weight for lr in lrs], _Features(lrs, spill), memo=memo,
+            feature_rows=[None if lr.feature_images is None else len(lr.feature_images) for lr in lrs],
             chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
             feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES,
             align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
@@ -175,11 +189,13 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
     }
 
 
-def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None) -> Comparisons:
+def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None, spill=None) -> Comparisons:
+    """Health extras, Gabor fits, comparisons of locations (features loaded pair block by pair
+    block from ``spill``, reportgen.spill, when given) and the reference."""
     cache = cache or Cache(None)
     comp = Comparisons()
     add_health_extras(spec, results, cache)
     fit_gabors(spec, results, comp, cache)
-    compare_locations(spec, results, comp, cache)
+    compare_locations(spec, results, comp, cache, spill)
     compare_reference(spec, results, comp, device, cache)
     return comp

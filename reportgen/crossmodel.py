@@ -111,8 +111,12 @@ def cka_grid(layers_a: list[tuple], layers_b: list[tuple], chance_draws: int = 0
     return out, chance
 
 
-def cross_model_cka(spec, results) -> list[ModelPair]:
-    """One ModelPair per pair of compared models, in spec order."""
+def cross_model_cka(spec, results, spill=None) -> list[ModelPair]:
+    """One ModelPair per pair of compared models, in spec order. ``spill``: where the
+    pooled grids were spilled (reportgen.spill), if they were."""
+    def pooled(lr):
+        return spill.load(lr, "cross_pooled") if spill is not None else lr.cross_pooled
+
     chosen = cross_model_runs(spec)
     by_key = {r.run.key: r for r in results}
     picked = []
@@ -127,8 +131,8 @@ def cross_model_cka(spec, results) -> list[ModelPair]:
     for i in range(len(picked)):
         for j in range(i + 1, len(picked)):
             (ma, ra, la), (mb, rb, lb) = picked[i], picked[j]
-            grid, chance = cka_grid([(lr.cross_pooled, lr.cross_mean) for lr in la],
-                                    [(lr.cross_pooled, lr.cross_mean) for lr in lb], CHANCE_DRAWS)
+            grid, chance = cka_grid([(pooled(lr), lr.cross_mean) for lr in la],
+                                    [(pooled(lr), lr.cross_mean) for lr in lb], CHANCE_DRAWS)
             pairs.append(ModelPair(models=(ma, mb), runs=(ra, rb),
                                    layers=([lr.name for lr in la], [lr.name for lr in lb]),
                                    cka=grid, chance=chance, n_images=int(la[0].cross_mean.shape[0])))

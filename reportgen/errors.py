@@ -29,6 +29,10 @@ class SpecError(ReportgenError):
             )
         super().__init__(msg)
 
+    def __reduce__(self):
+        # Rebuilt from its problems when it crosses a process boundary (a worker of the build).
+        return type(self), (self.problems,)
+
 
 class ModelLoadError(ReportgenError):
     """A model's architecture or checkpoint could not be loaded."""
@@ -48,3 +52,7 @@ class BuildLockedError(ReportgenError):
 
 class StrictWarningsError(ReportgenError):
     """``--strict`` was given and the build produced warnings."""
+
+
+class ExecutorError(ReportgenError):
+    """The asked-for executor is not installed or cannot start."""

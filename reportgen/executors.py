@@ -41,7 +41,86 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {"sequential": Sequential}
+@dataclass
+class ProcessPool:
+    """Tasks in ``jobs`` local worker processes, results in argument order.
+
+    Workers are started with 'spawn' (a fresh interpreter each): forking a process that
+    has torch loaded is unsafe (its thread pools and CUDA state do not survive a fork).
+    Each worker gets ``threads`` torch threads, by default the cores shared out between
+    the workers, so N workers do not fight over the same cores. At most ``2 * jobs`` tasks
+    are in flight, so results that finish early wait in memory only a little.
+    """
+
+    jobs: int
+    threads: int = 0  # torch threads per worker; 0: the cores divided by jobs (at least 1)
+    name: str = "process"
+
+    def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        args = list(args)
+        if not args:
+            return
+        workers = max(1, min(self.jobs, len(args)))
+        threads = self.threads or max(1, default_jobs() // workers)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads,))
+        finished = False
+        try:
+            todo = iter(args)
+            pending: deque = deque(pool.submit(fn, a) for _, a in zip(range(2 * workers), todo))
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(todo, _DONE)
+                if nxt is not _DONE:
+                    pending.append(pool.submit(fn, nxt))
+                yield result
+            finished = True
+        finally:
+            # A failed task, an interrupt or a consumer that stops early: drop what has not started.
+            pool.shutdown(wait=True, cancel_futures=not finished)
+
+
+_DONE = object()
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Executor:
+    """The executor registered as ``name``; its factory gets whichever of the options
+    ``jobs`` and ``address`` (a cluster's address) its signature takes.
+    Raises ExecutorError naming the executors there are when ``name`` is not registered."""
+    import importlib
+    import inspect
+
+    from reportgen.errors import ExecutorError
+
+    if name == "ray" and name not in EXECUTORS:
+        try:  # registers itself on import; an optional extra
+            importlib.import_module("reportgen.executors_ray")
+        except ImportError:
+            pass
+    factory = EXECUTORS.get(name)
+    if factory is None:
+        hint = ('install the extra: pip install "reportgen[ray]"' if name == "ray"
+                else f"use one of {', '.join(sorted(EXECUTORS))}")
+        raise ExecutorError(f"executor '{name}' is not available; {hint}")
+    options = {"jobs": jobs, "address": address}
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    return factory(**{k: v for k, v in options.items() if k in accepted})
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"sequential": Sequential, "process": ProcessPool}
 
 
 def in_order(results: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:

@@ -15,8 +15,9 @@ Every matrix is runs x runs, symmetric, with exactly 1 on the diagonal.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +27,12 @@ from reportgen.analysis.compare import (_centre_columns, _unit_rows, constant_ru
 from reportgen.analysis.uncertainty import MIN_IMAGES, BootRun, chance_similarity, interval, resample_counts
 
 MEASURES = ("weights", "activations", "cka")
+PAIR_BLOCK = 16  # runs per block of pairs: the features of at most two blocks are prepared at once
+# Bootstrap intervals cost a resampled comparison per pair (O(K^2) for K runs). Up to this many
+# runs every pair gets them; above, each run gets them against BOOTSTRAP_PARTNERS others (its
+# neighbours in run order, wrapping around), which is what the pages' intervals need.
+BOOTSTRAP_ALL_PAIRS = 24
+BOOTSTRAP_PARTNERS = 16
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class LayerComparison:
     matching: dict = field(default_factory=dict)  # (i, j), i < j -> (N,) b's filter matched to each of a's
     signs: dict = field(default_factory=dict)  # (i, j) -> (N,) +-1: sign of each matched pair's cosine
     boot: dict = field(default_factory=dict)  # measure -> (K, K, R) bootstrap values (diagonal 1)
+    # measure -> {"pairs": {(i, j): [lo, hi]}, "mean": [[lo, hi]] per run, "median": [lo, hi]}: the
+    # intervals of a bootstrap over sampled pairs (more than BOOTSTRAP_ALL_PAIRS runs), instead of ``boot``
+    ci: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         def m(x):
@@ -99,6 +109,10 @@ class LayerComparison:
         return v if np.isfinite(v) else None
 
     def _pair_ci(self, measure: str) -> list | None:
+        if measure in self.ci:  # sampled pairs: the others have no interval (null)
+            pairs, k = self.ci[measure]["pairs"], len(self.runs)
+            return [[[1.0, 1.0] if i == j else pairs.get((min(i, j), max(i, j))) for j in range(k)]
+                    for i in range(k)]
         b = self.boot.get(measure)
         if b is None:
             return None
@@ -107,6 +121,8 @@ class LayerComparison:
         return [[[1.0, 1.0] if i == j else interval(b[i, j], point[i, j]) for j in range(k)] for i in range(k)]
 
     def _mean_ci(self, measure: str) -> list | None:
+        if measure in self.ci:
+            return self.ci[measure]["mean"]
         b = self.boot.get(measure)
         if b is None or len(self.runs) < 2:
             return None
@@ -114,6 +130,8 @@ class LayerComparison:
         return [interval(row, p) for row, p in zip(per, _mean_off(self.matrix(measure)))]
 
     def _median_ci(self, measure: str) -> list | None:
+        if measure in self.ci:
+            return self.ci[measure]["median"]
         b = self.boot.get(measure)
         if b is None or len(self.runs) < 2:
             return None
@@ -139,8 +157,14 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
                   features: list[np.ndarray | None], memo: Callable = _no_memo,
                   chains: list[list[dict] | None] | None = None, chain_note: str | None = None,
                   feature_images: np.ndarray | None = None, resamples: int = 0,
-                  align_memo: Callable[[int, int], dict] | None = None) -> LayerComparison:
+                  align_memo: Callable[[int, int], dict] | None = None,
+                  feature_rows: list[int | None] | None = None) -> LayerComparison:
     """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
+
+    ``features`` may be any sequence that loads a run's array when indexed (spilled
+    features): with ``feature_rows`` (per run S, or None without features) it is only
+    indexed when a pair is computed, pairs go block by block (``block_pairs``) and at most
+    two blocks of runs are prepared at once, so memory does not grow with K.
 
     chains: per run, the links from the network input to this layer
     (``reportgen.chain.layer_chains``; the last link is this layer); when every run has
@@ -157,19 +181,19 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     """
     k = len(runs)
     w_ok = all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
-    f_ok = all(f is not None for f in features) and len({f.shape[0] for f in features}) == 1
+    if feature_rows is None:
+        feature_rows = [None if f is None else f.shape[0] for f in features]
+    f_ok = all(r is not None for r in feature_rows) and len(set(feature_rows)) == 1
     aligned = w_ok and chains is not None and all(c is not None for c in chains)
     if aligned and len({tuple(l["weight"].shape for l in c) for c in chains}) != 1:
         aligned, chain_note = False, "the locations' layers feeding it differ in shape"
-    prepared: dict[int, _Prepared] = {}
-
-    def prep(i: int) -> _Prepared:
-        if i not in prepared:
-            prepared[i] = _Prepared(features[i])
-        return prepared[i]
+    prep = _Recent(lambda i: _Prepared(features[i]), 2 * PAIR_BLOCK)
 
     def matrix(measure: str, fn: Callable[[int, int], float]) -> np.ndarray:
-        return pairwise(list(range(k)), lambda i, j: memo(measure, i, j, lambda: fn(i, j)))
+        out = np.empty((k, k), dtype=np.float64)
+        for i, j in block_pairs(k):
+            out[i, j] = out[j, i] = float(memo(measure, i, j, lambda: fn(i, j)))
+        return out
 
     matching: dict[tuple[int, int], np.ndarray] = {}
     signs: dict[tuple[int, int], np.ndarray] = {}
@@ -193,43 +217,111 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
 
         weight_mat = pairwise(list(range(k)), weight_score)
     chance = chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok and k > 1 else (None, None)
-    boot = {}
+    act_mat = matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None
+    cka_mat = matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None
+    boot, ci = {}, {}
     if (f_ok and resamples > 0 and feature_images is not None and k > 1
             and len(np.unique(feature_images)) >= MIN_IMAGES):
-        boot = _bootstrap(features, feature_images, resamples, memo)
+        if k <= BOOTSTRAP_ALL_PAIRS:
+            boot = _bootstrap(features, feature_images, resamples, memo)
+        else:
+            ci = _sampled_bootstrap(features, feature_images, resamples, memo,
+                                    {"activations": act_mat, "cka": cka_mat})
     return LayerComparison(
         runs=runs,
         weights=weight_mat,
         weight_chance=chance[0], weight_chance_sd=chance[1],
-        activations=matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None,
-        cka=matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None,
+        activations=act_mat,
+        cka=cka_mat,
         aligned=bool(aligned), alignment_note=None if aligned or not w_ok else (
             chain_note or "the layers feeding it were not recorded"),
-        matching=matching, signs=signs, boot=boot,
+        matching=matching, signs=signs, boot=boot, ci=ci,
     )
+
+
+def block_pairs(k: int, block: int = PAIR_BLOCK):
+    """Every pair (i, j), i <= j < k, a block of rows against a block of columns at a time, so
+    that consecutive pairs reuse the same few runs."""
+    for bi in range(0, k, block):
+        for bj in range(bi, k, block):
+            for i in range(bi, min(bi + block, k)):
+                for j in range(max(i, bj), min(bj + block, k)):
+                    yield i, j
+
+
+class _Recent:
+    """``make(i)`` memoised for the ``size`` most recently used ``i``."""
+
+    def __init__(self, make: Callable[[int], Any], size: int):
+        self.make, self.size, self.items = make, size, OrderedDict()
+
+    def __call__(self, i: int):
+        if i in self.items:
+            self.items.move_to_end(i)
+        else:
+            self.items[i] = self.make(i)
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[i]
 
 
 def _bootstrap(features: list[np.ndarray], images: np.ndarray, resamples: int, memo: Callable) -> dict:
     """measure -> (K, K, R) bootstrap values of every pair, all pairs on the same resamples."""
     k = len(features)
-    units, counts = resample_counts(images, resamples)
-    runs: dict[int, BootRun] = {}
-
-    def run(i: int) -> BootRun:
-        if i not in runs:
-            runs[i] = BootRun(features[i], units, counts)
-        return runs[i]
-
     out = {m: np.ones((k, k, resamples)) for m in ("activations", "cka")}
-    for i in range(k):
-        for j in range(i + 1, k):
-            def compute(i=i, j=j) -> dict:
-                act, cka = run(i).pair(run(j))
-                return {"activations": act.tolist(), "cka": cka.tolist()}
+    for (i, j), vals in _boot_pairs(features, images, resamples, memo,
+                                    [(i, j) for i, j in block_pairs(k) if i < j]):
+        for m in out:
+            out[m][i, j] = out[m][j, i] = vals[m]
+    return out
 
-            vals = memo(f"bootstrap-{resamples}", i, j, compute)
-            for m in out:
-                out[m][i, j] = out[m][j, i] = vals[m]
+
+def _boot_pairs(features, images: np.ndarray, resamples: int, memo: Callable, pairs: list[tuple[int, int]]):
+    """Yields ((i, j), {"activations": (R,), "cka": (R,)}) for each pair, in the given order."""
+    units, counts = resample_counts(images, resamples)
+    run = _Recent(lambda i: BootRun(features[i], units, counts), 2 * PAIR_BLOCK)
+    for i, j in pairs:
+        def compute(i=i, j=j) -> dict:
+            act, cka = run(i).pair(run(j))
+            return {"activations": act.tolist(), "cka": cka.tolist()}
+
+        yield (i, j), memo(f"bootstrap-{resamples}", i, j, compute)
+
+
+def bootstrap_partners(k: int, partners: int = BOOTSTRAP_PARTNERS) -> list[tuple[int, int]]:
+    """The pairs a bootstrap over many runs evaluates: each run with its ``partners`` nearest
+    runs in run order (half before, half after, wrapping around), in block order."""
+    half = max(1, min(partners, k - 1) // 2)
+    pairs = {(min(i, (i + d) % k), max(i, (i + d) % k)) for i in range(k) for d in range(1, half + 1)}
+    return sorted((p for p in pairs if p[0] != p[1]),
+                  key=lambda p: (p[0] // PAIR_BLOCK, p[1] // PAIR_BLOCK, p[0], p[1]))
+
+
+def _sampled_bootstrap(features, images: np.ndarray, resamples: int, memo: Callable,
+                       points: dict[str, np.ndarray]) -> dict:
+    """Intervals from bootstrap values of the ``bootstrap_partners`` pairs only: per pair; per
+    run, of its mean similarity to its partners (centred on its mean to all others); of the
+    median over the sampled pairs (centred on the median over all pairs)."""
+    k = len(features)
+    vals = dict(_boot_pairs(features, images, resamples, memo, bootstrap_partners(k)))
+    out = {}
+    for m, point in points.items():
+        per_pair = {p: np.asarray(v[m], dtype=np.float64) for p, v in vals.items()}
+        partners: dict[int, list[np.ndarray]] = {i: [] for i in range(k)}
+        for (i, j), v in per_pair.items():
+            partners[i].append(v)
+            partners[j].append(v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = [np.nanmean(np.stack(partners[i]), axis=0) for i in range(k)]
+            median = np.nanmedian(np.stack(list(per_pair.values())), axis=0)
+        iu = np.triu_indices(k, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            point_median = float(np.nanmedian(point[iu]))
+        out[m] = {"pairs": {p: interval(v, point[p]) for p, v in per_pair.items()},
+                  "mean": [interval(row, p) for row, p in zip(means, _mean_off(point))],
+                  "median": interval(median, point_median if np.isfinite(point_median) else None)}
     return out
 
 

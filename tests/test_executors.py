@@ -1,0 +1,59 @@
+"""Executors: the same report, byte for byte, whichever runs the per-run tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from reportgen.build import build
+from reportgen.executors import EXECUTORS, ProcessPool, Sequential, make_executor
+from tests.conftest import SPEC, write_spec
+
+UNITS = "analyses:\n  units: {layers: [conv1], locations: [a, c], maximise: plain, steps: 2, top_n: 2}\n"
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_process_pool_report_is_byte_identical_to_sequential(project):
+    spec = write_spec(project, SPEC + UNITS)
+    one = build(spec, project / "seq", device="cpu", cache_dir=None, executor=Sequential())
+    two = build(spec, project / "pool", device="cpu", cache_dir=None, executor=ProcessPool(2))
+    a, b = snapshot(project / "seq"), snapshot(project / "pool")
+    assert sorted(a) == sorted(b) and len(a) > 20
+    assert [k for k in a if a[k] != b[k]] == []
+    assert one.warnings == two.warnings
+    # the pool's workers counted their cache use too: all computed, nothing stored
+    assert sum(two.cache.misses.values()) == sum(one.cache.misses.values()) > 0
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_process_pool_keeps_argument_order_and_raises_task_errors():
+    assert list(ProcessPool(2).map(_square, range(7))) == [x * x for x in range(7)]
+    with pytest.raises(ZeroDivisionError):
+        list(ProcessPool(2).map(_inverse, [1, 0, 2]))
+
+
+def _inverse(x: int) -> float:
+    return 1 / x
+
+
+def test_unknown_executor_is_one_clear_error(monkeypatch):
+    from reportgen.errors import ExecutorError
+
+    monkeypatch.delitem(EXECUTORS, "ray", raising=False)
+    monkeypatch.setattr("importlib.import_module", _no_module)
+    with pytest.raises(ExecutorError, match=r"^executor 'ray' is not available; install the extra: "
+                                            r"pip install \"reportgen\[ray\]\"$"):
+        make_executor("ray")
+    with pytest.raises(ExecutorError, match="^executor 'dask' is not available; use one of process, sequential$"):
+        make_executor("dask")
+    assert isinstance(make_executor("process", jobs=3, address="x"), ProcessPool)
+    assert make_executor("process", jobs=3).jobs == 3
+
+
+def _no_module(name):
+    raise ImportError(name)
