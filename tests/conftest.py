@@ -1,9 +1,9 @@
 """Tiny models with hand-set weights, helpers that write specs to tmp dirs, and the example
 reports built once per test session.
 
-`make test` runs the suite on parallel workers (pytest-xdist, ``--dist loadgroup``). Tests
-that share an expensive fixture are put in one xdist group (``pytest_collection_modifyitems``
-below), so each example report is built once, by one worker, while the others run the rest.
+`make test` runs the suite on parallel workers (pytest-xdist, ``--dist worksteal``); the tests
+of the example reports come first (``pytest_collection_modifyitems`` below), so one worker
+builds each example once while the others run the rest.
 """
 
 from __future__ import annotations
@@ -145,41 +145,20 @@ def tiny_build(tmp_path_factory):
     return result, project
 
 
-# The example reports above, built once per session. Every test that uses one runs in this
-# xdist group, on one worker: each example is built once, and the group (the longest chain
-# of the suite, with the browser test) is handed out first.
+# The example reports above, built once per session (per worker).
 EXAMPLES = ("towncenter_build", "edges_build", "colour_mlp_build")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into work units
+def _uses_an_example(item) -> bool:
+    callspec = getattr(item, "callspec", None)  # a parameter naming one: request.getfixturevalue
+    named = [v for v in callspec.params.values() if isinstance(v, str)] if callspec else []
+    return any(name in item.fixturenames or name in named for name in EXAMPLES)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Put tests that share an expensive fixture in one xdist group (``--dist loadgroup``):
-    the example builds, and each fixture of module scope that a test module defines (a
-    report built once for the module), which would otherwise be built on every worker."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        if any(name in item.fixturenames for name in EXAMPLES):
-            item.add_marker(pytest.mark.xdist_group("examples"))
-            continue
-        module = item.getparent(pytest.Module)
-        info = getattr(item, "_fixtureinfo", None)
-        for name, fixturedefs in (info.name2fixturedefs.items() if info and module else ()):
-            if any(d.scope == "module" and d.baseid == module.nodeid for d in fixturedefs):
-                item.add_marker(pytest.mark.xdist_group(f"{module.name}:{name}"))
-                break
-    # The examples first: with the order kept (``pytest_configure``), their group is the first
-    # work unit handed out, and the other workers run everything else alongside it.
-    items.sort(key=lambda item: not _in_group(item, "examples"))
-
-
-def _in_group(item, group: str) -> bool:
-    mark = item.get_closest_marker("xdist_group")
-    return mark is not None and mark.args[:1] == (group,)
-
-
-def pytest_configure(config):
-    # xdist hands out groups largest first unless told to keep the collection order, which
-    # puts the examples (few tests, but the longest chain) first.
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
+    """The tests of the example reports run first, together. Under ``--dist worksteal`` the
+    first worker gets the first half of this order: it builds each example once and runs
+    that chain (the longest of the suite: the builds, the site, the browser) while the other
+    worker runs the second half; either takes tests from the end of the other's queue when
+    it runs out, so the examples stay on one worker."""
+    items.sort(key=lambda item: not _uses_an_example(item))

@@ -185,7 +185,6 @@ def test_unseen_resnet_builds_and_passes_mkdocs_strict(tmp_path):
 
 
 @pytest.mark.parametrize("example", ["edges_build", "towncenter_build", "colour_mlp_build"])
-@pytest.mark.xdist_group("examples")  # with the other tests of the examples (tests/conftest.py)
 def test_example_specs_build_and_pass_mkdocs_strict(tmp_path, example, request):
     # A site holding only this report: every link it writes must stay inside it. Each example
     # is built once per session (tests/conftest.py) and shared with the other tests that read it.
