@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 $(BIN)/reportgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"  # ray: the Ray executor's tests
 	$(BIN)/python -m pip install -q --no-deps "onnx2torch>=1.5"  # without torchvision (ONNX tests)
 	touch $@
 

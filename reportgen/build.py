@@ -38,6 +38,7 @@ from reportgen.run.trace import trace_batch
 from reportgen.site import build_lock, publish
 from reportgen.spec import ReportSpec, load_spec
 from reportgen.spill import NO_SPILL, Spill, spill_store
+from reportgen.uptodate import build_key, stamp
 
 Log = Callable[[str], None]
 
@@ -69,6 +70,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     t0 = time.perf_counter()
     spec = load_spec(spec_path)
     dev = resolve_device(device)
+    key = build_key(spec, str(dev))  # before any input is read: a file changed meanwhile rebuilds next time
     executor = choose_executor(executor, jobs, ray_address, len(spec.runs))
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
@@ -85,6 +87,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
             )
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache, spill)
+        stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.uptodate)
         out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict).
     warnings += cache.warnings

@@ -52,11 +52,19 @@ def cli() -> None:
               help="Where the per-run tasks run [default: process when --jobs is above 1, else sequential].")
 @click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
               help="The Ray cluster for --executor ray [default: a local Ray instance].")
+@click.option("--force", is_flag=True, help="Build even when the published report is up to date.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each step and the cache hits per kind.")
 def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path | None, no_cache: bool,
-          jobs: int | None, executor: str | None, ray_address: str | None, quiet: bool, verbose: bool) -> None:
-    """Build the report described by SPEC."""
+          jobs: int | None, executor: str | None, ray_address: str | None, force: bool, quiet: bool,
+          verbose: bool) -> None:
+    """Build the report described by SPEC.
+
+    When nothing it depends on has changed since the last build (see reportgen.uptodate),
+    it says so and stops before loading torch or any model.
+    """
+    if not (force or no_cache) and _up_to_date(spec, docs_dir, device, strict):
+        return
     from reportgen.build import build as run_build
     from reportgen.executors import default_jobs
     from reportgen.progress import Progress
@@ -81,6 +89,27 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
         f"Built {result.out_dir} in {result.seconds:.1f} s: {result.pages} pages, {result.images} images, "
         f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings, {result.cache.summary()}."
     )
+
+
+def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
+    """Print the published report's summary and return True when it is up to date."""
+    from reportgen.uptodate import check as check_up_to_date
+
+    try:
+        done = check_up_to_date(spec, docs_dir, device, strict)
+    except ReportgenError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail_env(exc)
+    if done is None:
+        return False
+    for w in done.warnings:
+        click.echo(f"Warning: {w}", err=True)
+    s = done.summary
+    click.echo(f"Up to date: {done.out_dir}: {s.get('pages')} pages, {s.get('images')} images, "
+               f"{s.get('findings')} findings, {len(done.warnings)} warnings; nothing it depends on changed "
+               "(--force builds anyway).")
+    return True
 
 
 @cli.command()

@@ -135,3 +135,14 @@ def in_order(results: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:
             nxt += 1
     if nxt != n:
         raise RuntimeError(f"executor returned {nxt} of {n} results")
+
+
+def _ray(address: str | None = None, jobs: int | None = None, **options: Any) -> Executor:
+    """A RayExecutor on the cluster at ``address``, or on a local Ray of ``jobs`` CPUs."""
+    # Imported here: Ray is an optional extra, and reportgen must import without it.
+    from reportgen.executors_ray import RayExecutor
+
+    return RayExecutor(address=address, num_cpus=jobs, **options)
+
+
+EXECUTORS["ray"] = _ray

@@ -79,4 +79,4 @@ def _load_builtin() -> None:
         importlib.import_module(mod)
 
 
-BUILTIN: list[str] = []  # module names, e.g. "reportgen.why.data"
+BUILTIN: list[str] = ["reportgen.why.data"]  # module names, e.g. "reportgen.why.data"

@@ -212,6 +212,7 @@ class ModelSpec(_Strict):
     layers: Optional[list[LayerSpec]] = Field(None, description="Overrides the top-level layers.")
     images: Optional[list[str]] = Field(None, description="Overrides the top-level images.")
     annotations: Optional[str] = Field(None, description="Overrides the top-level annotations.")
+    extra_frames: Optional[list[str]] = Field(None, description="Overrides the top-level extra_frames.")
     input: Optional[InputSpec] = Field(
         None, description="Overrides the top-level input (size, channels, mean/std) for this model."
     )
@@ -402,6 +403,10 @@ class ReportSchema(_Strict):
         None, description="COCO-style JSON of boxes, keypoints and polygons of the images (relative to the "
         "spec; may use {location}); its file_names are relative to its own folder."
     )
+    extra_frames: list[str] = Field(
+        default_factory=list, description="Globs (relative to the spec; may use {location}) of more frames per "
+        "location, read only for the data statistics (background, colour, spectrum), not run through the models."
+    )
     layers: list[LayerSpec] = Field(min_length=1)
     analyses: AnalysesSpec = AnalysesSpec()
     reference: Optional[ReferenceSpec] = None
@@ -434,6 +439,7 @@ class Run:
     input: InputSpec = InputSpec()  # the model's own input, else the top-level one
     onnx: Optional[Path] = None
     annotations: Optional[Path] = None  # COCO-style file (reportgen.annotations), checked to exist
+    extra_frames: tuple[Path, ...] = ()  # frames for the data statistics only (reportgen.why.data)
 
 
 @dataclass(frozen=True)
@@ -568,6 +574,8 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
         locations = model.locations or [model.name]
         image_globs = model.images if model.images is not None else schema.images
         images_kp = mkp + ("images",) if model.images is not None else ("images",)
+        extra_globs = model.extra_frames if model.extra_frames is not None else schema.extra_frames
+        extra_kp = mkp + ("extra_frames",) if model.extra_frames is not None else ("extra_frames",)
         for li, location in enumerate(locations):
             lkp = mkp + ("locations", li) if model.locations else mkp
             def located(template: Optional[str], what: str, hint: str = "") -> Optional[Path]:
@@ -606,6 +614,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     input=model.input or schema.input,
                     onnx=onnx,
                     annotations=annotations,
+                    extra_frames=tuple(_resolve_images(extra_globs, location, base, src, extra_kp, problems)),
                 )
             )
     keys = [r.key for r in runs]

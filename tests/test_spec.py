@@ -36,7 +36,7 @@ def test_unknown_keys_suggest_the_right_one(project):
 def test_unknown_key_without_close_match_lists_allowed(project):
     assert problems(project, SPEC + "colour: red\n") == [
         "SPEC:18: colour: unknown key; allowed keys: report, title, description, models, input, "
-        "images, layers, analyses, reference"
+        "images, annotations, extra_frames, layers, analyses, reference"
     ]
 
 
@@ -93,7 +93,7 @@ def test_every_problem_reported_at_once(project):
         "SPEC:2: title: string should have at least 1 character, got ''",
         "SPEC:17: layers[2].relu: 'sometimes' is not one of 'auto', 'yes' or 'no'",
         "SPEC:18: extra: unknown key; allowed keys: report, title, description, models, input, "
-        "images, layers, analyses, reference",
+        "images, annotations, extra_frames, layers, analyses, reference",
     ]
 
 
