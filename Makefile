@@ -23,10 +23,10 @@ example: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	@echo "Open site/index.html, or run: $(BIN)/mkdocs serve"
 
-# On every core (pytest-xdist). worksteal hands each worker a contiguous half of the suite, the
-# tests of the example reports first (tests/conftest.py), so each example is built once.
-# PYTEST_WORKERS=0: one process.
-PYTEST_WORKERS ?= auto
+# On every core (pytest-xdist; logical: each hyperthread is a core, as the builds count them).
+# worksteal hands each worker a contiguous half of the suite, the tests of the example reports
+# first (tests/conftest.py), so each example is built once. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= logical
 test: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
