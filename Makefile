@@ -23,8 +23,12 @@ example: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 	@echo "Open site/index.html, or run: $(BIN)/mkdocs serve"
 
+# On every core (pytest-xdist; logical: each hyperthread is a core, as the builds count them).
+# worksteal hands each worker a contiguous half of the suite, the tests of the example reports
+# first (tests/conftest.py), so each example is built once. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= logical
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Screenshots of every kind of page at 1400 and 390 px, into screenshots/ (needs
 # playwright and /usr/bin/chromium; see .ci/run). The example builds keep their cache in

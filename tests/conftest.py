@@ -1,9 +1,18 @@
-"""Tiny models with hand-set weights and helpers that write specs to tmp dirs."""
+"""Tiny models with hand-set weights, helpers that write specs to tmp dirs, and the example
+reports built once per test session.
+
+`make test` runs the suite on parallel workers (pytest-xdist, ``--dist worksteal``); the tests
+of the example reports come first (``pytest_collection_modifyitems`` below), so one worker
+builds each example once while the others run the rest.
+"""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
+
+import tests.workers  # noqa: F401  (first: shares the cores out before torch is imported)
 
 import numpy as np
 import pytest
@@ -42,17 +51,42 @@ def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPORTGEN_JOBS", "1")
 
 
-@pytest.fixture(scope="session")
-def towncenter_build(tmp_path_factory):
-    """The TownCentre example built once per test session (minutes on a shared CPU), into an
-    empty docs folder: the report must be a site of its own for `mkdocs build --strict`.
-    Returns (BuildResult, docs folder, a scratch folder)."""
+def _build_example(tmp_path_factory, spec_name: str):
+    """An example spec built without a cache into an empty docs folder of its own (the report
+    must be a site of its own for `mkdocs build --strict`).
+    Returns (BuildResult, docs folder, a scratch folder). Tests only read the docs folder;
+    one that changes files works on a copy (``copy_report``)."""
     from reportgen.build import build
 
-    tmp = tmp_path_factory.mktemp("towncenter")
+    tmp = tmp_path_factory.mktemp(spec_name.split(".")[0])
     docs = tmp / "docs"
-    result = build(ROOT / "specs" / "towncenter.yaml", docs, device="cpu", cache_dir=None)
+    result = build(ROOT / "specs" / spec_name, docs, device="cpu", cache_dir=None)
     return result, docs, tmp
+
+
+@pytest.fixture(scope="session")
+def towncenter_build(tmp_path_factory):
+    """The TownCentre example built once per test session (the longest build of the suite)."""
+    return _build_example(tmp_path_factory, "towncenter.yaml")
+
+
+@pytest.fixture(scope="session")
+def edges_build(tmp_path_factory):
+    """The edges example built once per test session."""
+    return _build_example(tmp_path_factory, "edges.yaml")
+
+
+@pytest.fixture(scope="session")
+def colour_mlp_build(tmp_path_factory):
+    """The colour MLP example built once per test session."""
+    return _build_example(tmp_path_factory, "colour_mlp.yaml")
+
+
+def copy_report(build: tuple, docs: Path) -> Path:
+    """Copy a session-built report into ``docs`` (a folder the test owns); returns its folder."""
+    result, built_docs, _ = build
+    name = result.out_dir.name
+    return Path(shutil.copytree(built_docs / name, docs / name))
 
 
 @pytest.fixture
@@ -101,3 +135,33 @@ def write_spec(folder: Path, text: str = SPEC, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """The ``project`` fixture's folder with SPEC built into its docs/ without a cache, once
+    per session (per worker): (BuildResult, project folder). For tests that only read it."""
+    from reportgen.build import build
+
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    result = build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    return result, project
+
+
+# The example reports above, built once per session (per worker).
+EXAMPLES = ("towncenter_build", "edges_build", "colour_mlp_build")
+
+
+def _uses_an_example(item) -> bool:
+    callspec = getattr(item, "callspec", None)  # a parameter naming one: request.getfixturevalue
+    named = [v for v in callspec.params.values() if isinstance(v, str)] if callspec else []
+    return any(name in item.fixturenames or name in named for name in EXAMPLES)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests of the example reports run first, together. Under ``--dist worksteal`` the
+    first worker gets the first half of this order: it builds each example once and runs
+    that chain (the longest of the suite: the builds, the site, the browser) while the other
+    worker runs the second half; either takes tests from the end of the other's queue when
+    it runs out, so the examples stay on one worker."""
+    items.sort(key=lambda item: not _uses_an_example(item))

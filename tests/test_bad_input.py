@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from reportgen.cli import cli
-from tests.conftest import ROOT, SPEC, make_project, tiny_module, write_spec
+from tests.conftest import ROOT, SPEC, copy_report, tiny_module, write_spec
 
 
 class Evil:
@@ -407,23 +407,12 @@ MODEL_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """A project with a good report built once into docs/; each case works on a copy."""
-
-    root = tmp_path_factory.mktemp("template")
-    make_project(root)
-    res = CliRunner().invoke(cli, ["build", str(write_spec(root)), "--docs-dir", str(root / "docs"), "-q",
-                                   "--no-cache", "--device", "cpu"])
-    assert res.exit_code == 0, res.output
-    return root
-
-
 @pytest.fixture
-def built(template, tmp_path, monkeypatch):
-    """A copy of the built project, and the working directory inside it."""
+def built(tiny_build, tmp_path, monkeypatch):
+    """A copy of a project with a good report in docs/ (``tiny_build``, built once per session),
+    and the working directory inside it."""
     dst = tmp_path / "p"
-    shutil.copytree(template, dst)
+    shutil.copytree(tiny_build[1], dst)
     monkeypatch.chdir(dst)
     return dst
 
@@ -534,18 +523,15 @@ def test_second_build_at_once_refuses_cleanly(built):
     assert snapshot(built / "docs") == {k: v for k, v in before.items()}
 
 
-def test_ctrl_c_during_a_build_leaves_the_previous_report(tmp_path):
+def test_ctrl_c_during_a_build_leaves_the_previous_report(tmp_path, edges_build, towncenter_build):
     """A real SIGINT to a real build of the TownCentre example."""
     docs = tmp_path / "docs"
     env = {**os.environ, "REPORTGEN_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "reportgen", "build", str(ROOT / "specs/edges.yaml"), "--docs-dir", str(docs), "-q"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
-    before = snapshot(docs / "edges")
+    # The previous reports: the examples as built once per session (tests/conftest.py).
+    before = snapshot(copy_report(edges_build, docs))
+    before_tc = snapshot(copy_report(towncenter_build, docs))
     cmd = [sys.executable, "-m", "reportgen", "build", str(ROOT / "specs/towncenter.yaml"), "--docs-dir",
            str(docs), "--no-cache"]
-    subprocess.run([sys.executable, "-m", "reportgen", "build", str(ROOT / "specs/towncenter.yaml"), "--docs-dir",
-                    str(docs), "-q"], check=True, env=env, capture_output=True)
-    before_tc = snapshot(docs / "towncenter")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)  # well inside the analysis of ten locations
     proc.send_signal(signal.SIGINT)

@@ -33,8 +33,8 @@ def mkdocs_strict(docs: Path, tmp: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""})
 
 
-def test_tiny_build_report_json(project):
-    result = build(write_spec(project), project / "docs", device="cpu")
+def test_tiny_build_report_json(tiny_build):
+    result, project = tiny_build  # built once per session (tests/conftest.py)
     out = project / "docs" / "tiny"
     assert result.out_dir == out
     report = json.loads((out / "report.json").read_text())
@@ -184,14 +184,11 @@ def test_unseen_resnet_builds_and_passes_mkdocs_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("spec_name", ["edges.yaml", "towncenter.yaml", "colour_mlp.yaml"])
-def test_example_specs_build_and_pass_mkdocs_strict(tmp_path, spec_name, request):
-    # A site holding only this report: every link it writes must stay inside it.
-    if spec_name == "towncenter.yaml":  # built once per session, shared with tests/test_findings.py
-        result, docs, tmp_path = request.getfixturevalue("towncenter_build")
-    else:
-        docs = tmp_path / "docs"
-        result = build(ROOT / "specs" / spec_name, docs, device="cpu")
+@pytest.mark.parametrize("example", ["edges_build", "towncenter_build", "colour_mlp_build"])
+def test_example_specs_build_and_pass_mkdocs_strict(tmp_path, example, request):
+    # A site holding only this report: every link it writes must stay inside it. Each example
+    # is built once per session (tests/conftest.py) and shared with the other tests that read it.
+    result, docs, _ = request.getfixturevalue(example)
     assert result.pages >= 3 and result.images > 0
     proc = strict_lone_site(docs, tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -62,8 +62,8 @@ def test_self_and_permuted_copy_score_one_at_every_layer_through_a_build(project
     assert "after aligning this layer's input channels" in page
 
 
-def test_no_interval_from_too_few_images(project):
-    result = build(write_spec(project), project / "docs", device="cpu")  # 3 shared images
+def test_no_interval_from_too_few_images(tiny_build):
+    result, _ = tiny_build  # the tiny project's 3 shared images (built once per session)
     c = result.report["comparisons"][0]
     assert c["cka"] is not None and c["cka_ci"] is None and c["median_over_pairs_ci"]["cka"] is None
 
@@ -90,8 +90,8 @@ def test_residual_model_falls_back_to_own_order_with_a_note_in_report_and_page(p
     assert "own input-channel order" in (project / "docs/tiny/layers/conv3.md").read_text()
 
 
-def test_unrelated_locations_score_lower_and_findings_trace_to_report_json(project):
-    result = build(write_spec(project), project / "docs", device="cpu")
+def test_unrelated_locations_score_lower_and_findings_trace_to_report_json(tiny_build):
+    result, _ = tiny_build  # built once per session (tests/conftest.py)
     report = result.report
     c = {c["layer"]: c for c in report["comparisons"]}["conv1"]
     w = np.array(c["weight_similarity"])

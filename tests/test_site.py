@@ -22,7 +22,7 @@ import pytest
 
 from reportgen.build import build
 from tests.test_build import mkdocs_strict
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,14 +30,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, towncenter_build, edges_build, colour_mlp_build):
+    """The repository's site with the three example reports (built once per session)."""
     tmp = tmp_path_factory.mktemp("site")
     docs = tmp / "docs"
     shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
-    # REPORTGEN_SITE_CACHE: a cache kept between runs (make screenshots, a reviewer's reruns)
-    cache = Path(os.environ.get("REPORTGEN_SITE_CACHE") or tmp / "cache")
-    for spec in ("towncenter.yaml", "edges.yaml", "colour_mlp.yaml"):
-        build(ROOT / "specs" / spec, docs, device="cpu", cache_dir=cache)
+    for example in (towncenter_build, edges_build, colour_mlp_build):
+        copy_report(example, docs)
     proc = mkdocs_strict(docs, tmp)
     assert proc.returncode == 0, proc.stderr
     return tmp / "site"
@@ -365,9 +364,9 @@ def test_cleanup_touches_only_its_own_report(project):
     assert not (docs / ".tiny~staging-dead").exists()
 
 
-def test_report_as_another_user_sees_it(project, tmp_path):
+def test_report_as_another_user_sees_it(tiny_build):
     """The reason for the modes: 'other' users (mkdocs run by a web server) can read every file."""
-    build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    _, project = tiny_build  # built once per session under the default umask (tests/conftest.py)
     for p in [project / "docs" / "tiny", *(project / "docs" / "tiny").rglob("*")]:
         mode = p.stat().st_mode
         assert mode & stat.S_IROTH and (not p.is_dir() or mode & stat.S_IXOTH), p

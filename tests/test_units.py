@@ -57,8 +57,8 @@ def test_unit_options_are_validated(project):
     ]
 
 
-def test_colour_mlp_trace_matches_a_hand_forward(tmp_path):
-    result = build(ROOT / "specs/colour_mlp.yaml", tmp_path / "docs", device="cpu", cache_dir=None)
+def test_colour_mlp_trace_matches_a_hand_forward(colour_mlp_build):
+    result, docs, _ = colour_mlp_build  # the example built once per session (tests/conftest.py)
     run = result.report["runs"][0]
     assert run["trace"]["finite_difference_max_error"] < 1e-6
     sd = torch.load(ROOT / "examples/colour_mlp/checkpoint.pt", weights_only=True)["state_dict"]
@@ -68,7 +68,7 @@ def test_colour_mlp_trace_matches_a_hand_forward(tmp_path):
     hidden1 = next(lay for lay in run["layers"] if lay["name"] == "hidden1")
     np.testing.assert_allclose(hidden1["trace"]["Z"], z, rtol=1e-12)
     np.testing.assert_allclose(hidden1["trace"]["A"], 1 / (1 + np.exp(-z)), rtol=1e-12)
-    page = (tmp_path / "docs/colour-mlp/trace/colourmlp.md").read_text()
+    page = (docs / "colour-mlp/trace/colourmlp.md").read_text()
     assert "| 6 | mid grey | 0.500, 0.500, 0.500 | 0 |" in page
 
 

@@ -83,10 +83,11 @@ def test_no_change_rebuild_imports_nothing_heavy_and_writes_nothing(built, devic
     before = snapshot(built / "docs")
     proc, heavy = fresh_process_build(built, "--device", device, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"Up to date: {built / 'docs' / 'tiny'}: 10 pages, "), proc.stdout
+    pages = sum(1 for _ in (built / "docs" / "tiny").rglob("*.md"))  # what the first build published
+    assert proc.stdout.startswith(f"Up to date: {built / 'docs' / 'tiny'}: {pages} pages, "), proc.stdout
     assert heavy == [], f"imported {heavy} although nothing changed"
     assert snapshot(built / "docs") == before
-    assert sorted(p.name for p in (built / "docs").iterdir()) == ["tiny"]  # no lock file left either
+    assert not [p.name for p in (built / "docs").iterdir() if p.name.startswith(".")]  # no lock file left either
 
 
 def test_force_and_no_cache_build_again_to_the_same_report(built):
