@@ -8,6 +8,7 @@ builds each example once while the others run the rest.
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -60,7 +61,9 @@ def _build_example(tmp_path_factory, spec_name: str):
 
     tmp = tmp_path_factory.mktemp(spec_name.split(".")[0])
     docs = tmp / "docs"
-    result = build(ROOT / "specs" / spec_name, docs, device="cpu", cache_dir=None)
+    # REPORTGEN_SITE_CACHE: a cache kept between runs (make screenshots, a reviewer's reruns).
+    cache = os.environ.get("REPORTGEN_SITE_CACHE") or None
+    result = build(ROOT / "specs" / spec_name, docs, device="cpu", cache_dir=cache)
     return result, docs, tmp
 
 

@@ -333,7 +333,7 @@ def _forged(tree: dict, blobs: bytes = b"") -> bytes:
     {"a": ["<f8", [2], 0, 8, True, "C"]},  # shape larger than the buffer
     {"a": ["<f8", [1], 4, 8, True, "C"]},  # buffer past the end
     {"c": "os._wrap_close", "v": {}},  # a class that is not registered
-    {"c": "reportgen.build.LayerResult", "v": {"name": "x"}},  # fields that do not match
+    {"c": "reportgen.results.LayerResult", "v": {"name": "x"}},  # fields that do not match
     {"x": 1},  # unknown tag
 ])
 def test_forged_entries_are_refused(tree):
@@ -348,7 +348,7 @@ def test_result_types_of_a_build_round_trip():
     from dataclasses import fields
 
     from reportgen.analysis.gabor import gabor_scores
-    from reportgen.build import LayerResult
+    from reportgen.results import LayerResult
     from reportgen.units import UnitViews
 
     rng = np.random.default_rng(0)
