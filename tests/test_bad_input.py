@@ -532,10 +532,19 @@ def test_ctrl_c_during_a_build_leaves_the_previous_report(tmp_path, edges_build,
     before_tc = snapshot(copy_report(towncenter_build, docs))
     cmd = [sys.executable, "-m", "reportgen", "build", str(ROOT / "specs/towncenter.yaml"), "--docs-dir",
            str(docs), "--no-cache"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # well inside the analysis of ten locations
+    # A test worker may run with SIGINT ignored (pytest-xdist's), which a child inherits and
+    # Python then respects: give the build the default disposition a terminal gives it.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stderr:  # progress lines; interrupt once the analysis of a location began
+        seen.append(line)
+        if "loc0" in line:
+            break
+    assert any("loc0" in line for line in seen), "".join(seen)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert snapshot(docs / "towncenter") == before_tc
