@@ -218,3 +218,20 @@ def test_edges_known_answers():
     n = x.shape[0]
     pooled = model.pool(torch.relu(model.edges(img[None])))
     assert model.strided(pooled).shape[-1] == (n // 2 - 3) // 2 + 1  # (n + 2p - f) / s + 1
+
+
+def test_towncenter_home_answers_why_the_locations_differ(towncenter_build):
+    """The example's home page leads with one finding per question of the 'why' analyses,
+    each the highest ranked of its kind, linking to the page that holds the evidence."""
+    import json
+
+    result, docs, _ = towncenter_build
+    home = (result.out_dir / "index.md").read_text()
+    findings = json.loads((result.out_dir / "report.json").read_text())["findings"]
+    assert "### Why the locations differ" in home
+    for kind, page in (("data", "data.md"), ("concepts", "concepts.md"), ("training", "training.md"),
+                       ("importance", "importance.md")):
+        first = next(f for f in findings if f["kind"] == kind)
+        line = next(ln for ln in home.splitlines() if ln.startswith("- **[") and f"]({page})**" in ln)
+        assert line.endswith(first["text"]), (kind, line)
+        assert (result.out_dir / page).is_file()
