@@ -36,31 +36,10 @@ import threading
 import time
 from pathlib import Path
 
+from proc_tree import tree_rss
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 10.0
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and all its descendants now (0 once it is gone)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))  # fields[1]: parent pid
-        rss[int(entry)] = int(fields[21]) * _PAGE  # fields[21]: resident pages
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
-    return total
 
 
 def has_jobs_option(env: dict) -> bool:
@@ -83,7 +62,7 @@ def cold_build(spec: str, jobs: int | None, env: dict) -> dict:
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], _tree_rss(proc.pid))
+                peak[0] = max(peak[0], tree_rss(proc.pid))
                 done.wait(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)

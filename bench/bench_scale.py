@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_tree import tree_rss
+
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,30 +86,6 @@ def make_locations(folder: Path, n: int) -> list[str]:
     return names
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and every descendant, from /proc."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as fh:
-                rss[int(entry)] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            parents[int(entry)] = ppid
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
-    return sum(rss.get(p, 0) for p in tree)
-
-
 def run_build(spec: Path, docs: Path, jobs: int) -> tuple[float, int]:
     """(seconds, peak bytes of the process tree) of one build in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -119,7 +97,7 @@ def run_build(spec: Path, docs: Path, jobs: int) -> tuple[float, int]:
     linux = os.path.isdir("/proc/self")
     while proc.poll() is None:
         if linux:
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.05)
     seconds = time.perf_counter() - t0
     err = proc.stderr.read().decode()
