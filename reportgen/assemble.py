@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from reportgen import __version__
-from reportgen.analysis.findings import SEVERITY_ORDER, Z_ABOVE_CHANCE
+from reportgen.analysis.findings import Z_ABOVE_CHANCE, rank_key
 from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.cache import Cache, digest
@@ -229,8 +229,7 @@ def model_findings(report: dict, analyses) -> list[dict]:
             out.append({**f, "text": said, "link": link, "model": model})
     # Ranked findings of all models together; each model's overview and next step after them.
     tail = ("overview", "next_step")
-    out = (sorted((f for f in out if f.get("kind") not in tail),
-                  key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+    out = (sorted((f for f in out if f.get("kind") not in tail), key=rank_key)
            + [f for f in out if f.get("kind") == "overview"] + [f for f in out if f.get("kind") == "next_step"])
     if not report.get("model_comparisons") and analyses.compare.enabled and analyses.activations.enabled:
         out.append({"severity": "info", "kind": "next_step", "text": "Suggested next step: list test images "

@@ -16,7 +16,7 @@ An extension contributes, in build order:
 5. ``findings(report, analyses)``: finding dicts (see reportgen.analysis.findings).
 
 Every callable but ``wanted`` and ``reduce`` may be None. Registration order is the
-order in which pages and findings appear.
+order does not matter: see ``active``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,14 @@ def register_extension(ext: Extension) -> Extension:
 
 
 def active(spec: "ReportSpec") -> list[Extension]:
-    """The registered extensions this spec asks for, in registration order."""
+    """The registered extensions this spec asks for: the built-in ones in ``BUILTIN`` order,
+    then any other by name. Never registration order: which module is imported first
+    depends on the executor and on what the cache held (unpickling a result imports its
+    extension), and the report must not."""
     _load_builtin()
-    return [e for e in EXTENSIONS.values() if e.wanted(spec)]
+    rank = {mod.rsplit(".", 1)[-1]: i for i, mod in enumerate(BUILTIN)}
+    ordered = sorted(EXTENSIONS.values(), key=lambda e: (rank.get(e.name, len(rank)), e.name))
+    return [e for e in ordered if e.wanted(spec)]
 
 
 def _load_builtin() -> None:

@@ -22,12 +22,17 @@ def check_spec(path: Path) -> str:
     are not repeated by later stages).
     """
     from reportgen.preflight import check_models
+    from reportgen.run.trace import trace_batch
 
     spec, problems, broken = _spec_collecting(path)
     if spec is None:
         raise SpecError(problems)
     model_problems, checks = check_models(spec, frozenset(broken))
     problems += model_problems
+    try:
+        trace_batch(spec)
+    except SpecError as exc:
+        problems += exc.problems
     lines = [f"Spec {path} is valid: report '{spec.report}', {len(spec.runs)} runs."]
     shapes: dict[str, list[str]] = {}
     for run in spec.runs:

@@ -516,6 +516,18 @@ class ReportSchema(_Strict):
     def _layer_shorthand(cls, v: Any) -> Any:
         return _layer_list(v)
 
+    @field_validator("title")
+    @classmethod
+    def _one_line_title(cls, v: str) -> str:
+        # The title is a page heading, a nav label and a link text in the docs index: one line.
+        if re.search(r"[\x00-\x1f\x7f]", v):
+            raise ValueError("the title must be one line without control characters (newlines, tabs); "
+                             "put longer text in 'description' (in YAML, a '|' block keeps newlines, "
+                             "a plain string on one line has none)")
+        if not v.strip():
+            raise ValueError("the title is blank; give the report a title")
+        return v
+
     @model_validator(mode="after")
     def _unique_models(self) -> "ReportSchema":
         names = [m.name for m in self.models]

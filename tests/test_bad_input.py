@@ -43,7 +43,26 @@ def _image(make):
     return mutate
 
 
+def _batch(content: str):
+    """A spec with a trace batch file holding ``content``."""
+    def mutate(p):
+        (p / "batch.json").write_text(content)
+        return write_spec(p, SPEC + "analyses:\n  trace: {batch: batch.json}\n")
+    return mutate
+
+
 CASES = {
+    "title with a newline": (_replace("title: Tiny report", 'title: "Tiny\\nreport"'),
+                             r"spec.yaml:2: title: the title must be one line without control characters"),
+    "trace batch of strings": (_batch('{"inputs": [["a", "b"]], "labels": [1]}'),
+                               r"spec.yaml:19: analyses.trace.batch: \S+batch.json: inputs\[0\]\[0\] is \"a\", "
+                               r"not a finite number"),
+    "trace batch of ragged rows": (_batch('{"inputs": [[1, 2], [3]], "labels": [1, 0]}'),
+                                   r"spec.yaml:19: analyses.trace.batch: \S+batch.json: inputs\[1\] has 1 numbers "
+                                   r"where inputs\[0\] has 2; every entry of 'inputs' must have the same length"),
+    "trace batch with a label too few": (_batch('{"inputs": [[1, 2], [3, 4]], "labels": [1]}'),
+                                         r"spec.yaml:19: analyses.trace.batch: \S+batch.json: 'labels' has 1 entries "
+                                         r"and 'inputs' 2 rows; give one label"),
     "malformed YAML": (lambda p: write_spec(p, SPEC.replace("title: Tiny report", "title: [oops")),
                        r"spec.yaml:\d+:\d+: invalid YAML"),
     "unknown key": (_replace("arch_args", "archargs"), r"spec.yaml:7: models\[0\].archargs: unknown key; did you mean 'arch_args'\?"),

@@ -155,3 +155,18 @@ def test_several_nodes_without_the_folder_refuse_with_one_line(local_ray, tmp_pa
                                              r"10\.0\.0\.2; pass --cache-dir on a filesystem"):
         executors_ray.check_shared(local_ray, str(tmp_path / "spill"))
     assert list((tmp_path / "spill").iterdir()) == []  # the probe file is removed
+
+
+def test_ray_build_with_every_why_analysis_is_byte_identical(local_ray, tmp_path):
+    """The data, training, concepts and importance analyses, whose findings tie on severity and
+    value: a Ray build (whose driver imports the analyses in the order their results arrive)
+    publishes the same files as one in this process."""
+    from reportgen.build import build
+    from tests.test_reproducible import differences, published, why_spec
+
+    spec = why_spec(tmp_path)
+    build(spec, tmp_path / "seq", device="cpu", cache_dir=None, executor=EXECUTORS["sequential"]())
+    build(spec, tmp_path / "ray", device="cpu", cache_dir=None, executor=EXECUTORS["ray"]())
+    ref = published(tmp_path / "seq")
+    assert {"training.md", "concepts.md", "importance.md"} <= set(ref)
+    assert differences(published(tmp_path / "ray"), ref) == []

@@ -27,6 +27,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from reportgen.analysis.determinism import one_thread
 from reportgen.capture import inference
 
 
@@ -123,14 +124,16 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
 
     n = x.shape[0]
     tail = tail_after(model, layer)
-    with inference(model):
+    with inference(model), one_thread():
         mid = None
         if tail is not None:
             with LayerRecorder(model, [layer]) as rec:
                 mid = rec.run(x)[layer]
         base = {k: v.float() for k, v in output_heads(model(x) if tail is None else tail(x, mid)).items()}
         heads = tuple(base)
-        norms = {k: v.reshape(n, -1).norm(dim=1) for k, v in base.items()}
+        # Norms in float64 numpy, not torch: a torch reduction's order (and so its last bits)
+        # depends on the thread count, and the report must not depend on the executor.
+        norms = {k: _norms(v.reshape(n, -1)) for k, v in base.items()}
         effect = np.zeros((len(units), len(heads)))
         # Each pass also carries the images unablated (block 0) and compares against that copy:
         # a kernel's float rounding can depend on the batch size, and a unit that changes
@@ -150,11 +153,16 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
                     out = output_heads(model(xs))
             for h, name in enumerate(heads):
                 y = out[name].float().reshape(len(chunk), n, -1)
-                diff = (y[1:] - y[:1]).norm(dim=2)  # (k, N)
+                diff = _norms(y[1:] - y[:1])  # (k, N)
                 ok = norms[name] > 0
-                rel = diff[:, ok] / norms[name][ok]
-                effect[start:start + k, h] = rel.mean(dim=1).double().cpu().numpy() if ok.any() else np.nan
+                effect[start:start + k, h] = (diff[:, ok] / norms[name][ok]).mean(axis=1) if ok.any() else np.nan
     return Ablation(heads=heads, units=np.asarray(units, dtype=np.int64), effect=effect)
+
+
+def _norms(t: torch.Tensor) -> np.ndarray:
+    """L2 norms over the last axis, in float64 (numpy's summation order is fixed)."""
+    a = t.detach().to("cpu", torch.float64).numpy()
+    return np.sqrt(np.einsum("...i,...i->...", a, a))
 
 
 def ranking(effect: np.ndarray) -> np.ndarray:

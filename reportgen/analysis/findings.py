@@ -22,6 +22,16 @@ SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
 OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
 
 
+def rank_key(f: dict) -> tuple:
+    """The order of ranked findings: severity, then how far from normal (``value``, largest
+    first; NaN last), then kind, model and text, so that findings that tie on severity and
+    value come out in the same order whatever order they were made in (executors, cache,
+    import order)."""
+    value = f["value"]
+    return (SEVERITY_ORDER[f["severity"]], -value if value == value else float("inf"),
+            f.get("kind") or "", f.get("model") or "", f["text"])
+
+
 def findings(report: dict, analyses) -> list[dict]:
     """Each finding: ``severity``, ``kind``, ``text`` (Markdown), ``location`` (or null),
     ``locations`` (every location it names), ``layer``, ``link``, ``value``."""
@@ -31,7 +41,7 @@ def findings(report: dict, analyses) -> list[dict]:
     sims = [dict(f, kind="trend" if f["link"] == "stages.md" else "similarity")
             for f in _similarity(report, analyses.compare.similar)]
     patterns = pattern_findings(report, health)
-    ranked = sorted(verdicts + gabor + sims + patterns, key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+    ranked = sorted(verdicts + gabor + sims + patterns, key=rank_key)
     unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
     notes = any(f["severity"] == "warning" or f.get("pattern") == "dead" for f in patterns)
     out = ranked + [_overview(report, unhealthy, notes)]

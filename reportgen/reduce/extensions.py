@@ -3,7 +3,7 @@ pictures and pages, in that order, after the report dict is built."""
 
 from __future__ import annotations
 
-from reportgen.analysis.findings import SEVERITY_ORDER
+from reportgen.analysis.findings import rank_key
 from reportgen.extensions import Extension, active
 from reportgen.site import ReportFiles
 from reportgen.spec import ReportSpec
@@ -32,8 +32,7 @@ def with_extension_findings(findings: list[dict], done: list[tuple[Extension, di
     models = list(dict.fromkeys(r["model"] for r in report["runs"]))
     extra = [{**f, "model": f.get("model", models[0] if len(models) == 1 else None)} for f in extra]
     head = [f for f in findings if f.get("kind") not in TAIL_KINDS] + extra
-    # A stable sort: the built-in findings are already in this order, so they keep it.
-    return (sorted(head, key=lambda f: (SEVERITY_ORDER[f["severity"]], -f["value"]))
+    return (sorted(head, key=rank_key)
             + [f for f in findings if f.get("kind") in TAIL_KINDS])
 
 
