@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reportgen.build import build  # noqa: E402
-from reportgen.images import load_image  # noqa: E402
-from reportgen.scaffold import mkdocs_yml  # noqa: E402
-from reportgen.spec import load_spec  # noqa: E402
+from reportgen.load.images import load_image  # noqa: E402
+from reportgen.publish.scaffold import mkdocs_yml  # noqa: E402
+from reportgen.load.spec import load_spec  # noqa: E402
 
 # facenet-pytorch's package imports torchvision (for NMS) at import time; the network
 # classes do not use it. This shim loads mtcnn.py with stand-ins for those names.
@@ -195,7 +195,7 @@ def _nudenet(wheel_dir: Path, tmp: Path) -> list[Net]:
         import onnx
         from onnx import numpy_helper
 
-        from reportgen.formats import load_onnx
+        from reportgen.load.formats import load_onnx
     except ImportError:
         print('nudenet skipped: pip install "reportgen[onnx]"')
         return []

@@ -7,7 +7,7 @@ processes, start-up included, as a user at a terminal sees them:
 - `python -c "import torch"`: the yardstick;
 - cold build: `reportgen build SPEC --device cpu` with an empty cache and no report;
 - rebuild, cache only (`--force`): every result from the cache, as every rebuild was
-  before reportgen.uptodate (torch imported, models loaded, pages written again);
+  before reportgen.publish.uptodate (torch imported, models loaded, pages written again);
 - no-change rebuild: the same command without `--force`: it finds the report up to date.
 The yardstick and the rebuilds are run in turn, so a change in the machine's load hits
 all of them alike. Prints the median and the spread of each, and the ratio

@@ -3,11 +3,11 @@
     load spec -> check layers -> map runs -> reduce -> render -> publish
 
 *map*: the per-run task (reportgen.run.run_task) for every run, through an executor
-(reportgen.executors): each run's model is loaded once, and only when some result is
+(reportgen.run.executors): each run's model is loaded once, and only when some result is
 not cached. *reduce*: health pooled per model and layer, comparisons of locations, the
-reference and models (reportgen.comparison, reportgen.crossmodel). *render*: pictures,
-report.json, findings and pages in memory (reportgen.assemble). *publish*: an atomic
-swap into docs/<report>/ (reportgen.site). Everything between loading and publishing
+reference and models (reportgen.reduce.compare, reportgen.reduce.crossmodel). *render*: pictures,
+report.json, findings and pages in memory (reportgen.render.report). *publish*: an atomic
+swap into docs/<report>/ (reportgen.publish.site). Everything between loading and publishing
 takes values and returns values.
 """
 
@@ -23,22 +23,22 @@ import torch
 from torch import nn
 
 from reportgen.analysis.filters import filter_health, pooled_scale
-from reportgen.assemble import group_layers, render_report
-from reportgen.cache import default_dir as default_cache_dir
-from reportgen.cache import Cache
-from reportgen.comparison import run_comparisons
-from reportgen.crossmodel import cross_model_cka
-from reportgen.errors import SpecError, StrictWarningsError
-from reportgen.executors import Executor, Sequential, make_executor
-from reportgen.models import resolve_device
-from reportgen.results import RunResult
+from reportgen.render.report import group_layers, render_report
+from reportgen.core.cache import default_dir as default_cache_dir
+from reportgen.core.cache import Cache
+from reportgen.reduce.compare import run_comparisons
+from reportgen.reduce.crossmodel import cross_model_cka
+from reportgen.core.errors import SpecError, StrictWarningsError
+from reportgen.run.executors import Executor, Sequential, make_executor
+from reportgen.load.models import resolve_device
+from reportgen.core.results import RunResult
 from reportgen.run.layers import activation_problems
 from reportgen.run.task import RunTask, remember_spec, run_task
 from reportgen.run.trace import trace_batch
-from reportgen.site import build_lock, publish
-from reportgen.spec import ReportSpec, load_spec
-from reportgen.spill import NO_SPILL, Spill, spill_store
-from reportgen.uptodate import build_key, stamp
+from reportgen.publish.site import build_lock, publish
+from reportgen.load.spec import ReportSpec, load_spec
+from reportgen.core.spill import NO_SPILL, Spill, spill_store
+from reportgen.publish.uptodate import build_key, stamp
 
 Log = Callable[[str], None]
 
@@ -63,7 +63,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     ``cache_dir``: where results are cached between builds; True: the default
     (``$REPORTGEN_CACHE_DIR`` or ``.reportgen-cache``); None or False: no cache.
     ``executor``: where the per-run tasks run: an Executor, or a name of
-    ``reportgen.executors.EXECUTORS`` made with ``jobs`` and ``ray_address``; None: a
+    ``reportgen.run.executors.EXECUTORS`` made with ``jobs`` and ``ray_address``; None: a
     process pool of ``jobs`` workers when ``jobs`` > 1 and the spec has several runs, else
     this process. The output is the same whichever runs the tasks.
     """
@@ -87,7 +87,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
             )
         log("drawing pictures and writing pages")
         files, report = render_report(spec, results, comp, dev, cache, spill)
-        stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.uptodate)
+        stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
         out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict).
     warnings += cache.warnings
@@ -108,13 +108,13 @@ def choose_executor(executor: Executor | str | None, jobs: int, address: str | N
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
     """Build each architecture once (no checkpoint), resolve every layer name and run
-    a dry forward pass at the spec's input size (reportgen.preflight).
+    a dry forward pass at the spec's input size (reportgen.load.preflight).
 
     Layer names and shapes depend on the architecture only, so one instance per
     model serves all its locations. Raises SpecError listing every problem.
     Returns model name -> {layer name: module} of that instance.
     """
-    from reportgen.preflight import check_models
+    from reportgen.load.preflight import check_models
 
     problems, checks = check_models(spec)
     for name, c in checks.items():
@@ -130,7 +130,7 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | Non
     """Map the per-run task over every run (in spec order, whatever the executor), then pool
     the health statistics per model and layer. Returns the results and the warnings: every
     run's notes, then the unit views', then the traces'. With a ``spill`` store, the
-    results hold their heavy arrays there (reportgen.spill), not in memory."""
+    results hold their heavy arrays there (reportgen.core.spill), not in memory."""
     cache = cache or Cache(None)
     executor = executor or Sequential()
     trace_batch(spec)  # a malformed trace batch is a spec error before any run starts

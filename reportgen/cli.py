@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from reportgen import __version__
-from reportgen.errors import ReportgenError
+from reportgen.core.errors import ReportgenError
 
 
 def _fail(exc: ReportgenError) -> None:
@@ -60,14 +60,14 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
           verbose: bool) -> None:
     """Build the report described by SPEC.
 
-    When nothing it depends on has changed since the last build (see reportgen.uptodate),
+    When nothing it depends on has changed since the last build (see reportgen.publish.uptodate),
     it says so and stops before loading torch or any model.
     """
     if not (force or no_cache) and _up_to_date(spec, docs_dir, device, strict):
         return
     from reportgen.build import build as run_build
-    from reportgen.executors import default_jobs
-    from reportgen.progress import Progress
+    from reportgen.run.executors import default_jobs
+    from reportgen.core.progress import Progress
 
     progress = Progress(enabled=not quiet, verbose=verbose)
     cache = None if no_cache else (cache_dir or True)
@@ -80,7 +80,7 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
         _fail(exc)
     except OSError as exc:
         _fail_env(exc)
-    from reportgen.scaffold import refresh_index
+    from reportgen.publish.scaffold import refresh_index
 
     refresh_index(docs_dir)  # the site's root lists every report, unless docs/index.md is the user's own
     for w in result.warnings:
@@ -105,7 +105,7 @@ def _env_jobs() -> int | None:
 
 def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
     """Print the published report's summary and return True when it is up to date."""
-    from reportgen.uptodate import check as check_up_to_date
+    from reportgen.publish.uptodate import check as check_up_to_date
 
     try:
         done = check_up_to_date(spec, docs_dir, device, strict)
@@ -128,9 +128,9 @@ def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 def check(spec: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
-    from reportgen.inspect import check_spec
+    from reportgen.commands.inspect import check_spec
 
-    from reportgen.errors import SpecError
+    from reportgen.core.errors import SpecError
 
     try:
         summary = check_spec(spec)
@@ -147,7 +147,7 @@ def check(spec: Path) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 def layers(spec: Path) -> None:
     """List every layer of SPEC's models with weight and output shapes."""
-    from reportgen.inspect import list_layers
+    from reportgen.commands.inspect import list_layers
 
     try:
         click.echo(list_layers(spec))
@@ -175,7 +175,7 @@ def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: i
     and a minimal mkdocs.yml and docs/index.md here when they are absent."""
     import json
 
-    from reportgen.inspect import init_spec
+    from reportgen.commands.inspect import init_spec
 
     try:
         args = json.loads(arch_args)
@@ -207,8 +207,8 @@ def serve(spec: Path, docs_dir: Path, device: str, dev_addr: str, config_file: P
     import os
 
     from reportgen.build import build as run_build
-    from reportgen.progress import Progress
-    from reportgen.scaffold import mkdocs_yml, refresh_index, write_if_absent
+    from reportgen.core.progress import Progress
+    from reportgen.publish.scaffold import mkdocs_yml, refresh_index, write_if_absent
 
     docs_rel = os.path.relpath(docs_dir.resolve(), config_file.resolve().parent)
     if write_if_absent(config_file, mkdocs_yml("Reports", docs_rel)):
@@ -262,7 +262,7 @@ def _run_until_signal(cmd: list[str], env: dict) -> int:
 @cli.command()
 def schema() -> None:
     """Print the spec's JSON Schema (for editor completion and checking)."""
-    from reportgen.spec import json_schema
+    from reportgen.load.spec import json_schema
 
     click.echo(json_schema(), nl=False)
 

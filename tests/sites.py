@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reportgen.scaffold import mkdocs_yml
+from reportgen.publish.scaffold import mkdocs_yml
 
 
 def strict_lone_site(docs: Path, tmp: Path) -> subprocess.CompletedProcess:

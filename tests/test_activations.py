@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analysis.activations import ChannelStats
-from reportgen.capture import (NO_ACTIVATION, Activation, LayerRecorder, apply_activation, find_activations,
+from reportgen.run.hooks import (NO_ACTIVATION, Activation, LayerRecorder, apply_activation, find_activations,
                                inference, resolve_activation)
-from reportgen.spec import LayerSpec
+from reportgen.load.spec import LayerSpec
 
 
 class FunctionalSiLU(nn.Module):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reportgen.annotations import concept_masks, load_annotations
-from reportgen.errors import SpecError
+from reportgen.load.annotations import concept_masks, load_annotations
+from reportgen.core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_example_file_covers_every_example_frame():
 
 
 def test_spec_key_resolves_per_location_and_reports_missing(tmp_path):
-    from reportgen.spec import load_spec
+    from reportgen.load.spec import load_spec
 
     (tmp_path / "loc1.json").write_text("{}")
     spec = tmp_path / "s.yaml"

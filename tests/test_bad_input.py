@@ -531,7 +531,7 @@ def test_html_and_markdown_in_title_are_escaped(built):
 
 
 def test_second_build_at_once_refuses_cleanly(built):
-    from reportgen.site import build_lock
+    from reportgen.publish.site import build_lock
 
     before = snapshot(built / "docs")
     with build_lock(built / "docs", "tiny"):

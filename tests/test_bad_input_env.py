@@ -311,8 +311,8 @@ def test_matrix_is_large_enough():
 
 
 def test_spec_that_is_a_folder_is_refused(tmp_path):
-    from reportgen.errors import SpecError
-    from reportgen.yamlsrc import load_yaml
+    from reportgen.core.errors import SpecError
+    from reportgen.load.yamlsrc import load_yaml
 
     with pytest.raises(SpecError, match="is a directory|not a regular file"):
         load_yaml(tmp_path)
@@ -321,7 +321,7 @@ def test_spec_that_is_a_folder_is_refused(tmp_path):
 @pytest.mark.parametrize("n", [2, 8])
 def test_aliases_within_the_bounds_still_work(project, n):
     """Anchors and aliases are a YAML feature people use; only abuse is refused."""
-    from reportgen.yamlsrc import load_yaml
+    from reportgen.load.yamlsrc import load_yaml
 
     text = SPEC + "shared: &s {a: 1, b: [1, 2]}\nuses: [" + ", ".join(["*s"] * n) + "]\n"
     data = load_yaml(write_spec(project, text)).data

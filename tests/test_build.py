@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from reportgen import site
+from reportgen.publish import site
 from reportgen.build import build
-from reportgen.errors import BuildLockedError, ModelLoadError, SpecError
+from reportgen.core.errors import BuildLockedError, ModelLoadError, SpecError
 from tests.conftest import ROOT, SPEC, write_spec
 from tests.sites import strict_lone_site
 
@@ -141,7 +141,7 @@ def test_bad_images(project, content, msg):
         Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(path)
     else:
         path.write_bytes(content)
-    from reportgen.errors import ImageError
+    from reportgen.core.errors import ImageError
     with pytest.raises(ImageError, match=f"image .*im1.png .*{msg}"):
         build(write_spec(project), project / "docs", device="cpu")
 
@@ -201,11 +201,11 @@ def test_edges_known_answers():
     and the feature map equals scipy's correlate2d."""
     from scipy.signal import correlate2d
 
-    from reportgen.images import load_image
-    from reportgen.spec import load_spec
+    from reportgen.load.images import load_image
+    from reportgen.load.spec import load_spec
 
     spec = load_spec(ROOT / "specs" / "edges.yaml")
-    from reportgen.models import load_model
+    from reportgen.load.models import load_model
     model = load_model(spec, spec.runs[0]).module
     img = load_image(ROOT / "examples/edges/images/stripes_horizontal.png", spec.input).tensor
     with torch.no_grad():

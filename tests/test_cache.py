@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from reportgen.build import build
-from reportgen.cache import Cache
-from reportgen.progress import Progress
+from reportgen.core.cache import Cache
+from reportgen.core.progress import Progress
 from tests.conftest import SPEC, tiny_module, write_spec
 
 
@@ -105,7 +105,7 @@ from dataclasses import dataclass  # noqa: E402
 import numpy as np  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from reportgen import cache as cache_mod  # noqa: E402
+from reportgen.core import cache as cache_mod  # noqa: E402
 from reportgen.cli import cli  # noqa: E402
 
 
@@ -333,7 +333,7 @@ def _forged(tree: dict, blobs: bytes = b"") -> bytes:
     {"a": ["<f8", [2], 0, 8, True, "C"]},  # shape larger than the buffer
     {"a": ["<f8", [1], 4, 8, True, "C"]},  # buffer past the end
     {"c": "os._wrap_close", "v": {}},  # a class that is not registered
-    {"c": "reportgen.results.LayerResult", "v": {"name": "x"}},  # fields that do not match
+    {"c": "reportgen.core.results.LayerResult", "v": {"name": "x"}},  # fields that do not match
     {"x": 1},  # unknown tag
 ])
 def test_forged_entries_are_refused(tree):
@@ -348,8 +348,8 @@ def test_result_types_of_a_build_round_trip():
     from dataclasses import fields
 
     from reportgen.analysis.gabor import gabor_scores
-    from reportgen.results import LayerResult
-    from reportgen.units import UnitViews
+    from reportgen.core.results import LayerResult
+    from reportgen.run.unit_views import UnitViews
 
     rng = np.random.default_rng(0)
     arr = {"f32": rng.normal(size=(2, 3)).astype(np.float32), "b": np.array([True, False])}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.capture import LayerRecorder, inference, relu_follows
+from reportgen.run.hooks import LayerRecorder, inference, relu_follows
 from tests.conftest import tiny_module
 
 
@@ -90,7 +90,7 @@ def test_tolerant_run_returns_what_fired():
 
 
 def test_probing_records_any_output_and_removes_its_hooks():
-    from reportgen.capture import probing
+    from reportgen.run.hooks import probing
 
     class Odd(nn.Module):
         def forward(self, x):
@@ -151,7 +151,7 @@ def _converted_graph_module() -> torch.fx.GraphModule:
 
 @pytest.mark.parametrize("make", [_SiluByHand, _converted_graph_module])
 def test_silu_written_as_x_times_sigmoid_is_silu(make):
-    from reportgen.capture import apply_activation, find_activations
+    from reportgen.run.hooks import apply_activation, find_activations
 
     torch.manual_seed(0)
     model = make()
@@ -164,7 +164,7 @@ def test_silu_written_as_x_times_sigmoid_is_silu(make):
 
 
 def test_sigmoid_used_elsewhere_too_is_not_silu():
-    from reportgen.capture import find_activations
+    from reportgen.run.hooks import find_activations
 
     class Two(nn.Module):
         def __init__(self):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from reportgen.analysis.dissect import dissect, labels, stack_masks, top_masks, upsample
-from reportgen.annotations import AnnObject, ImageAnnotation, concept_masks
-from reportgen.capture import LayerRecorder, inference
+from reportgen.load.annotations import AnnObject, ImageAnnotation, concept_masks
+from reportgen.run.hooks import LayerRecorder, inference
 
 
 def _scene(rng, n=4, h=24, w=32):

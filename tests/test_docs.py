@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from reportgen.spec import ReportSchema, json_schema
+from reportgen.load.spec import ReportSchema, json_schema
 from tests.conftest import ROOT
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reportgen.build import build
-from reportgen.executors import EXECUTORS, ProcessPool, Sequential, make_executor
+from reportgen.run.executors import EXECUTORS, ProcessPool, Sequential, make_executor
 from tests.conftest import SPEC, write_spec
 
 UNITS = "analyses:\n  units: {layers: [conv1], locations: [a, c], maximise: plain, steps: 2, top_n: 2}\n"
@@ -43,7 +43,7 @@ def _inverse(x: int) -> float:
 
 
 def test_unknown_executor_is_one_clear_error(monkeypatch):
-    from reportgen.errors import ExecutorError
+    from reportgen.core.errors import ExecutorError
 
     monkeypatch.delitem(EXECUTORS, "ray", raising=False)
     monkeypatch.setattr("importlib.import_module", _no_module)

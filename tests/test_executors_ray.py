@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.errors import ReportgenError, SpecError
-from reportgen.executors import EXECUTORS
+from reportgen.core.errors import ReportgenError, SpecError
+from reportgen.run.executors import EXECUTORS
 from tests.conftest import ROOT
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'reportgen[ray]')")
@@ -78,7 +78,7 @@ class Task:  # like reportgen.run.task.RunTask, it says where it runs
 
 
 def test_cuda_tasks_ask_for_one_gpu(local_ray):
-    from reportgen.executors_ray import gpus_per_task
+    from reportgen.run.executors_ray import gpus_per_task
 
     assert [gpus_per_task(d) for d in ("cpu", "cuda", "cuda:1")] == [0, 1, 1]
     got = list(EXECUTORS["ray"]().map(assigned, [Task("cuda"), Task("cpu"), Task("cuda:0")]))
@@ -88,7 +88,7 @@ def test_cuda_tasks_ask_for_one_gpu(local_ray):
 
 
 def test_reportgen_imports_without_ray_and_says_how_to_install(monkeypatch):
-    code = ("import sys, reportgen.cli, reportgen.executors\n"
+    code = ("import sys, reportgen.cli, reportgen.run.executors\n"
             "assert 'ray' not in sys.modules, 'ray imported at reportgen import time'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -135,7 +135,7 @@ def test_sequential_process_pool_and_ray_publish_identical_reports(local_ray, tm
 
 
 def test_a_folder_the_nodes_cannot_see_is_found_before_any_task(local_ray, tmp_path):
-    from reportgen.executors_ray import check_shared, nodes_missing
+    from reportgen.run.executors_ray import check_shared, nodes_missing
 
     (tmp_path / "there").write_text("x")
     assert nodes_missing(local_ray, str(tmp_path / "there")) == []
@@ -146,7 +146,7 @@ def test_a_folder_the_nodes_cannot_see_is_found_before_any_task(local_ray, tmp_p
 
 
 def test_several_nodes_without_the_folder_refuse_with_one_line(local_ray, tmp_path, monkeypatch):
-    from reportgen import executors_ray
+    from reportgen.run import executors_ray
 
     two = [{"Alive": True, "NodeID": "a"}, {"Alive": True, "NodeID": "b"}]
     monkeypatch.setattr(local_ray, "nodes", lambda: two)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from reportgen.build import build
-from reportgen.errors import ModelLoadError
-from reportgen.formats import onnx_available
-from reportgen.models import load_model
-from reportgen.names import slug
-from reportgen.spec import load_spec
+from reportgen.core.errors import ModelLoadError
+from reportgen.load.formats import onnx_available
+from reportgen.load.models import load_model
+from reportgen.core.names import slug
+from reportgen.load.spec import load_spec
 from tests.conftest import SPEC, tiny_module, write_spec
 from tests.sites import strict_lone_site
 
@@ -94,8 +94,8 @@ def _scripted(project, seed: int = 1):
 
 def _channel_max(net, images, layer: str) -> np.ndarray:
     """Plain torch: each channel's max after the ReLU over every position of every image."""
-    from reportgen.images import load_image
-    from reportgen.spec import InputSpec
+    from reportgen.load.images import load_image
+    from reportgen.load.spec import InputSpec
 
     x = torch.stack([load_image(p, InputSpec(size=(16, 16))).tensor for p in images])
     got = {}
@@ -164,7 +164,7 @@ layers: [body/body/0/Conv, body/body/2/Conv, head/Gemm]
 analyses:
   units: {layers: [body/body/2/Conv], steps: 2, top_n: 2, max_units: 2, maximise: plain}
 """)
-    from reportgen.inspect import list_layers
+    from reportgen.commands.inspect import list_layers
 
     listing = list_layers(spec)
     assert re.search(r"body/body/0/Conv\s+Conv2d\s+4x3x3x3\s+4x16x16", listing), listing
@@ -194,7 +194,7 @@ def test_onnx_graph_of_a_newer_opset_is_converted_down(tmp_path):
     import onnx
     from onnx import version_converter
 
-    from reportgen.formats import load_onnx
+    from reportgen.load.formats import load_onnx
 
     torch.manual_seed(0)
     net = _Detector().eval()

@@ -342,7 +342,7 @@ def test_layer_of_gabors_and_noise_is_told_apart_in_one_batch():
     # frequency, phase, width, colour; 10 % noise) shuffled among white-noise filters.
     # Every Gabor must be called Gabor-like and no noise filter, whatever its position in
     # the batch, so the layer's share is exactly the Gabors' share. (Speed: bench/bench_gabor.py.)
-    from reportgen.comparison import gabor_summary
+    from reportgen.reduce.compare import gabor_summary
 
     rng = np.random.default_rng(12)
     n = 48
@@ -371,7 +371,7 @@ def _gabor_report(summaries: dict) -> dict:
 def _summary(fitted_scores: list[float], n_filters: int) -> dict:
     """gabor_summary of fits whose first len(fitted_scores) filters are live, the rest dead (NaN)."""
     from reportgen.analysis.gabor import GaborFit
-    from reportgen.comparison import gabor_summary
+    from reportgen.reduce.compare import gabor_summary
 
     scores = list(fitted_scores) + [np.nan] * (n_filters - len(fitted_scores))
     # round blobs (sigma large, freq 0) so orientation histograms skip them
@@ -382,7 +382,7 @@ def _summary(fitted_scores: list[float], n_filters: int) -> dict:
 
 def test_dead_filters_are_left_out_of_shares_and_thin_locations_are_not_ranked():
     from reportgen.analysis.findings import _gabor
-    from reportgen.comparison import GABOR_MIN_LIVE
+    from reportgen.reduce.compare import GABOR_MIN_LIVE
 
     rng = np.random.default_rng(0)
     thin = _summary([0.9] * 5 + [0.2] * 3, 64)  # 56 of 64 dead; 5 of the 8 live fitted well

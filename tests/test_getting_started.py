@@ -143,7 +143,7 @@ def test_init_infers_a_dense_heads_input_size_and_no_normalisation(tmp_path, mon
     assert res.exit_code == 0, res.output
     assert "Input size 32x32: the only size tried" in res.stdout
     assert "No normalisation" in res.stdout
-    from reportgen.spec import load_spec
+    from reportgen.load.spec import load_spec
 
     spec = load_spec(tmp_path / "specs/mynet.yaml")
     assert spec.input.size == (32, 32) and spec.input.mean == (0.0, 0.0, 0.0) and spec.input.std == (1.0, 1.0, 1.0)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reportgen.errors import ImageError
-from reportgen.images import MAX_IMAGE_PIXELS, image_size, load_image
-from reportgen.spec import InputSpec
+from reportgen.core.errors import ImageError
+from reportgen.load.images import MAX_IMAGE_PIXELS, image_size, load_image
+from reportgen.load.spec import InputSpec
 
 RAW = InputSpec()  # no resize, mean 0, std 1: the tensor holds the [0, 1] values
 

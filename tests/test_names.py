@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from reportgen.build import build
-from reportgen.names import anchor_id, code, slug
+from reportgen.core.names import anchor_id, code, slug
 from tests.conftest import write_spec
 from tests.sites import strict_lone_site
 

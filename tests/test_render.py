@@ -145,7 +145,7 @@ def test_empty_labels_draw_nothing():
 
 
 def test_relink_rebases_relative_links_only():
-    from reportgen.pages import relink
+    from reportgen.render.pages import relink
 
     text = "[a](locations/x.md#l) [b](#top) [c](https://e.org/x) [d](layers/c.md)"
     assert relink(text, "../") == "[a](../locations/x.md#l) [b](#top) [c](https://e.org/x) [d](../layers/c.md)"
@@ -270,7 +270,7 @@ def test_norms_chart_legend_is_outside_the_points():
 
 
 def test_size_images_gives_widths_and_nothing_else():
-    from reportgen.pages import size_images
+    from reportgen.render.pages import size_images
 
     text = ("![a](../img/x/f.png){ loading=lazy }\n![b](../img/unknown.png){ loading=lazy }\n"
             "![c](img/s.png){ loading=lazy width=240 }\n")
@@ -285,7 +285,7 @@ def test_code_spans_show_paths_without_escapes():
 
     import markdown
 
-    from reportgen.names import code
+    from reportgen.core.names import code
 
     for text in ("runs/cam_c/best.pt", "frame_00.png", "a`b``c", "`x`", "x{ onclick=alert(1) }[y](javascript:z)",
                  "<img src=x>"):

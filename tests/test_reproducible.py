@@ -132,9 +132,9 @@ def test_the_order_of_the_extensions_does_not_depend_on_import_order(reference):
     their pages and findings made) in the same order."""
     spec, _ = reference
     code = ("import sys\n"
-            "import reportgen.why.importance, reportgen.why.concepts, reportgen.why.training\n"
-            "from reportgen.extensions import active\n"
-            "from reportgen.spec import load_spec\n"
+            "import reportgen.extensions.importance, reportgen.extensions.concepts, reportgen.extensions.training\n"
+            "from reportgen.core.extension import active\n"
+            "from reportgen.load.spec import load_spec\n"
             "print(' '.join(e.name for e in active(load_spec(sys.argv[1]))))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reportgen import extensions, models
+from reportgen.core import extension as extensions
+from reportgen.load import models
 from reportgen.build import build
 from tests.conftest import SPEC, write_spec
 
@@ -132,7 +133,7 @@ def test_extension_hooks_reach_report_json_and_pages(project, toy_extension, one
 def test_spec_errors_survive_a_process_boundary():
     import pickle
 
-    from reportgen.errors import SpecError
+    from reportgen.core.errors import SpecError
 
     err = pickle.loads(pickle.dumps(SpecError(["a.yaml:1: x: bad", "a.yaml:2: y: bad"])))
     assert err.problems == ["a.yaml:1: x: bad", "a.yaml:2: y: bad"] and str(err).startswith("2 problems")

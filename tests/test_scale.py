@@ -20,7 +20,7 @@ def snapshot(folder) -> dict[str, bytes]:
 
 def test_spilled_build_equals_an_in_memory_one_and_survives_lost_spill_entries(project, monkeypatch, tmp_path):
     from reportgen import build as build_mod
-    from reportgen.spill import NO_SPILL
+    from reportgen.core.spill import NO_SPILL
 
     spec = write_spec(project)
     cache = tmp_path / "cache"

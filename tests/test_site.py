@@ -250,7 +250,7 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
                     card = page.locator('img[src$="units/unit_0.png"]').first
                     natural = card.evaluate("i => i.naturalWidth")
                     # a card's tiles are CARD_TILE CSS px, in 2 CSS px frames, drawn at DENSITY
-                    from reportgen.render.units import CARD_TILE
+                    from reportgen.render.unit_cards import CARD_TILE
                     assert card.bounding_box()["width"] / natural * 2 * (CARD_TILE + 4) >= 48 + 4 - 0.5
                     page.goto(f"{server}/colour-mlp/locations/colourmlp/")
                     _all_images_load(page)
@@ -451,7 +451,7 @@ def tiny_site(tmp_path_factory):
 
 
 def test_filter_pages_are_paged_by_64():
-    from reportgen.pages import filter_page
+    from reportgen.render.pages import filter_page
 
     assert filter_page("loc01", "conv1", 0) == "filters/loc01/conv1.md#filter-0"
     assert filter_page("loc01", "conv1", 63) == "filters/loc01/conv1.md#filter-63"
@@ -546,7 +546,7 @@ def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
     """Room for an optional best concept per unit (``concept``, ``concept_iou``)."""
     import json
 
-    from reportgen.pages import _env
+    from reportgen.render.pages import _env
 
     report_dir, _ = tiny_site
     report = json.loads((report_dir / "report.json").read_text())

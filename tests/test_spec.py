@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reportgen.errors import SpecError
-from reportgen.spec import load_spec
+from reportgen.core.errors import SpecError
+from reportgen.load.spec import load_spec
 from tests.conftest import SPEC, write_spec
 
 
@@ -173,7 +173,7 @@ analyses:
 
 
 def test_grey_input_takes_one_value_defaults(tmp_path):
-    from reportgen.spec import InputSpec
+    from reportgen.load.spec import InputSpec
 
     grey = InputSpec(channels="grey")
     assert grey.mean == (0.0,) and grey.std == (1.0,)
@@ -184,7 +184,7 @@ def test_grey_input_takes_one_value_defaults(tmp_path):
 def test_one_mean_value_keeps_rgb_units_input():
     import numpy as np
 
-    from reportgen.units import _normalise
+    from reportgen.run.unit_views import _normalise
 
     pixels = np.random.default_rng(0).random((2, 3, 4, 5))
     x = _normalise(pixels, [0.5], [0.25], channels=3).numpy()

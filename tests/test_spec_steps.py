@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from reportgen.errors import SpecError
-from reportgen.spec import load_spec
+from reportgen.core.errors import SpecError
+from reportgen.load.spec import load_spec
 from tests.conftest import SPEC, write_spec
 
 IN_CKPT = "checkpoint: runs/{location}/step_{step}.pt\n    steps: [0, 5, 10]"

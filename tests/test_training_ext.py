@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen.spec import load_spec
+from reportgen.load.spec import load_spec
 from tests.conftest import SPEC, make_project, tiny_module, write_spec
 
 STEPS = [0, 10, 20, 30, 40]
@@ -141,9 +141,9 @@ def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):
 
 
 def test_the_value_survives_the_cache(planted):
-    from reportgen.cache import decode, encode
-    from reportgen.extensions import RunContext
-    from reportgen.why.training import run_part
+    from reportgen.core.cache import decode, encode
+    from reportgen.core.extension import RunContext
+    from reportgen.extensions.training import run_part
 
     spec = planted[0]
     value = run_part(RunContext(spec=spec, run=spec.runs[0], model=None, device=torch.device("cpu"), images=[]))

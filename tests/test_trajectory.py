@@ -108,7 +108,7 @@ def test_bad_input():
 def test_the_dying_filters_fall_is_measured_before_they_die():
     # Four of six filters decay by a planted factor per step, then hit a cliff at step 80; the
     # fit sees the decay only (peak to the last step before the median death) and names it.
-    from reportgen.why.training import layer_summary
+    from reportgen.extensions.training import layer_summary
 
     steps = np.arange(0, 100, 10)
     rng = np.random.default_rng(0)
@@ -124,6 +124,6 @@ def test_the_dying_filters_fall_is_measured_before_they_die():
     shrink = out["shrink"]
     assert (shrink["from_step"], shrink["to_step"], shrink["filters"]) == (0, 70, 4)
     assert shrink["factor_per_step"] == pytest.approx(0.97) and shrink["geometric_r2"] == pytest.approx(1.0)
-    from reportgen.why.training_text import shrink_text
+    from reportgen.extensions.training_text import shrink_text
     text = shrink_text(shrink)
     assert "by a factor of 0.9700 per step" in text and "lr × wd ≈ 0.03" in text and "is geometric" in text

@@ -45,7 +45,7 @@ def test_unit_views_reach_pages_and_report_json(project):
 
 
 def test_unit_options_are_validated(project):
-    from reportgen.errors import SpecError
+    from reportgen.core.errors import SpecError
     import pytest
 
     text = SPEC + "analyses:\n  units: {layers: [pool], locations: [z]}\n"
@@ -102,9 +102,9 @@ def test_never_active_unit_is_flagged_and_gets_no_crops(project):
 def test_unit_crops_are_nms_top_n_over_all_positions_and_the_nf_their_weighted_mean(project):
     import torch.nn.functional as F
 
-    from reportgen.images import load_image
-    from reportgen.spec import load_spec
-    from reportgen.units import compute_units
+    from reportgen.load.images import load_image
+    from reportgen.load.spec import load_spec
+    from reportgen.run.unit_views import compute_units
     from tests.conftest import tiny_module
 
     _plant_dead_conv1_unit(project)
@@ -145,8 +145,8 @@ def test_unit_crops_are_nms_top_n_over_all_positions_and_the_nf_their_weighted_m
 
 
 def test_never_active_tiles_are_blank_and_framed():
-    from reportgen.render.units import BLANK_RGB, unit_grids, unit_tiles
-    from reportgen.units import UnitViews
+    from reportgen.render.unit_cards import BLANK_RGB, unit_grids, unit_tiles
+    from reportgen.run.unit_views import UnitViews
 
     rng = np.random.default_rng(0)
     patches = rng.uniform(0, 1, (2, 3, 3, 5, 5))

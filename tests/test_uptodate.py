@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reportgen import uptodate
+from reportgen.publish import uptodate
 from reportgen.cli import cli
-from reportgen.errors import BuildLockedError
+from reportgen.core.errors import BuildLockedError
 from tests.conftest import ROOT, make_project, write_spec
 
 HEAVY = ("torch", "numpy", "scipy", "matplotlib", "PIL")
@@ -49,7 +49,7 @@ def built(template, tmp_path, monkeypatch):
 
 def _restamp(project: Path) -> None:
     """Write the copy's key into its manifest, as a build in this folder would have."""
-    from reportgen.spec import load_spec
+    from reportgen.load.spec import load_spec
 
     path = project / "docs" / "tiny" / uptodate.MANIFEST
     old = json.loads(path.read_text())["key"]
@@ -152,14 +152,14 @@ def test_recorded_warnings_are_repeated_and_fail_strict(built):
 
 
 def test_a_running_build_is_refused_as_a_build_would_be(built):
-    from reportgen.site import build_lock
+    from reportgen.publish.site import build_lock
 
     with build_lock(built / "docs", "tiny"), pytest.raises(BuildLockedError, match="another build of report 'tiny'"):
         uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False)
 
 
 def test_the_key_reads_every_input_file(built):
-    from reportgen.spec import load_spec
+    from reportgen.load.spec import load_spec
 
     got = set(uptodate.input_files(load_spec(built / "spec.yaml")))
     want = {built / "spec.yaml", built / "arch.py", *(built / "ckpt").glob("*.pt"), *(built / "img").glob("*.png")}
@@ -167,7 +167,7 @@ def test_the_key_reads_every_input_file(built):
 
 
 def test_files_named_by_any_spec_key_are_read(built):
-    from reportgen.spec import load_spec
+    from reportgen.load.spec import load_spec
 
     from tests.conftest import SPEC
 

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from reportgen.analysis import datastats as ds
-from reportgen.extensions import RunContext
-from reportgen.images import load_image
-from reportgen.spec import load_spec
-from reportgen.why import data as D
-from reportgen.why.data_text import findings, page
+from reportgen.core.extension import RunContext
+from reportgen.load.images import load_image
+from reportgen.load.spec import load_spec
+from reportgen.extensions import data as D
+from reportgen.extensions.data_text import findings, page
 from tests.conftest import TINY_ARCH
 from tests.sites import strict_lone_site
 
@@ -86,7 +86,7 @@ def test_run_part_reads_own_and_extra_frames_not_shared_ones(tmp_path):
 
 
 def test_extra_frames_key_is_checked_like_images(tmp_path):
-    from reportgen.errors import SpecError
+    from reportgen.core.errors import SpecError
 
     _frames_project(tmp_path)
     text = (tmp_path / "spec.yaml").read_text().replace("{location}/extra/*.png", "{location}/none/*.png")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from reportgen import extensions
-from reportgen.errors import SpecError
-from reportgen.extensions import RunContext
-from reportgen.images import load_image
-from reportgen.models import load_model
-from reportgen.spec import load_spec
+from reportgen.core import extension as extensions
+from reportgen.core.errors import SpecError
+from reportgen.core.extension import RunContext
+from reportgen.load.images import load_image
+from reportgen.load.models import load_model
+from reportgen.load.spec import load_spec
 from tests.conftest import write_spec
 
 ARCH = '''\
@@ -112,7 +112,7 @@ def _report(spec) -> dict:
 
 
 def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
-    from reportgen.why import concepts
+    from reportgen.extensions import concepts
 
     spec = load_spec(boxes / "spec.yaml")
     assert [e.name for e in extensions.active(spec)] == ["concepts", "importance"]
@@ -141,7 +141,7 @@ def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
 
 
 def test_importance_finds_the_dead_unit_unimportant(boxes):
-    from reportgen.why import importance
+    from reportgen.extensions import importance
 
     spec = load_spec(boxes / "spec.yaml")
     values = {ctx.run.key: importance.run_part(ctx) for ctx in _contexts(spec)}
@@ -178,7 +178,7 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
 
 
 def test_no_model_no_annotations_are_notes(boxes):
-    from reportgen.why import concepts, importance
+    from reportgen.extensions import concepts, importance
 
     spec = load_spec(boxes / "spec.yaml")
     ctx = _contexts(spec)[0]
@@ -201,7 +201,7 @@ def test_spec_mistakes_are_one_line(boxes, edit, message):
 
 
 def test_concepts_too_large_for_the_quantile_are_named():
-    from reportgen.why.concepts import best_possible_iou, findings
+    from reportgen.extensions.concepts import best_possible_iou, findings
 
     assert best_possible_iou(0.005, 0.92) == pytest.approx(0.005 / 0.92)
     assert best_possible_iou(0.005, 0.001) == pytest.approx(0.2)
@@ -219,7 +219,7 @@ def test_concepts_too_large_for_the_quantile_are_named():
 
 def test_dead_filters_that_still_fire_and_matter_are_named():
     from reportgen.analysis.ablation import relate_to_flags
-    from reportgen.why.importance import findings
+    from reportgen.extensions.importance import findings
 
     overall = [0.5, 0.0, 0.3, 0.1, 0.0, 0.2, 0.05, 0.4]
     dead = [True, True, False, False, True, False, False, False]  # unit 0: dead weights, yet it matters
@@ -238,7 +238,7 @@ def test_dead_filters_that_still_fire_and_matter_are_named():
 
 
 def test_every_key_of_both_sections_is_documented(boxes):
-    from reportgen.why import concepts, importance
+    from reportgen.extensions import concepts, importance
     from tests.conftest import ROOT
     from tests.test_docs import _all_keys
 

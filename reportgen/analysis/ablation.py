@@ -28,7 +28,7 @@ from scipy import stats
 from torch import nn
 
 from reportgen.analysis.determinism import one_thread
-from reportgen.capture import inference
+from reportgen.run.hooks import inference
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int]
 
     x: (N, C, H, W) the model's input images on the model's device.
     """
-    from reportgen.capture import LayerRecorder
+    from reportgen.run.hooks import LayerRecorder
 
     n = x.shape[0]
     tail = tail_after(model, layer)

@@ -13,7 +13,7 @@ copy matches exactly at every layer, and dead (constant) channels, indistinguish
 by their activations, stay distinct by their filters, so the next layer's inputs are
 aligned correctly even behind them.
 
-A chain is a list of links from the network input (reportgen.chain.layer_chains):
+A chain is a list of links from the network input (reportgen.run.chain.layer_chains):
 {"name", "weight" (N, ...), "bias" (N,) or None, "bn" dict of (N,) arrays or None,
 "block" (input features per producer channel)}.
 """

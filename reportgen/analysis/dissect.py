@@ -4,7 +4,7 @@ For every unit of a layer (Bau et al. 2017, "Network Dissection"), its activatio
 over all annotated images are upsampled bilinearly to the input size, thresholded at
 the unit's top quantile T_k (over all images and positions: a share ``quantile`` of the
 values lies at or above it), and the resulting masks are compared with each concept's
-masks (``reportgen.annotations.concept_masks``) by one IoU over the whole image set:
+masks (``reportgen.load.annotations.concept_masks``) by one IoU over the whole image set:
 the sum of the intersections over the sum of the unions. A unit's label is the concept
 of highest IoU when that IoU reaches the detection threshold (0.04 in the paper).
 

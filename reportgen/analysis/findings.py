@@ -16,7 +16,7 @@ import numpy as np
 
 from reportgen.analysis.findings_health import location_findings, pattern_findings
 from reportgen.analysis.wording import finding
-from reportgen.names import anchor_id, code, slug
+from reportgen.core.names import anchor_id, code, slug
 
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
 OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier

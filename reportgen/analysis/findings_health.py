@@ -8,7 +8,7 @@ from __future__ import annotations
 from statistics import median
 
 from reportgen.analysis.wording import channel_noun, filter_noun, finding, listing, plural
-from reportgen.names import code, slug
+from reportgen.core.names import code, slug
 
 NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median
 SPARSE_LIVE = 0.5  # live filters with this share of near-zero weights: zeros everywhere (L1-like)

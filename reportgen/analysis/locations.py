@@ -167,7 +167,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     two blocks of runs are prepared at once, so memory does not grow with K.
 
     chains: per run, the links from the network input to this layer
-    (``reportgen.chain.layer_chains``; the last link is this layer); when every run has
+    (``reportgen.run.chain.layer_chains``; the last link is this layer); when every run has
     one, weights are compared after aligning input channels (``align_chain``), else in
     each run's own input order, and ``chain_note`` says why.
     feature_images: (S,) the shared image of each feature row; with ``resamples`` > 0 and at

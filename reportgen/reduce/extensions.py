@@ -1,12 +1,12 @@
-"""The report-wide parts of the active extensions (reportgen.extensions): reduce, findings,
+"""The report-wide parts of the active extensions (reportgen.core.extension): reduce, findings,
 pictures and pages, in that order, after the report dict is built."""
 
 from __future__ import annotations
 
 from reportgen.analysis.findings import rank_key
-from reportgen.extensions import Extension, active
-from reportgen.site import ReportFiles
-from reportgen.spec import ReportSpec
+from reportgen.core.extension import Extension, active
+from reportgen.publish.site import ReportFiles
+from reportgen.load.spec import ReportSpec
 
 TAIL_KINDS = ("overview", "next_step")  # findings that close the list, after the ranked ones
 

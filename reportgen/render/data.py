@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from reportgen.analysis import datastats as ds
-from reportgen.names import slug
+from reportgen.core.names import slug
 from reportgen.render.charts import _png
 from reportgen.render.colour import DENSITY, at_density, encode_png, to_uint8
 from reportgen.render.tiles import fit_columns, grid, upscale_for

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from reportgen import models
-from reportgen.models import LoadedModel
-from reportgen.spec import ReportSpec, Run
+from reportgen.load import models
+from reportgen.load.models import LoadedModel
+from reportgen.load.spec import ReportSpec, Run
 
 
 class ModelNeeded(Exception):

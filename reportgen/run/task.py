@@ -1,7 +1,7 @@
 """The per-run task: one run's every per-run analysis, with its model loaded once.
 
 ``run_task`` is a pure, picklable top-level function of a small ``RunTask`` value, so any
-executor (reportgen.executors) can run it: in the build's process, in a local process
+executor (reportgen.run.executors) can run it: in the build's process, in a local process
 pool or on a Ray cluster. Its only side effect is the content-addressed cache, which is
 safe to share between processes (entries are written atomically under the digest of
 their inputs).
@@ -16,17 +16,17 @@ from typing import Callable
 
 import torch
 
-from reportgen.cache import Cache, file_digest
-from reportgen.crossmodel import cross_model_runs, cross_shared_images
-from reportgen.images import LoadedImage, load_image
-from reportgen.results import RunResult
-from reportgen.run.extensions import run_extensions
+from reportgen.core.cache import Cache, file_digest
+from reportgen.reduce.crossmodel import cross_model_runs, cross_shared_images
+from reportgen.load.images import LoadedImage, load_image
+from reportgen.core.results import RunResult
+from reportgen.run.extension_parts import run_extensions
 from reportgen.run.layers import analyse_run, shared_images
 from reportgen.run.model import LazyModel, ModelNeeded
 from reportgen.run.trace import run_trace
 from reportgen.run.units import run_units
-from reportgen.spec import ReportSpec, load_spec
-from reportgen.spill import Spill
+from reportgen.load.spec import ReportSpec, load_spec
+from reportgen.core.spill import Spill
 
 Log = Callable[[str], None]
 
@@ -38,9 +38,9 @@ class RunTask:
     spec_path: str  # the spec file; a worker loads it once and keeps it for its next tasks
     run_key: str  # which of the spec's runs
     device: str  # a resolved torch device: "cpu", "cuda", "cuda:1"
-    cache_dir: str | None  # the content-addressed cache (reportgen.cache); None: no cache
+    cache_dir: str | None  # the content-addressed cache (reportgen.core.cache); None: no cache
     threads: int = 0  # torch threads for this task's process (0: leave torch's choice)
-    spill_dir: str | None = None  # where heavy arrays go after the task (reportgen.spill); None: kept
+    spill_dir: str | None = None  # where heavy arrays go after the task (reportgen.core.spill); None: kept
 
 
 def run_task(task: RunTask, log: Log | None = None, cached_only: bool = False) -> RunResult | None:

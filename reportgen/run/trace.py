@@ -6,10 +6,10 @@ import copy
 import json
 import math
 
-from reportgen.errors import SpecError
-from reportgen.results import RunResult
+from reportgen.core.errors import SpecError
+from reportgen.core.results import RunResult
 from reportgen.run.model import LazyModel
-from reportgen.spec import ReportSpec
+from reportgen.load.spec import ReportSpec
 
 
 def trace_batch(spec: ReportSpec) -> dict | None:

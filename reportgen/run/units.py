@@ -1,4 +1,4 @@
-"""Unit views of one run's selected layers (reportgen.units computes them)."""
+"""Unit views of one run's selected layers (reportgen.run.unit_views computes them)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Callable
 
 import torch
 
-from reportgen.cache import Cache, digest
-from reportgen.images import LoadedImage
-from reportgen.models import runs_python_hooks
-from reportgen.results import RunResult
+from reportgen.core.cache import Cache, digest
+from reportgen.load.images import LoadedImage
+from reportgen.load.models import runs_python_hooks
+from reportgen.core.results import RunResult
 from reportgen.run.model import LazyModel
-from reportgen.spec import ReportSpec
+from reportgen.load.spec import ReportSpec
 
 Log = Callable[[str], None]
 
@@ -28,7 +28,7 @@ def run_units(spec: ReportSpec, result: RunResult, images: list[LoadedImage], mo
               device: torch.device, cache: Cache, log: Log) -> list[str]:
     """Unit views of the run's selected layers into ``result.units``, each cached under its
     layer's key; returns warnings. The model is loaded only when a view is missing."""
-    from reportgen.units import compute_units
+    from reportgen.run.unit_views import compute_units
 
     opts = spec.analyses.units
     r = result

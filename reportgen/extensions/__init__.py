@@ -1,0 +1,1 @@
+"""Optional analyses that explain why locations differ (reportgen.core.extension plug-ins)."""

@@ -1,0 +1,201 @@
+"""Cross-run steps of a build: health extras, Gabor fits, location comparison, reference.
+
+Takes the per-run results of ``build.analyse`` and adds numbers to them; no I/O
+except loading the reference model through the ordinary loaders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reportgen.analysis.filters import near_duplicates, norm_over_init
+from reportgen.analysis.init_check import check_layer
+from reportgen.core.cache import Cache, digest, register
+from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
+from reportgen.analysis.compare import matched_similarity
+from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
+from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
+from reportgen.load.models import load_model
+from reportgen.load.spec import ReportSpec
+
+GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
+# Fewer live (fitted) filters than this and a location's Gabor share is not ranked: with
+# 16 filters one filter moves the share by 6 points and the 95% binomial interval of a
+# 50% share is about +-25 points; below that a ranking is noise.
+GABOR_MIN_LIVE = 16
+
+register(GaborFit)  # cached per layer ("gabor" entries)
+
+
+@dataclass
+class Comparisons:
+    layers: dict[tuple[str, str], LayerComparison] = field(default_factory=dict)  # (model, layer)
+    gabor: dict[tuple[str, str], list[GaborFit]] = field(default_factory=dict)  # (run key, layer)
+    reference: dict | None = None  # JSON-ready summary, see report_json docs
+    reference_weight: np.ndarray | None = None
+    reference_fits: list[GaborFit] | None = None
+    warnings: list[str] = field(default_factory=list)
+    models: list = field(default_factory=list)  # crossmodel.ModelPair per pair of models
+
+
+def gabor_applies(w: np.ndarray | None) -> bool:
+    return w is not None and w.ndim == 4 and w.shape[1] in (1, 3) and min(w.shape[2:]) >= GABOR_MIN_SIZE
+
+
+def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
+    """Near-duplicate and on/off filter pairs, each filter's norm against its initial norm
+    (into each layer's ``health``) and the layer's test against its init laws
+    (``info["init_check"]``)."""
+    h = spec.analyses.health
+    for r in results:
+        for lr in r.layers:
+            if lr.health is None:
+                continue
+            skip = lr.health["dead"] | lr.health["nonfinite"]
+
+            def extras(lr=lr, skip=skip) -> dict:
+                dup, opp = near_duplicates(lr.weight, h.duplicate_cosine, skip, groups=int(lr.info.get("groups", 1)))
+                return {"duplicate_of": dup, "opposite_of": opp, "norm_over_init": norm_over_init(lr.weight)}
+
+            lr.health.update(cache.memo("health", digest("health-extras-3", lr.weight, skip, h.duplicate_cosine, lr.info.get("groups", 1)),
+                                        extras))
+            lr.info["init_check"] = cache.memo("health", digest("init-check-1", lr.weight),
+                                               lambda lr=lr: check_layer(lr.weight))
+
+
+def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:
+    if not spec.analyses.gabor.enabled:
+        return
+    for r in results:
+        for lr in r.layers:
+            if gabor_applies(lr.weight):
+                # Dead and non-finite filters are not fitted (score NaN): their pattern is noise.
+                w = lr.weight.astype(np.float64)
+                w[lr.health["dead"] | lr.health["nonfinite"]] = np.nan
+                fits = cache.memo("gabor", digest("gabor", w), lambda w=w: gabor_scores(w))
+                comp.gabor[(r.run.key, lr.name)] = fits
+                lr.health["gabor_score"] = np.array([f.score for f in fits])
+
+
+class _Features:
+    """The runs' comparison features, loaded from the spill store when a pair needs them."""
+
+    def __init__(self, lrs: list, spill):
+        self.lrs, self.spill = lrs, spill
+
+    def __len__(self) -> int:
+        return len(self.lrs)
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        return self.spill.load(self.lrs[i], "features") if self.spill is not None else self.lrs[i].features
+
+
+def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> None:
+    if not spec.analyses.compare.enabled:
+        return
+    groups: dict[tuple[str, str], list] = {}
+    for r in results:
+        for lr in r.layers:
+            groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
+    aligned_pairs: dict[tuple[str, str], dict] = {}  # matchings of a pair of runs, shared by their layers
+    for key, items in groups.items():
+        if len(items) < 2:
+            continue
+        # One cache entry per pair and measure, keyed by the two runs' inputs: a changed
+        # location recomputes only its own pairs.
+        ids = [lr.key or digest("compare-input", lr.weight, lr.features) for _, lr in items]
+
+        def memo(measure: str, i: int, j: int, compute, ids=ids) -> float:
+            return cache.memo("pair", digest("pair", measure, ids[i], ids[j]), compute)
+
+        lrs = [lr for _, lr in items]
+        images = lrs[0].feature_images
+        same_rows = images is not None and all(
+            lr.feature_images is not None and np.array_equal(lr.feature_images, images) for lr in lrs)
+        comp.layers[key] = compare_layer(
+            [k for k, _ in items], [lr.weight for lr in lrs], _Features(lrs, spill), memo=memo,
+            feature_rows=[None if lr.feature_images is None else len(lr.feature_images) for lr in lrs],
+            chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
+            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES,
+            align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
+
+
+def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
+    """Shares are of the live filters: dead and non-finite ones are not fitted (score NaN)."""
+    scores = np.array([f.score for f in fits], dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    return {
+        "median_score": float(np.median(finite)) if finite.size else None,
+        "share_gabor_like": float((finite >= min_score).mean()) if finite.size else None,
+        "gabor_like": int((finite >= min_score).sum()),
+        "live": int(finite.size),
+        "filters": int(scores.size),
+        "ranked": bool(finite.size >= GABOR_MIN_LIVE),
+        "orientation_histogram": orientation_histogram(fits, bins=8, min_score=min_score).tolist(),
+    }
+
+
+def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cache: Cache) -> None:
+    run = spec.reference_run
+    if run is None:
+        return
+    ref_spec = spec.reference
+    module = load_model(spec, run, device).module
+    modules = dict(module.named_modules())
+    if ref_spec.layer not in modules or getattr(modules[ref_spec.layer], "weight", None) is None:
+        from reportgen.core.errors import SpecError
+
+        raise SpecError(f"{spec.where(('reference', 'layer'))}: reference.layer: the reference has no "
+                        f"weighted layer '{ref_spec.layer}'; run 'reportgen check' to list its layers")
+    ref_w = modules[ref_spec.layer].weight.detach().float().cpu().numpy()
+    against = ref_spec.against or next(
+        (lr.name for lr in results[0].layers if lr.weight is not None and lr.weight.ndim == 4
+         and lr.weight.shape[1] == ref_w.shape[1]), None)
+    comp.reference_weight = ref_w
+    min_score = spec.analyses.gabor.min_score
+    comp.reference_fits = (cache.memo("gabor", digest("gabor", ref_w.astype(np.float64)), lambda: gabor_scores(ref_w))
+                           if gabor_applies(ref_w) and spec.analyses.gabor.enabled else None)
+    norms = np.linalg.norm(ref_w.reshape(len(ref_w), -1), axis=1)
+    per_run = []
+    for r in results:
+        lr = next((x for x in r.layers if x.name == against), None)
+        if lr is None or lr.weight is None or lr.weight.ndim != ref_w.ndim or lr.weight.shape[1] != ref_w.shape[1]:
+            continue
+        ref_cmp = resize_filters(ref_w, lr.weight.shape[2:]) if ref_w.ndim == 4 else ref_w
+        m = matched_similarity(lr.weight, ref_cmp)
+        fits = comp.gabor.get((r.run.key, lr.name))
+        per_run.append({
+            "run": r.run.key,
+            "matched_similarity": float(m.mean),
+            "median_l2_norm": float(np.nanmedian(lr.health["l2_norm"])),
+            **({k: gabor_summary(fits, min_score)[k] for k in ("share_gabor_like", "live")} if fits else {}),
+        })
+    if against is None or not per_run:
+        comp.warnings.append(f"reference: no location layer with {ref_w.shape[1]} input channels to compare "
+                             f"with reference layer '{ref_spec.layer}'; set reference.against")
+    comp.reference = {
+        "name": run.key,
+        "layer": ref_spec.layer,
+        "against": against,
+        "checkpoint": str(run.checkpoint or run.torchscript or run.onnx or ""),
+        "weight_shape": list(ref_w.shape),
+        "median_l2_norm": float(np.median(norms)),
+        "gabor": gabor_summary(comp.reference_fits, min_score) if comp.reference_fits else None,
+        "resized": bool(per_run) and ref_w.ndim == 4 and tuple(ref_w.shape[2:]) != tuple(
+            next(x for x in results[0].layers if x.name == against).weight.shape[2:]),
+        "per_run": per_run,
+    }
+
+
+def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None, spill=None) -> Comparisons:
+    """Health extras, Gabor fits, comparisons of locations (features loaded pair block by pair
+    block from ``spill``, reportgen.core.spill, when given) and the reference."""
+    cache = cache or Cache(None)
+    comp = Comparisons()
+    add_health_extras(spec, results, cache)
+    fit_gabors(spec, results, comp, cache)
+    compare_locations(spec, results, comp, cache, spill)
+    compare_reference(spec, results, comp, device, cache)
+    return comp

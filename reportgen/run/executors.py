@@ -1,0 +1,148 @@
+"""Where the per-run tasks of a build run: in this process, a local process pool, or Ray.
+
+Every executor maps one picklable top-level function over a list of arguments and
+returns the results *in the order of the arguments*, whatever order they finished in,
+so the build's output does not depend on which executor ran it. The function must be
+pure apart from the content-addressed cache (reportgen.core.cache), which is safe to share:
+entries are written atomically and named by the digest of their inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+
+class Executor(Protocol):
+    """Runs ``fn(arg)`` for each argument; yields results in argument order."""
+
+    name: str
+
+    def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]: ...
+
+
+@dataclass
+class Sequential:
+    """One task after another in the calling process (the reference every other executor must match)."""
+
+    name: str = "sequential"
+
+    def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
+        for a in args:
+            yield fn(a)
+
+
+def default_jobs() -> int:
+    """The cores this process may use (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ProcessPool:
+    """Tasks in ``jobs`` local worker processes, results in argument order.
+
+    Workers are started with 'spawn' (a fresh interpreter each): forking a process that
+    has torch loaded is unsafe (its thread pools and CUDA state do not survive a fork).
+    Each worker gets ``threads`` torch threads, by default the cores shared out between
+    the workers, so N workers do not fight over the same cores. At most ``2 * jobs`` tasks
+    are in flight, so results that finish early wait in memory only a little.
+    """
+
+    jobs: int
+    threads: int = 0  # torch threads per worker; 0: the cores divided by jobs (at least 1)
+    name: str = "process"
+
+    def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        args = list(args)
+        if not args:
+            return
+        workers = max(1, min(self.jobs, len(args)))
+        threads = self.threads or max(1, default_jobs() // workers)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads,))
+        finished = False
+        try:
+            todo = iter(args)
+            pending: deque = deque(pool.submit(fn, a) for _, a in zip(range(2 * workers), todo))
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(todo, _DONE)
+                if nxt is not _DONE:
+                    pending.append(pool.submit(fn, nxt))
+                yield result
+            finished = True
+        finally:
+            # A failed task, an interrupt or a consumer that stops early: drop what has not started.
+            pool.shutdown(wait=True, cancel_futures=not finished)
+
+
+_DONE = object()
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Executor:
+    """The executor registered as ``name``; its factory gets whichever of the options
+    ``jobs`` and ``address`` (a cluster's address) its signature takes.
+    Raises ExecutorError naming the executors there are when ``name`` is not registered."""
+    import importlib
+    import inspect
+
+    from reportgen.core.errors import ExecutorError
+
+    if name == "ray" and name not in EXECUTORS:
+        try:  # registers itself on import; an optional extra
+            importlib.import_module("reportgen.run.executors_ray")
+        except ImportError:
+            pass
+    factory = EXECUTORS.get(name)
+    if factory is None:
+        hint = ('install the extra: pip install "reportgen[ray]"' if name == "ray"
+                else f"use one of {', '.join(sorted(EXECUTORS))}")
+        raise ExecutorError(f"executor '{name}' is not available; {hint}")
+    options = {"jobs": jobs, "address": address}
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    return factory(**{k: v for k, v in options.items() if k in accepted})
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"sequential": Sequential, "process": ProcessPool}
+
+
+def in_order(results: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:
+    """Yield ``(index, value)`` pairs that arrive in any order as values in index order,
+    holding back only those that arrive early."""
+    waiting: dict[int, Any] = {}
+    nxt = 0
+    for i, v in results:
+        waiting[i] = v
+        while nxt in waiting:
+            yield waiting.pop(nxt)
+            nxt += 1
+    if nxt != n:
+        raise RuntimeError(f"executor returned {nxt} of {n} results")
+
+
+def _ray(address: str | None = None, jobs: int | None = None, **options: Any) -> Executor:
+    """A RayExecutor on the cluster at ``address``, or on a local Ray of ``jobs`` CPUs."""
+    # Imported here: Ray is an optional extra, and reportgen must import without it.
+    from reportgen.run.executors_ray import RayExecutor
+
+    return RayExecutor(address=address, num_cpus=jobs, **options)
+
+
+EXECUTORS["ray"] = _ray

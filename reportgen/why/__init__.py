@@ -1,1 +1,0 @@
-"""Optional analyses that explain why locations differ (reportgen.extensions plug-ins)."""
