@@ -36,6 +36,7 @@ from reportgen.run.layers import activation_problems
 from reportgen.run.task import RunTask, remember_spec, run_task
 from reportgen.run.trace import trace_batch
 from reportgen.site import build_lock, publish
+from reportgen.siteconfig import site_warnings
 from reportgen.spec import ReportSpec, load_spec
 from reportgen.spill import NO_SPILL, Spill, spill_store
 from reportgen.uptodate import build_key, stamp
@@ -89,8 +90,9 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         files, report = render_report(spec, results, comp, dev, cache, spill)
         stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.uptodate)
         out = publish(files, docs, spec.report)
-    # A cache that could not be used is reported but never fails the build (not even --strict).
-    warnings += cache.warnings
+    # A cache that could not be used is reported but never fails the build (not even --strict);
+    # nor does a site's mkdocs.yml that lacks a Markdown extension the pages use (the report is right).
+    warnings += cache.warnings + site_warnings(docs)
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
