@@ -39,6 +39,7 @@ from reportgen.publish.site import build_lock, publish
 from reportgen.load.spec import ReportSpec, load_spec
 from reportgen.core.spill import NO_SPILL, Spill, spill_store
 from reportgen.publish.uptodate import build_key, stamp
+from reportgen.publish.siteconfig import site_warnings
 
 Log = Callable[[str], None]
 
@@ -89,8 +90,9 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         files, report = render_report(spec, results, comp, dev, cache, spill)
         stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
         out = publish(files, docs, spec.report)
-    # A cache that could not be used is reported but never fails the build (not even --strict).
-    warnings += cache.warnings
+    # A cache that could not be used is reported but never fails the build (not even --strict);
+    # nor does a site's mkdocs.yml that lacks a Markdown extension the pages use (the report is right).
+    warnings += cache.warnings + site_warnings(docs)
     return BuildResult(
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,

@@ -126,7 +126,9 @@ def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-def check(spec: Path) -> None:
+@click.option("--docs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              show_default=True, help="MkDocs docs directory; its site's mkdocs.yml is checked too.")
+def check(spec: Path, docs_dir: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
     from reportgen.commands.inspect import check_spec
 
@@ -141,6 +143,10 @@ def check(spec: Path) -> None:
     except ReportgenError as exc:
         _fail(exc)
     click.echo(summary)
+    from reportgen.publish.siteconfig import site_warnings
+
+    for w in site_warnings(docs_dir):
+        click.echo(f"Warning: {w}", err=True)
 
 
 @cli.command()

@@ -85,6 +85,28 @@ def colour_mlp_build(tmp_path_factory):
     return _build_example(tmp_path_factory, "colour_mlp.yaml")
 
 
+@pytest.fixture(scope="session")
+def example_docs(tmp_path_factory, towncenter_build, edges_build, colour_mlp_build) -> Path:
+    """The example site's sources: the repository's docs/ with the three example reports
+    (built once per session). Tests only read it; builds write their site elsewhere."""
+    docs = tmp_path_factory.mktemp("site") / "docs"
+    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
+    for example in (towncenter_build, edges_build, colour_mlp_build):
+        copy_report(example, docs)
+    return docs
+
+
+@pytest.fixture(scope="session")
+def example_site(example_docs) -> Path:
+    """The example site built by `mkdocs build --strict` from the committed mkdocs.yml: its
+    site folder (beside ``example_docs``)."""
+    from tests.test_build import mkdocs_strict
+
+    proc = mkdocs_strict(example_docs, example_docs.parent)
+    assert proc.returncode == 0, proc.stderr
+    return example_docs.parent / "site"
+
+
 def copy_report(build: tuple, docs: Path) -> Path:
     """Copy a session-built report into ``docs`` (a folder the test owns); returns its folder."""
     result, built_docs, _ = build

@@ -17,9 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 import markdown
 
-EXTENSIONS = ["admonition", "attr_list", "md_in_html", "tables", "toc", "pymdownx.details",
-              "pymdownx.superfences", "pymdownx.tabbed"]
-EXTENSION_CONFIG = {"pymdownx.tabbed": {"alternate_style": True}}
+from reportgen.publish.siteconfig import MARKDOWN_EXTENSIONS
+
+# The extensions a report says it needs, and nothing else: a page that used another one would
+# show here as it would on a site that has only these.
+EXTENSIONS = list(MARKDOWN_EXTENSIONS)
+EXTENSION_CONFIG = {name: options for name, options in MARKDOWN_EXTENSIONS.items() if options}
 
 
 class _Collect(HTMLParser):

@@ -25,11 +25,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def mkdocs_strict(docs: Path, tmp: Path) -> subprocess.CompletedProcess:
-    """Run `mkdocs build --strict` with the repo's config over ``docs``."""
+    """Run `mkdocs build --strict` with the repo's config over ``docs``. Never with -q: MkDocs
+    counts the warnings it logs, and -q drops them first, so --strict would pass anything."""
     config = (ROOT / "mkdocs.yml").read_text().replace("docs_dir: docs", f"docs_dir: {docs}")
     cfg = tmp / "mkdocs.yml"
     cfg.write_text(config + f"\nsite_dir: {tmp / 'site'}\n")
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(cfg)],
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(cfg)],
                           capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": ""})
 
 

@@ -61,3 +61,31 @@ def test_every_report_json_key_is_documented(project):
     missing = sorted(k for k in _all_keys(report, set()) if f'"{k}"' not in page and f"`{k}`" not in page
                      and f"{k}`" not in page)
     assert not missing, f"report.json keys missing from docs/reference/report-json.md: {missing}"
+
+
+def _nav_pages(nav) -> set[str]:
+    if isinstance(nav, str):
+        return {nav}
+    items = nav.values() if isinstance(nav, dict) else nav
+    return set().union(*(_nav_pages(item) for item in items)) if items else set()
+
+
+def test_every_page_is_in_the_nav_or_a_report_and_strict_checks_links():
+    """A page of docs/ missing from the nav is an error of `mkdocs build --strict`, except a
+    report's own pages (left out on purpose: not_in_nav), which are reached from its home page."""
+    import pathspec.gitignore
+
+    from reportgen.publish.siteconfig import load_config
+
+    config = load_config(ROOT / "mkdocs.yml")
+    left_out = pathspec.gitignore.GitIgnoreSpec.from_lines(config["not_in_nav"].splitlines())  # as MkDocs reads it
+    docs = ROOT / "docs"
+    pages = {p.relative_to(docs).as_posix() for p in docs.rglob("*.md")
+             if not any((d / "report.json").exists() for d in p.parents if docs in d.parents)}
+    assert pages - _nav_pages(config["nav"]) == set()
+    assert not any(left_out.match_file(page) for page in pages), "a page of the docs is hidden"
+    assert left_out.match_file("towncenter/layers/conv1.md") and left_out.match_file("my-report/index.md")
+    # every link, anchor and omitted page is a warning, so --strict fails on it
+    validation = config["validation"]
+    assert {validation[k] for k in ("omitted_files", "absolute_links", "unrecognized_links", "anchors")} == {"warn"}
+    assert validation.get("not_found", "warn") == "warn" and config.get("strict") is False

@@ -13,7 +13,6 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -22,7 +21,7 @@ import pytest
 
 from reportgen.build import build
 from tests.test_build import mkdocs_strict
-from tests.conftest import ROOT, copy_report
+from tests.conftest import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,16 +29,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, towncenter_build, edges_build, colour_mlp_build):
-    """The repository's site with the three example reports (built once per session)."""
-    tmp = tmp_path_factory.mktemp("site")
-    docs = tmp / "docs"
-    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("towncenter", "edges", "colour-mlp", ".*"))
-    for example in (towncenter_build, edges_build, colour_mlp_build):
-        copy_report(example, docs)
-    proc = mkdocs_strict(docs, tmp)
-    assert proc.returncode == 0, proc.stderr
-    return tmp / "site"
+def site(example_site):
+    """The repository's site with the three example reports (built once per session, tests/conftest.py)."""
+    return example_site
 
 
 ATTR = re.compile(r'(?:href|src)="([^"]+)"')

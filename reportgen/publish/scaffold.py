@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Every Markdown extension the report pages use; the validation block makes
-# `mkdocs build --strict` fail on any broken link or anchor.
+# The Markdown extensions come from reportgen.publish.siteconfig (the one list of what the pages
+# use); the validation block makes `mkdocs build --strict` fail on any broken link or anchor.
 MKDOCS_YML = """\
 # A minimal MkDocs site for reportgen reports (written by `reportgen init`; edit freely).
 site_name: {site_name}
@@ -23,17 +23,7 @@ theme:
 plugins:
   - search
   - glightbox
-markdown_extensions:
-  - admonition
-  - attr_list
-  - md_in_html
-  - tables
-  - toc:
-      permalink: true
-  - pymdownx.details
-  - pymdownx.superfences
-  - pymdownx.tabbed:
-      alternate_style: true
+{markdown_extensions}\
 validation:
   omitted_files: warn
   absolute_links: warn
@@ -46,7 +36,11 @@ MANAGED_MARK = "<!-- reportgen: this page lists the reports; delete this line to
 
 def mkdocs_yml(site_name: str = "Reports", docs_dir: str = "docs") -> str:
     """The text of a minimal mkdocs.yml (``docs_dir`` relative to the file)."""
-    return MKDOCS_YML.format(site_name=json.dumps(site_name), docs_dir=json.dumps(docs_dir))
+    from reportgen.publish.siteconfig import markdown_extensions_yaml
+
+    # permalink: a link on each heading to itself; nice to have, not needed by the pages
+    return MKDOCS_YML.format(site_name=json.dumps(site_name), docs_dir=json.dumps(docs_dir),
+                             markdown_extensions=markdown_extensions_yaml({"toc": {"permalink": True}}))
 
 
 def list_reports(docs_dir: Path) -> list[tuple[str, str]]:

@@ -264,7 +264,11 @@ def check(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDat
     files = recorded.get("files")
     if not isinstance(files, dict) or not _intact(folder, files):
         return None
-    return UpToDate(out_dir=folder.resolve(), warnings=[str(w) for w in recorded.get("warnings", [])],
+    from reportgen.publish.siteconfig import site_warnings
+
+    # the site's configuration is read afresh, as a build would (it is not part of the report)
+    return UpToDate(out_dir=folder.resolve(),
+                    warnings=[str(w) for w in recorded.get("warnings", [])] + site_warnings(docs_dir),
                     summary=dict(recorded.get("summary") or {}))
 
 
