@@ -22,8 +22,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from reportgen.analysis.filters import filter_health, pooled_scale
-from reportgen.render.report import group_layers, render_report
+from reportgen.reduce.extensions import reduce_extensions
+from reportgen.reduce.findings import report_findings
+from reportgen.reduce.health import pool_health
+from reportgen.reduce.report import report_dict
+from reportgen.render.report import render_report
 from reportgen.core.cache import default_dir as default_cache_dir
 from reportgen.core.cache import Cache
 from reportgen.reduce.compare import run_comparisons
@@ -86,8 +89,11 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
             raise StrictWarningsError(
                 f"{len(warnings)} warning(s) and --strict was given: " + "; ".join(warnings)
             )
+        report = report_dict(spec, results, comp, dev)
+        done = reduce_extensions(spec, results, report)
+        report["findings"] = report_findings(report, done, spec.analyses)
         log("drawing pictures and writing pages")
-        files, report = render_report(spec, results, comp, dev, cache, spill)
+        files = render_report(spec, results, comp, report, done, cache, spill)
         stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
         out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict);
@@ -110,13 +116,13 @@ def choose_executor(executor: Executor | str | None, jobs: int, address: str | N
 
 def check_layers(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
     """Build each architecture once (no checkpoint), resolve every layer name and run
-    a dry forward pass at the spec's input size (reportgen.load.preflight).
+    a dry forward pass at the spec's input size (reportgen.run.preflight).
 
     Layer names and shapes depend on the architecture only, so one instance per
     model serves all its locations. Raises SpecError listing every problem.
     Returns model name -> {layer name: module} of that instance.
     """
-    from reportgen.load.preflight import check_models
+    from reportgen.run.preflight import check_models
 
     problems, checks = check_models(spec)
     for name, c in checks.items():
@@ -163,7 +169,7 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | Non
         results.append(result)
     warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
     warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
-    _add_health(spec, results)
+    pool_health(spec, results)
     return results, warnings
 
 
@@ -181,15 +187,3 @@ def _merge_cache_counts(cache: Cache, result: RunResult) -> None:
         cache.warnings.extend(result.cache_warnings)
 
 
-def _add_health(spec: ReportSpec, results: list[RunResult]) -> None:
-    h = spec.analyses.health
-    for items in group_layers(results).values():
-        lrs = [lr for _, lr in items]
-        ws = [lr.weight for lr in lrs if lr.weight is not None]
-        if not ws:
-            continue
-        scale = pooled_scale(ws)
-        for lr in lrs:
-            if lr.weight is not None:
-                lr.health = filter_health(lr.weight, scale, h.dead_norm_ratio, h.near_zero_ratio)
-                lr.info["pooled_scale"] = {"median_norm": scale.median_norm, "rms": scale.rms}

@@ -10,7 +10,6 @@ be changed or switched off; this check cannot.
 from __future__ import annotations
 
 import posixpath
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from reportgen.analysis.ablation import ablate_units, output_heads, ranking, relate_to_flags, zeroed
+from reportgen.run.ablation import ablate_units, output_heads, ranking, relate_to_flags, zeroed
 
 
 class TwoHeads(nn.Module):
@@ -114,7 +114,7 @@ class Skip(nn.Module):
 
 def test_tail_and_hooks_agree():
     """Running only the network after the layer gives the same effects as zeroing hooks."""
-    import reportgen.analysis.ablation as ab
+    import reportgen.run.ablation as ab
 
     x = _images(3, seed=2)
     for net, layer in ((Skip(), "conv1"), (Skip(), "conv2"), (TwoHeads(), "conv1")):

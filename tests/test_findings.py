@@ -18,7 +18,7 @@ from reportgen.analysis.filters import filter_health, near_duplicates, norm_over
 from reportgen.analysis.findings import findings
 from reportgen.analysis.init_check import check_layer
 from reportgen.analysis.wording import plural
-from reportgen.render.report import FILTER_KEYS, _rows, _summary
+from reportgen.reduce.report import FILTER_KEYS, _rows, _summary
 from reportgen.load.spec import AnalysesSpec
 
 

@@ -9,7 +9,6 @@ from torch import nn
 
 from reportgen.optim.maximise import (
     COLOR_MATRIX,
-    LayerNotReached,
     _gram_similarity,
     _robustness,
     default_size,
@@ -17,9 +16,9 @@ from reportgen.optim.maximise import (
     fourier_ascent,
     plain_ascent,
     spectrum_to_image,
-    truncated_forward,
 )
 from reportgen.optim.receptive import ReceptiveField
+from reportgen.optim.truncate import LayerNotReached, truncated_forward
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

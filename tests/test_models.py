@@ -195,7 +195,7 @@ class LeNet(torch.nn.Module):
 
 
 def test_size_is_inferred_from_the_first_linear_layer():
-    from reportgen.load.preflight import suggest_size
+    from reportgen.run.preflight import suggest_size
 
     size, how = suggest_size(LeNet(), 3)
     # by hand: 5 -> (5-1)*2+2 = 10 -> 10+4 = 14 -> (14-1)*2+2 = 28 -> 28+4 = 32
@@ -205,7 +205,7 @@ def test_size_is_inferred_from_the_first_linear_layer():
 
 
 def test_size_search_falls_back_to_common_sizes():
-    from reportgen.load.preflight import suggest_size
+    from reportgen.run.preflight import suggest_size
 
     class Stem(torch.nn.Module):  # a Linear with no conv before it: nothing to infer from
         def __init__(self):

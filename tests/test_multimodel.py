@@ -4,7 +4,6 @@ sizes and activations builds one strict site with per-model pages and the cross-
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +301,7 @@ def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
 
 
 def test_input_falls_back_to_the_top_level_and_model_locations_choose_the_run(cascade):
-    from reportgen.reduce.crossmodel import cross_model_runs, cross_shared_images
+    from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
     from reportgen.load.spec import load_spec
 
     text = (CASCADE_SPEC.replace("    input: {size: 24}\n", "")

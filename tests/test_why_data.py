@@ -14,7 +14,7 @@ from reportgen.analysis import datastats as ds
 from reportgen.core.extension import RunContext
 from reportgen.load.images import load_image
 from reportgen.load.spec import load_spec
-from reportgen.core.extension import data as D
+from reportgen.extensions import data as D
 from reportgen.extensions.data_text import findings, page
 from tests.conftest import TINY_ARCH
 from tests.sites import strict_lone_site

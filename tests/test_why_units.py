@@ -112,7 +112,7 @@ def _report(spec) -> dict:
 
 
 def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
-    from reportgen.core.extension import concepts
+    from reportgen.extensions import concepts
 
     spec = load_spec(boxes / "spec.yaml")
     assert [e.name for e in extensions.active(spec)] == ["concepts", "importance"]
@@ -141,7 +141,7 @@ def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
 
 
 def test_importance_finds_the_dead_unit_unimportant(boxes):
-    from reportgen.core.extension import importance
+    from reportgen.extensions import importance
 
     spec = load_spec(boxes / "spec.yaml")
     values = {ctx.run.key: importance.run_part(ctx) for ctx in _contexts(spec)}
@@ -178,7 +178,7 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
 
 
 def test_no_model_no_annotations_are_notes(boxes):
-    from reportgen.core.extension import concepts, importance
+    from reportgen.extensions import concepts, importance
 
     spec = load_spec(boxes / "spec.yaml")
     ctx = _contexts(spec)[0]
@@ -218,7 +218,7 @@ def test_concepts_too_large_for_the_quantile_are_named():
 
 
 def test_dead_filters_that_still_fire_and_matter_are_named():
-    from reportgen.analysis.ablation import relate_to_flags
+    from reportgen.run.ablation import relate_to_flags
     from reportgen.extensions.importance import findings
 
     overall = [0.5, 0.0, 0.3, 0.1, 0.0, 0.2, 0.05, 0.4]
@@ -238,7 +238,7 @@ def test_dead_filters_that_still_fire_and_matter_are_named():
 
 
 def test_every_key_of_both_sections_is_documented(boxes):
-    from reportgen.core.extension import concepts, importance
+    from reportgen.extensions import concepts, importance
     from tests.conftest import ROOT
     from tests.test_docs import _all_keys
 

@@ -21,7 +21,7 @@ def check_spec(path: Path) -> str:
     stage at once (a model whose own spec entry is wrong is not built, so its problems
     are not repeated by later stages).
     """
-    from reportgen.load.preflight import check_models
+    from reportgen.run.preflight import check_models
     from reportgen.run.trace import trace_batch
 
     spec, problems, broken = _spec_collecting(path)

@@ -8,12 +8,15 @@ sequencer (reportgen.build).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reportgen.core.cache import register
-from reportgen.load.images import LoadedImage
-from reportgen.load.spec import Run
+
+if TYPE_CHECKING:  # the types of fields; the values are made by the load step
+    from reportgen.load.images import LoadedImage
+    from reportgen.load.spec import Run
 
 
 @dataclass

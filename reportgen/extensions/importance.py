@@ -1,7 +1,7 @@
 """Causal importance of units: ablate each unit, measure every output head, relate to health.
 
 Per run (``run_part``): for the layers of ``analyses.importance.layers``, each of the first
-``max_units`` units is zeroed in turn (reportgen.analysis.ablation) and the relative change
+``max_units`` units is zeroed in turn (reportgen.run.ablation) and the relative change
 of every output head on the run's test images is kept. ``reduce`` ranks the units and asks
 whether the units the health rules flag (dead filters, never-active channels,
 near-duplicate filters, from report["runs"]) are the unimportant ones.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from reportgen.analysis.ablation import ablate_units, ranking, relate_to_flags
+from reportgen.run.ablation import ablate_units, ranking, relate_to_flags
 from reportgen.analysis.wording import finding, listing, plural
 from reportgen.core.cache import register
 from reportgen.run.hooks import LayerRecorder, inference

@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.analysis.determinism import one_thread
+from reportgen.core.determinism import one_thread
 
 # Elementwise modules that leave a linear template unchanged (ignored like a ReLU).
 IGNORED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,

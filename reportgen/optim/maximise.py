@@ -25,17 +25,16 @@ share its batch or on ``chunk``.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # receptive.py imports this module; avoid the cycle at runtime
-    from reportgen.optim.receptive import ReceptiveField
+from reportgen.optim.receptive import ReceptiveField
+from reportgen.optim.truncate import truncated_forward
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,68 +96,6 @@ class AscentResult:
     channels: tuple[int, ...]
     outside: torch.Tensor | None = None
     clipped_loss: torch.Tensor | None = None
-
-
-class _StopForward(Exception):
-    """Raised by the target layer's hook so the network runs no further."""
-
-
-class LayerNotReached(RuntimeError):
-    """The forward pass finished without calling the target layer."""
-
-
-@contextmanager
-def truncated_forward(model: nn.Module, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Run ``model`` only up to ``layer``, keeping the autograd graph.
-
-    Yields ``run(x) -> output of layer`` (with grad, first element if the layer
-    returns a tuple). For the duration the model is in eval mode and its
-    parameters do not require grad (only input gradients are wanted, and
-    weight gradients would cost as much again); on exit, whatever happened, the
-    hook is removed and every module's ``training`` and every parameter's
-    ``requires_grad`` are restored. A module called several times in one
-    forward (weight sharing) is read at its first call.
-    """
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise KeyError(f"no such layer: {layer!r}")
-    training = {m: m.training for m in model.modules()}
-    requires = {p: p.requires_grad for p in model.parameters()}
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(module: nn.Module, inputs: object, output: object) -> None:
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
-        store["out"] = output
-        raise _StopForward
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        store.clear()
-        with torch.enable_grad():
-            try:
-                model(x)
-            except _StopForward:
-                pass
-        if "out" not in store:
-            raise LayerNotReached(f"layer {layer!r} never ran in the forward pass")
-        return store.pop("out")
-
-    handle = None
-    try:
-        model.eval()
-        for p in requires:
-            p.requires_grad_(False)
-        handle = modules[layer].register_forward_hook(hook)
-        yield run
-    finally:
-        if handle is not None:
-            handle.remove()
-        for m, flag in training.items():
-            m.training = flag
-        for p, flag in requires.items():
-            p.requires_grad_(flag)
 
 
 def _objective(out: torch.Tensor, index: torch.Tensor, objective: str) -> torch.Tensor:
@@ -482,7 +419,7 @@ def fourier_ascent(
 
 
 def default_size(
-    rf: "ReceptiveField", minimum: int = 32, maximum: int = 224, objective: str = "mean"
+    rf: ReceptiveField, minimum: int = 32, maximum: int = 224, objective: str = "mean"
 ) -> tuple[int, int]:
     """(H, W) image size for maximising a unit with receptive field ``rf``.
 

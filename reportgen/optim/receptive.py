@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reportgen.optim.maximise import LayerNotReached, truncated_forward
+from reportgen.optim.truncate import LayerNotReached, truncated_forward
 
 
 @dataclass(frozen=True)

@@ -25,33 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from reportgen.core.errors import BuildLockedError, ReportgenError
-
-
-class ReportFiles:
-    """Files of one report by relative POSIX path, added once each."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, bytes] = {}
-
-    def add(self, rel: str, content: bytes | str) -> str:
-        if rel in self._files:
-            raise ValueError(f"file written twice: {rel}")
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise ValueError(f"file outside the report: {rel}")
-        self._files[rel] = content.encode("utf-8") if isinstance(content, str) else content
-        return rel
-
-    def __contains__(self, rel: str) -> bool:
-        return rel in self._files
-
-    def items(self):
-        return sorted(self._files.items())
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def count(self, suffix: str) -> int:
-        return sum(1 for k in self._files if k.endswith(suffix))
+from reportgen.core.files import ReportFiles
 
 
 def report_dir(docs_dir: Path, slug: str) -> Path:

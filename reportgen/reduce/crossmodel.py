@@ -13,13 +13,12 @@ one row per image (spatial means). See docs/reference/methods.md#comparing-model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from reportgen.analysis.compare import linear_cka
+from reportgen.run.crossmodel import CROSS_GRID, cross_model_runs
 
-CROSS_GRID = 4  # pooled grid side: rows per image for a pair of conv layers = CROSS_GRID ** 2
 CHANCE_DRAWS = 8  # image shuffles behind each cell's chance level
 
 
@@ -42,30 +41,6 @@ class ModelPair:
 
 def _rows(m: np.ndarray) -> list[list[float | None]]:
     return [[float(v) if np.isfinite(v) else None for v in row] for row in m]
-
-
-def cross_model_runs(spec) -> dict:
-    """Model name -> the run compared with other models (analyses.compare.model_locations, else
-    the model's first run). Empty unless the report has several models and compares them."""
-    if len(spec.models) < 2 or not spec.analyses.compare.enabled or not spec.analyses.activations.enabled:
-        return {}
-    chosen = spec.analyses.compare.model_locations
-    out = {}
-    for model in spec.models:
-        runs = [r for r in spec.runs if r.model.name == model.name]
-        if model.torchscript is not None:
-            continue  # no hooks, no activations
-        out[model.name] = next((r for r in runs if r.location == chosen.get(model.name)), runs[0])
-    return out if len(out) >= 2 else {}
-
-
-def cross_shared_images(spec) -> list[Path]:
-    """The images every compared model's run sees, in the first such run's order."""
-    runs = list(cross_model_runs(spec).values())
-    if not runs:
-        return []
-    common = set(runs[0].images).intersection(*(set(r.images) for r in runs[1:]))
-    return [p for p in runs[0].images if p in common]
 
 
 def pair_features(pooled_a: np.ndarray | None, mean_a: np.ndarray, pooled_b: np.ndarray | None,

@@ -1,4 +1,4 @@
-"""Results -> the report's files, in memory: pictures, report.json and pages.
+"""Results and the report dict -> the report's files, in memory: pictures, report.json and pages.
 
 Paths inside a report (all relative to docs/<report>/):
   img/{run}/{layer}/{view}.png      filter views and activations of one run
@@ -15,47 +15,30 @@ models (pages.layer_page); models.md compares the models.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
-import torch
 
-from reportgen import __version__
-from reportgen.analysis.findings import Z_ABOVE_CHANCE, rank_key
-from reportgen.analysis.findings import findings as make_findings
 from reportgen.analysis.locations import best_matches
 from reportgen.core.cache import Cache, digest
-from reportgen.reduce.compare import GABOR_MIN_LIVE, Comparisons, gabor_summary
+from reportgen.reduce.compare import Comparisons
 from reportgen.core.names import slug
 from reportgen.render.pages import render_pages
-from reportgen.reduce.extensions import add_extension_files, reduce_extensions, with_extension_findings
+from reportgen.reduce.health import group_layers
+from reportgen.reduce.report import json_value
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
 from reportgen.render.colour import display_width, encode_png
 from reportgen.render.tiles import health_marks, layer_scale
 from reportgen.render.views import activation_grid, across_locations, filter_views, gabor_triplets, stage_strip
-from reportgen.core.report_json import SCHEMA_VERSION, to_json
-from reportgen.publish.site import ReportFiles
+from reportgen.core.report_json import to_json
+from reportgen.core.extension import Extension
+from reportgen.core.files import ReportFiles
 from reportgen.load.spec import ReportSpec
 from reportgen.core.spill import NO_SPILL, Spill
 
-FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
-               "duplicate_of", "opposite_of", "gabor_score"]
-CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
-
-
-def group_layers(results) -> dict[tuple[str, str], list]:
-    """(model, layer) -> [(run result, layer result)] in run order."""
-    groups: dict[tuple[str, str], list] = {}
-    for r in results:
-        for lr in r.layers:
-            groups.setdefault((r.run.model.name, lr.name), []).append((r, lr))
-    return groups
-
-
-def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.device,
-                  cache: Cache | None = None, spill: Spill = NO_SPILL) -> tuple[ReportFiles, dict]:
-    """All pictures, report.json and pages of a report.
+def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
+                  done: list[tuple[Extension, dict]], cache: Cache | None = None,
+                  spill: Spill = NO_SPILL) -> ReportFiles:
+    """All pictures, report.json and pages of a report, from the reduce step's results: the
+    report dict (reportgen.reduce.report, with its findings) and the extensions' values.
 
     Every picture is cached under a digest of the arrays and options it is drawn
     from, so an unchanged layer is not drawn again. Spilled maps (reportgen.core.spill) are
@@ -170,16 +153,13 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, device: torch.de
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     filter_pages = _filter_pictures(results, comp, files, cache, spill)
-    report = report_dict(spec, results, comp, device)
-    done = reduce_extensions(spec, results, report)
-    report["findings"] = with_extension_findings(model_findings(report, spec.analyses), done, report, spec.analyses)
     files.add("report.json", to_json(report))
     add_extension_files(spec, done, report, files)
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
                                   cross_imgs, widths, filter_pages).items():
         files.add(rel, text)
-    return files, report
+    return files
 
 
 class _Once:
@@ -206,42 +186,6 @@ def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[s
         out[model] = [files.add(f"{prefix}{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
                       for k, im in enumerate(r.shared_shown)]
     return out
-
-
-def model_findings(report: dict, analyses) -> list[dict]:
-    """Findings of a one-model report as they are; with several models, each model's findings
-    from its own runs and comparisons, said of that model and linked to its layer pages."""
-    models = list(dict.fromkeys(r["model"] for r in report["runs"]))
-    if len(models) < 2:
-        return [{**f, "model": models[0] if models else None} for f in make_findings(report, analyses)]
-    out = []
-    ref = report.get("reference")
-    for model in models:
-        runs = [r for r in report["runs"] if r["model"] == model]
-        keys = {r["key"] for r in runs}
-        sub = {**report, "runs": runs,
-               "comparisons": [c for c in report.get("comparisons", []) if c["model"] == model],
-               "reference": ref if ref and any(p["run"] in keys for p in ref["per_run"]) else None}
-        for f in make_findings(sub, analyses):
-            text = relink_layers(f["text"], model)
-            link = relink_layers(f"]({f['link']})", model)[2:-1] if f["link"] else None
-            said = text if text.startswith(f"**{model}") else f"Model **{model}**: {text}"
-            out.append({**f, "text": said, "link": link, "model": model})
-    # Ranked findings of all models together; each model's overview and next step after them.
-    tail = ("overview", "next_step")
-    out = (sorted((f for f in out if f.get("kind") not in tail), key=rank_key)
-           + [f for f in out if f.get("kind") == "overview"] + [f for f in out if f.get("kind") == "next_step"])
-    if not report.get("model_comparisons") and analyses.compare.enabled and analyses.activations.enabled:
-        out.append({"severity": "info", "kind": "next_step", "text": "Suggested next step: list test images "
-                    "that every model sees (the same files in each model's images) to compare the models "
-                    "with CKA.", "location": None, "locations": [], "layer": None, "link": None, "value": 0.0,
-                    "model": None})
-    return out
-
-
-def relink_layers(text: str, model: str) -> str:
-    """Point links to ``layers/<layer>.md`` at the model's own ``layers/<model>/<layer>.md``."""
-    return text.replace("](layers/", f"](layers/{model}/")
 
 
 def _base_index(spec: ReportSpec, keys: list[str]) -> int:
@@ -316,45 +260,11 @@ def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cach
                     for i in range(len(pics)):
                         if idx[i] >= 0:
                             matches[i].append({"run": keys[j], "index": int(idx[i]), "sign": int(sign[i]),
-                                               "score": _py("", score[i])})
+                                               "score": json_value("", score[i])})
             entry["matches"] = matches
             entry["n_maps"] = sum(1 for m in maps if np.ndim(m) == 3 and len(m) == len(pics))
             out[(r.run.key, layer)] = entry
     return out
-
-
-def _units_json(u) -> dict:
-    n = len(u.patches)
-
-    def val(a, i):
-        return None if a is None else _py("", a[i])
-
-    def field(name):  # fields missing from views cached before they existed
-        return getattr(u, name, None)
-
-    inactive, fidelity = field("inactive"), field("fidelity")
-    return {
-        "receptive_field": list(u.rf_size), "jump": list(u.rf_jump), "image_size": list(u.image_size),
-        "decoded": u.decoded is not None, "decode_note": u.decode_note, "pooling": field("pooling"),
-        "top_n": int(u.patches.shape[1]),
-        "inactive_count": None if inactive is None else int(np.sum(inactive)),
-        "median_fidelity": None if fidelity is None or not np.isfinite(fidelity).any()
-        else float(np.nanmedian(fidelity)),
-        "units": [{"index": i, "inactive": val(inactive, i), "max_activation": val(field("max_activation"), i),
-                   "plain_loss": val(u.plain_loss, i), "stuck": val(u.stuck, i),
-                   "plain_outside": val(field("plain_outside"), i),
-                   "plain_clipped_loss": val(field("plain_clipped"), i),
-                   "fourier_loss": val(u.fourier_loss, i),
-                   "fourier_outside": val(field("fourier_outside"), i),
-                   "fourier_clipped_loss": val(field("fourier_clipped"), i),
-                   "fidelity": val(fidelity, i),
-                   "colour_selectivity": _py("", u.colour_index[i]),
-                   "top_values": [_py("", v) for v in u.patch_values[i] if np.isfinite(v)],
-                   "top_images": [int(j) for j in u.patch_images[i] if j >= 0],
-                   "top_positions": [] if field("patch_positions") is None
-                   else [[int(p) for p in pos] for pos in u.patch_positions[i] if pos[0] >= 0]}
-                  for i in range(n)],
-    }
 
 
 def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -362,145 +272,14 @@ def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray]:
     return encode_png(img), order
 
 
-def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.device) -> dict:
-    """The machine-readable report (documented in docs/reference/report-json.md)."""
-    min_score = spec.analyses.gabor.min_score
-    runs = []
-    for r in results:
-        layers = []
-        for lr in r.layers:
-            entry = {
-                "name": lr.name,
-                "type": lr.type,
-                "weight_shape": list(lr.weight.shape) if lr.weight is not None else None,
-                "relu_applied": lr.relu_applied,
-                "activation": lr.activation,
-                "activation_source": lr.activation_source,
-                **lr.info,
-                "filters": _rows(lr.health, FILTER_KEYS),
-                "channels": _rows(lr.stats, CHANNEL_KEYS),
-            }
-            fits = comp.gabor.get((r.run.key, lr.name))
-            if fits:
-                entry["gabor"] = gabor_summary(fits, min_score)
-            if lr.name in r.units:
-                entry["units"] = _units_json(r.units[lr.name])
-            if r.trace:
-                lt = next((t for t in r.trace["trace"].layers if t.name == lr.name), None)
-                if lt is not None:
-                    entry["trace"] = {k: getattr(lt, k).tolist() for k in
-                                      ("Z", "A", "dZ", "grad_weight", "grad_bias", "weight", "bias")}
-                    entry["trace"]["activation"] = lt.activation_kind
-            entry["summary"] = _summary(entry)
-            layers.append(entry)
-        trace = None
-        if r.trace:
-            t = r.trace["trace"]
-            trace = {"inputs": t.x.tolist(), "targets": t.y.tolist(), "output": t.output.tolist(),
-                     "loss": t.loss, "loss_kind": t.loss_kind, "finite_difference_max_error": r.trace["fd_error"],
-                     "names": r.trace["names"], "layers": [lt.name for lt in t.layers]}
-        runs.append({
-            "key": r.run.key,
-            **({"trace": trace} if trace else {}),
-            "model": r.run.model.name,
-            "location": r.run.location,
-            "checkpoint": _display_path(r.run.checkpoint or r.run.torchscript or r.run.onnx, spec),
-            "checkpoint_sha256": r.checkpoint_sha256,
-            "notes": list(getattr(r, "notes", [])),
-            "images": [_display_path(p, spec) for p in r.run.images],
-            "input": r.run.input.model_dump(mode="json"),
-            "layers": layers,
-        })
-    comparisons = [{"model": model, "layer": layer, **c.to_dict()} for (model, layer), c in comp.layers.items()]
-    reference = dict(comp.reference) if comp.reference else None
-    if reference:
-        reference["checkpoint"] = _display_path(Path(reference["checkpoint"]), spec) if reference["checkpoint"] else None
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "report": spec.report,
-        "title": spec.title,
-        "spec": _display_path(spec.path.resolve(), spec),
-        "spec_sha256": sha256(spec.path),
-        "versions": {"reportgen": __version__, "torch": torch.__version__, "numpy": np.__version__},
-        "device": str(device),
-        "thresholds": {**spec.analyses.health.model_dump(), "gabor_min_score": min_score,
-                       "gabor_min_live": GABOR_MIN_LIVE, "similar": spec.analyses.compare.similar,
-                       "above_chance_sd": Z_ABOVE_CHANCE},
-        "runs": runs,
-        "comparisons": comparisons,
-        "reference": reference,
-        "model_comparisons": [pair.to_dict() for pair in comp.models],
-    }
-
-
-def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
-    if not arrays:
-        return []
-    keys = [k for k in keys if k in arrays]
-    n = len(arrays[keys[0]])
-    return [{"index": i, **{k: _py(k, arrays[k][i]) for k in keys}} for i in range(n)]
-
-
-def _py(key: str, v):
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if key in ("duplicate_of", "opposite_of"):
-        return None if int(v) < 0 else int(v)
-    f = float(v)
-    return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
-
-
-def _summary(layer: dict) -> dict:
-    f, c = layer["filters"], layer["channels"]
-    norms = [x["l2_norm"] for x in f if x["l2_norm"] is not None]
-    nz = [x["near_zero_fraction"] for x in f if x["near_zero_fraction"] is not None]
-    out = {
-        "filters": len(f),
-        "dead": sum(x["dead"] for x in f),
-        "nonfinite": sum(x["nonfinite"] for x in f),
-        "duplicates": sum(x.get("duplicate_of") is not None for x in f),
-        "on_off_pairs": sum(x.get("opposite_of") is not None for x in f),
-        "median_l2_norm": float(np.median(norms)) if norms else None,
-        "near_zero_fraction": float(np.mean(nz)) if nz else None,
-        "channels": len(c),
-        "never_active": sum(x["never_active"] for x in c),
-        "saturated": sum(x["saturated"] for x in c),
-    }
-    if "gabor" in layer:
-        out["gabor_like"] = layer["gabor"]["share_gabor_like"]
-    init = layer.get("init_check")
-    out["looks_like_init"] = init["looks_like_init"] if init else None
-    out["init_family"] = init["family"] if init else None
-    # Filters of never-active channels against those of active ones, both against the
-    # initial norm: channels that died in training kept the size they started with.
-    out["never_active_norm_over_init"], out["active_norm_over_init"] = (
-        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
-        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))
-    return out
-
-
-def _median(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.median(vals)) if vals else None
-
-
-def sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _display_path(p: Path | None, spec: ReportSpec) -> str | None:
-    if p is None:
-        return None
-    p = Path(p).resolve()
-    for base in (Path.cwd(), spec.base_dir):
-        try:
-            return p.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            continue
-    return p.as_posix()
+def add_extension_files(spec: ReportSpec, done: list[tuple[Extension, dict]], report: dict,
+                        files: ReportFiles) -> None:
+    """Each extension's pictures under ``img/<name>/`` and its pages, into the report's files."""
+    for ext, values in done:
+        published: dict[str, str] = {}
+        if ext.pictures:
+            for key, data in ext.pictures(spec, report[ext.name], values).items():
+                published[key] = files.add(f"img/{ext.name}/{key}", data)
+        if ext.pages:
+            for rel, text in ext.pages(spec, report, published).items():
+                files.add(rel, text)

@@ -19,7 +19,7 @@ from reportgen.core.cache import Cache, digest, file_digest
 from reportgen.run.hooks import (NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference,
                                resolve_activation)
 from reportgen.run.chain import layer_chains
-from reportgen.reduce.crossmodel import CROSS_GRID
+from reportgen.run.crossmodel import CROSS_GRID
 from reportgen.core.errors import SpecError
 from reportgen.load.images import LoadedImage
 from reportgen.load.models import NO_HOOKS_NOTE, runs_python_hooks

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from reportgen.core.cache import Cache, file_digest
-from reportgen.reduce.crossmodel import cross_model_runs, cross_shared_images
+from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
 from reportgen.load.images import LoadedImage, load_image
 from reportgen.core.results import RunResult
 from reportgen.run.extension_parts import run_extensions

@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from reportgen.analysis.determinism import one_thread
+from reportgen.core.determinism import one_thread
 from reportgen.run.hooks import inference
 
 
