@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from reportgen.load.spec import ReportSpec, load_spec
 from reportgen.core.spill import NO_SPILL, Spill, spill_store
 from reportgen.publish.uptodate import build_key, stamp
 from reportgen.publish.siteconfig import site_warnings
+from reportgen.core.stopping import building, shielded
 
 Log = Callable[[str], None]
 
@@ -75,10 +77,13 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     spec = load_spec(spec_path)
     dev = resolve_device(device)
     key = build_key(spec, str(dev))  # before any input is read: a file changed meanwhile rebuilds next time
+    given = executor
     executor = choose_executor(executor, jobs, ray_address, len(spec.runs))
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    with build_lock(docs, spec.report), spill_store(cache, docs, spec.report) as spill:
+    building(docs / spec.report)
+    with _closed_on_failure(None if executor is given else executor), build_lock(docs, spec.report), \
+            spill_store(cache, docs, spec.report) as spill:
         check_layers(spec)
         results, warnings = analyse(spec, dev, log, cache, executor, spill)
         log("comparing locations")
@@ -103,6 +108,20 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         out_dir=out, pages=files.count(".md"), images=files.count(".png"),
         seconds=time.perf_counter() - t0, warnings=warnings, report=report, cache=cache,
     )
+
+
+@contextmanager
+def _closed_on_failure(made: Executor | None) -> Iterator[None]:
+    """Close ``made``, an executor the build made rather than got (a local Ray it started),
+    when the build fails or is stopped (reportgen.core.stopping). After a build that succeeded it
+    is left for the next build in this process."""
+    try:
+        yield
+    except BaseException:
+        if hasattr(made, "close"):
+            with shielded():
+                made.close()
+        raise
 
 
 def choose_executor(executor: Executor | str | None, jobs: int, address: str | None, runs: int) -> Executor:
@@ -161,12 +180,19 @@ def analyse(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | Non
     results = []
     shown: dict = {}
     mapped = executor.map(fn, todo)
-    for i, task in enumerate(tasks, 1):
-        log(f"[{i}/{len(tasks)}] {task.run_key}")
-        result = cached[i - 1] if i - 1 in cached else next(mapped)
-        _merge_cache_counts(cache, result)
-        _share_images(result, shown)
-        results.append(result)
+    try:
+        for i, task in enumerate(tasks, 1):
+            log(f"[{i}/{len(tasks)}] {task.run_key}")
+            result = cached[i - 1] if i - 1 in cached else next(mapped)
+            _merge_cache_counts(cache, result)
+            _share_images(result, shown)
+            results.append(result)
+    finally:
+        # At once, even when an interrupt arrived out here: the traceback would keep the
+        # map's workers running until it is dropped (reportgen.run.executors ends them on close).
+        close = getattr(mapped, "close", None)
+        if close is not None:
+            close()
     warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
     warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
     pool_health(spec, results)

@@ -1,7 +1,8 @@
 """Command line: parse arguments, call the library, map errors to exit codes.
 
 Exit codes: 0 success, 1 a user error (one ``Error:`` line, no traceback),
-2 a usage error (click's own). Unexpected exceptions keep their traceback.
+2 a usage error (click's own), 130 or 143 a build stopped by SIGINT or SIGTERM (one
+``Stopped:`` line). Unexpected exceptions keep their traceback.
 """
 
 from __future__ import annotations
@@ -62,9 +63,52 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
 
     When nothing it depends on has changed since the last build (see reportgen.publish.uptodate),
     it says so and stops before loading torch or any model.
+
+    Ctrl-C (SIGINT) or SIGTERM stops it cleanly: the previous report is left as it was, and
+    it exits with status 130 or 143.
     """
+    from reportgen.core.stopping import exit_status, on_signals
+
+    with on_signals() as stop:  # reportgen.core.stopping
+        try:
+            result = _build(spec, docs_dir, device, strict, cache_dir, no_cache, jobs, executor, ray_address,
+                            force, quiet, verbose)
+        except BaseException:
+            if stop.signum is None:
+                raise
+            _stopped(stop.signum, stop.report)
+        if stop.signum is not None:  # it came once the new report was in place: the build finished
+            done = f"it had published {result.out_dir}, which is complete" if result else "it was done"
+            click.echo(f"Stopped: reportgen build received {_signal_name(stop.signum)} after {done}", err=True)
+            sys.exit(exit_status(stop.signum))
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _stopped(signum: int, report: Path | None) -> None:
+    """One line for a build stopped by a signal, once its clean-up has run; exit 128 + signum."""
+    from reportgen.core.stopping import exit_status
+
+    if report is None:  # stopped before the spec was read
+        tail = " before it wrote anything"
+    elif report.is_dir():
+        tail = f"; the previous report in {report} is unchanged"
+    else:
+        tail = f"; nothing was written to {report}"
+    click.echo(f"Stopped: reportgen build was interrupted by {_signal_name(signum)}{tail}", err=True)
+    sys.exit(exit_status(signum))
+
+
+def _build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path | None, no_cache: bool,
+           jobs: int | None, executor: str | None, ray_address: str | None, force: bool, quiet: bool,
+           verbose: bool):
+    """The build command's work; returns the BuildResult, or None when the report was up to date."""
     if not (force or no_cache) and _up_to_date(spec, docs_dir, device, strict):
-        return
+        return None
     from reportgen.build import build as run_build
     from reportgen.run.executors import default_jobs
     from reportgen.core.progress import Progress
@@ -93,6 +137,7 @@ def build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Path
         f"Built {result.out_dir} in {result.seconds:.1f} s: {result.pages} pages, {result.images} images, "
         f"{len(result.report['findings'])} findings, {len(result.warnings)} warnings, {result.cache.summary()}."
     )
+    return result
 
 
 def _env_jobs() -> int | None:

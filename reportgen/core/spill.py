@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from reportgen.core.cache import Cache, digest
+from reportgen.core.stopping import shielded
 
 HEAVY = ("maps", "shared_maps", "features", "cross_pooled")  # LayerResult fields that may be spilled
 _EMPTY = {"maps": list, "shared_maps": list, "features": lambda: None, "cross_pooled": lambda: None}
@@ -112,4 +113,5 @@ def spill_store(cache: Cache, docs_dir: Path, slug: str) -> Iterator[Spill]:
     try:
         yield Spill(tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with shielded():  # a stop signal meanwhile must not leave half the folder behind
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -2,10 +2,10 @@
 
 A build collects every file in memory-backed ``ReportFiles``, then ``publish``
 writes them into a hidden staging directory beside the target and swaps it into
-place with two renames. A failed or interrupted build removes its staging
-directory and leaves the previous report as it was. A lock file makes a second
-build of the same report refuse cleanly instead of racing the first; it is removed
-when the build ends.
+place with two renames. A failed or interrupted build (SIGINT, SIGTERM:
+reportgen.core.stopping) removes its staging directory and leaves the previous report as it
+was. A lock file makes a second build of the same report refuse cleanly instead of
+racing the first; it is removed when the build ends.
 
 Every helper file of a build is named ``.<report>~<what>``: '~' cannot occur in a
 report name, so cleaning up after one report never touches another's files (a report
@@ -26,6 +26,7 @@ from typing import Iterator
 
 from reportgen.core.errors import BuildLockedError, ReportgenError
 from reportgen.core.files import ReportFiles
+from reportgen.core.stopping import published, shielded
 
 
 def report_dir(docs_dir: Path, slug: str) -> Path:
@@ -89,7 +90,8 @@ def build_lock(docs_dir: Path, slug: str, wait: float = 0.0) -> Iterator[None]:
             yield
             ok = True
         finally:
-            _release(fd, _helper(docs_dir, slug, "lock"))
+            with shielded():  # a stop signal meanwhile must not leave the lock behind
+                _release(fd, _helper(docs_dir, slug, "lock"))
     finally:
         if not ok:
             for p in made:  # deepest first; stops at the first folder that is not empty
@@ -174,11 +176,13 @@ def publish(files: ReportFiles, docs_dir: Path, slug: str) -> Path:
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{slug}~old-", dir=docs_dir))
-            os.rmdir(old)
-            target.rename(old)
-        staging.rename(target)
+        with shielded():  # the swap, and from then on a stop signal lets the build finish
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{slug}~old-", dir=docs_dir))
+                os.rmdir(old)
+                target.rename(old)
+            staging.rename(target)
+            published()
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if not target.exists() and old is not None and old.exists():

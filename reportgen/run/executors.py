@@ -10,6 +10,8 @@ entries are written atomically and named by the digest of their inputs.
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -61,33 +63,89 @@ class ProcessPool:
         from collections import deque
         from concurrent.futures import ProcessPoolExecutor
 
+        from reportgen.core.stopping import shielded
+
         args = list(args)
         if not args:
             return
         workers = max(1, min(self.jobs, len(args)))
         threads = self.threads or max(1, default_jobs() // workers)
+        finished = False
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads,))
-        finished = False
         try:
             todo = iter(args)
-            pending: deque = deque(pool.submit(fn, a) for _, a in zip(range(2 * workers), todo))
+            with _sigint_blocked():  # the first submits start the workers (see _init_worker)
+                pending: deque = deque(pool.submit(fn, a) for _, a in zip(range(2 * workers), todo))
             while pending:
                 result = pending.popleft().result()
                 nxt = next(todo, _DONE)
                 if nxt is not _DONE:
                     pending.append(pool.submit(fn, nxt))
+                finished = not pending  # every task done: the workers may exit on their own
                 yield result
-            finished = True
         finally:
-            # A failed task, an interrupt or a consumer that stops early: drop what has not started.
-            pool.shutdown(wait=True, cancel_futures=not finished)
+            # A failed task, an interrupt (Ctrl-C, or SIGTERM in the CLI: reportgen.core.stopping) or
+            # a consumer that stops early: end the workers now, without waiting for the tasks
+            # they run (a task may take minutes), and drop what has not started.
+            with shielded():
+                if not finished:
+                    _end_workers(pool)
+                pool.shutdown(wait=True, cancel_futures=not finished)
+
+
+def _end_workers(pool) -> None:
+    """Terminate (SIGTERM) the workers of a ProcessPoolExecutor, whatever they are doing.
+
+    The executor has no public way to do it: ``shutdown`` waits for the running tasks (or,
+    with ``wait=False``, leaves them running), and a worker whose parent has gone stays
+    blocked on its queues, holding the caller's pipes open. So this uses two private
+    attributes, there since Python 3.9: ``_processes`` (pid -> Process), and the results
+    pipe, whose write end this process holds too. Closing that end matters when a worker
+    is ended halfway through sending its result: the executor's manager thread would wait
+    for the rest of the message for ever; with every writer gone it reads an end of file
+    instead. The manager thread then sees the workers gone, fails the futures left and
+    joins the workers, so ``shutdown(wait=True)`` returns at once.
+    """
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            p.terminate()
+        except (OSError, ValueError):  # already gone, or closed
+            pass
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        writer.close()
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while it starts pool workers, which inherit the mask.
+
+    A Ctrl-C in a terminal goes to the whole process group. A worker must leave it to the
+    build (which ends the workers, see ProcessPool.map) instead of printing a traceback, and
+    a worker cannot ignore SIGINT before its initializer runs. A SIGINT for this process
+    that arrives meanwhile is delivered when the mask is restored (or to another thread).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _DONE = object()
 
 
 def _init_worker(threads: int) -> None:
+    # Ctrl-C is the build's to handle: it ends the workers (SIGINT arrives blocked, see
+    # _sigint_blocked; once ignored, a pending one is dropped). SIGTERM keeps its default: a
+    # worker ended by the build, or by a SIGTERM sent to the whole group, dies quietly.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import torch
 
     torch.set_num_threads(threads)

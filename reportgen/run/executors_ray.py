@@ -17,7 +17,10 @@ to each node still gives correct output, only fewer hits.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -84,6 +87,19 @@ def check_shared(ray, folder: str) -> None:
             "(with --no-cache the build uses a temporary folder of this machine)")
 
 
+@contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Put this process's SIGTERM handler back after ``ray.init``, which replaces it with one
+    that exits at once: a build stops on SIGTERM as on Ctrl-C (reportgen.core.stopping)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class RayExecutor:
     """Maps tasks onto Ray: a local instance of ``num_cpus`` CPUs (default: this machine's
@@ -108,15 +124,16 @@ class RayExecutor:
     def _ray(self):
         ray = import_ray()
         if not ray.is_initialized():
-            if self.address is None:
-                ray.init(num_cpus=self.num_cpus or default_jobs(), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
-            else:
-                try:
-                    ray.init(address=self.address, log_to_driver=False, configure_logging=False)
-                except ConnectionError as exc:
-                    raise ReportgenError(f"cannot reach the Ray cluster at --ray-address {self.address}: {exc}; "
-                                         "start it (ray start --head) or check the address") from None
+            with _keep_sigterm_handler():
+                if self.address is None:
+                    ray.init(num_cpus=self.num_cpus or default_jobs(), include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+                else:
+                    try:
+                        ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+                    except ConnectionError as exc:
+                        raise ReportgenError(f"cannot reach the Ray cluster at --ray-address {self.address}: "
+                                             f"{exc}; start it (ray start --head) or check the address") from None
             self._owns = True
         return ray
 
