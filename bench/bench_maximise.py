@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from reportgen.optim.maximise import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    _slot_generator,
+    slot_generator,
     default_size,
     fourier_ascent,
     plain_ascent,
@@ -81,7 +81,7 @@ def loop_one_at_a_time(model, layer, channels, size, steps, step, device, seed=0
     losses = []
     try:
         for c in channels:
-            noise = torch.rand((1, 3, *size), generator=_slot_generator(seed, c, 0)).to(device)
+            noise = torch.rand((1, 3, *size), generator=slot_generator(seed, c, 0)).to(device)
             x = ((0.5 + 20 / 255 * (noise - 0.5) - mean) / std).requires_grad_(True)
             for k in range(steps + 1):
                 model(x)

@@ -82,7 +82,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
     docs = Path(docs_dir)
     cache = Cache(default_cache_dir() if cache_dir is True else (cache_dir or None))
     building(docs / spec.report)
-    with _closed_on_failure(None if executor is given else executor), build_lock(docs, spec.report), \
+    with _closed_after(None if executor is given else executor), build_lock(docs, spec.report), \
             spill_store(cache, docs, spec.report) as spill:
         check_layers(spec)
         results, warnings = analyse(spec, dev, log, cache, executor, spill)
@@ -111,17 +111,15 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
 
 
 @contextmanager
-def _closed_on_failure(made: Executor | None) -> Iterator[None]:
+def _closed_after(made: Executor | None) -> Iterator[None]:
     """Close ``made``, an executor the build made rather than got (a local Ray it started),
-    when the build fails or is stopped (reportgen.core.stopping). After a build that succeeded it
-    is left for the next build in this process."""
+    when the build ends: finished, failed or stopped (reportgen.core.stopping)."""
     try:
         yield
-    except BaseException:
+    finally:
         if hasattr(made, "close"):
             with shielded():
                 made.close()
-        raise
 
 
 def choose_executor(executor: Executor | str | None, jobs: int, address: str | None, runs: int) -> Executor:

@@ -110,7 +110,7 @@ def _build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Pat
     if not (force or no_cache) and _up_to_date(spec, docs_dir, device, strict):
         return None
     from reportgen.build import build as run_build
-    from reportgen.run.executors import default_jobs
+    from reportgen.run.cores import default_jobs
     from reportgen.core.progress import Progress
 
     progress = Progress(enabled=not quiet, verbose=verbose)
@@ -175,7 +175,7 @@ def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
               show_default=True, help="MkDocs docs directory; its site's mkdocs.yml is checked too.")
 def check(spec: Path, docs_dir: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
-    from reportgen.commands.inspect import check_spec
+    from reportgen.commands.check import check_spec
 
     from reportgen.core.errors import SpecError
 
@@ -198,7 +198,7 @@ def check(spec: Path, docs_dir: Path) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 def layers(spec: Path) -> None:
     """List every layer of SPEC's models with weight and output shapes."""
-    from reportgen.commands.inspect import list_layers
+    from reportgen.commands.layers import list_layers
 
     try:
         click.echo(list_layers(spec))
@@ -226,7 +226,7 @@ def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: i
     and a minimal mkdocs.yml and docs/index.md here when they are absent."""
     import json
 
-    from reportgen.commands.inspect import init_spec
+    from reportgen.commands.init import init_spec
 
     try:
         args = json.loads(arch_args)
@@ -313,9 +313,9 @@ def _run_until_signal(cmd: list[str], env: dict) -> int:
 @cli.command()
 def schema() -> None:
     """Print the spec's JSON Schema (for editor completion and checking)."""
-    from reportgen.load.spec import json_schema
+    from reportgen.commands.schema import schema_text
 
-    click.echo(json_schema(), nl=False)
+    click.echo(schema_text(), nl=False)
 
 
 def main() -> None:

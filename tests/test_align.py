@@ -308,12 +308,12 @@ def _report(values: dict[str, float], chance=(0.14, 0.003), cka: dict[str, float
 
 
 def test_labels_come_from_standard_deviations_above_chance():
-    from reportgen.analysis.findings import _similarity, similarity_verdict
+    from reportgen.analysis.findings import similarity_findings, similarity_verdict
 
     # the example's conv3: 0.16 against 0.14 +- 0.003 is ~7 sd above chance: related, not 'unrelated'
-    text = _similarity(_report({"conv3": 0.16}), similar=0.5)[0]["text"]
+    text = similarity_findings(_report({"conv3": 0.16}), similar=0.5)[0]["text"]
     assert "learned different filters" in text and "6.7 sd above the 0.14 ± 0.003" in text
-    assert "learned unrelated filters" in _similarity(_report({"conv3": 0.145}), similar=0.5)[0]["text"]
+    assert "learned unrelated filters" in similarity_findings(_report({"conv3": 0.145}), similar=0.5)[0]["text"]
     # a wide chance band: 0.16 is within it
     assert similarity_verdict(0.16, 0.14, 0.01, 0.5) == "unrelated"
     assert similarity_verdict(0.8, 0.14, 0.01, 0.5) == "similar"
@@ -321,10 +321,10 @@ def test_labels_come_from_standard_deviations_above_chance():
 
 
 def test_trend_sentence_follows_the_actual_sequence():
-    from reportgen.analysis.findings import _similarity
+    from reportgen.analysis.findings import similarity_findings
 
     def trend(cka):
-        out = _similarity(_report({k: 0.3 for k in cka}, cka=cka), similar=0.5)
+        out = similarity_findings(_report({k: 0.3 for k in cka}, cka=cka), similar=0.5)
         return out[0]["text"]
 
     assert "neither converge nor diverge steadily (least alike at `l2`)" in trend({"l1": 0.5, "l2": 0.17, "l3": 0.74})

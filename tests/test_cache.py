@@ -207,7 +207,7 @@ def test_damaged_entries_are_misses(project_copy, reference, reference_json, kin
         elif damage == "flipped byte in an array":
             data[-1] ^= 0x01  # the last buffer: an array's (or a PNG's) last byte
         else:
-            data[cache_mod._HEAD.size + 2] ^= 0x20
+            data[cache_mod.HEADER.size + 2] ^= 0x20
         p.write_bytes(bytes(data))
     res = cli_build(project, "docs", cache)
     assert res.exit_code == 0 and "Warning" not in res.output, res.output

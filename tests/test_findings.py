@@ -18,7 +18,7 @@ from reportgen.analysis.filters import filter_health, near_duplicates, norm_over
 from reportgen.analysis.findings import findings
 from reportgen.analysis.init_check import check_layer
 from reportgen.analysis.wording import plural
-from reportgen.reduce.report import FILTER_KEYS, _rows, _summary
+from reportgen.reduce.report import FILTER_KEYS, table_rows, layer_summary
 from reportgen.load.spec import AnalysesSpec
 
 
@@ -44,9 +44,9 @@ def _layer(name, w, scale, never_active=None, relu=True, type_="Conv2d", saturat
     stats = {"mean": np.where(na, 0.0, 1.0), "max": np.where(na, 0.0, 2.0), "active_fraction": np.where(na, 0.0, 0.5),
              "never_active": na, "saturated": sat}
     entry = {"name": name, "type": type_, "weight_shape": list(w.shape), "relu_applied": relu,
-             "init_check": check_layer(w), "filters": _rows(h, FILTER_KEYS),
-             "channels": _rows(stats, ["mean", "max", "active_fraction", "never_active", "saturated"])}
-    entry["summary"] = _summary(entry)
+             "init_check": check_layer(w), "filters": table_rows(h, FILTER_KEYS),
+             "channels": table_rows(stats, ["mean", "max", "active_fraction", "never_active", "saturated"])}
+    entry["summary"] = layer_summary(entry)
     return entry
 
 

@@ -164,7 +164,7 @@ layers: [body/body/0/Conv, body/body/2/Conv, head/Gemm]
 analyses:
   units: {layers: [body/body/2/Conv], steps: 2, top_n: 2, max_units: 2, maximise: plain}
 """)
-    from reportgen.commands.inspect import list_layers
+    from reportgen.commands.layers import list_layers
 
     listing = list_layers(spec)
     assert re.search(r"body/body/0/Conv\s+Conv2d\s+4x3x3x3\s+4x16x16", listing), listing

@@ -70,18 +70,18 @@ def test_gabor_off_centre_and_non_square():
 
 
 def test_jacobian_matches_finite_differences():
-    xs, ys = gmod._grid((6, 8))
+    xs, ys = gmod.gabor_grid((6, 8))
     rng = np.random.default_rng(0)
     for _ in range(5):
         p = np.array([rng.uniform(0, 3), rng.uniform(0.05, 0.45), rng.uniform(-3, 3),
                       rng.uniform(0.8, 3), rng.uniform(0.5, 2), rng.uniform(1, 6),
                       rng.uniform(1, 4), rng.normal(), rng.normal()])
-        jac = gmod._jacobian(p, xs, ys)
+        jac = gmod.gabor_jacobian(p, xs, ys)
         num = np.empty_like(jac)
         for k in range(9):
             e = np.zeros(9)
             e[k] = 1e-6
-            num[:, k] = (gmod._model(p + e, xs, ys) - gmod._model(p - e, xs, ys)) / 2e-6
+            num[:, k] = (gmod.gabor_model(p + e, xs, ys) - gmod.gabor_model(p - e, xs, ys)) / 2e-6
         np.testing.assert_allclose(jac, num, atol=1e-7)
 
 
@@ -295,7 +295,7 @@ def test_batched_rgb_split_matches_per_filter():
     w = rng.normal(size=(6, 3, 5, 5))
     w[2, 1, 0, 0] = np.nan
     w[4] = 0.0
-    batch = gmod._rgb_to_spatial_batch(w)
+    batch = gmod.rgb_to_spatial_batch(w)
     for i in range(len(w)):
         np.testing.assert_allclose(batch[i], rgb_to_spatial(w[i])[0], atol=1e-12)
 
@@ -324,17 +324,17 @@ def test_mixed_batch_matches_single_fits(no_warnings):
 
 
 def test_batched_model_and_jacobian_match_single():
-    xs, ys = gmod._grid((5, 6))
+    xs, ys = gmod.gabor_grid((5, 6))
     rng = np.random.default_rng(11)
     ps = np.column_stack([rng.uniform(0, 3, 4), rng.uniform(0.05, 0.45, 4), rng.uniform(-3, 3, 4),
                           rng.uniform(0.8, 3, 4), rng.uniform(0.5, 2, 4), rng.uniform(1, 4, 4),
                           rng.uniform(1, 4, 4), rng.normal(size=4), rng.normal(size=4)])
-    jac = gmod._jacobian(ps, xs, ys)
-    model = gmod._model(ps, xs, ys)
+    jac = gmod.gabor_jacobian(ps, xs, ys)
+    model = gmod.gabor_model(ps, xs, ys)
     assert jac.shape == (4, 30, 9) and model.shape == (4, 30)
     for k in range(4):
-        np.testing.assert_allclose(jac[k], gmod._jacobian(ps[k], xs, ys), atol=1e-14)
-        np.testing.assert_allclose(model[k], gmod._model(ps[k], xs, ys), atol=1e-14)
+        np.testing.assert_allclose(jac[k], gmod.gabor_jacobian(ps[k], xs, ys), atol=1e-14)
+        np.testing.assert_allclose(model[k], gmod.gabor_model(ps[k], xs, ys), atol=1e-14)
 
 
 def test_layer_of_gabors_and_noise_is_told_apart_in_one_batch():
@@ -381,7 +381,7 @@ def _summary(fitted_scores: list[float], n_filters: int) -> dict:
 
 
 def test_dead_filters_are_left_out_of_shares_and_thin_locations_are_not_ranked():
-    from reportgen.analysis.findings import _gabor
+    from reportgen.analysis.findings import gabor_findings
     from reportgen.reduce.compare import GABOR_MIN_LIVE
 
     rng = np.random.default_rng(0)
@@ -391,7 +391,7 @@ def test_dead_filters_are_left_out_of_shares_and_thin_locations_are_not_ranked()
     healthy = {f"loc{i}": _summary(list(rng.uniform(0, 0.6, 60 - 4 * i)) + [0.8] * (4 + 4 * i), 64) for i in range(3)}
     for g in healthy.values():
         assert g["ranked"] and g["live"] == g["filters"]
-    text = _gabor(_gabor_report({**healthy, "loc08": thin}), 0.7)[0]["text"]
+    text = gabor_findings(_gabor_report({**healthy, "loc08": thin}), 0.7)[0]["text"]
     best = max(healthy, key=lambda k: healthy[k]["share_gabor_like"])
     assert f"highest: {best}, {healthy[best]['share_gabor_like']:.0%} of 64 live filters" in text
     assert "loc08 (62% of 8 live filters)" in text and "Not ranked" in text

@@ -9,8 +9,8 @@ from torch import nn
 
 from reportgen.optim.maximise import (
     COLOR_MATRIX,
-    _gram_similarity,
-    _robustness,
+    gram_similarity,
+    robustness_transforms,
     default_size,
     deprocess_plain,
     fourier_ascent,
@@ -110,14 +110,14 @@ def test_zero_spectrum_decodes_to_grey():
 
 def test_robustness_without_transformation_is_identity():
     img = torch.rand(3, 3, 12, 16, generator=torch.Generator().manual_seed(0))
-    out = _robustness(img, torch.full((3, 4), 0.5), "constant")  # u = 0: no rotation, scale 1, shift 0
+    out = robustness_transforms(img, torch.full((3, 4), 0.5), "constant")  # u = 0: no rotation, scale 1, shift 0
     assert torch.allclose(out, img, atol=1e-5)
 
 
 def test_gram_similarity_of_identical_slots_is_one():
     a = torch.rand(1, 4, 5, 5)
     same = torch.cat([a, a, a, a])  # two units, two identical slots each
-    assert _gram_similarity(same, 2).item() == pytest.approx(2.0, abs=1e-5)
+    assert gram_similarity(same, 2).item() == pytest.approx(2.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [1, 3])

@@ -123,7 +123,7 @@ def test_filter_views_by_layer_kind():
 
 def test_heatmap_block_mean_against_numpy():
     m = np.arange(12.0).reshape(2, 6) - 6
-    out = T._block_mean(m, max_cells=3)
+    out = T.block_mean(m, max_cells=3)
     np.testing.assert_allclose(out, m.reshape(2, 3, 2).mean(axis=2))
 
 

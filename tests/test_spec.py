@@ -184,10 +184,10 @@ def test_grey_input_takes_one_value_defaults(tmp_path):
 def test_one_mean_value_keeps_rgb_units_input():
     import numpy as np
 
-    from reportgen.run.unit_views import _normalise
+    from reportgen.run.unit_views import normalise_pixels
 
     pixels = np.random.default_rng(0).random((2, 3, 4, 5))
-    x = _normalise(pixels, [0.5], [0.25], channels=3).numpy()
+    x = normalise_pixels(pixels, [0.5], [0.25], channels=3).numpy()
     assert x.shape == (2, 3, 4, 5)
     np.testing.assert_allclose(x, (pixels - 0.5) / 0.25, rtol=1e-6)
-    assert _normalise(pixels, [0.5], [0.25], channels=1).shape == (2, 1, 4, 5)
+    assert normalise_pixels(pixels, [0.5], [0.25], channels=1).shape == (2, 1, 4, 5)

@@ -79,7 +79,7 @@ def flatten_filters(w: np.ndarray) -> np.ndarray:
     return np.array(w, dtype=np.float64, copy=True).reshape(n, -1)
 
 
-def _unit_rows(a: np.ndarray) -> np.ndarray:
+def unit_rows(a: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm; zero rows stay zero, NaN rows stay NaN.
 
     a: (N, D) float64 -> (N, D) float64.
@@ -113,7 +113,7 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray, absolute: bool = True) -> np.nda
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"need (N, D) and (M, D) with the same D, got {a.shape} and {b.shape}")
-    ua, ub = _unit_rows(a), _unit_rows(b)
+    ua, ub = unit_rows(a), unit_rows(b)
     with np.errstate(invalid="ignore"):
         sim = ua @ ub.T
     # Rounding can push |cos| of parallel rows a hair past 1.
@@ -121,7 +121,7 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray, absolute: bool = True) -> np.nda
     return np.abs(sim) if absolute else sim
 
 
-def _centre_columns(x: np.ndarray) -> np.ndarray:
+def centre_columns(x: np.ndarray) -> np.ndarray:
     """Column-centred float64 copy of x: (S, P) -> (S, P).
 
     Subtracting the first row before the mean makes a constant column exactly 0
@@ -186,9 +186,9 @@ def correlation_matrix(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     if xa.ndim != 2 or xb.ndim != 2 or xa.shape[0] != xb.shape[0]:
         raise ValueError(f"need (S, N) and (S, M) with the same S, got {xa.shape} and {xb.shape}")
     # Centred columns, scaled to unit norm: the Pearson r is then a plain dot product,
-    # and _unit_rows already maps zero (constant) columns to 0.
-    ca, cb = _centre_columns(xa).T, _centre_columns(xb).T
-    za, zb = _unit_rows(ca), _unit_rows(cb)
+    # and unit_rows already maps zero (constant) columns to 0.
+    ca, cb = centre_columns(xa).T, centre_columns(xb).T
+    za, zb = unit_rows(ca), unit_rows(cb)
     with np.errstate(invalid="ignore"):
         r = za @ zb.T
     return constant_rule(np.clip(r, -1.0, 1.0), zero_rows(ca), zero_rows(cb))
@@ -257,7 +257,7 @@ def matched_similarity(wa: np.ndarray, wb: np.ndarray, tie: np.ndarray | None = 
 def matched_correlation(xa: np.ndarray, xb: np.ndarray) -> Match:
     """Channels of two activation matrices (S, N), (S, M) matched on their correlation;
     the mean leaves out pairs constant on both sides (``without_constant_pairs``)."""
-    ca, cb = _centre_columns(xa).T, _centre_columns(xb).T
+    ca, cb = centre_columns(xa).T, centre_columns(xb).T
     return without_constant_pairs(match(correlation_matrix(xa, xb)), zero_rows(ca), zero_rows(cb))
 
 
@@ -283,7 +283,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, method: str = "auto") -> float:
     y = np.asarray(y)
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"need (S, P) and (S, Q) with the same S, got {x.shape} and {y.shape}")
-    xc, yc = _centre_columns(x), _centre_columns(y)
+    xc, yc = centre_columns(x), centre_columns(y)
     if not (np.isfinite(xc).all() and np.isfinite(yc).all()):
         return float("nan")
     # CKA is scale-invariant: normalise by the peak so squared norms cannot overflow.

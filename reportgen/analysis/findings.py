@@ -16,7 +16,7 @@ import numpy as np
 
 from reportgen.analysis.findings_health import location_findings, pattern_findings
 from reportgen.analysis.wording import finding
-from reportgen.core.names import anchor_id, code, slug
+from reportgen.core.names import code, slug
 
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
 OUTLIER_GAP = 0.1  # minimum gap below the median similarity for an outlier
@@ -37,9 +37,9 @@ def findings(report: dict, analyses) -> list[dict]:
     ``locations`` (every location it names), ``layer``, ``link``, ``value``."""
     health = analyses.health
     verdicts = location_findings(report, health)
-    gabor = _tag(_gabor(report, analyses.gabor.min_score), "gabor")
+    gabor = _tag(gabor_findings(report, analyses.gabor.min_score), "gabor")
     sims = [dict(f, kind="trend" if f["link"] == "stages.md" else "similarity")
-            for f in _similarity(report, analyses.compare.similar)]
+            for f in similarity_findings(report, analyses.compare.similar)]
     patterns = pattern_findings(report, health)
     ranked = sorted(verdicts + gabor + sims + patterns, key=rank_key)
     unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
@@ -49,11 +49,6 @@ def findings(report: dict, analyses) -> list[dict]:
     if nxt:
         out.append(nxt)
     return out
-
-
-def anchor(layer: str) -> str:
-    """HTML id of a layer's section on a location page."""
-    return "layer-" + anchor_id(layer)
 
 
 def _tag(items: list[dict], kind: str) -> list[dict]:
@@ -74,7 +69,7 @@ def _ci_text(ci) -> str:
     return f" (95% interval {ci[0]:.2f}–{ci[1]:.2f})" if ci and ci[0] is not None else ""
 
 
-def _similarity(report: dict, similar: float) -> list[dict]:
+def similarity_findings(report: dict, similar: float) -> list[dict]:
     out = []
     cka_by_layer = []
     for c in report.get("comparisons", []):
@@ -147,7 +142,7 @@ def _cka_trend(cka_by_layer: list[tuple[str, float, list | None]]) -> dict:
               + ". [See the same images at every stage](stages.md).", None, None, "stages.md", max(vals) - min(vals))
 
 
-def _gabor(report: dict, min_score: float) -> list[dict]:
+def gabor_findings(report: dict, min_score: float) -> list[dict]:
     """Gabor shares are of live filters, each with its count; too few live filters are not ranked."""
     summaries = {}
     layer_name = None

@@ -98,7 +98,7 @@ class GaborFit:
 
 # --------------------------------------------------------------------------- model
 
-def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def gabor_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Flattened pixel-centre coordinates: (h*w,) x (column) and (h*w,) y (row)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -121,7 +121,7 @@ def _parts(p: np.ndarray, xs: np.ndarray, ys: np.ndarray):
     return c, s, xr, yr, env, np.cos(arg), np.sin(arg)
 
 
-def _model(p: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def gabor_model(p: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Gabor at the given coordinates: p (..., 9) -> (..., n)."""
     _, _, _, _, env, cos_, _ = _parts(p, xs, ys)
     return p[..., 7, None] * env * cos_ + p[..., 8, None]
@@ -151,7 +151,7 @@ def _model_and_jacobian(p: np.ndarray, xs: np.ndarray, ys: np.ndarray):
     return aec + p[..., 8, None], jac
 
 
-def _jacobian(p: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def gabor_jacobian(p: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Analytic d model / d p: p (..., 9) -> (..., n, 9).
 
     Analytic rather than finite differences: one evaluation instead of ten per
@@ -181,8 +181,8 @@ def gabor(
     x0 = (w - 1) / 2.0 if x0 is None else x0
     y0 = (h - 1) / 2.0 if y0 is None else y0
     p = np.array([theta, freq, phase, sigma, gamma, x0, y0, amplitude, offset], dtype=np.float64)
-    xs, ys = _grid((h, w))
-    return _model(p, xs, ys).reshape(h, w)
+    xs, ys = gabor_grid((h, w))
+    return gabor_model(p, xs, ys).reshape(h, w)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -415,7 +415,7 @@ def _levenberg_marquardt(p, cost, targets, xs, ys, lo, hi, max_iter):
         step = np.linalg.solve(lhs, -(grad * keep)[:, :, None])[:, :, 0]
         trial = np.clip(pa + step, lo, hi)
         d = trial - pa
-        new_cost = np.sum((_model(trial, xs, ys) - ta) ** 2, axis=1)
+        new_cost = np.sum((gabor_model(trial, xs, ys) - ta) ** 2, axis=1)
         pred = -(2.0 * np.sum(grad * d, axis=1) + np.einsum("bi,bij,bj->b", d, a_mat, d))
         gain = ca - new_cost
         ok = np.isfinite(new_cost) & (gain > 0)
@@ -495,7 +495,7 @@ def _fit_batch(maps: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[GaborFi
             pk = _canonical(best_p[k])
             pk[7] *= scale[k]
             pk[8] = pk[8] * scale[k] + mean[k]
-            fitted = _model(pk, xs, ys).reshape(h, w)
+            fitted = gabor_model(pk, xs, ys).reshape(h, w)
             out[i] = _make_fit(pk, r2[k], _adjusted(float(r2[k]), n), fitted)
     return out  # type: ignore[return-value]
 
@@ -521,7 +521,7 @@ def fit_gabor(f: np.ndarray) -> GaborFit:
     f = np.asarray(f)
     if f.ndim != 2:
         raise ValueError(f"fit_gabor needs an (h, w) filter, got shape {f.shape}")
-    xs, ys = _grid(f.shape)
+    xs, ys = gabor_grid(f.shape)
     return _fit_batch(f[None], xs, ys)[0]
 
 
@@ -557,7 +557,7 @@ def rgb_to_spatial(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return spatial.reshape(h, wd), colour
 
 
-def _rgb_to_spatial_batch(w: np.ndarray) -> np.ndarray:
+def rgb_to_spatial_batch(w: np.ndarray) -> np.ndarray:
     """``rgb_to_spatial(w[i])[0]`` for every i at once: w (N, C, h, w) -> (N, h, w)."""
     w = np.asarray(w, dtype=np.float64)
     n_f, c, h, wd = w.shape
@@ -589,14 +589,14 @@ def gabor_scores(w: np.ndarray) -> list[GaborFit]:
         if w.shape[1] == 1:
             maps = [w[i, 0] for i in range(w.shape[0])]
         else:
-            maps = list(_rgb_to_spatial_batch(w))
+            maps = list(rgb_to_spatial_batch(w))
     elif w.ndim == 3:
         maps = [w[i] for i in range(w.shape[0])]
     else:
         raise ValueError(f"gabor_scores needs (N, C, h, w) or (N, h, w), got shape {w.shape}")
     if not maps:
         return []
-    xs, ys = _grid(maps[0].shape)
+    xs, ys = gabor_grid(maps[0].shape)
     return _fit_batch(np.stack(maps), xs, ys)
 
 
@@ -610,13 +610,13 @@ def _theta_sensitivity(fit: GaborFit) -> float:
     large amplitude and still be sharply oriented.
     """
     h, w = fit.fitted.shape
-    xs, ys = _grid((h, w))
+    xs, ys = gabor_grid((h, w))
     p = np.array([fit.theta, fit.freq, fit.phase, fit.sigma, fit.gamma, fit.x0, fit.y0,
                   fit.amplitude, fit.offset])
-    size = np.linalg.norm(_model(p, xs, ys) - fit.offset)
+    size = np.linalg.norm(gabor_model(p, xs, ys) - fit.offset)
     if not np.isfinite(size) or size == 0.0:
         return 0.0
-    return float(np.linalg.norm(_jacobian(p, xs, ys)[:, 0]) / size)
+    return float(np.linalg.norm(gabor_jacobian(p, xs, ys)[:, 0]) / size)
 
 
 def orientation_histogram(

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from reportgen.analysis.align import align_chain
-from reportgen.analysis.compare import (_centre_columns, _unit_rows, constant_rule, flatten_filters, match,
+from reportgen.analysis.compare import (centre_columns, unit_rows, constant_rule, flatten_filters, match,
                                        matched_similarity, pairwise, without_constant_pairs, zero_rows)
 from reportgen.analysis.uncertainty import MIN_IMAGES, BootRun, chance_similarity, interval, resample_counts
 
@@ -329,13 +329,13 @@ class _Prepared:
     """One run's activations (S, C), centred once for many pairwise comparisons."""
 
     def __init__(self, x: np.ndarray):
-        xc = _centre_columns(x)
+        xc = centre_columns(x)
         self.finite = bool(np.isfinite(xc).all())
         peak = float(np.abs(xc).max(initial=0.0)) if self.finite else 0.0
         self.constant = peak == 0 and self.finite  # every channel constant
         self.xc = xc / peak if peak > 0 else xc  # CKA is scale-invariant; this avoids overflow
         self.self_norm = float(np.linalg.norm(self.xc.T @ self.xc)) if peak > 0 else 0.0
-        self.unit = _unit_rows(xc.T)  # (C, S): Pearson r between channels is a dot product
+        self.unit = unit_rows(xc.T)  # (C, S): Pearson r between channels is a dot product
         self.const = zero_rows(xc.T)  # (C,) constant channels (exactly 0 once centred)
 
     def matched_correlation(self, other: "_Prepared") -> float:
@@ -375,7 +375,7 @@ def best_matches(base: np.ndarray, others: list[np.ndarray], matched: list | Non
             cols, sg = matched[k]
             idx[:len(cols)] = cols
             sign[:len(cols)] = sg
-            score[:len(cols)] = np.abs(np.einsum("ij,ij->i", _unit_rows(a[:len(cols)]), _unit_rows(b[cols])))
+            score[:len(cols)] = np.abs(np.einsum("ij,ij->i", unit_rows(a[:len(cols)]), unit_rows(b[cols])))
         else:
             idx[m.rows] = m.cols
             score[m.rows] = m.scores

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from reportgen.analysis.compare import _centre_columns, matched_similarity
+from reportgen.analysis.compare import centre_columns, matched_similarity
 
 CHANCE_DRAWS = 100
 BOOTSTRAP_RESAMPLES = 200
@@ -73,7 +73,7 @@ class BootRun:
     """One run's features (S, C) prepared for resampled correlation and CKA."""
 
     def __init__(self, x: np.ndarray, units: np.ndarray, counts: np.ndarray):
-        xc = _centre_columns(x)
+        xc = centre_columns(x)
         peak = float(np.abs(xc).max(initial=0.0))
         self.finite = bool(np.isfinite(xc).all())
         self.x = xc / peak if peak > 0 and self.finite else xc

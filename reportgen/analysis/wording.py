@@ -3,6 +3,8 @@ layer type. Pure, no I/O."""
 
 from __future__ import annotations
 
+from reportgen.core.names import anchor_id
+
 DENSE_TYPES = ("Linear", "LazyLinear", "Bilinear")
 
 
@@ -42,3 +44,9 @@ def finding(severity: str, text: str, location: str | None, layer: str | None, l
     return {"severity": severity, "kind": kind, "text": text, "location": location,
             "locations": locations if locations is not None else ([location] if location else []),
             "layer": layer, "link": link, "value": float(value), **extra}
+
+
+def anchor(layer: str) -> str:
+    """HTML id of a layer's section on a location page."""
+    return "layer-" + anchor_id(layer)
+

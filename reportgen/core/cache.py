@@ -96,7 +96,7 @@ def file_digest(path: Path) -> str:
 
 MAGIC = b"RGCACHE1"
 EXT = "rge"  # not the old .pkl/.bin: entries written by older versions are never read
-_HEAD = struct.Struct("<8s32sQ")  # magic, SHA-256 of everything after it, JSON length
+HEADER = struct.Struct("<8s32sQ")  # magic, SHA-256 of everything after it, JSON length
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: nothing that holds objects
 _TYPES: dict[str, type] = {}
 
@@ -175,19 +175,19 @@ def encode(value: Any) -> bytes:
 
 def decode(data: bytes) -> Any:
     """The value of an entry; CorruptEntry if it fails any check (magic, digest, types)."""
-    if len(data) < _HEAD.size:
+    if len(data) < HEADER.size:
         raise CorruptEntry("short entry")
-    magic, want, n = _HEAD.unpack_from(data)
+    magic, want, n = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptEntry("not a reportgen cache entry")
     if hashlib.sha256(memoryview(data)[8 + 32:]).digest() != want:
         raise CorruptEntry("digest mismatch")
-    start = _HEAD.size + n
+    start = HEADER.size + n
     if start > len(data):
         raise CorruptEntry("truncated")
     body = memoryview(data)[start:]
     try:
-        tree = json.loads(bytes(data[_HEAD.size:start]), parse_constant=_no_constant)
+        tree = json.loads(bytes(data[HEADER.size:start]), parse_constant=_no_constant)
         return _dec(tree, body)
     except CorruptEntry:
         raise
@@ -300,9 +300,9 @@ class Cache:
             data = _read_entry(self._path(kind, key))
         except (OSError, CorruptEntry):
             return False
-        if len(data) < _HEAD.size:
+        if len(data) < HEADER.size:
             return False
-        magic, want, _ = _HEAD.unpack_from(data)
+        magic, want, _ = HEADER.unpack_from(data)
         return magic == MAGIC and hashlib.sha256(memoryview(data)[8 + 32:]).digest() == want
 
     def get_bytes(self, kind: str, key: str) -> bytes | None:

@@ -65,7 +65,7 @@ class StopState:
 _state = StopState()
 
 
-def _handle(signum: int, _frame) -> None:
+def handle_signal(signum: int, _frame) -> None:
     if _state.signum is not None:
         return  # already stopping: let the clean-up finish
     _state.signum = signum
@@ -90,7 +90,7 @@ def on_signals() -> Iterator[StopState]:
     previous = {}
     for sig in SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, _handle)
+            previous[sig] = signal.signal(sig, handle_signal)
     try:
         yield _state
     finally:

@@ -128,7 +128,7 @@ def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
 def build_architecture(spec: ReportSpec, run: Run) -> nn.Module:
     """The run's architecture with its initial weights (no checkpoint): import, check
     ``arch_args`` against the factory's signature, construct, check it is a module."""
-    kp = _model_kp(spec, run)
+    kp = model_identity(spec, run)
     arch = run.model.arch or ""
     where_arch = f"{spec.where(kp + ('arch',))}: {format_key_path(kp + ('arch',))}"
     factory = resolve_arch(arch, spec.base_dir, where_arch)
@@ -374,7 +374,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
-def _model_kp(spec: ReportSpec, run: Run) -> tuple:
+def model_identity(spec: ReportSpec, run: Run) -> tuple:
     """Key path of the spec entry that defines ``run``'s model (for file:line in errors)."""
     if spec.reference is not None and run.model is spec.reference:
         return ("reference",)
@@ -385,7 +385,7 @@ def resolve_layers(spec: ReportSpec, run: Run, module: nn.Module) -> list[str]:
     """Check that every layer of ``run`` exists in ``module``; return the problems."""
     names = [n for n, _ in module.named_modules() if n]
     problems = []
-    mi = _model_kp(spec, run)
+    mi = model_identity(spec, run)
     layer_kp = mi + ("layers",) if run.model.layers is not None else ("layers",)
     for li, layer in enumerate(run.layers):
         if layer.name not in names:

@@ -619,7 +619,7 @@ def spec_from_source(src: Located, path: Path, collect: list[str] | None = None)
                         "need annotations of the images; add 'annotations: <COCO-style JSON>' to the spec")
     if schema.analyses.trace.batch and not (base / schema.analyses.trace.batch).is_file():
         problems.append(f"{src.where(('analyses', 'trace', 'batch'))}: analyses.trace.batch: file not found: "
-                        f"{_rel(base / schema.analyses.trace.batch)}")
+                        f"{shown_path(base / schema.analyses.trace.batch)}")
     compare_base = schema.analyses.compare.base
     if compare_base is not None and compare_base not in {r.key for r in runs}:
         close = difflib.get_close_matches(compare_base, [r.key for r in runs], n=1)
@@ -667,7 +667,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
     for key in ("checkpoint", "torchscript", "onnx"):
         value = getattr(ref, key)
         if value and not (base / value).is_file():
-            problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {_rel(base / value)}")
+            problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {shown_path(base / value)}")
     if ref.name in {r.key for r in runs}:
         problems.append(f"{src.where(kp)}: reference: its name '{ref.name}' is also a location; rename it")
     return Run(
@@ -703,7 +703,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                 path = base / template.replace("{location}", location)
                 if not path.is_file():
                     problems.append(f"{src.where(lkp)}: {format_key_path(lkp)}: {what} for location "
-                                    f"'{location}' not found: {_rel(path)}{hint}")
+                                    f"'{location}' not found: {shown_path(path)}{hint}")
                 return path
 
             steps, step_files = _steps_of(model, location, base, src, mkp, problems)
@@ -722,7 +722,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                 annotations = base / ann_template.replace("{location}", location)
                 if not annotations.is_file():
                     problems.append(f"{src.where(ann_kp)}: {format_key_path(ann_kp)}: annotation file for "
-                                    f"location '{location}' not found: {_rel(annotations)}; paths are "
+                                    f"location '{location}' not found: {shown_path(annotations)}; paths are "
                                     "relative to the spec file")
             runs.append(
                 Run(
@@ -775,7 +775,7 @@ def _steps_of(model: ModelSpec, location: str, base: Path, src: Located, mkp: Ke
         path = base / template.replace("{location}", location).replace("{step}", str(step))
         if not path.is_file():
             problems.append(f"{src.where(kp)}: {format_key_path(kp)}: checkpoint of step {step} for location "
-                            f"'{location}' not found: {_rel(path)}; check the steps and the '{{step}}' template")
+                            f"'{location}' not found: {shown_path(path)}; check the steps and the '{{step}}' template")
         files.append(path)
     return steps, tuple(files)
 
@@ -815,7 +815,7 @@ def _is_file_arch(arch: str) -> bool:
     return ":" in arch and (arch.rsplit(":", 1)[0].endswith(".py") or "/" in arch)
 
 
-def _rel(p: Path) -> str:
+def shown_path(p: Path) -> str:
     try:
         return str(p.relative_to(Path.cwd()))
     except ValueError:

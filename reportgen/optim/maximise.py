@@ -119,7 +119,7 @@ def _range_check(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tens
     return outside.detach(), clipped.detach()
 
 
-def _slot_generator(seed: int, channel: int, replica: int) -> torch.Generator:
+def slot_generator(seed: int, channel: int, replica: int) -> torch.Generator:
     """A CPU generator that depends only on (seed, channel, replica)."""
     state = np.random.SeedSequence([int(seed), int(channel), int(replica)]).generate_state(1, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0]))
@@ -206,7 +206,7 @@ def plain_ascent(
             part = chans[lo : lo + chunk]
             index = torch.tensor(part, device=device)
             pixels = torch.stack(
-                [0.5 + noise * (torch.rand((3, H, W), generator=_slot_generator(seed, c, 0)) - 0.5) for c in part]
+                [0.5 + noise * (torch.rand((3, H, W), generator=slot_generator(seed, c, 0)) - 0.5) for c in part]
             ).to(device)
             x = ((pixels - mu) / sd).requires_grad_(True)
             hist = []
@@ -272,7 +272,7 @@ def spectrum_to_image(spectrum: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return torch.sigmoid(img)
 
 
-def _robustness(
+def robustness_transforms(
     img: torch.Tensor, params: torch.Tensor, pad_mode: str
 ) -> torch.Tensor:
     """Pad, then one random similarity transform per slot, sampled back to (H, W).
@@ -307,7 +307,7 @@ def _robustness(
     return F.grid_sample(padded, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _gram_similarity(acts: torch.Tensor, per_unit: int) -> torch.Tensor:
+def gram_similarity(acts: torch.Tensor, per_unit: int) -> torch.Tensor:
     """Sum over units of the mean pairwise cosine similarity of the slots' Gram matrices.
 
     acts: (U * per_unit, C, h, w), slots of one unit adjacent. Returns a scalar.
@@ -376,7 +376,7 @@ def fourier_ascent(
         for lo in range(0, len(chans), units_per_chunk):
             part = slots[lo * per_unit : (lo + units_per_chunk) * per_unit]
             index = torch.tensor([c for c, _ in part], device=device)
-            gens = [_slot_generator(seed, c, r) for c, r in part]
+            gens = [slot_generator(seed, c, r) for c, r in part]
             spectrum = torch.stack(
                 [0.01 * torch.randn((3, H, W // 2 + 1, 2), generator=g) for g in gens]
             ).to(device).requires_grad_(True)
@@ -387,13 +387,13 @@ def fourier_ascent(
             for k in range(steps):
                 img = spectrum_to_image(spectrum, (H, W))
                 if transforms:
-                    img = _robustness(img, draws[k], pad_mode)
+                    img = robustness_transforms(img, draws[k], pad_mode)
                 out = run((img - mu) / sd)
                 value = _objective(out, index, objective)
                 hist.append(value.detach())
                 loss = -value.sum()
                 if diversity and per_unit > 1:
-                    loss = loss + diversity * _gram_similarity(out, per_unit)
+                    loss = loss + diversity * gram_similarity(out, per_unit)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

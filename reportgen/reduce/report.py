@@ -40,8 +40,8 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                 "activation": lr.activation,
                 "activation_source": lr.activation_source,
                 **lr.info,
-                "filters": _rows(lr.health, FILTER_KEYS),
-                "channels": _rows(lr.stats, CHANNEL_KEYS),
+                "filters": table_rows(lr.health, FILTER_KEYS),
+                "channels": table_rows(lr.stats, CHANNEL_KEYS),
             }
             fits = comp.gabor.get((r.run.key, lr.name))
             if fits:
@@ -54,7 +54,7 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                     entry["trace"] = {k: getattr(lt, k).tolist() for k in
                                       ("Z", "A", "dZ", "grad_weight", "grad_bias", "weight", "bias")}
                     entry["trace"]["activation"] = lt.activation_kind
-            entry["summary"] = _summary(entry)
+            entry["summary"] = layer_summary(entry)
             layers.append(entry)
         trace = None
         if r.trace:
@@ -132,7 +132,7 @@ def _units_json(u) -> dict:
 
 
 
-def _rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
+def table_rows(arrays: dict[str, np.ndarray] | None, keys: list[str]) -> list[dict]:
     if not arrays:
         return []
     keys = [k for k in keys if k in arrays]
@@ -151,7 +151,7 @@ def json_value(key: str, v):
 
 
 
-def _summary(layer: dict) -> dict:
+def layer_summary(layer: dict) -> dict:
     f, c = layer["filters"], layer["channels"]
     norms = [x["l2_norm"] for x in f if x["l2_norm"] is not None]
     nz = [x["near_zero_fraction"] for x in f if x["near_zero_fraction"] is not None]

@@ -3,7 +3,7 @@
 The layer charts are drawn with numpy and Pillow, not matplotlib: the similarity matrix here,
 the strip chart of norms and the weight histograms with the small plotting helpers of
 render.plot (a matplotlib figure per chart cost more than the statistics it showed).
-``_png`` saves the matplotlib figures that render.data still draws.
+``figure_png`` saves the matplotlib figures that render.data still draws.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from reportgen.render.colour import DENSITY
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     """A matplotlib figure (render.data's charts) at 100 dpi x DENSITY, marked with that
     density for the pages; the bounding box is fitted to every label and legend, so nothing
     is clipped. matplotlib is imported only by the callers that draw such figures."""

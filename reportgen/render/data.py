@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from reportgen.analysis import datastats as ds
 from reportgen.core.names import slug
-from reportgen.render.charts import _png
+from reportgen.render.charts import figure_png
 from reportgen.render.colour import DENSITY, at_density, encode_png, to_uint8
 from reportgen.render.tiles import fit_columns, grid, upscale_for
 
@@ -42,7 +42,7 @@ def colour(names: list[str], means: np.ndarray, sds: np.ndarray, space: str) -> 
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"Colour per location: mean ± sd over all pixels ({space})", fontsize=9)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def spectra(names: list[str], power: np.ndarray, slopes: list[float | None]) -> bytes:
@@ -60,7 +60,7 @@ def spectra(names: list[str], power: np.ndarray, slopes: list[float | None]) -> 
     ax.set_ylabel("power of the luminance")
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title("Radially averaged power spectrum per location", fontsize=9, loc="left")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def objects(names: list[str], hists: dict[str, np.ndarray]) -> bytes:
@@ -80,7 +80,7 @@ def objects(names: list[str], hists: dict[str, np.ndarray]) -> bytes:
         fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle("Objects per location: share of boxes in each bin", fontsize=9)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def distance_heatmaps(names: list[str], matrices: dict[str, list]) -> dict[str, bytes]:

@@ -194,7 +194,7 @@ def heatmap(m: np.ndarray, cmap: str = "RdBu_r", max_side: int = 1360, min_side:
     enlarged by a whole factor to at least ``min_side`` px (at most ``max_side``), so
     a matrix of 2 rows is two bands, never a hairline. Cells may be non-square.
     """
-    x = _block_mean(np.asarray(m, dtype=np.float64), max_cells)
+    x = block_mean(np.asarray(m, dtype=np.float64), max_cells)
     img = apply_lut(per_layer(x), cmap)
     ky, kx = (min(max(1, math.ceil(min_side / n)), max(1, max_side // n)) for n in x.shape)
     return img.repeat(ky, axis=0).repeat(kx, axis=1)
@@ -217,7 +217,7 @@ def wrapped_units(m: np.ndarray, cmap: str = "RdBu_r") -> np.ndarray:
     return tiles.reshape(out_n, side, side, 3)
 
 
-def _block_mean(x: np.ndarray, max_cells: int) -> np.ndarray:
+def block_mean(x: np.ndarray, max_cells: int) -> np.ndarray:
     fy = math.ceil(x.shape[0] / max_cells)
     fx = math.ceil(x.shape[1] / max_cells)
     if fy == 1 and fx == 1:

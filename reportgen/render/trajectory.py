@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from reportgen.render import tiles as T
-from reportgen.render.charts import _png
+from reportgen.render.charts import figure_png
 from reportgen.render.colour import DENSITY, encode_png
 from reportgen.render.views import filter_tiles
 
@@ -43,7 +43,7 @@ def training_chart(layers: list[dict], title: str) -> bytes:
     ax_dead.legend(fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _arr(values: list) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from reportgen.render.charts import _png
+from reportgen.render.charts import figure_png
 
 FLAG_COLOUR = "tab:red"
 UNIT_COLOUR = "tab:blue"
@@ -32,7 +32,7 @@ def detector_bars(runs: list[str], concepts: list[str], counts: np.ndarray, titl
     if concepts:
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(bottom=0)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def importance_bars(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> bytes:
@@ -56,4 +56,4 @@ def importance_bars(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str
         ax.set_visible(False)
     axes[0, 0].set_ylabel("relative change", fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return figure_png(fig)

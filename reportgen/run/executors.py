@@ -9,11 +9,12 @@ entries are written atomically and named by the digest of their inputs.
 
 from __future__ import annotations
 
-import os
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from reportgen.run.cores import default_jobs
 
 
 class Executor(Protocol):
@@ -33,14 +34,6 @@ class Sequential:
     def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
         for a in args:
             yield fn(a)
-
-
-def default_jobs() -> int:
-    """The cores this process may use (the affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -179,20 +172,6 @@ def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Execu
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {"sequential": Sequential, "process": ProcessPool}
-
-
-def in_order(results: Iterable[tuple[int, Any]], n: int) -> Iterator[Any]:
-    """Yield ``(index, value)`` pairs that arrive in any order as values in index order,
-    holding back only those that arrive early."""
-    waiting: dict[int, Any] = {}
-    nxt = 0
-    for i, v in results:
-        waiting[i] = v
-        while nxt in waiting:
-            yield waiting.pop(nxt)
-            nxt += 1
-    if nxt != n:
-        raise RuntimeError(f"executor returned {nxt} of {n} results")
 
 
 def _ray(address: str | None = None, jobs: int | None = None, **options: Any) -> Executor:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from reportgen.core.errors import ReportgenError
-from reportgen.run.executors import default_jobs
+from reportgen.run.cores import default_jobs
 
 INSTALL_HINT = "install it with pip install 'reportgen[ray]'"
 

@@ -20,8 +20,8 @@ from torch import nn
 from reportgen.run.hooks import inference, probing
 from reportgen.core.errors import ImageError, ReportgenError
 from reportgen.load.images import image_size
-from reportgen.load.models import _model_kp, build_architecture, load_model, resolve_layers
-from reportgen.load.spec import MAX_INPUT_SIDE, ReportSpec, Run, _rel
+from reportgen.load.models import model_identity, build_architecture, load_model, resolve_layers
+from reportgen.load.spec import MAX_INPUT_SIDE, ReportSpec, Run, shown_path
 from reportgen.load.yamlsrc import format_key_path
 
 # Layer kinds whose weights or outputs have no 2-D picture: named in the error.
@@ -71,7 +71,7 @@ def check_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tuple[
 
 
 def _layer_kp(spec: ReportSpec, run: Run) -> tuple:
-    return _model_kp(spec, run) + ("layers",) if run.model.layers is not None else ("layers",)
+    return model_identity(spec, run) + ("layers",) if run.model.layers is not None else ("layers",)
 
 
 def _dry_run(spec: ReportSpec, run: Run, check: ModelCheck) -> None:
@@ -162,7 +162,7 @@ def _input_shapes(spec: ReportSpec, run: Run, say) -> list[tuple[tuple[int, int,
     # The smallest image is the one most likely to fail; the largest is also tried when a
     # CPU pass at its size is cheap (photos of many sizes would cost one pass each).
     tried = ordered[:1] + [kv for kv in ordered[1:][-1:] if kv[0][0] * kv[0][1] <= DRY_RUN_MAX_PIXELS]
-    return [((c, h, w), base + ("size",), f"image {_rel(p)} ({h}x{w}, {label}.size not set)")
+    return [((c, h, w), base + ("size",), f"image {shown_path(p)} ({h}x{w}, {label}.size not set)")
             for (h, w), p in tried]
 
 

@@ -79,7 +79,7 @@ def compute_units(model: nn.Module, layer: str, images: list[LoadedImage], opts,
     n_units = min(preact.shape[1], opts.max_units)
     preact = preact[:, :n_units]
     acts = np.maximum(preact, 0.0) if relu else preact
-    grey_x = _normalise(to_grey(pixels), mean, std, channels=x.shape[1]).to(device)
+    grey_x = normalise_pixels(to_grey(pixels), mean, std, channels=x.shape[1]).to(device)
     acts_grey = _acts(model, layer, grey_x, relu)[:, :n_units]
 
     tops = top_patches_nms(pixels, acts, rf.size, rf.jump, rf.start, top_n=opts.top_n)
@@ -179,7 +179,7 @@ def _acts(model: nn.Module, layer: str, x: torch.Tensor, relu: bool) -> np.ndarr
     return a.cpu().numpy().astype(np.float64)
 
 
-def _normalise(pixels01: np.ndarray, mean, std, channels: int) -> torch.Tensor:
+def normalise_pixels(pixels01: np.ndarray, mean, std, channels: int) -> torch.Tensor:
     """(N, 3, H, W) pixels in [0, 1] -> the model's (N, channels, H, W) input; one mean/std value
     applies to every channel."""
     m = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from reportgen.analysis.findings import anchor
+from reportgen.analysis.wording import anchor
 from reportgen.core.names import code, md_escape, slug
 from reportgen.load.spec import ReportSpec
 
@@ -99,7 +99,7 @@ def _offdiag_median(m: list | None) -> float | None:
 
 
 @lru_cache(maxsize=1)
-def _env() -> Environment:
+def template_env() -> Environment:
     """The template environment, built once per process (templates compile on first use)."""
     env = Environment(
         loader=PackageLoader("reportgen.render.pages", "templates"),
@@ -226,7 +226,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     image path -> the CSS width it is drawn for (see ``size_images``). filter_pics:
     (run key, layer) -> each filter's pictures and matches (assemble._filter_pictures).
     """
-    env = _env()
+    env = template_env()
     runs = report["runs"]
     model_names = list(dict.fromkeys(r["model"] for r in runs))
     multi = len(model_names) > 1
