@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reportgen.reduce import compare as comparison  # noqa: E402
 from reportgen.build import build  # noqa: E402
+from reportgen.reduce import compare as comparison  # noqa: E402
 
 
 def main() -> None:

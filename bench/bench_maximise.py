@@ -50,10 +50,10 @@ sys.path.insert(0, str(ROOT))
 from reportgen.optim.maximise import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    slot_generator,
     default_size,
     fourier_ascent,
     plain_ascent,
+    slot_generator,
 )
 from reportgen.optim.receptive import receptive_field  # noqa: E402
 

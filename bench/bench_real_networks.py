@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from reportgen.build import build  # noqa: E402
 from reportgen.load.images import load_image  # noqa: E402
-from reportgen.publish.scaffold import mkdocs_yml  # noqa: E402
 from reportgen.load.spec import load_spec  # noqa: E402
+from reportgen.publish.scaffold import mkdocs_yml  # noqa: E402
 
 # facenet-pytorch's package imports torchvision (for NMS) at import time; the network
 # classes do not use it. This shim loads mtcnn.py with stand-ins for those names.

@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from proc_tree import tree_rss
-
 import torch
+from proc_tree import tree_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "towncenter"

@@ -110,8 +110,8 @@ def _build(spec: Path, docs_dir: Path, device: str, strict: bool, cache_dir: Pat
     if not (force or no_cache) and _up_to_date(spec, docs_dir, device, strict):
         return None
     from reportgen.build import build as run_build
-    from reportgen.run.cores import default_jobs
     from reportgen.core.progress import Progress
+    from reportgen.run.cores import default_jobs
 
     progress = Progress(enabled=not quiet, verbose=verbose)
     cache = None if no_cache else (cache_dir or True)
@@ -150,10 +150,10 @@ def _env_jobs() -> int | None:
 
 def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
     """Print the published report's summary and return True when it is up to date."""
-    from reportgen.publish.uptodate import check as check_up_to_date
+    from reportgen.publish.uptodate import up_to_date
 
     try:
-        done = check_up_to_date(spec, docs_dir, device, strict)
+        done = up_to_date(spec, docs_dir, device, strict)
     except ReportgenError as exc:
         _fail(exc)
     except OSError as exc:
@@ -176,7 +176,6 @@ def _up_to_date(spec: Path, docs_dir: Path, device: str, strict: bool) -> bool:
 def check(spec: Path, docs_dir: Path) -> None:
     """Validate SPEC, load every checkpoint on the CPU and resolve every layer."""
     from reportgen.commands.check import check_spec
-
     from reportgen.core.errors import SpecError
 
     try:

@@ -13,13 +13,13 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import tests.workers  # noqa: F401  (first: shares the cores out before torch is imported)
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
+
+import tests.workers  # noqa: F401  (first: shares the cores out before torch is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 

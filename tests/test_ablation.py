@@ -8,7 +8,13 @@ import torch
 from scipy import stats
 from torch import nn
 
-from reportgen.run.ablation import ablate_units, output_heads, ranking, relate_to_flags, zeroed
+from reportgen.run.ablation import (
+    ablate_units,
+    output_heads,
+    ranking,
+    relate_to_flags,
+    zeroed,
+)
 
 
 class TwoHeads(nn.Module):

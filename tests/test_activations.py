@@ -10,9 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.analysis.activations import ChannelStats
-from reportgen.run.hooks import (NO_ACTIVATION, Activation, LayerRecorder, apply_activation, find_activations,
-                               inference, resolve_activation)
 from reportgen.load.spec import LayerSpec
+from reportgen.run.hooks import (
+    NO_ACTIVATION,
+    Activation,
+    LayerRecorder,
+    apply_activation,
+    find_activations,
+    inference,
+    resolve_activation,
+)
 
 
 class FunctionalSiLU(nn.Module):

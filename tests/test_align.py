@@ -15,9 +15,18 @@ import torch
 from torch import nn
 
 from reportgen.analysis.align import align_chain, permute_inputs
-from reportgen.analysis.compare import linear_cka, matched_correlation, matched_similarity
+from reportgen.analysis.compare import (
+    linear_cka,
+    matched_correlation,
+    matched_similarity,
+)
 from reportgen.analysis.locations import best_matches, compare_layer
-from reportgen.analysis.uncertainty import BootRun, chance_similarity, interval, resample_counts
+from reportgen.analysis.uncertainty import (
+    BootRun,
+    chance_similarity,
+    interval,
+    resample_counts,
+)
 from reportgen.run.chain import layer_chains, trace_links
 
 

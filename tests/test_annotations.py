@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reportgen.load.annotations import concept_masks, load_annotations
 from reportgen.core.errors import SpecError
+from reportgen.load.annotations import concept_masks, load_annotations
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from reportgen.publish import site
 from reportgen.build import build
 from reportgen.core.errors import BuildLockedError, ModelLoadError, SpecError
+from reportgen.publish import site
 from tests.conftest import ROOT, SPEC, write_spec
 from tests.sites import strict_lone_site
 

@@ -105,8 +105,8 @@ from dataclasses import dataclass  # noqa: E402
 import numpy as np  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from reportgen.core import cache as cache_mod  # noqa: E402
 from reportgen.cli import cli  # noqa: E402
+from reportgen.core import cache as cache_mod  # noqa: E402
 
 
 class _Plant:

@@ -135,13 +135,13 @@ def test_sequential_process_pool_and_ray_publish_identical_reports(local_ray, tm
 
 
 def test_a_folder_the_nodes_cannot_see_is_found_before_any_task(local_ray, tmp_path):
-    from reportgen.run.executors_ray import check_shared, nodes_missing
+    from reportgen.run.executors_ray import nodes_missing, require_shared_folder
 
     (tmp_path / "there").write_text("x")
     assert nodes_missing(local_ray, str(tmp_path / "there")) == []
     (node,) = nodes_missing(local_ray, str(tmp_path / "not-there"))  # the one node of the local cluster
     assert node == local_ray.nodes()[0]["NodeManagerAddress"]
-    check_shared(local_ray, str(tmp_path / "spill"))  # one machine: nothing to check, nothing left behind
+    require_shared_folder(local_ray, str(tmp_path / "spill"))  # one machine: nothing to check, nothing left behind
     assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
 
 
@@ -153,7 +153,7 @@ def test_several_nodes_without_the_folder_refuse_with_one_line(local_ray, tmp_pa
     monkeypatch.setattr(executors_ray, "nodes_missing", lambda ray, path: ["10.0.0.2"])
     with pytest.raises(ReportgenError, match=r"^the cache folder \S+spill is not shared with the Ray node\(s\) "
                                              r"10\.0\.0\.2; pass --cache-dir on a filesystem"):
-        executors_ray.check_shared(local_ray, str(tmp_path / "spill"))
+        executors_ray.require_shared_folder(local_ray, str(tmp_path / "spill"))
     assert list((tmp_path / "spill").iterdir()) == []  # the probe file is removed
 
 

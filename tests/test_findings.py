@@ -14,12 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.analysis.filters import filter_health, near_duplicates, norm_over_init, pooled_scale
+from reportgen.analysis.filters import (
+    filter_health,
+    near_duplicates,
+    norm_over_init,
+    pooled_scale,
+)
 from reportgen.analysis.findings import findings
-from reportgen.analysis.init_check import check_layer
+from reportgen.analysis.init_check import init_likeness
 from reportgen.analysis.wording import plural
-from reportgen.reduce.report import FILTER_KEYS, table_rows, layer_summary
 from reportgen.load.spec import AnalysesSpec
+from reportgen.reduce.report import FILTER_KEYS, layer_summary, table_rows
 
 
 def _trained_like(shape, seed):
@@ -44,7 +49,7 @@ def _layer(name, w, scale, never_active=None, relu=True, type_="Conv2d", saturat
     stats = {"mean": np.where(na, 0.0, 1.0), "max": np.where(na, 0.0, 2.0), "active_fraction": np.where(na, 0.0, 0.5),
              "never_active": na, "saturated": sat}
     entry = {"name": name, "type": type_, "weight_shape": list(w.shape), "relu_applied": relu,
-             "init_check": check_layer(w), "filters": table_rows(h, FILTER_KEYS),
+             "init_check": init_likeness(w), "filters": table_rows(h, FILTER_KEYS),
              "channels": table_rows(stats, ["mean", "max", "active_fraction", "never_active", "saturated"])}
     entry["summary"] = layer_summary(entry)
     return entry
@@ -148,7 +153,7 @@ def test_location_still_at_its_initialisation_is_named_with_numbers():
     runs["r2"][0] = ("conv1", fresh, {})
     fs = findings(_report(runs), OPTS)
     f = next(f for f in fs if f["kind"] == "location")
-    c = check_layer(fresh)
+    c = init_likeness(fresh)
     assert f["locations"] == ["r2"] and f["diagnosis"] == "untrained" and f["severity"] == "warning"
     assert "still looks like its initialisation" in f["text"]
     assert f"KS distance {c['families']['pytorch-default']['ks']:.3f}" in f["text"]

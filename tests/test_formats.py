@@ -12,9 +12,9 @@ import torch
 
 from reportgen.build import build
 from reportgen.core.errors import ModelLoadError
+from reportgen.core.names import slug
 from reportgen.load.formats import onnx_available
 from reportgen.load.models import load_model
-from reportgen.core.names import slug
 from reportgen.load.spec import load_spec
 from tests.conftest import SPEC, tiny_module, write_spec
 from tests.sites import strict_lone_site

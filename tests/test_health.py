@@ -12,7 +12,7 @@ from scipy import stats
 from torch import nn
 
 from reportgen.analysis.filters import near_duplicates, norm_over_init
-from reportgen.analysis.init_check import FAMILIES, check_layer, fans, ks_limit
+from reportgen.analysis.init_check import FAMILIES, fans, init_likeness, ks_limit
 from tests.conftest import ROOT
 
 CKPT = ROOT / "examples/towncenter/checkpoints"
@@ -37,7 +37,7 @@ FRESH = [
 def test_freshly_initialised_layers_look_like_their_initialisation(name, make):
     torch.manual_seed(0)
     m = make()
-    c = check_layer(_weights(m))
+    c = init_likeness(_weights(m))
     assert c["looks_like_init"] is True, c["verdict"]
     assert "pytorch-default" in c["fitting"]
     # fans as torch.nn.init computes them
@@ -58,14 +58,14 @@ def test_other_init_families_are_recognised(init, family, make):
     m = make()
     with torch.no_grad():
         init(m.weight)
-    c = check_layer(_weights(m))
+    c = init_likeness(_weights(m))
     assert c["looks_like_init"] is True and c["family"] == family, c["verdict"]
 
 
 def test_numbers_match_scipy_numpy_and_a_hand_ks():
     torch.manual_seed(2)
     w = _weights(nn.Conv2d(6, 10, 3)).astype(np.float64)
-    c = check_layer(w)
+    c = init_likeness(w)
     x = np.sort(w.ravel())
     n = x.size
     b = 1 / math.sqrt(6 * 9)
@@ -87,7 +87,7 @@ def test_a_trained_network_is_not_flagged(one_thread):
     net = nn.Sequential(nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(128, 4))
     layers = (0, 2, 6)
-    assert [check_layer(_weights(net[i]))["looks_like_init"] for i in layers] == [True, True, True]
+    assert [init_likeness(_weights(net[i]))["looks_like_init"] for i in layers] == [True, True, True]
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     eye = torch.eye(4)
@@ -103,7 +103,7 @@ def test_a_trained_network_is_not_flagged(one_thread):
         opt.step()
     assert loss.item() < 0.1  # it did learn
     for i in layers:
-        c = check_layer(_weights(net[i]))
+        c = init_likeness(_weights(net[i]))
         assert c["looks_like_init"] is False, (i, c["verdict"])
 
 
@@ -112,23 +112,23 @@ def _example(loc: str) -> dict:
 
 
 def test_example_under_trained_location_looks_like_init_at_conv1_and_healthy_ones_do_not():
-    c = check_layer(_example("loc02")["conv1.weight"].numpy())
+    c = init_likeness(_example("loc02")["conv1.weight"].numpy())
     assert c["looks_like_init"] is True and c["family"] == "pytorch-default"
     assert c["excess_kurtosis"] == pytest.approx(-1.15, abs=0.01)
     assert c["max_abs_over_bound"] == pytest.approx(1.2, abs=0.01)
     for loc in ("loc01", "loc03", "loc05", "loc07", "loc09", "loc10"):
         sd = _example(loc)
         for layer in ("conv1", "conv2", "conv3", "conv4"):
-            c = check_layer(sd[f"{layer}.weight"].numpy())
+            c = init_likeness(sd[f"{layer}.weight"].numpy())
             assert c["looks_like_init"] is False, (loc, layer, c["verdict"])
 
 
 def test_too_few_or_nonfinite_weights_are_not_judged():
-    assert check_layer(_weights(nn.Conv2d(3, 4, 3)))["looks_like_init"] is None  # 108 weights: too few to tell
+    assert init_likeness(_weights(nn.Conv2d(3, 4, 3)))["looks_like_init"] is None  # 108 weights: too few to tell
     w = _weights(nn.Linear(50, 20)).copy()
     w[0, 0] = np.nan
-    assert check_layer(w)["looks_like_init"] is None
-    assert check_layer(np.zeros((64, 3, 5, 5)))["looks_like_init"] is False  # all-zero: no init law
+    assert init_likeness(w)["looks_like_init"] is None
+    assert init_likeness(np.zeros((64, 3, 5, 5)))["looks_like_init"] is False  # all-zero: no init law
 
 
 def test_sign_flipped_pair_is_an_on_off_pair_not_a_duplicate():

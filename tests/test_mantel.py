@@ -10,7 +10,13 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
-from reportgen.analysis.mantel import complete_subset, holm, mantel, smallest_p, triangle
+from reportgen.analysis.mantel import (
+    complete_subset,
+    holm,
+    mantel,
+    smallest_p,
+    triangle,
+)
 
 
 def _points(n: int, seed: int, dim: int = 2) -> np.ndarray:

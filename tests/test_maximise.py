@@ -9,17 +9,16 @@ from torch import nn
 
 from reportgen.optim.maximise import (
     COLOR_MATRIX,
-    gram_similarity,
-    robustness_transforms,
     default_size,
     deprocess_plain,
     fourier_ascent,
+    gram_similarity,
     plain_ascent,
+    robustness_transforms,
     spectrum_to_image,
 )
 from reportgen.optim.receptive import ReceptiveField
 from reportgen.optim.truncate import LayerNotReached, truncated_forward
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from reportgen.build import build
-from reportgen.reduce.crossmodel import cka_grid
 from reportgen.core.errors import SpecError
+from reportgen.reduce.crossmodel import cka_grid
 from tests.conftest import write_spec
 from tests.test_build import mkdocs_strict
 
@@ -280,14 +280,14 @@ def test_model_locations_must_name_a_models_location(cascade):
 
 
 def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
-    from reportgen.build import check_layers
+    from reportgen.build import preflight
     from reportgen.load.spec import load_spec
 
     text = (CASCADE_SPEC.replace("{name: fc, activation: auto}", "{name: fc, activation: prelu}")
             .replace("{name: conv2, relu: yes}", "{name: conv2, activation: relu9}"))
     path = write_spec(cascade, text)
     with pytest.raises(SpecError) as err:
-        check_layers(load_spec(path))  # what `reportgen check` runs: found before any model runs
+        preflight(load_spec(path))  # what `reportgen check` runs: found before any model runs
     assert err.value.problems == [
         f"{path}:14: models[1].layers[2].activation: a PReLU has learned slopes; name the PReLU module "
         "instead (e.g. 'activation: features.1'), or use 'auto'",
@@ -301,8 +301,8 @@ def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
 
 
 def test_input_falls_back_to_the_top_level_and_model_locations_choose_the_run(cascade):
-    from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
     from reportgen.load.spec import load_spec
+    from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
 
     text = (CASCADE_SPEC.replace("    input: {size: 24}\n", "")
             + "input: {size: 20, channels: grey, mean: [0.5], std: [0.5]}\nanalyses:\n  compare:\n    model_locations: {pnet: b}\n")

@@ -16,7 +16,6 @@ from torch import nn
 
 from reportgen.optim.receptive import ReceptiveField, receptive_field
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

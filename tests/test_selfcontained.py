@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-
 from reportgen.build import build
 from tests.conftest import ROOT, write_spec
 from tests.sites import strict_lone_site

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from reportgen.build import build
-from tests.test_build import mkdocs_strict
 from tests.conftest import ROOT
+from tests.test_build import mkdocs_strict
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

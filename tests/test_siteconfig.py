@@ -11,8 +11,14 @@ from click.testing import CliRunner
 
 from reportgen.cli import cli
 from reportgen.publish.scaffold import mkdocs_yml
-from reportgen.publish.siteconfig import (MARKDOWN_EXTENSIONS, find_config, load_config, markdown_extensions_yaml,
-                                  missing_extensions, site_warnings)
+from reportgen.publish.siteconfig import (
+    MARKDOWN_EXTENSIONS,
+    find_config,
+    load_config,
+    markdown_extensions_yaml,
+    missing_extensions,
+    site_warnings,
+)
 from tests.conftest import ROOT, write_spec
 
 MINIMAL = "site_name: Mine\ntheme: material\ndocs_dir: docs\n"

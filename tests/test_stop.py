@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reportgen.core import stopping
 from reportgen.cli import cli
+from reportgen.core import stopping
 from reportgen.run.executors import ProcessPool
 from tests.conftest import ROOT, SPEC, make_project, tiny_module, write_spec
 

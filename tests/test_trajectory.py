@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from reportgen.analysis.filters import LayerScale, filter_health
-from reportgen.analysis.trajectory import (dead_over_steps, death_index, shrink_fit, stopped_moving,
-                                           trajectory)
+from reportgen.analysis.trajectory import (
+    dead_over_steps,
+    death_index,
+    shrink_fit,
+    stopped_moving,
+    trajectory,
+)
 
 STEPS = [0, 10, 20, 30, 40, 50]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import numpy as np
+import pytest
 import torch
 
 from reportgen.build import build
@@ -45,8 +44,9 @@ def test_unit_views_reach_pages_and_report_json(project):
 
 
 def test_unit_options_are_validated(project):
-    from reportgen.core.errors import SpecError
     import pytest
+
+    from reportgen.core.errors import SpecError
 
     text = SPEC + "analyses:\n  units: {layers: [pool], locations: [z]}\n"
     with pytest.raises(SpecError) as info:

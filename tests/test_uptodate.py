@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reportgen.publish import uptodate
 from reportgen.cli import cli
 from reportgen.core.errors import BuildLockedError
+from reportgen.publish import uptodate
 from tests.conftest import ROOT, make_project, write_spec
 
 HEAVY = ("torch", "numpy", "scipy", "matplotlib", "PIL")
@@ -119,34 +119,34 @@ CHANGES = {
 
 
 def test_the_copy_is_up_to_date(built):
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is not None
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is not None
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_any_change_builds_again(built, change):
     CHANGES[change](built)
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is None
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is None
 
 
 def test_a_touched_but_unchanged_input_is_still_up_to_date(built):
     os.utime(built / "ckpt" / "a.pt", (1, 1))  # the key is of contents, not times
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is not None
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=False) is not None
 
 
 def test_another_device_builds_again(built, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "auto", strict=False) is not None  # auto -> cpu
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "cuda", strict=False) is None  # the build says no GPU
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "tpu", strict=False) is None  # the build says unknown
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "auto", strict=False) is not None  # auto -> cpu
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cuda", strict=False) is None  # the build says no GPU
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "tpu", strict=False) is None  # the build says unknown
 
 
 def test_recorded_warnings_are_repeated_and_fail_strict(built):
     path = built / "docs" / "tiny" / uptodate.MANIFEST
     recorded = json.loads(path.read_text())
     path.write_text(json.dumps({**recorded, "warnings": ["a: something odd"]}))
-    done = uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False)
+    done = uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=False)
     assert done is not None and done.warnings == ["a: something odd"]
-    assert uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=True) is None  # the build fails and says why
+    assert uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=True) is None  # the build fails and says why
     res = CliRunner().invoke(cli, ["build", "spec.yaml", "--docs-dir", "docs", "--device", "cpu"])
     assert res.exit_code == 0 and res.stderr == "Warning: a: something odd\n", res.output
 
@@ -155,7 +155,7 @@ def test_a_running_build_is_refused_as_a_build_would_be(built):
     from reportgen.publish.site import build_lock
 
     with build_lock(built / "docs", "tiny"), pytest.raises(BuildLockedError, match="another build of report 'tiny'"):
-        uptodate.check(Path("spec.yaml"), Path("docs"), "cpu", strict=False)
+        uptodate.up_to_date(Path("spec.yaml"), Path("docs"), "cpu", strict=False)
 
 
 def test_the_key_reads_every_input_file(built):
@@ -168,7 +168,6 @@ def test_the_key_reads_every_input_file(built):
 
 def test_files_named_by_any_spec_key_are_read(built):
     from reportgen.load.spec import load_spec
-
     from tests.conftest import SPEC
 
     (built / "boxes.json").write_text('{"images": [], "annotations": []}')

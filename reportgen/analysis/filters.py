@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-
 def as_filters(w: np.ndarray) -> np.ndarray:
     """Weights (N, ...) -> (N, D) float64, one row per output filter / unit."""
     w = np.asarray(w)

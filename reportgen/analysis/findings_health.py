@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from statistics import median
 
-from reportgen.analysis.wording import anchor, channel_noun, filter_noun, finding, listing, plural
+from reportgen.analysis.wording import (
+    anchor,
+    channel_noun,
+    filter_noun,
+    finding,
+    listing,
+    plural,
+)
 from reportgen.core.names import code, slug
 
 NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median

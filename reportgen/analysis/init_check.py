@@ -79,7 +79,7 @@ def ks_limit(n: int, alpha: float = ALPHA) -> float:
     return max(float(stats.kstwo.ppf(1 - alpha, n)), KS_TOLERANCE)
 
 
-def check_layer(w: np.ndarray, alpha: float = ALPHA) -> dict:
+def init_likeness(w: np.ndarray, alpha: float = ALPHA) -> dict:
     """Compare one layer's weights with each init family. JSON-ready.
 
     w: (out, in, *kernel) or (out, in) weights. Returns ``fan_in``, ``fan_out``,
@@ -148,7 +148,7 @@ def _range_margin(family: str) -> float:
 
 
 def verdict(c: dict) -> str:
-    """One sentence with the numbers behind a ``check_layer`` result."""
+    """One sentence with the numbers behind a ``init_likeness`` result."""
     if c["looks_like_init"] is None:
         return c.get("verdict", "not tested")
     k = "–" if c["excess_kurtosis"] is None else f"{c['excess_kurtosis']:+.2f}"

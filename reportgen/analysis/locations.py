@@ -22,9 +22,24 @@ from typing import Any, Callable
 import numpy as np
 
 from reportgen.analysis.align import align_chain
-from reportgen.analysis.compare import (centre_columns, unit_rows, constant_rule, flatten_filters, match,
-                                       matched_similarity, pairwise, without_constant_pairs, zero_rows)
-from reportgen.analysis.uncertainty import MIN_IMAGES, BootRun, chance_similarity, interval, resample_counts
+from reportgen.analysis.compare import (
+    centre_columns,
+    constant_rule,
+    flatten_filters,
+    match,
+    matched_similarity,
+    pairwise,
+    unit_rows,
+    without_constant_pairs,
+    zero_rows,
+)
+from reportgen.analysis.uncertainty import (
+    MIN_IMAGES,
+    BootRun,
+    chance_similarity,
+    interval,
+    resample_counts,
+)
 
 MEASURES = ("weights", "activations", "cka")
 PAIR_BLOCK = 16  # runs per block of pairs: the features of at most two blocks are prepared at once

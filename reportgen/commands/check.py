@@ -21,13 +21,13 @@ def check_spec(path: Path) -> str:
     stage at once (a model whose own spec entry is wrong is not built, so its problems
     are not repeated by later stages).
     """
-    from reportgen.run.preflight import check_models
+    from reportgen.run.preflight import dry_run_models
     from reportgen.run.trace import trace_batch
 
     spec, problems, broken = _spec_collecting(path)
     if spec is None:
         raise SpecError(problems)
-    model_problems, checks = check_models(spec, frozenset(broken))
+    model_problems, checks = dry_run_models(spec, frozenset(broken))
     problems += model_problems
     try:
         trace_batch(spec)

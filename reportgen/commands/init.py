@@ -8,7 +8,6 @@ from pathlib import Path
 
 from reportgen.commands.layers import format_shape, layer_table
 
-
 INIT_TEMPLATE = """\
 # yaml-language-server: $schema={schema}
 # A reportgen spec written by `reportgen init`. Every key is explained in
@@ -115,7 +114,12 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
 
     from reportgen.core.errors import ReportgenError
     from reportgen.load.formats import fit_prefix
-    from reportgen.load.models import apply_state_dict, construct, read_checkpoint, resolve_arch
+    from reportgen.load.models import (
+        apply_state_dict,
+        construct,
+        read_checkpoint,
+        resolve_arch,
+    )
     from reportgen.publish.scaffold import index_md, mkdocs_yml, write_if_absent
 
     if out.exists():

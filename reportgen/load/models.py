@@ -28,7 +28,12 @@ import torch
 from torch import nn
 
 from reportgen.core.errors import DeviceError, ModelLoadError
-from reportgen.load.formats import fit_prefix, is_safetensors, load_onnx, read_safetensors
+from reportgen.load.formats import (
+    fit_prefix,
+    is_safetensors,
+    load_onnx,
+    read_safetensors,
+)
 from reportgen.load.spec import ReportSpec, Run
 from reportgen.load.yamlsrc import format_key_path
 

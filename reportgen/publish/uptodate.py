@@ -235,7 +235,7 @@ def _intact(folder: Path, recorded: dict[str, str]) -> bool:
         return False
 
 
-def check(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDate | None:
+def up_to_date(spec_path: Path, docs_dir: Path, device: str, strict: bool) -> UpToDate | None:
     """An UpToDate when the report in ``docs_dir`` is what a build would publish, else None.
 
     Spec errors raise SpecError, as a build would. A build running at the same time is

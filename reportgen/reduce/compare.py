@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reportgen.analysis.filters import near_duplicates, norm_over_init
-from reportgen.analysis.init_check import check_layer
-from reportgen.core.cache import Cache, digest, register
-from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
 from reportgen.analysis.compare import matched_similarity
+from reportgen.analysis.filters import near_duplicates, norm_over_init
+from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
+from reportgen.analysis.init_check import init_likeness
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
 from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
+from reportgen.core.cache import Cache, digest, register
 from reportgen.load.models import load_model
 from reportgen.load.spec import ReportSpec
 
@@ -62,7 +62,7 @@ def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
             lr.health.update(cache.memo("health", digest("health-extras-3", lr.weight, skip, h.duplicate_cosine, lr.info.get("groups", 1)),
                                         extras))
             lr.info["init_check"] = cache.memo("health", digest("init-check-1", lr.weight),
-                                               lambda lr=lr: check_layer(lr.weight))
+                                               lambda lr=lr: init_likeness(lr.weight))
 
 
 def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> None:

@@ -15,7 +15,6 @@ from reportgen.core.report_json import SCHEMA_VERSION
 from reportgen.load.spec import ReportSpec
 from reportgen.reduce.compare import GABOR_MIN_LIVE, Comparisons, gabor_summary
 
-
 FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
                "duplicate_of", "opposite_of", "gabor_score"]
 

@@ -67,7 +67,7 @@ def nodes_missing(ray, path: str) -> list[str]:
     return [n.get("NodeManagerAddress", n["NodeID"]) for n, ok in zip(nodes, seen) if not ok]
 
 
-def check_shared(ray, folder: str) -> None:
+def require_shared_folder(ray, folder: str) -> None:
     """Refuse to start when ``folder`` (where tasks leave their heavy arrays for the build,
     reportgen.core.spill) is not one folder that every node of a multi-node cluster sees:
     the build would fail only after every task had run."""
@@ -143,7 +143,7 @@ class RayExecutor:
             return
         ray = self._ray()
         for folder in sorted({getattr(a, "spill_dir", None) for a in args} - {None}):
-            check_shared(ray, folder)
+            require_shared_folder(ray, folder)
         remote = ray.remote(num_cpus=1, max_retries=0)(_call)
         fn_ref = ray.put(fn)  # sent to the store once, not with every task
         window = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))

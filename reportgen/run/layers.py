@@ -16,18 +16,24 @@ from torch import nn
 from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.locations import sample_positions
 from reportgen.core.cache import Cache, digest, file_digest
-from reportgen.run.hooks import (NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference,
-                               resolve_activation)
-from reportgen.run.chain import layer_chains
-from reportgen.run.crossmodel import CROSS_GRID
 from reportgen.core.errors import SpecError
+from reportgen.core.results import LayerResult, RunResult
+from reportgen.core.spill import NO_SPILL, Spill
 from reportgen.load.images import LoadedImage
 from reportgen.load.models import NO_HOOKS_NOTE, runs_python_hooks
-from reportgen.core.results import LayerResult, RunResult
-from reportgen.run.model import LazyModel
 from reportgen.load.spec import ReportSpec, Run
-from reportgen.core.spill import NO_SPILL, Spill
 from reportgen.load.yamlsrc import format_key_path
+from reportgen.run.chain import layer_chains
+from reportgen.run.crossmodel import CROSS_GRID
+from reportgen.run.hooks import (
+    NO_ACTIVATION,
+    LayerRecorder,
+    apply_activation,
+    find_activations,
+    inference,
+    resolve_activation,
+)
+from reportgen.run.model import LazyModel
 
 
 def shared_images(spec: ReportSpec) -> dict[str, list[Path]]:

@@ -1,6 +1,6 @@
 """Before any work: build each model once and run it dry on the spec's input.
 
-``check_models(spec)`` builds every model's architecture (no checkpoint: names and
+``dry_run_models(spec)`` builds every model's architecture (no checkpoint: names and
 shapes depend on the architecture only), resolves the listed layers, refuses layer
 kinds the analyses cannot show, and runs one forward pass of a zero batch at the
 spec's input size (or at each distinct test-image size when ``input.size`` is not
@@ -17,12 +17,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reportgen.run.hooks import inference, probing
-from reportgen.core.errors import ImageError, ReportgenError
+from reportgen.core.errors import ImageError, ReportgenError, SpecError
 from reportgen.load.images import image_size
-from reportgen.load.models import model_identity, build_architecture, load_model, resolve_layers
+from reportgen.load.models import (
+    build_architecture,
+    load_model,
+    model_identity,
+    resolve_layers,
+)
 from reportgen.load.spec import MAX_INPUT_SIDE, ReportSpec, Run, shown_path
 from reportgen.load.yamlsrc import format_key_path
+from reportgen.run.hooks import inference, probing
+from reportgen.run.layers import activation_problems
 
 # Layer kinds whose weights or outputs have no 2-D picture: named in the error.
 UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d)
@@ -43,7 +49,7 @@ class ModelCheck:
     outputs: dict[str, tuple] = field(default_factory=dict)  # layer -> output shape (without batch)
 
 
-def check_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, ModelCheck]]:
+def dry_run_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, ModelCheck]]:
     """Every problem of every model (one line each), and model name -> its check.
     Models named in ``skip`` are not built (``check`` passes those with spec errors)."""
     problems: list[str] = []
@@ -250,3 +256,21 @@ def _inferred_sides(module: nn.Module) -> list[int]:
 
 def _first(v) -> int:
     return int(v[0] if isinstance(v, (tuple, list)) else v)
+
+
+def preflight(spec: ReportSpec) -> dict[str, dict[str, nn.Module]]:
+    """Build each architecture once (no checkpoint), resolve every layer name and run
+    a dry forward pass at the spec's input size (``dry_run_models``), and check that each layer's activation can be found.
+
+    Layer names and shapes depend on the architecture only, so one instance per
+    model serves all its locations. Raises SpecError listing every problem.
+    Returns model name -> {layer name: module} of that instance.
+    """
+    problems, checks = dry_run_models(spec)
+    for name, c in checks.items():
+        run = next(r for r in spec.runs if r.model.name == name)
+        problems = list(problems) + activation_problems(spec, run, c.module)
+    if problems:
+        raise SpecError(problems)
+    return {name: dict(c.module.named_modules()) for name, c in checks.items()}
+

@@ -17,16 +17,16 @@ from typing import Callable
 import torch
 
 from reportgen.core.cache import Cache, file_digest
-from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
-from reportgen.load.images import LoadedImage, load_image
 from reportgen.core.results import RunResult
+from reportgen.core.spill import Spill
+from reportgen.load.images import LoadedImage, load_image
+from reportgen.load.spec import ReportSpec, load_spec
+from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
 from reportgen.run.extension_parts import run_extensions
 from reportgen.run.layers import analyse_run, shared_images
 from reportgen.run.model import LazyModel, ModelNeeded
 from reportgen.run.trace import run_trace
 from reportgen.run.units import run_units
-from reportgen.load.spec import ReportSpec, load_spec
-from reportgen.core.spill import Spill
 
 Log = Callable[[str], None]
 

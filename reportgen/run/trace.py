@@ -8,8 +8,8 @@ import math
 
 from reportgen.core.errors import SpecError
 from reportgen.core.results import RunResult
-from reportgen.run.model import LazyModel
 from reportgen.load.spec import ReportSpec
+from reportgen.run.model import LazyModel
 
 
 def trace_batch(spec: ReportSpec) -> dict | None:

@@ -22,13 +22,24 @@ import torch
 from torch import nn
 
 from reportgen.core.cache import register
-from reportgen.run.hooks import LayerRecorder, inference
 from reportgen.load.images import LoadedImage
-from reportgen.optim.decode import decode_layer, template_fidelity, template_response, unit_gradients
+from reportgen.optim.decode import (
+    decode_layer,
+    template_fidelity,
+    template_response,
+    unit_gradients,
+)
 from reportgen.optim.maximise import default_size, fourier_ascent, plain_ascent
-from reportgen.optim.patches import (colour_selectivity, crop_origin, crop_padded, neuron_feature, to_grey,
-                                     top_patches_nms)
+from reportgen.optim.patches import (
+    colour_selectivity,
+    crop_origin,
+    crop_padded,
+    neuron_feature,
+    to_grey,
+    top_patches_nms,
+)
 from reportgen.optim.receptive import receptive_field
+from reportgen.run.hooks import LayerRecorder, inference
 
 
 @dataclass

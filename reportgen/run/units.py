@@ -7,11 +7,11 @@ from typing import Callable
 import torch
 
 from reportgen.core.cache import Cache, digest
+from reportgen.core.results import RunResult
 from reportgen.load.images import LoadedImage
 from reportgen.load.models import runs_python_hooks
-from reportgen.core.results import RunResult
-from reportgen.run.model import LazyModel
 from reportgen.load.spec import ReportSpec
+from reportgen.run.model import LazyModel
 
 Log = Callable[[str], None]
 
