@@ -188,5 +188,8 @@ def pytest_collection_modifyitems(config, items):
     first worker gets the first half of this order: it builds each example once and runs
     that chain (the longest of the suite: the builds, the site, the browser) while the other
     worker runs the second half; either takes tests from the end of the other's queue when
-    it runs out, so the examples stay on one worker."""
+    it runs out, so the examples stay on one worker. Those tests are also marked ``slow``."""
+    for item in items:
+        if _uses_an_example(item):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: not _uses_an_example(item))
