@@ -147,6 +147,7 @@ def test_bad_images(project, content, msg):
         build(write_spec(project), project / "docs", device="cpu")
 
 
+@pytest.mark.slow
 def test_unseen_resnet_builds_and_passes_mkdocs_strict(tmp_path):
     shutil.copy(ROOT / "tests/data/resnet_small.py", tmp_path / "resnet_small.py")
     sys.path.insert(0, str(ROOT / "tests/data"))

@@ -29,6 +29,7 @@ def test_unchanged_rebuild_computes_nothing_and_gives_the_same_report(project, t
     assert second.report == first.report
 
 
+@pytest.mark.slow
 def test_changed_checkpoint_recomputes_only_its_location(project, tmp_path):
     cache = tmp_path / "cache"
     run(project, cache)
@@ -59,6 +60,7 @@ def test_no_cache_stores_nothing(project, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_entry_is_a_miss_and_is_replaced(project, tmp_path):
     cache = tmp_path / "cache"
     run(project, cache)

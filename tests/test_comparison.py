@@ -23,6 +23,7 @@ def permuted_copy(sd: dict, p1: torch.Tensor, p2: torch.Tensor) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_self_and_permuted_copy_score_one_at_every_layer_through_a_build(project):
     from tests.tinynet import TinyNet
 

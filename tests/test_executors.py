@@ -16,6 +16,7 @@ def snapshot(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_process_pool_report_is_byte_identical_to_sequential(project):
     spec = write_spec(project, SPEC + UNITS)
     one = build(spec, project / "seq", device="cpu", cache_dir=None, executor=Sequential())
@@ -32,6 +33,7 @@ def _square(x: int) -> int:
     return x * x
 
 
+@pytest.mark.slow
 def test_process_pool_keeps_argument_order_and_raises_task_errors():
     assert list(ProcessPool(2).map(_square, range(7))) == [x * x for x in range(7)]
     with pytest.raises(ZeroDivisionError):

@@ -53,6 +53,7 @@ def assigned(_) -> dict:
     return {k: v for k, v in ray.get_runtime_context().get_assigned_resources().items() if v}
 
 
+@pytest.mark.slow
 def test_results_come_in_argument_order(local_ray):
     ex = EXECUTORS["ray"]()
     args = list(range(7))
@@ -77,6 +78,7 @@ class Task:  # like reportgen.run.task.RunTask, it says where it runs
     device: str
 
 
+@pytest.mark.slow
 def test_cuda_tasks_ask_for_one_gpu(local_ray):
     from reportgen.run.executors_ray import gpus_per_task
 
@@ -87,6 +89,7 @@ def test_cuda_tasks_ask_for_one_gpu(local_ray):
     assert list(EXECUTORS["ray"]().map(assigned, [0])) == [{"CPU": 1.0}]
 
 
+@pytest.mark.slow
 def test_reportgen_imports_without_ray_and_says_how_to_install(monkeypatch):
     code = ("import sys, reportgen.cli, reportgen.run.executors\n"
             "assert 'ray' not in sys.modules, 'ray imported at reportgen import time'\n")
@@ -113,6 +116,7 @@ def _published(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sequential_process_pool_and_ray_publish_identical_reports(local_ray, tmp_path):
     """One small report of three locations, with unit views, built by each executor from
     nothing (no cache): report.json and every page and picture are byte-identical."""
@@ -157,6 +161,7 @@ def test_several_nodes_without_the_folder_refuse_with_one_line(local_ray, tmp_pa
     assert list((tmp_path / "spill").iterdir()) == []  # the probe file is removed
 
 
+@pytest.mark.slow
 def test_ray_build_with_every_why_analysis_is_byte_identical(local_ray, tmp_path):
     """The data, training, concepts and importance analyses, whose findings tie on severity and
     value: a Ray build (whose driver imports the analyses in the order their results arrive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -12,6 +13,7 @@ from reportgen.cli import cli
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_init_writes_a_spec_that_checks_and_builds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "tests/data/resnet_small.py", tmp_path / "net.py")
@@ -136,6 +138,7 @@ def _readme_block() -> list[str]:
     return [line.split("  #")[0].strip() for line in body.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_init_infers_a_dense_heads_input_size_and_no_normalisation(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _user_project(tmp_path)
@@ -217,6 +220,7 @@ def _serve_then_signal(tmp_path, args: list[str], sig) -> tuple[str, str]:
     return page, out
 
 
+@pytest.mark.slow
 def test_readme_own_model_block_works_verbatim_and_serve_stops_on_signals(tmp_path):
     import os
     import signal

@@ -81,6 +81,7 @@ def test_numbers_match_scipy_numpy_and_a_hand_ks():
     assert fans((10, 6, 3, 3)) == (54, 90) and set(FAMILIES) >= {"pytorch-default", "kaiming-normal"}
 
 
+@pytest.mark.slow
 def test_a_trained_network_is_not_flagged(one_thread):
     """A small CNN trained for 150 Adam steps on a learnable task leaves every init law."""
     torch.manual_seed(0)

@@ -138,6 +138,7 @@ def _hsic_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(k * l) / np.sqrt(np.sum(k * k) * np.sum(l * l)))
 
 
+@pytest.mark.slow
 def test_cascade_builds_one_strict_site(cascade, one_thread):
     docs = cascade / "docs"
     result = build(write_spec(cascade, CASCADE_SPEC), docs, device="cpu", cache_dir=None)

@@ -72,6 +72,7 @@ def odd_project(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_odd_module_names_build_a_strict_site(odd_project, one_thread):
     names = ["blocks.a/b", "blocks.c:d", "blocks.é x", "blocks.<b>"]
     layers = "\n".join(f"  - {{name: {n!r}}}".replace("'", '"') for n in names)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from reportgen.build import build
 from reportgen.core import extension as extensions
 from reportgen.load import models
-from reportgen.build import build
 from tests.conftest import SPEC, write_spec
 
 UNITS = "analyses:\n  units: {layers: [conv1], locations: [a, c], maximise: plain, steps: 2, top_n: 2}\n"

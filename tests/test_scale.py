@@ -18,6 +18,7 @@ def snapshot(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_spilled_build_equals_an_in_memory_one_and_survives_lost_spill_entries(project, monkeypatch, tmp_path):
     from reportgen import build as build_mod
     from reportgen.core.spill import NO_SPILL

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from reportgen.build import build
 from tests.conftest import ROOT, write_spec
 from tests.sites import strict_lone_site
@@ -25,6 +27,7 @@ def _links_stay_inside(out) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 def test_tiny_report_with_every_analysis_is_a_site_of_its_own(project, one_thread):
     spec = write_spec(project, """\
 report: tiny
@@ -54,6 +57,7 @@ analyses:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_edges_with_units_is_a_site_of_its_own(tmp_path, one_thread):
     text = (ROOT / "specs/edges.yaml").read_text().replace("../examples", str(ROOT / "examples"))
     text = text.replace("input:\n", "input:\n  size: 64\n")  # unit views need one image size

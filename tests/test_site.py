@@ -332,6 +332,7 @@ def test_published_files_honour_the_umask(project, umask, dirs, files):
     assert _modes(project / "docs" / "tiny") == {("dir", dirs), ("file", files)}
 
 
+@pytest.mark.slow
 def test_nothing_but_the_report_is_left_in_docs(project):
     docs = project / "docs"
     build(write_spec(project), docs, device="cpu", cache_dir=None)
@@ -339,6 +340,7 @@ def test_nothing_but_the_report_is_left_in_docs(project):
     assert sorted(p.name for p in docs.iterdir()) == ["tiny"]
 
 
+@pytest.mark.slow
 def test_cleanup_touches_only_its_own_report(project):
     """Another report may be called 'tiny.old-1'; its files must survive a build of 'tiny'."""
     docs = project / "docs"
@@ -552,6 +554,7 @@ def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
     assert "Concept (IoU)" in text and "stripes (0.31)" in text and "concept **stripes** (IoU 0.31)" in text
 
 
+@pytest.mark.slow
 def test_a_build_gives_a_site_without_a_home_page_one(project, tmp_path):
     """`reportgen build` into docs without an index.md writes one listing every report by its
     title, so the site's root is not a 404; a home page of the user's own is left alone."""

@@ -76,6 +76,7 @@ def slow_project(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
                          ids=["SIGTERM", "SIGINT", "Ctrl-C-to-the-process-group"])
+@pytest.mark.slow
 def test_a_signal_stops_a_process_pool_build_cleanly(tmp_path, slow_project, tiny_build, sig, to_group):
     docs = tmp_path / "docs"
     shutil.copytree(tiny_build[1] / "docs", docs)  # the previous report
@@ -170,6 +171,7 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
+@pytest.mark.slow
 def test_process_pool_ends_running_tasks_when_stopped_early():
     """An interrupt or a consumer that stops: the workers are ended, not waited for."""
     results = ProcessPool(2, threads=1).map(_sleep, [0, 120, 120])

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 BLOCK = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)
 
 
+@pytest.mark.slow
 def test_tutorial_runs_end_to_end(tmp_path):
     text = (ROOT / "docs/tutorial.md").read_text()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

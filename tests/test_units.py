@@ -12,6 +12,7 @@ from reportgen.build import build
 from tests.conftest import ROOT, SPEC, write_spec
 
 
+@pytest.mark.slow
 def test_unit_views_reach_pages_and_report_json(project):
     text = SPEC + ("analyses:\n  units: {layers: [conv1, conv2], locations: [a, c], steps: 5, top_n: 3, "
                    "maximise: both, fourier_steps: 4}\n")

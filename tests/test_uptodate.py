@@ -90,6 +90,7 @@ def test_no_change_rebuild_imports_nothing_heavy_and_writes_nothing(built, devic
     assert not [p.name for p in (built / "docs").iterdir() if p.name.startswith(".")]  # no lock file left either
 
 
+@pytest.mark.slow
 def test_force_and_no_cache_build_again_to_the_same_report(built):
     before = {k: v[0] for k, v in snapshot(built / "docs").items()}
     for flag in ("--force", "--no-cache"):

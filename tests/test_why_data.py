@@ -12,10 +12,10 @@ from PIL import Image
 
 from reportgen.analysis import datastats as ds
 from reportgen.core.extension import RunContext
-from reportgen.load.images import load_image
-from reportgen.load.spec import load_spec
 from reportgen.extensions import data as D
 from reportgen.extensions.data_text import findings, page
+from reportgen.load.images import load_image
+from reportgen.load.spec import load_spec
 from tests.conftest import TINY_ARCH
 from tests.sites import strict_lone_site
 
