@@ -137,13 +137,17 @@ def register(ext: Extension) -> Extension:
 
 
 def active(spec: "ReportSpec") -> list[Extension]:
-    """The extensions this spec asks for: the built-in ones in ``BUILTIN`` order, then any other
-    by name. Never the order they were found or registered in: that depends on the installed
-    packages, the executor and on what the cache held, and the report must not."""
+    """The extensions this spec asks for, in ``ordered`` order."""
+    return [e for e in ordered() if e.wanted(spec)]
+
+
+def ordered() -> list[Extension]:
+    """Every extension: the built-in ones in ``BUILTIN`` order, then any other by name. Never
+    the order they were found or registered in: that depends on the installed packages, the
+    executor and on what the cache held, and the report must not."""
     _load()
     rank = {name: i for i, name in enumerate(BUILTIN)}
-    ordered = sorted(EXTENSIONS.values(), key=lambda e: (rank.get(e.name, len(rank)), e.name))
-    return [e for e in ordered if e.wanted(spec)]
+    return sorted(EXTENSIONS.values(), key=lambda e: (rank.get(e.name, len(rank)), e.name))
 
 
 _loaded = False
