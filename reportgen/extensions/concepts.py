@@ -11,10 +11,9 @@ from reportgen.analysis.wording import finding, listing, plural
 from reportgen.load.annotations import concept_masks, load_annotations
 from reportgen.core.cache import register
 from reportgen.core.extension import RunContext
-from reportgen.core.names import anchor_id, code, md_escape, slug
+from reportgen.core.names import anchor_id, code, slug
 from reportgen.render.unit_charts import detector_bars
-from reportgen.extensions.unit_analysis import UnitAnalysis, find_layer, layer_heading, layer_maps, notes_admonition, \
-    stacked_inputs, unit_page
+from reportgen.extensions.unit_analysis import UnitAnalysis, find_layer, layer_maps, stacked_inputs, unit_page
 
 NAME = "concepts"
 PAGE = "concepts.md"
@@ -177,46 +176,28 @@ class ConceptsExtension(UnitAnalysis):
         return out
 
     def pages(self, spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
+        from reportgen.render.pages import environment
+
         sec = report[NAME]
         concepts = sec["concepts"]
-        lines = ["# Concept labels", "",
-                 f"Which annotated concepts the units detect (network dissection with the spec's own annotations, "
-                 f"[methods](methods.md#concepts)): a unit fires where its upsampled activation is in its top "
-                 f"{100 * sec['quantile']:g}% over all annotated images; it **detects** the concept whose masks "
-                 f"overlap those places best when their IoU reaches {sec['iou_threshold']:g}. "
-                 "Concepts: boxes per category, keypoints as small discs, polygons, and background "
-                 "(outside every box).", ""]
-        lines += notes_admonition(sec)
+        reach = [max((r["max_iou"][j] for r in sec["runs"] if r["max_iou"]), default=0.0)
+                 for j in range(len(concepts))]
+        images = {r["run"]: r["images"] for r in sec["runs"]}
+        layers = []
         for lay in sec["layers"]:
-            layer = lay["layer"]
-            lines += layer_heading(layer, pics, "detector units per concept")
-            if lay["everywhere"] or lay["somewhere"]:
-                lines += [f"At every location: {', '.join(lay['everywhere']) or 'none'}. "
-                          f"At some: {', '.join(lay['somewhere']) or 'none'}.", ""]
-            lines += ["| Location | Images | " + " | ".join(md_escape(c) for c in concepts) + " | No concept |",
-                      "|---|---|" + "---|" * len(concepts) + "---|"]
-            reach = [max((r["max_iou"][j] for r in sec["runs"] if r["max_iou"]), default=0.0)
-                     for j in range(len(concepts))]
-            lines.append("| *best possible IoU* | | " + " | ".join(f"*{x:.3f}*" for x in reach) + " | |")
+            layer, rows, units = lay["layer"], [], []
             for run, det in zip(lay["runs"], lay["detectors"]):
                 entry = _layer_of(sec, run, layer)
-                images = next(r["images"] for r in sec["runs"] if r["run"] == run)
-                page = unit_page(report, run, layer)
-                name = f"[{run}]({page})" if page else f"[{run}](locations/{run}.md#layer-{anchor_id(layer)})"
-                lines.append(f"| {name} | {images} | " + " | ".join(str(n) for n in det)
-                             + f" | {entry['units_total'] - entry['labelled']} of {entry['units_total']} |")
-            lines += ["", "??? info \"Units per location (best concept, IoU)\"", ""]
-            for run in lay["runs"]:
-                entry = _layer_of(sec, run, layer)
-                parts = []
-                for c in concepts:
-                    units = sorted((u for u in entry["units"] if u["concept"] == c), key=lambda u: -u["concept_iou"])
-                    if units:
-                        parts.append(f"{md_escape(c)}: " + ", ".join(f"{u['index']} ({u['concept_iou']:.2f})"
-                                                                      for u in units))
-                lines.append(f"    - **{run}**: " + ("; ".join(parts) if parts else "no unit detects a concept"))
-            lines.append("")
-        return {PAGE: "\n".join(lines) + "\n"}
+                rows.append({"run": run, "images": images[run], "detectors": det,
+                             "link": unit_page(report, run, layer) or f"locations/{run}.md#layer-{anchor_id(layer)}",
+                             "unlabelled": entry["units_total"] - entry["labelled"], "total": entry["units_total"]})
+                by_concept = [(c, sorted((u for u in entry["units"] if u["concept"] == c),
+                                         key=lambda u: -u["concept_iou"])) for c in concepts]
+                units.append((run, [(c, found) for c, found in by_concept if found]))
+            layers.append({**lay, "rows": rows, "units": units})
+        page = environment().get_template("concepts.md.j2").render(section=sec, layers=layers, reach=reach,
+                                                                    pictures=pics)
+        return {PAGE: page}
 
     def section_findings(self, sec: dict) -> list[dict]:
         """One finding per layer: which concepts its units detect, where, and where not."""

@@ -13,10 +13,9 @@ from reportgen.analysis.wording import finding, listing, plural
 from reportgen.core.cache import register
 from reportgen.run.hooks import LayerRecorder, inference
 from reportgen.core.extension import RunContext
-from reportgen.core.names import anchor_id, code, md_escape, slug
+from reportgen.core.names import anchor_id, code, slug
 from reportgen.render.unit_charts import importance_bars
-from reportgen.extensions.unit_analysis import UnitAnalysis, find_layer, layer_heading, notes_admonition, \
-    stacked_inputs, unit_flags
+from reportgen.extensions.unit_analysis import UnitAnalysis, find_layer, stacked_inputs, unit_flags
 
 NAME = "importance"
 PAGE = "importance.md"
@@ -203,32 +202,12 @@ class ImportanceExtension(UnitAnalysis):
         return out
 
     def pages(self, spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
-        sec = report[NAME]
-        lines = ["# Unit importance", "",
-                 "How much each unit matters to the outputs: its channel is set to zero (ablated) and the "
-                 "change of every output head is measured on the location's test images, as ‖y′ − y‖ / ‖y‖ "
-                 "per image, averaged ([methods](methods.md#importance)). Units are ranked by the mean over heads. "
-                 f"Up to {sec['max_units']} units per layer (the first ones). *Flagged* units are dead filters, "
-                 "never-active channels or near-duplicate filters; the table asks whether they sit in the least "
-                 "important quarter.", ""]
-        lines += notes_admonition(sec)
-        for layer, items in _by_layer(sec).items():
-            lines += layer_heading(layer, pics, "ablation effect per unit")
-            heads = items[0][0]["heads"]
-            lines += ["| Location | Most important units | " + " | ".join(f"Top for {md_escape(h)}" for h in heads)
-                      + " | Flagged in least important ¼ | Expected | p | ρ(effect, flagged) | ρ(effect, norm) |",
-                      "|---|---|" + "---|" * len(heads) + "---|---|---|---|---|"]
-            for r, lay in items:
-                top = ", ".join(f"{i} ({_pct(lay['units'][i]['overall'])})" for i in lay["order"][:TOP])
-                per_head = " | ".join(f"{t['unit']} ({_pct(t['effect'])})" if t["unit"] is not None else "–"
-                                      for t in lay["top"])
-                f = lay["flags"]
-                lines.append(f"| [{r['run']}](locations/{r['run']}.md#layer-{anchor_id(layer)}) | {top} | {per_head} | "
-                             f"{f['flagged_in_least']} of {f['flagged']} (¼ = {f['least_important']} units) | "
-                             f"{_num(f['expected_in_least'], 1)} | {_p(f['p_value']).removeprefix(', p = ') or '–'} | {_num(f['spearman'])} | "
-                             f"{_num(lay['spearman_norm'])} |")
-            lines.append("")
-        return {PAGE: "\n".join(lines) + "\n"}
+        from reportgen.render.pages import environment
+
+        page = environment().get_template("importance.md.j2").render(
+            section=report[NAME], layers=list(_by_layer(report[NAME]).items()), pictures=pics, top=TOP,
+            pct=_pct, num=_num, p_cell=lambda p: _p(p).removeprefix(", p = ") or "–")
+        return {PAGE: page}
 
     def section_findings(self, sec: dict) -> list[dict]:
         """Per layer: are the flagged units the unimportant ones, and which units matter most."""
@@ -242,8 +221,8 @@ class ImportanceExtension(UnitAnalysis):
                 verdict = ("mostly the unimportant ones" if len(above) > len(with_flags) / 2
                            else "not especially the unimportant ones")
                 examples = [f"{r['run']}: its {_least(lay['flags'])} {lay['flags']['flagged_in_least']} of its "
-                            f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} expected by "
-                            f"chance{_p(lay['flags']['p_value'])})"
+                            f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} "
+                            f"expected by chance{_p(lay['flags']['p_value'])})"
                             for r, lay in sorted(with_flags, key=lambda t: _sort_p(t[1]["flags"]["p_value"]))]
                 text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
                         f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "

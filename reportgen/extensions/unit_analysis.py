@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from reportgen.core.extension import Extension, RunContext
-from reportgen.core.names import anchor_id, code, md_escape, slug
+from reportgen.core.names import slug
 from reportgen.run.hooks import NO_ACTIVATION, LayerRecorder, apply_activation, find_activations, inference, \
     resolve_activation
 
@@ -77,21 +77,6 @@ class UnitAnalysis(Extension):
     def section_findings(self, section: dict) -> list[dict]:
         """The findings of a report that has this extension's section."""
         return []
-
-
-def notes_admonition(section: dict) -> list[str]:
-    """Page lines: a "Missing" note listing each run's notes, when there are any."""
-    notes = [f"- **{r['run']}**: {md_escape(n)}" for r in section["runs"] for n in r["notes"]]
-    return ["!!! note \"Missing\"", ""] + ["    " + n for n in notes] + [""] if notes else []
-
-
-def layer_heading(layer: str, pictures: dict[str, str], alt: str) -> list[str]:
-    """Page lines: a layer's heading and its picture (``<layer>.png``) when it has one."""
-    lines = [f"## {code(layer)} {{ #{anchor_id(layer)} }}", ""]
-    pic = pictures.get(f"{slug(layer)}.png")
-    if pic:
-        lines += [f"![{md_escape(layer)}: {alt}]({pic}){{ loading=lazy }}", ""]
-    return lines
 
 
 def covered(opts, run) -> list[str]:
