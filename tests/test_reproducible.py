@@ -128,14 +128,21 @@ def test_a_build_resumed_after_a_kill_is_byte_identical(reference, tmp_path):
 
 
 def test_the_order_of_the_extensions_does_not_depend_on_import_order(reference):
-    """The analyses imported in reverse order in a fresh interpreter are still listed (and so
-    their pages and findings made) in the same order."""
+    """The analyses imported and registered in reverse order in a fresh interpreter, the entry
+    points read in reverse, are still listed (and so their pages and findings made) in the same
+    order."""
     spec, _ = reference
     code = ("import sys\n"
-            "import reportgen.extensions.importance, reportgen.extensions.concepts, reportgen.extensions.training\n"
-            "from reportgen.core.extension import active\n"
+            "from importlib import metadata\n"
+            "from reportgen.core import extension\n"
+            "from reportgen.extensions.importance import ImportanceExtension\n"
+            "from reportgen.extensions.concepts import ConceptsExtension\n"
             "from reportgen.load.spec import load_spec\n"
-            "print(' '.join(e.name for e in active(load_spec(sys.argv[1]))))\n")
+            "found = metadata.entry_points\n"
+            "metadata.entry_points = lambda **kw: list(reversed(list(found(**kw))))\n"
+            "extension.register(ImportanceExtension())\n"
+            "extension.register(ConceptsExtension())\n"
+            "print(' '.join(e.name for e in extension.active(load_spec(sys.argv[1]))))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -74,33 +74,37 @@ def toy_extension(monkeypatch):
 
     calls: Counter = Counter()
 
-    def run_part(ctx):
-        calls["run_part"] += 1
-        # the loaded model and the layer results of this run
-        return {"conv1_sum": float(ctx.model.conv1.weight.detach().double().sum()),
-                "stats_channels": int(len(ctx.layers["conv1"].stats["mean"])), "images": len(ctx.images)}
+    class Toy(extensions.Extension):
+        name = "toy"
 
-    def reduce(spec, values, report):
-        calls["reduce"] += 1
-        assert [r["key"] for r in report["runs"]] == ["a", "b", "c"]  # the report so far
-        return {"runs": list(values), "total": sum(v["conv1_sum"] for v in values.values())}
+        def run_wanted(self, spec, run):
+            return run.key != "b"
 
-    def pictures(spec, section, values):
-        calls["pictures"] += 1
-        return {"sums.png": _png(section["total"])}
+        def run_part(self, ctx):
+            calls["run_part"] += 1
+            # the loaded model and the layer results of this run
+            return {"conv1_sum": float(ctx.model.conv1.weight.detach().double().sum()),
+                    "stats_channels": int(len(ctx.layers["conv1"].stats["mean"])), "images": len(ctx.images)}
 
-    def pages(spec, report, pics):
-        calls["pages"] += 1
-        return {"toy.md": f"# Toy\n\nRuns {report['toy']['runs']}.\n\n![sums]({pics['sums.png']})\n"}
+        def reduce(self, spec, values, report):
+            calls["reduce"] += 1
+            assert [r["key"] for r in report["runs"]] == ["a", "b", "c"]  # the report so far
+            return {"runs": list(values), "total": sum(v["conv1_sum"] for v in values.values())}
 
-    def findings(report, analyses):
-        calls["findings"] += 1
-        return [finding("danger", "**toy** found something", "a", None, "toy.md", 1e9, kind="toy",
-                        locations=["a"])]
+        def pictures(self, spec, section, values):
+            calls["pictures"] += 1
+            return {"sums.png": _png(section["total"])}
 
-    ext = extensions.Extension(name="toy", wanted=lambda spec: True, reduce=reduce, run_part=run_part,
-                               run_wanted=lambda spec, run: run.key != "b", pictures=pictures, pages=pages,
-                               findings=findings)
+        def pages(self, spec, report, pics):
+            calls["pages"] += 1
+            return {"toy.md": f"# Toy\n\nRuns {report['toy']['runs']}.\n\n![sums]({pics['sums.png']})\n"}
+
+        def findings(self, report, analyses):
+            calls["findings"] += 1
+            return [finding("danger", "**toy** found something", "a", None, "toy.md", 1e9, kind="toy",
+                            locations=["a"])]
+
+    ext = Toy()
     monkeypatch.setitem(extensions.EXTENSIONS, "toy", ext)
     yield calls
     assert "toy" in extensions.EXTENSIONS  # monkeypatch removes it after this

@@ -540,14 +540,14 @@ def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
     """Room for an optional best concept per unit (``concept``, ``concept_iou``)."""
     import json
 
-    from reportgen.render.pages import template_env
+    from reportgen.render.pages import environment
 
     report_dir, _ = tiny_site
     report = json.loads((report_dir / "report.json").read_text())
     run = report["runs"][0]
     lay = next(x for x in run["layers"] if x["name"] == "conv2")
     lay["units"]["units"][1].update(concept="stripes", concept_iou=0.31)
-    text = template_env().get_template("units.md.j2").render(
+    text = environment().get_template("units.md.j2").render(
         run=run, lay=lay, pics={"grids": {}, "cards": ["c.png"] * 8, "legend": []}, report=report,
         layer_page=lambda m, l: "layers/x.md", has_filter_page=lambda k, l: False, filter_page=None,
         unit_flags=lambda u, f: [])

@@ -143,10 +143,11 @@ def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):
 def test_the_value_survives_the_cache(planted):
     from reportgen.core.cache import decode, encode
     from reportgen.core.extension import RunContext
-    from reportgen.extensions.training import run_part
+    from reportgen.extensions.training import TrainingExtension
 
     spec = planted[0]
-    value = run_part(RunContext(spec=spec, run=spec.runs[0], model=None, device=torch.device("cpu"), images=[]))
+    ctx = RunContext(spec=spec, run=spec.runs[0], model=None, device=torch.device("cpu"), images=[])
+    value = TrainingExtension().run_part(ctx)
     back = decode(encode(value))
     assert back.steps == STEPS and np.array_equal(back.layers["conv1"].norms, value.layers["conv1"].norms)
     assert back.layers["conv1"].snapshots.dtype == np.float32

@@ -13,11 +13,14 @@ from PIL import Image
 from reportgen.analysis import datastats as ds
 from reportgen.core.extension import RunContext
 from reportgen.extensions import data as D
+from reportgen.extensions.data import DataExtension
 from reportgen.extensions.data_text import findings, page
 from reportgen.load.images import load_image
 from reportgen.load.spec import load_spec
 from tests.conftest import TINY_ARCH
 from tests.sites import strict_lone_site
+
+DATA = DataExtension()
 
 LOCS = ["a", "b", "c"]
 
@@ -70,9 +73,9 @@ def _ctx(spec, run):
 
 def test_run_part_reads_own_and_extra_frames_not_shared_ones(tmp_path):
     spec = _frames_project(tmp_path)
-    assert D.EXTENSION.wanted(spec)
+    assert DATA.wanted(spec)
     run = spec.runs[1]
-    value = D.run_part(_ctx(spec, run))
+    value = DATA.run_part(_ctx(spec, run))
     assert value.frames == 3 and value.extra_frames == 1
     own = [np.asarray(Image.open(tmp_path / "b" / "own" / f"f{f}.png"), dtype=np.float32) / 255 for f in range(2)]
     own.append(np.asarray(Image.open(tmp_path / "b" / "extra" / "x.png"), dtype=np.float32) / 255)
@@ -82,7 +85,7 @@ def test_run_part_reads_own_and_extra_frames_not_shared_ones(tmp_path):
     assert value.boxes == 2 and value.annotated_frames == 2  # the extra frame has no entry
     heights = np.array([8, 6]) / 16
     assert value.scale_hist.sum() == 2 and value.scale_hist[int(heights[0] * 20)] == 1
-    assert D.run_key(_ctx(spec, run)) != D.run_key(_ctx(spec, spec.runs[0]))
+    assert DATA.run_key(_ctx(spec, run)) != DATA.run_key(_ctx(spec, spec.runs[0]))
 
 
 def test_extra_frames_key_is_checked_like_images(tmp_path):
@@ -99,7 +102,7 @@ def test_shared_frames_only_is_not_wanted(project):
     from tests.conftest import write_spec
 
     spec = load_spec(write_spec(project))  # three locations, every image shared
-    assert not D.EXTENSION.wanted(spec)
+    assert not DATA.wanted(spec)
 
 
 # -- reduce: planted relations ------------------------------------------------------------
@@ -146,7 +149,7 @@ class _Spec:
                                            ("scale", ("object scale",))])
 def test_the_finding_names_the_planted_measure(follow, names):
     keys, values, comps = _planted(follow)
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
     tests = section["mantel"]["results"]
     assert len(tests) == 10 and section["mantel"]["tests"] == 10  # 5 data x 2 network measures
     best = max((t for t in tests if t["network"] == "weights"), key=lambda t: t["r"])
@@ -162,7 +165,7 @@ def test_r_of_the_reduce_equals_scipy_on_the_same_matrices():
     from scipy.stats import pearsonr
 
     keys, values, comps = _planted("scale")
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
     scale = np.array(section["distances"][0]["matrices"]["scale"])
     net = 1 - np.array(comps[0]["weight_similarity"])
     iu = np.triu_indices(len(keys), 1)
@@ -178,7 +181,7 @@ def test_missing_runs_and_nan_similarities_are_left_out_and_named():
     comps[0]["weight_similarity"] = sim.tolist()
     comps[0]["cka"] = None
     del values["loc5"]  # a location without frames of its own
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
     tests = section["mantel"]["results"]
     assert {t["network"] for t in tests} == {"weights"}
     assert all(t["left_out"] == ["loc2", "loc5"] and t["n"] == 6 for t in tests)
@@ -187,20 +190,20 @@ def test_missing_runs_and_nan_similarities_are_left_out_and_named():
 
 def test_too_few_locations_give_no_p():
     keys, values, comps = _planted("brightness", k=3)
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
     assert all(t["r"] is None and t["p"] is None and t["p_holm"] is None for t in section["mantel"]["results"])
     assert findings({"data": section}) == []
 
 
 def test_page_shows_every_test_and_the_pictures():
     keys, values, comps = _planted("brightness")
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
-    pics = D.EXTENSION.pictures(_Spec(keys), section, values)
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
+    pics = DATA.pictures(_Spec(keys), section, values)
     views = ("backgrounds", "colour", "spectra", "objects") + tuple(f"distance-{m}" for m in ds.MEASURES)
     assert set(pics) == {f"m/{v}.png" for v in views}
     assert all(p.startswith(b"\x89PNG") for p in pics.values())
     report = {"data": section, "findings": findings({"data": section})}
-    text = D.EXTENSION.pages(_Spec(keys), report, {k: "img/data/" + k for k in pics})["data.md"]
+    text = DATA.pages(_Spec(keys), report, {k: "img/data/" + k for k in pics})["data.md"]
     assert "![Background estimate per location](img/data/m/backgrounds.png)" in text
     assert "![object scale distance between locations](img/data/m/distance-scale.png)" in text
     assert "## Mantel tests" in text
@@ -214,7 +217,7 @@ def test_every_data_key_is_documented():
     from tests.test_docs import _all_keys
 
     keys, values, comps = _planted("scale")
-    section = D.reduce(_Spec(keys), values, {"comparisons": comps})
+    section = DATA.reduce(_Spec(keys), values, {"comparisons": comps})
     json.dumps(section, allow_nan=False)  # JSON-ready, no NaN
     page = (ROOT / "docs/reference/report-json.md").read_text()
     found = _all_keys({"data": section}, set())
@@ -306,5 +309,5 @@ def test_frames_of_other_sizes_are_resized_and_per_model_extra_frames_override(t
     (tmp_path / "spec.yaml").write_text(text)
     spec = load_spec(tmp_path / "spec.yaml")
     assert spec.runs[0].input.size is None and len(spec.runs[0].extra_frames) == 2
-    value = D.run_part(_ctx(spec, spec.runs[0]))
+    value = DATA.run_part(_ctx(spec, spec.runs[0]))
     assert value.frames == 4 and value.extra_frames == 2 and value.background.shape == (16, 20, 3)

@@ -112,7 +112,9 @@ def _report(spec) -> dict:
 
 
 def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
-    from reportgen.extensions import concepts
+    from reportgen.extensions.concepts import ConceptsExtension
+
+    concepts = ConceptsExtension()
 
     spec = load_spec(boxes / "spec.yaml")
     assert [e.name for e in extensions.active(spec)] == ["concepts", "importance"]
@@ -141,7 +143,9 @@ def test_concepts_label_the_box_unit_person_and_the_ground_background(boxes):
 
 
 def test_importance_finds_the_dead_unit_unimportant(boxes):
-    from reportgen.extensions import importance
+    from reportgen.extensions.importance import ImportanceExtension
+
+    importance = ImportanceExtension()
 
     spec = load_spec(boxes / "spec.yaml")
     values = {ctx.run.key: importance.run_part(ctx) for ctx in _contexts(spec)}
@@ -178,7 +182,10 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
 
 
 def test_no_model_no_annotations_are_notes(boxes):
-    from reportgen.extensions import concepts, importance
+    from reportgen.extensions.concepts import ConceptsExtension
+    from reportgen.extensions.importance import ImportanceExtension
+
+    concepts, importance = ConceptsExtension(), ImportanceExtension()
 
     spec = load_spec(boxes / "spec.yaml")
     ctx = _contexts(spec)[0]
@@ -201,7 +208,7 @@ def test_spec_mistakes_are_one_line(boxes, edit, message):
 
 
 def test_concepts_too_large_for_the_quantile_are_named():
-    from reportgen.extensions.concepts import best_possible_iou, findings
+    from reportgen.extensions.concepts import ConceptsExtension, best_possible_iou
 
     assert best_possible_iou(0.005, 0.92) == pytest.approx(0.005 / 0.92)
     assert best_possible_iou(0.005, 0.001) == pytest.approx(0.2)
@@ -211,15 +218,15 @@ def test_concepts_too_large_for_the_quantile_are_named():
                      "notes": [], "images": 3}],
            "layers": [{"layer": "conv1", "runs": ["a"], "detectors": [[2, 0]], "runs_with": [1, 0],
                        "everywhere": ["person"], "somewhere": [], "runs_without": []}]}
-    texts = [f["text"] for f in findings({"concepts": sec}, None)]
+    texts = [f["text"] for f in ConceptsExtension().findings({"concepts": sec}, None)]
     assert any(t.startswith("No unit detects background (it covers 92.0% of the pixels: IoU at most 0.005)")
                for t in texts)
     assert not any("person (it covers" in t for t in texts)
 
 
 def test_dead_filters_that_still_fire_and_matter_are_named():
-    from reportgen.extensions.importance import findings
     from reportgen.run.ablation import relate_to_flags
+    from reportgen.extensions.importance import ImportanceExtension
 
     overall = [0.5, 0.0, 0.3, 0.1, 0.0, 0.2, 0.05, 0.4]
     dead = [True, True, False, False, True, False, False, False]  # unit 0: dead weights, yet it matters
@@ -231,14 +238,17 @@ def test_dead_filters_that_still_fire_and_matter_are_named():
         {"layer": "conv1", "channels": 8, "units_ablated": 8, "order": [0, 7, 2, 5, 3, 6, 1, 4],
          "top": [{"head": "out", "unit": 0, "effect": 0.5}], "flags": flags, "spearman_norm": None,
          "units": units}]}]}
-    text = findings({"importance": sec}, None)[0]["text"]
+    text = ImportanceExtension().findings({"importance": sec}, None)[0]["text"]
     assert "for 2 of 2 (as they must" in text
     assert "1 of the 1 dead or duplicate unit that still fire (a dead filter's bias makes a constant channel) " \
            "matter more than the median unit: x unit 0 (dead, rank 1 of 8)" in text
 
 
 def test_every_key_of_both_sections_is_documented(boxes):
-    from reportgen.extensions import concepts, importance
+    from reportgen.extensions.concepts import ConceptsExtension
+    from reportgen.extensions.importance import ImportanceExtension
+
+    concepts, importance = ConceptsExtension(), ImportanceExtension()
     from tests.conftest import ROOT
     from tests.test_docs import _all_keys
 

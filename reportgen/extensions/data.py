@@ -1,13 +1,5 @@
 """The "data" extension: what each location's frames look like, and whether the networks'
-differences follow the data's.
-
-Per run (``run_part``, no model needed): the location's own frames (its test images
-minus those every location of the model sees, plus ``extra_frames``) become a
-``LocationData`` (reportgen.analysis.datastats). The reduce step builds a distance
-matrix per data measure and per network measure and layer (1 - matched weight
-similarity, 1 - CKA, from report["comparisons"]), and runs a Mantel test for each
-(data measure x network measure x layer), with Holm's correction over all of them.
-"""
+differences follow the data's (``DataExtension``)."""
 
 from __future__ import annotations
 
@@ -19,7 +11,7 @@ import numpy as np
 from reportgen.core import cache
 from reportgen.analysis import datastats as ds
 from reportgen.analysis.mantel import PERMUTATIONS, complete_subset, holm, leave_one_out, mantel
-from reportgen.core.extension import Extension, RunContext, register_extension
+from reportgen.core.extension import Extension, RunContext
 
 cache.register(ds.LocationData)
 
@@ -52,14 +44,6 @@ def own_frames(spec, run) -> list[Path]:
     return [p for p in run.images if p not in shared] + list(run.extra_frames)
 
 
-def _wanted(spec) -> bool:
-    models: dict[str, int] = {}
-    for r in spec.runs:
-        if own_frames(spec, r):
-            models[r.model.name] = models.get(r.model.name, 0) + 1
-    return any(n >= 2 for n in models.values())
-
-
 # -- per run ------------------------------------------------------------------------------
 
 
@@ -86,32 +70,6 @@ def _ann_where(spec, run) -> str:
     mi = next(i for i, m in enumerate(spec.schema.models) if m.name == run.model.name)
     kp = ("models", mi, "annotations") if run.model.annotations is not None else ("annotations",)
     return f"{spec.where(kp)}: {'.'.join(map(str, kp))}"
-
-
-def run_part(ctx: RunContext) -> ds.LocationData | None:
-    from reportgen.load.annotations import load_annotations
-
-    if not own_frames(ctx.spec, ctx.run):
-        return None
-    frames, n_extra, paths = _frames(ctx)
-    boxes, annotated = None, 0
-    if ctx.run.annotations is not None:
-        ann = load_annotations(ctx.run.annotations, _ann_where(ctx.spec, ctx.run))
-        boxes = []
-        for p in paths:
-            a = ann.get(p)
-            if a is not None:
-                annotated += 1
-                boxes += [(*o.box, a.width, a.height) for o in a.objects]
-    return ds.location_data(frames, extra=n_extra, boxes=boxes, annotated_frames=annotated)
-
-
-def run_key(ctx: RunContext) -> tuple:
-    shared = shared_images(ctx.spec, ctx.run)
-    own = tuple(im.digest for im in ctx.images if im.path not in shared)
-    extra = tuple(cache.file_digest(p) for p in ctx.run.extra_frames)
-    ann = cache.file_digest(ctx.run.annotations) if ctx.run.annotations is not None else None
-    return ("data", own, extra, ann, MAX_FRAMES, repr(ctx.run.input))
 
 
 # -- reduce -------------------------------------------------------------------------------
@@ -198,57 +156,99 @@ def _num(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def reduce(spec, values: dict, report: dict) -> dict | None:
-    runs = {r.key: r for r in spec.runs}
-    present = {k: v for k, v in values.items() if v is not None}
-    if not present:
-        return None
-    locations = [_location_entry(k, runs[k], v, len(shared_images(spec, runs[k]))) for k, v in present.items()]
-    distances = {}
-    for model in dict.fromkeys(runs[k].model.name for k in present):
-        keys = [k for k in present if runs[k].model.name == model]
-        if len(keys) >= 2:
-            distances[model] = {"runs": keys, **data_distances(keys, present)}
-    tests = mantel_tests(report.get("comparisons", []), distances)
-    counted = [t for t in tests if t["p"] is not None]
-    return {
-        "colour_space": ds.COLOUR_SPACE,
-        "spectrum_frequencies": ds.spectrum_centres().tolist(),
-        "slope_range": list(ds.SLOPE_RANGE),
-        "histogram_edges": ds.HIST_EDGES.tolist(),
-        "measures": {m: ds.DISTANCES[m] for m in ds.MEASURES
-                     if any(m in d for d in distances.values())},
-        "network_measures": {k: v[1] for k, v in NETWORK.items()},
-        "locations": locations,
-        "distances": [{"model": m, "runs": d["runs"],
-                       "matrices": {k: [_finite_list(row) for row in v] for k, v in d.items() if k != "runs"}}
-                      for m, d in distances.items()],
-        "mantel": {"permutations": PERMUTATIONS, "seed": SEED, "alpha": ALPHA, "correction": "holm",
-                   "tests": len(counted), "results": tests},
-    }
 
 
-def _findings(report: dict, analyses) -> list[dict]:
-    from reportgen.extensions.data_text import findings
+class DataExtension(Extension):
+    """What each location's frames look like, and whether the networks' differences follow the data's.
 
-    return findings(report)
+    Per run (``run_part``, no model needed): the location's own frames (its test images
+    minus those every location of the model sees, plus ``extra_frames``) become a
+    ``LocationData`` (reportgen.analysis.datastats). The reduce step builds a distance
+    matrix per data measure and per network measure and layer (1 - matched weight
+    similarity, 1 - CKA, from report["comparisons"]), and runs a Mantel test for each
+    (data measure x network measure x layer), with Holm's correction over all of them.
+    """
 
+    name = NAME
+    version = 1
 
-def _pictures(spec, section: dict, values: dict) -> dict[str, bytes]:
-    from reportgen.render.data import data_pictures
+    def wanted(self, spec) -> bool:
+        models: dict[str, int] = {}
+        for r in spec.runs:
+            if own_frames(spec, r):
+                models[r.model.name] = models.get(r.model.name, 0) + 1
+        return any(n >= 2 for n in models.values())
 
-    if not section:
-        return {}
-    return data_pictures(section, {k: v for k, v in values.items() if v is not None})
+    def run_wanted(self, spec, run) -> bool:
+        return bool(own_frames(spec, run))
 
+    def run_key(self, ctx: RunContext) -> tuple:
+        shared = shared_images(ctx.spec, ctx.run)
+        own = tuple(im.digest for im in ctx.images if im.path not in shared)
+        extra = tuple(cache.file_digest(p) for p in ctx.run.extra_frames)
+        ann = cache.file_digest(ctx.run.annotations) if ctx.run.annotations is not None else None
+        return ("data", own, extra, ann, MAX_FRAMES, repr(ctx.run.input))
 
-def _pages(spec, report: dict, pictures: dict[str, str]) -> dict[str, str]:
-    from reportgen.extensions.data_text import PAGE, page
+    def run_part(self, ctx: RunContext) -> ds.LocationData | None:
+        from reportgen.load.annotations import load_annotations
 
-    return {PAGE: page(report, pictures)} if report.get(NAME) else {}
+        if not own_frames(ctx.spec, ctx.run):
+            return None
+        frames, n_extra, paths = _frames(ctx)
+        boxes, annotated = None, 0
+        if ctx.run.annotations is not None:
+            ann = load_annotations(ctx.run.annotations, _ann_where(ctx.spec, ctx.run))
+            boxes = []
+            for p in paths:
+                a = ann.get(p)
+                if a is not None:
+                    annotated += 1
+                    boxes += [(*o.box, a.width, a.height) for o in a.objects]
+        return ds.location_data(frames, extra=n_extra, boxes=boxes, annotated_frames=annotated)
 
+    def reduce(self, spec, values: dict, report: dict) -> dict | None:
+        runs = {r.key: r for r in spec.runs}
+        present = {k: v for k, v in values.items() if v is not None}
+        if not present:
+            return None
+        locations = [_location_entry(k, runs[k], v, len(shared_images(spec, runs[k])))
+                     for k, v in present.items()]
+        distances = {}
+        for model in dict.fromkeys(runs[k].model.name for k in present):
+            keys = [k for k in present if runs[k].model.name == model]
+            if len(keys) >= 2:
+                distances[model] = {"runs": keys, **data_distances(keys, present)}
+        tests = mantel_tests(report.get("comparisons", []), distances)
+        counted = [t for t in tests if t["p"] is not None]
+        return {
+            "colour_space": ds.COLOUR_SPACE,
+            "spectrum_frequencies": ds.spectrum_centres().tolist(),
+            "slope_range": list(ds.SLOPE_RANGE),
+            "histogram_edges": ds.HIST_EDGES.tolist(),
+            "measures": {m: ds.DISTANCES[m] for m in ds.MEASURES
+                         if any(m in d for d in distances.values())},
+            "network_measures": {k: v[1] for k, v in NETWORK.items()},
+            "locations": locations,
+            "distances": [{"model": m, "runs": d["runs"],
+                           "matrices": {k: [_finite_list(row) for row in v] for k, v in d.items() if k != "runs"}}
+                          for m, d in distances.items()],
+            "mantel": {"permutations": PERMUTATIONS, "seed": SEED, "alpha": ALPHA, "correction": "holm",
+                       "tests": len(counted), "results": tests},
+        }
 
-EXTENSION = register_extension(Extension(
-    name=NAME, wanted=_wanted, reduce=reduce, run_part=run_part, run_key=run_key,
-    run_wanted=lambda spec, run: bool(own_frames(spec, run)),
-    pictures=_pictures, pages=_pages, findings=_findings, version=1))
+    def findings(self, report: dict, analyses) -> list[dict]:
+        from reportgen.extensions.data_text import findings
+
+        return findings(report)
+
+    def pictures(self, spec, section: dict | None, values: dict) -> dict[str, bytes]:
+        from reportgen.render.data import data_pictures
+
+        if not section:
+            return {}
+        return data_pictures(section, {k: v for k, v in values.items() if v is not None})
+
+    def pages(self, spec, report: dict, pictures: dict[str, str]) -> dict[str, str]:
+        from reportgen.extensions.data_text import PAGE, page
+
+        return {PAGE: page(report, pictures)} if report.get(NAME) else {}

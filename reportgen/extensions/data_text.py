@@ -104,7 +104,7 @@ def _kept(k: int) -> str:
 
 
 def page(report: dict, pictures: dict[str, str]) -> str:
-    from reportgen.render.pages import template_env
+    from reportgen.render.pages import environment
 
     data = report["data"]
     models = list(dict.fromkeys(e["model"] for e in data["locations"]))
@@ -114,7 +114,7 @@ def page(report: dict, pictures: dict[str, str]) -> str:
     grouped: dict[tuple, dict] = {}  # (model, layer, data measure) -> network measure -> test
     for t in data["mantel"]["results"]:
         grouped.setdefault((t["model"], t["layer"], t["data"]), {})[t["network"]] = t
-    return template_env().get_template("data.md.j2").render(
+    return environment().get_template("data.md.j2").render(
         data=data, views=views, models=models, multi=len(models) > 1, grouped=grouped,
         networks=list(NET_NAMES), net_names=NET_NAMES, data_names=DATA_NAMES, p=_p,
         findings=[f for f in report.get("findings", []) if f.get("kind") == "data"])

@@ -1,11 +1,5 @@
-"""Causal importance of units: ablate each unit, measure every output head, relate to health.
-
-Per run (``run_part``): for the layers of ``analyses.importance.layers``, each of the first
-``max_units`` units is zeroed in turn (reportgen.run.ablation) and the relative change
-of every output head on the run's test images is kept. ``reduce`` ranks the units and asks
-whether the units the health rules flag (dead filters, never-active channels,
-near-duplicate filters, from report["runs"]) are the unimportant ones.
-"""
+"""Causal importance of units: ablate each unit, measure every output head, relate to health
+(``ImportanceExtension``)."""
 
 from __future__ import annotations
 
@@ -18,10 +12,10 @@ from reportgen.run.ablation import ablate_units, ranking, relate_to_flags
 from reportgen.analysis.wording import finding, listing, plural
 from reportgen.core.cache import register
 from reportgen.run.hooks import LayerRecorder, inference
-from reportgen.core.extension import Extension, RunContext, register_extension
-from reportgen.core.names import anchor_id, code, md_escape, slug
+from reportgen.core.extension import RunContext
+from reportgen.core.names import anchor_id, code, slug
 from reportgen.render.unit_charts import importance_bars
-from reportgen.extensions.unit_selection import covered, find_layer, stacked_inputs, unit_flags
+from reportgen.extensions.unit_analysis import UnitAnalysis, find_layer, stacked_inputs, unit_flags
 
 NAME = "importance"
 PAGE = "importance.md"
@@ -43,42 +37,6 @@ class RunImportance:
 register(RunImportance)
 
 
-def _opts(spec):
-    return spec.analyses.importance
-
-
-def _run_key(ctx: RunContext) -> tuple:
-    return (_opts(ctx.spec).max_units, covered(_opts(ctx.spec), ctx.run), [im.digest for im in ctx.images])
-
-
-def run_part(ctx: RunContext) -> RunImportance:
-    """Ablate the first ``max_units`` units of each covered layer on all of the run's images."""
-    layers = covered(_opts(ctx.spec), ctx.run)
-    if not layers:
-        return RunImportance()
-    if ctx.model is None:
-        return RunImportance(notes=["no ablation: the model cannot run Python hooks (TorchScript/ONNX "
-                                    "without 'arch')"])
-    x, why = stacked_inputs(ctx.images)
-    if x is None:
-        return RunImportance(notes=[f"no ablation: {why}"])
-    x = x.to(ctx.device)
-    with inference(ctx.model), LayerRecorder(ctx.model, layers) as rec:
-        shapes = {k: tuple(v.shape) for k, v in rec.run(x[:1]).items()}
-    out = RunImportance(images=len(x))
-    for name in layers:
-        if len(shapes[name]) < 2:
-            out.notes.append(f"{name}: no ablation: its output has no channels")
-            continue
-        units = list(range(min(shapes[name][1], _opts(ctx.spec).max_units)))
-        res = ablate_units(ctx.model, name, x, units)
-        out.heads = list(res.heads)
-        out.layers.append(name)
-        out.channels.append(shapes[name][1])
-        out.effect.append(res.effect)
-    return out
-
-
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
@@ -86,57 +44,11 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
-def reduce(spec, values: dict[str, RunImportance], report: dict) -> dict:
-    """report["importance"]: per run and layer each unit's effect per head, its rank and flags, and
-    how the flags relate to importance (docs/reference/report-json.md)."""
-    runs = []
-    for key, v in values.items():
-        entry = {"run": key, "images": v.images, "heads": list(v.heads), "notes": list(v.notes), "layers": []}
-        for layer, channels, effect in zip(v.layers, v.channels, v.effect):
-            overall = effect.mean(axis=1) if effect.size else np.zeros(len(effect))
-            order = ranking(overall)
-            rank = np.empty(len(order), dtype=int)
-            rank[order] = np.arange(1, len(order) + 1)
-            lay = find_layer(report, key, layer)
-            flags = unit_flags(lay, len(overall))
-            flagged = flags["dead"] | flags["never_active"] | flags["duplicate"]
-            norms = np.array([f.get("l2_norm") if f.get("l2_norm") is not None else np.nan
-                              for f in (lay or {}).get("filters", [])[:len(overall)]], dtype=np.float64)
-            entry["layers"].append({
-                "layer": layer, "channels": channels, "units_ablated": len(overall),
-                "order": order.tolist(),
-                "top": [{"head": h, "unit": int(np.nanargmax(effect[:, j])) if np.isfinite(effect[:, j]).any()
-                         else None, "effect": float(np.nanmax(effect[:, j])) if np.isfinite(effect[:, j]).any()
-                         else None} for j, h in enumerate(v.heads)],
-                "flags": relate_to_flags(overall, flagged),
-                "spearman_norm": _spearman(overall, norms) if len(norms) == len(overall) else None,
-                "units": [{"index": i, "effect": [float(e) for e in effect[i]], "overall": float(overall[i]),
-                           "rank": int(rank[i]), "dead": bool(flags["dead"][i]),
-                           "never_active": bool(flags["never_active"][i]),
-                           "duplicate": bool(flags["duplicate"][i])} for i in range(len(overall))]})
-        runs.append(entry)
-    return {"max_units": _opts(spec).max_units, "runs": runs}
-
-
 def _by_layer(sec: dict) -> dict[str, list[tuple[dict, dict]]]:
     out: dict[str, list[tuple[dict, dict]]] = {}
     for r in sec["runs"]:
         for lay in r["layers"]:
             out.setdefault(lay["layer"], []).append((r, lay))
-    return out
-
-
-def pictures(spec, section: dict, values) -> dict[str, bytes]:
-    out = {}
-    for layer, items in _by_layer(section).items():
-        panels = []
-        for r, lay in items:
-            units = [lay["units"][i] for i in lay["order"]]
-            panels.append((r["run"], np.array([u["overall"] for u in units]),
-                           np.array([u["dead"] or u["never_active"] or u["duplicate"] for u in units])))
-        out[f"{slug(layer)}.png"] = importance_bars(
-            panels, f"{layer}: effect of ablating each unit, most important first\n"
-            "(mean relative change over heads; red: dead, never active or duplicate)")
     return out
 
 
@@ -151,40 +63,6 @@ def _pct(x) -> str:
 
 def _num(x, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if _finite(x) else "–"
-
-
-def pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
-    sec = report[NAME]
-    lines = ["# Unit importance", "",
-             "How much each unit matters to the outputs: its channel is set to zero (ablated) and the "
-             "change of every output head is measured on the location's test images, as ‖y′ − y‖ / ‖y‖ "
-             "per image, averaged ([methods](methods.md#importance)). Units are ranked by the mean over heads. "
-             f"Up to {sec['max_units']} units per layer (the first ones). *Flagged* units are dead filters, "
-             "never-active channels or near-duplicate filters; the table asks whether they sit in the least "
-             "important quarter.", ""]
-    notes = [f"- **{r['run']}**: {md_escape(n)}" for r in sec["runs"] for n in r["notes"]]
-    if notes:
-        lines += ["!!! note \"Missing\"", ""] + ["    " + n for n in notes] + [""]
-    for layer, items in _by_layer(sec).items():
-        lines += [f"## {code(layer)} {{ #{anchor_id(layer)} }}", ""]
-        pic = pics.get(f"{slug(layer)}.png")
-        if pic:
-            lines += [f"![{md_escape(layer)}: ablation effect per unit]({pic}){{ loading=lazy }}", ""]
-        heads = items[0][0]["heads"]
-        lines += ["| Location | Most important units | " + " | ".join(f"Top for {md_escape(h)}" for h in heads)
-                  + " | Flagged in least important ¼ | Expected | p | ρ(effect, flagged) | ρ(effect, norm) |",
-                  "|---|---|" + "---|" * len(heads) + "---|---|---|---|---|"]
-        for r, lay in items:
-            top = ", ".join(f"{i} ({_pct(lay['units'][i]['overall'])})" for i in lay["order"][:TOP])
-            per_head = " | ".join(f"{t['unit']} ({_pct(t['effect'])})" if t["unit"] is not None else "–"
-                                  for t in lay["top"])
-            f = lay["flags"]
-            lines.append(f"| [{r['run']}](locations/{r['run']}.md#layer-{anchor_id(layer)}) | {top} | {per_head} | "
-                         f"{f['flagged_in_least']} of {f['flagged']} (¼ = {f['least_important']} units) | "
-                         f"{_num(f['expected_in_least'], 1)} | {_p(f['p_value']).removeprefix(', p = ') or '–'} | {_num(f['spearman'])} | "
-                         f"{_num(lay['spearman_norm'])} |")
-        lines.append("")
-    return {PAGE: "\n".join(lines) + "\n"}
 
 
 def _least(f: dict) -> str:
@@ -243,50 +121,129 @@ def _flag_words(u: dict) -> str:
                     if u[k])
 
 
-def findings(report: dict, analyses) -> list[dict]:
-    """Per layer: are the flagged units the unimportant ones, and which units matter most."""
-    sec = report.get(NAME)
-    if not sec:
-        return []
-    out = []
-    for layer, items in _by_layer(sec).items():
-        link = f"{PAGE}#{anchor_id(layer)}"
-        with_flags = [(r, lay) for r, lay in items if lay["flags"]["flagged"]]
-        if with_flags:
-            above = [(r, lay) for r, lay in with_flags
-                     if lay["flags"]["flagged_in_least"] > lay["flags"]["expected_in_least"]]
-            verdict = ("mostly the unimportant ones" if len(above) > len(with_flags) / 2
-                       else "not especially the unimportant ones")
-            examples = [f"{r['run']}: its {_least(lay['flags'])} {lay['flags']['flagged_in_least']} of its "
-                        f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} expected by "
-                        f"chance{_p(lay['flags']['p_value'])})"
-                        for r, lay in sorted(with_flags, key=lambda t: _sort_p(t[1]["flags"]["p_value"]))]
-            text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
-                    f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
-                    f"holds more of them than chance, e.g. {listing(examples, 2)}.")
-            text += _no_effect(items) + _still_matter(with_flags)
-            # Ranked by the share of flagged units that still fire: that never-active units change
-            # nothing is a given, whether dead or duplicate filters matter is the news.
-            flagged = [u for _, lay in with_flags for u in lay["units"] if u["dead"] or u["duplicate"]
-                       or u["never_active"]]
-            firing = sum(not u["never_active"] for u in flagged) / len(flagged) if flagged else 0.0
-            out.append(finding("info", text, None, layer, link, float(firing), kind="importance",
-                               locations=[r["run"] for r, _ in with_flags]))
-        tops = []
-        for r, lay in items:
-            if not lay["order"]:
+class ImportanceExtension(UnitAnalysis):
+    """Causal importance of units: ablate each unit, measure every output head, relate to health.
+
+    Per run (``run_part``): for the layers of ``analyses.importance.layers``, each of the first
+    ``max_units`` units is zeroed in turn (reportgen.run.ablation) and the relative change
+    of every output head on the run's test images is kept. ``reduce`` ranks the units and asks
+    whether the units the health rules flag (dead filters, never-active channels,
+    near-duplicate filters, from report["runs"]) are the unimportant ones.
+    """
+
+    name = NAME
+    value_type = RunImportance
+    missing = "no ablation"
+    key_options = ("max_units",)
+
+    def analyse(self, ctx: RunContext, layers: list[str]) -> RunImportance:
+        """Ablate the first ``max_units`` units of each covered layer on all of the run's images."""
+        x, why = stacked_inputs(ctx.images)
+        if x is None:
+            return self.without(why)
+        x = x.to(ctx.device)
+        with inference(ctx.model), LayerRecorder(ctx.model, layers) as rec:
+            shapes = {k: tuple(v.shape) for k, v in rec.run(x[:1]).items()}
+        out = RunImportance(images=len(x))
+        for name in layers:
+            if len(shapes[name]) < 2:
+                out.notes.append(f"{name}: no ablation: its output has no channels")
                 continue
-            i = lay["order"][0]
-            per_head = ", ".join(f"{h} {_pct(e)}" for h, e in zip(r["heads"], lay["units"][i]["effect"]))
-            tops.append(f"{r['run']} unit {i} ({per_head})")
-        if tops:
-            out.append(finding("info", f"The {code(layer)} unit whose ablation changes the outputs most: "
-                               f"{listing(tops, 4)}.", None, layer, link, 0.0, kind="importance",
-                               locations=[r["run"] for r, _ in items]))
-    return out
+            units = list(range(min(shapes[name][1], self.options(ctx.spec).max_units)))
+            res = ablate_units(ctx.model, name, x, units)
+            out.heads = list(res.heads)
+            out.layers.append(name)
+            out.channels.append(shapes[name][1])
+            out.effect.append(res.effect)
+        return out
 
+    def reduce(self, spec, values: dict[str, RunImportance], report: dict) -> dict:
+        """report["importance"]: per run and layer each unit's effect per head, its rank and flags, and
+        how the flags relate to importance (docs/reference/report-json.md)."""
+        runs = []
+        for key, v in values.items():
+            entry = {"run": key, "images": v.images, "heads": list(v.heads), "notes": list(v.notes), "layers": []}
+            for layer, channels, effect in zip(v.layers, v.channels, v.effect):
+                overall = effect.mean(axis=1) if effect.size else np.zeros(len(effect))
+                order = ranking(overall)
+                rank = np.empty(len(order), dtype=int)
+                rank[order] = np.arange(1, len(order) + 1)
+                lay = find_layer(report, key, layer)
+                flags = unit_flags(lay, len(overall))
+                flagged = flags["dead"] | flags["never_active"] | flags["duplicate"]
+                norms = np.array([f.get("l2_norm") if f.get("l2_norm") is not None else np.nan
+                                  for f in (lay or {}).get("filters", [])[:len(overall)]], dtype=np.float64)
+                entry["layers"].append({
+                    "layer": layer, "channels": channels, "units_ablated": len(overall),
+                    "order": order.tolist(),
+                    "top": [{"head": h, "unit": int(np.nanargmax(effect[:, j])) if np.isfinite(effect[:, j]).any()
+                             else None, "effect": float(np.nanmax(effect[:, j])) if np.isfinite(effect[:, j]).any()
+                             else None} for j, h in enumerate(v.heads)],
+                    "flags": relate_to_flags(overall, flagged),
+                    "spearman_norm": _spearman(overall, norms) if len(norms) == len(overall) else None,
+                    "units": [{"index": i, "effect": [float(e) for e in effect[i]], "overall": float(overall[i]),
+                               "rank": int(rank[i]), "dead": bool(flags["dead"][i]),
+                               "never_active": bool(flags["never_active"][i]),
+                               "duplicate": bool(flags["duplicate"][i])} for i in range(len(overall))]})
+            runs.append(entry)
+        return {"max_units": self.options(spec).max_units, "runs": runs}
 
-EXT = register_extension(Extension(
-    name=NAME, wanted=lambda spec: bool(_opts(spec).layers), reduce=reduce, run_part=run_part,
-    run_key=_run_key, run_wanted=lambda spec, run: bool(covered(_opts(spec), run)),
-    pictures=pictures, pages=pages, findings=findings))
+    def pictures(self, spec, section: dict, values) -> dict[str, bytes]:
+        out = {}
+        for layer, items in _by_layer(section).items():
+            panels = []
+            for r, lay in items:
+                units = [lay["units"][i] for i in lay["order"]]
+                panels.append((r["run"], np.array([u["overall"] for u in units]),
+                               np.array([u["dead"] or u["never_active"] or u["duplicate"] for u in units])))
+            out[f"{slug(layer)}.png"] = importance_bars(
+                panels, f"{layer}: effect of ablating each unit, most important first\n"
+                "(mean relative change over heads; red: dead, never active or duplicate)")
+        return out
+
+    def pages(self, spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
+        from reportgen.render.pages import environment
+
+        page = environment().get_template("importance.md.j2").render(
+            section=report[NAME], layers=list(_by_layer(report[NAME]).items()), pictures=pics, top=TOP,
+            pct=_pct, num=_num, p_cell=lambda p: _p(p).removeprefix(", p = ") or "–")
+        return {PAGE: page}
+
+    def section_findings(self, sec: dict) -> list[dict]:
+        """Per layer: are the flagged units the unimportant ones, and which units matter most."""
+        out = []
+        for layer, items in _by_layer(sec).items():
+            link = f"{PAGE}#{anchor_id(layer)}"
+            with_flags = [(r, lay) for r, lay in items if lay["flags"]["flagged"]]
+            if with_flags:
+                above = [(r, lay) for r, lay in with_flags
+                         if lay["flags"]["flagged_in_least"] > lay["flags"]["expected_in_least"]]
+                verdict = ("mostly the unimportant ones" if len(above) > len(with_flags) / 2
+                           else "not especially the unimportant ones")
+                examples = [f"{r['run']}: its {_least(lay['flags'])} {lay['flags']['flagged_in_least']} of its "
+                            f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} "
+                            f"expected by chance{_p(lay['flags']['p_value'])})"
+                            for r, lay in sorted(with_flags, key=lambda t: _sort_p(t[1]["flags"]["p_value"]))]
+                text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
+                        f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
+                        f"holds more of them than chance, e.g. {listing(examples, 2)}.")
+                text += _no_effect(items) + _still_matter(with_flags)
+                # Ranked by the share of flagged units that still fire: that never-active units change
+                # nothing is a given, whether dead or duplicate filters matter is the news.
+                flagged = [u for _, lay in with_flags for u in lay["units"] if u["dead"] or u["duplicate"]
+                           or u["never_active"]]
+                firing = sum(not u["never_active"] for u in flagged) / len(flagged) if flagged else 0.0
+                out.append(finding("info", text, None, layer, link, float(firing), kind="importance",
+                                   locations=[r["run"] for r, _ in with_flags]))
+            tops = []
+            for r, lay in items:
+                if not lay["order"]:
+                    continue
+                i = lay["order"][0]
+                per_head = ", ".join(f"{h} {_pct(e)}" for h, e in zip(r["heads"], lay["units"][i]["effect"]))
+                tops.append(f"{r['run']} unit {i} ({per_head})")
+            if tops:
+                out.append(finding("info", f"The {code(layer)} unit whose ablation changes the outputs most: "
+                                   f"{listing(tops, 4)}.", None, layer, link, 0.0, kind="importance",
+                                   locations=[r["run"] for r, _ in items]))
+        return out

@@ -1,11 +1,5 @@
-"""Training trajectories: how each location's filters evolved over the checkpoints saved in training.
-
-A model whose spec lists ``steps`` has one checkpoint per step (the last is the run's own
-checkpoint). Per run, ``run_part`` reads every step's weights of the inspected layers and
-computes their trajectories (reportgen.analysis.trajectory); ``reduce`` applies the dead rule
-of the final step's pooled scale to every step and says when filters died and when layers
-stopped moving; the pictures, the training page and the findings show it.
-"""
+"""Training trajectories: how each location's filters evolved over the checkpoints saved in
+training (``TrainingExtension``)."""
 
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ from reportgen.analysis.trajectory import (LayerTrajectory, dead_over_steps, dea
 from reportgen.analysis.wording import listing
 from reportgen.core.cache import register
 from reportgen.core.errors import ModelLoadError
-from reportgen.core.extension import Extension, RunContext, register_extension
+from reportgen.core.extension import Extension, RunContext
 
 NAME = "training"
 # A layer has stopped moving once each checkpoint interval moves it by less than this
@@ -38,50 +32,6 @@ class TrainingRun:
 
 
 register(TrainingRun, LayerTrajectory)
-
-
-def _wanted(spec) -> bool:
-    return any(len(r.steps) >= 2 for r in spec.runs)
-
-
-def _run_wanted(spec, run) -> bool:
-    return len(run.steps) >= 2
-
-
-def _run_key(ctx: RunContext) -> tuple:
-    # The step files by content (cache.digest hashes paths by what they hold).
-    return (list(ctx.run.steps), list(ctx.run.step_checkpoints), ctx.run.model.checkpoint_key,
-            ctx.run.model.checkpoint_prefix)
-
-
-def run_part(ctx: RunContext) -> TrainingRun:
-    """Every step's weights of the run's inspected layers -> their trajectories.
-
-    The last step's weights are the run's checkpoint as the other analyses read it
-    (``ctx.layers``); the earlier ones are read through the same safe loader
-    (models.read_checkpoint: weights_only unless the model is trusted). A layer whose
-    weights a step file lacks, or that has no weight, gets no trajectory and a note.
-    """
-    run = ctx.run
-    final = {name: lr.weight for name, lr in ctx.layers.items() if getattr(lr, "weight", None) is not None
-             and lr.weight.ndim >= 2}
-    if not final:  # called without layer results: read the final weights the same way as the others
-        final = step_weights(run, run.step_checkpoints[-1], [ls.name for ls in run.layers], {})
-    series: dict[str, list[np.ndarray]] = {name: [] for name in final}
-    notes = []
-    for step, path in zip(run.steps[:-1], run.step_checkpoints[:-1]):
-        found = step_weights(run, path, list(series), {n: w.shape for n, w in final.items()})
-        lacking = [name for name in series if name not in found]
-        if lacking:
-            notes.append(f"{listing(lacking)}: no weights in the checkpoint of step {step} ({path.name}), so "
-                         f"{'it is' if len(lacking) == 1 else 'they are'} not followed over training")
-        for name in list(series):
-            if name in found:
-                series[name].append(found[name])
-            else:
-                del series[name]
-    layers = {name: trajectory(ws + [final[name]], list(run.steps)) for name, ws in series.items()}
-    return TrainingRun(steps=list(run.steps), layers=layers, notes=notes)
 
 
 def step_weights(run, path: Path, names: list[str], shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
@@ -114,26 +64,7 @@ def step_weights(run, path: Path, names: list[str], shapes: dict[str, tuple]) ->
     return out
 
 
-# -- reduce: the dead rule over steps, deaths, stillness --------------------------------------
-
-
-def reduce(spec, values: dict[str, TrainingRun], report: dict) -> dict | None:
-    """report["training"]: per run and layer, the numbers over steps (docs/reference/report-json.md)."""
-    if not values:
-        return None
-    ratio = spec.analyses.health.dead_norm_ratio
-    entries = {r["key"]: r for r in report.get("runs", [])}
-    runs = []
-    for key, value in values.items():
-        entry = entries.get(key, {})
-        layer_info = {lay["name"]: lay for lay in entry.get("layers", [])}
-        layers = []
-        for name, traj in value.layers.items():
-            scale = (layer_info.get(name, {}).get("pooled_scale") or {}).get("median_norm")
-            layers.append(layer_summary(name, traj, None if scale is None else ratio * scale))
-        runs.append({"run": key, "model": entry.get("model"), "location": entry.get("location", key),
-                     "steps": list(value.steps), "notes": list(value.notes), "layers": layers})
-    return {"still_per_step": STILL_PER_STEP, "dead_norm_ratio": ratio, "runs": runs}
+# -- the numbers of one layer over steps: the dead rule, deaths, stillness ----------------------
 
 
 def layer_summary(name: str, traj: LayerTrajectory, dead_threshold: float | None) -> dict:
@@ -192,45 +123,107 @@ def _floats(a) -> list:
     return [float(x) if np.isfinite(x) else None for x in np.asarray(a, dtype=np.float64)]
 
 
-# -- pictures ---------------------------------------------------------------------------------
+class TrainingExtension(Extension):
+    """How each location's filters evolved over the checkpoints saved in training.
 
+    A model whose spec lists ``steps`` has one checkpoint per step (the last is the run's own
+    checkpoint). Per run, ``run_part`` reads every step's weights of the inspected layers and
+    computes their trajectories (reportgen.analysis.trajectory); ``reduce`` applies the dead rule
+    of the final step's pooled scale to every step and says when filters died and when layers
+    stopped moving; the pictures, the training page and the findings show it.
+    """
 
-def pictures(spec, section: dict, values: dict[str, TrainingRun]) -> dict[str, bytes]:
-    """Per run a chart over steps (``<run>.png``) and, for layers small enough to keep every step's
-    weights, a strip of all filters at every step (``<run>/<layer>.png``); the build publishes
-    them under img/training/."""
-    from reportgen.core.names import slug
-    from reportgen.render.trajectory import filter_strip, training_chart
+    name = NAME
+    version = 1
 
-    out = {}
-    for run in (section or {}).get("runs", []):
-        key = run["run"]
-        if run["layers"]:
-            out[f"{key}.png"] = training_chart(run["layers"], f"{key}: over training")
-        value = values.get(key)
-        for lay in run["layers"]:
-            traj = value.layers.get(lay["layer"]) if value else None
-            if traj is not None and traj.snapshots is not None and traj.snapshots.ndim == 5:
-                dead = (dead_over_steps(traj.norms, lay["dead_threshold"])
-                        if lay["dead_threshold"] is not None else None)
-                out[f"{key}/{slug(lay['layer'])}.png"] = filter_strip(traj.snapshots, dead)
-    return out
+    def wanted(self, spec) -> bool:
+        return any(len(r.steps) >= 2 for r in spec.runs)
 
+    def run_wanted(self, spec, run) -> bool:
+        return len(run.steps) >= 2
 
-def _pages(spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
-    from reportgen.extensions.training_text import training_page
+    def run_key(self, ctx: RunContext) -> tuple:
+        # The step files by content (cache.digest hashes paths by what they hold).
+        return (list(ctx.run.steps), list(ctx.run.step_checkpoints), ctx.run.model.checkpoint_key,
+                ctx.run.model.checkpoint_prefix)
 
-    section = report.get(NAME)
-    return {"training.md": training_page(section, pics)} if section else {}
+    def run_part(self, ctx: RunContext) -> TrainingRun:
+        """Every step's weights of the run's inspected layers -> their trajectories.
 
+        The last step's weights are the run's checkpoint as the other analyses read it
+        (``ctx.layers``); the earlier ones are read through the same safe loader
+        (models.read_checkpoint: weights_only unless the model is trusted). A layer whose
+        weights a step file lacks, or that has no weight, gets no trajectory and a note.
+        """
+        run = ctx.run
+        final = {name: lr.weight for name, lr in ctx.layers.items() if getattr(lr, "weight", None) is not None
+                 and lr.weight.ndim >= 2}
+        if not final:  # called without layer results: read the final weights the same way as the others
+            final = step_weights(run, run.step_checkpoints[-1], [ls.name for ls in run.layers], {})
+        series: dict[str, list[np.ndarray]] = {name: [] for name in final}
+        notes = []
+        for step, path in zip(run.steps[:-1], run.step_checkpoints[:-1]):
+            found = step_weights(run, path, list(series), {n: w.shape for n, w in final.items()})
+            lacking = [name for name in series if name not in found]
+            if lacking:
+                notes.append(f"{listing(lacking)}: no weights in the checkpoint of step {step} ({path.name}), so "
+                             f"{'it is' if len(lacking) == 1 else 'they are'} not followed over training")
+            for name in list(series):
+                if name in found:
+                    series[name].append(found[name])
+                else:
+                    del series[name]
+        layers = {name: trajectory(ws + [final[name]], list(run.steps)) for name, ws in series.items()}
+        return TrainingRun(steps=list(run.steps), layers=layers, notes=notes)
 
-def _findings(report: dict, analyses) -> list[dict]:
-    from reportgen.extensions.training_text import training_findings
+    def reduce(self, spec, values: dict[str, TrainingRun], report: dict) -> dict | None:
+        """report["training"]: per run and layer, the numbers over steps (docs/reference/report-json.md)."""
+        if not values:
+            return None
+        ratio = spec.analyses.health.dead_norm_ratio
+        entries = {r["key"]: r for r in report.get("runs", [])}
+        runs = []
+        for key, value in values.items():
+            entry = entries.get(key, {})
+            layer_info = {lay["name"]: lay for lay in entry.get("layers", [])}
+            layers = []
+            for name, traj in value.layers.items():
+                scale = (layer_info.get(name, {}).get("pooled_scale") or {}).get("median_norm")
+                layers.append(layer_summary(name, traj, None if scale is None else ratio * scale))
+            runs.append({"run": key, "model": entry.get("model"), "location": entry.get("location", key),
+                         "steps": list(value.steps), "notes": list(value.notes), "layers": layers})
+        return {"still_per_step": STILL_PER_STEP, "dead_norm_ratio": ratio, "runs": runs}
 
-    return training_findings(report.get(NAME), analyses)
+    def findings(self, report: dict, analyses) -> list[dict]:
+        from reportgen.extensions.training_text import training_findings
 
+        return training_findings(report.get(NAME), analyses)
 
-EXTENSION = register_extension(Extension(
-    name=NAME, wanted=_wanted, reduce=reduce, run_part=run_part, run_key=_run_key, run_wanted=_run_wanted,
-    pictures=pictures, pages=_pages, findings=_findings,
-))
+    # -- render -------------------------------------------------------------------------------
+
+    def pictures(self, spec, section: dict | None, values: dict[str, TrainingRun]) -> dict[str, bytes]:
+        """Per run a chart over steps (``<run>.png``) and, for layers small enough to keep every step's
+        weights, a strip of all filters at every step (``<run>/<layer>.png``); the build publishes
+        them under img/training/."""
+        from reportgen.core.names import slug
+        from reportgen.render.trajectory import filter_strip, training_chart
+
+        out = {}
+        for run in (section or {}).get("runs", []):
+            key = run["run"]
+            if run["layers"]:
+                out[f"{key}.png"] = training_chart(run["layers"], f"{key}: over training")
+            value = values.get(key)
+            for lay in run["layers"]:
+                traj = value.layers.get(lay["layer"]) if value else None
+                if traj is not None and traj.snapshots is not None and traj.snapshots.ndim == 5:
+                    dead = (dead_over_steps(traj.norms, lay["dead_threshold"])
+                            if lay["dead_threshold"] is not None else None)
+                    out[f"{key}/{slug(lay['layer'])}.png"] = filter_strip(traj.snapshots, dead)
+        return out
+
+    def pages(self, spec, report: dict, pictures: dict[str, str]) -> dict[str, str]:
+        from reportgen.extensions.training_text import training_page
+
+        section = report.get(NAME)
+        return {"training.md": training_page(section, pictures)} if section else {}

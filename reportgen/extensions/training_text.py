@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reportgen.analysis.wording import finding, listing, plural
-from reportgen.core.names import anchor_id, code, md_escape, slug
+from reportgen.core.names import anchor_id, code, md_escape
 
 PAGE = "training.md"
 CLEAR_FIT = 0.95  # R^2 a shape fit must reach before the findings name the shape
@@ -12,59 +12,26 @@ FIT_RATIO = 3.0  # ... and the other shape must leave at least this many times i
 
 def training_page(section: dict, pics: dict[str, str]) -> str:
     """Markdown of training.md. pics: picture key -> the path it was published at (report-relative)."""
-    still = section["still_per_step"]
-    lines = [
-        "# Training",
-        "",
-        "How each location's inspected layers changed over the checkpoints saved during training "
-        "(the model's `steps`; the last step is the checkpoint every other page shows). "
-        f"A filter is dead at a step when its L2 norm is below {section['dead_norm_ratio']:g} times the "
-        "layer's median filter norm pooled over all locations *at the final step* (the filter-health "
-        "rule with one fixed bound for every step); it *died* at the first step after which it stays "
-        "dead. A layer *stopped moving* at the first step after which every interval between "
-        f"checkpoints moved it by less than {still:.2%} of its size per training step. "
-        "Distance from initialisation is ‖W − W₀‖ / ‖W₀‖ with W₀ the first step; the cosine compares "
-        "each step's weights with the final ones. See [methods](methods.md#training).",
-        "",
-    ]
-    for run in section["runs"]:
-        key = run["run"]
-        lines += [f"## {md_escape(key)} {{ #{anchor_id(key)} }}", ""]
-        chart = pics.get(f"{key}.png")
-        if chart:
-            lines += [f"![{md_escape(key)} over training]({chart}){{ loading=lazy }}", ""]
-        lines += [f"Steps: {', '.join(map(str, run['steps']))}.", ""]
-        for note in run["notes"]:
-            lines += ["!!! note", f"    {md_escape(note)}", ""]
-        if not run["layers"]:
-            continue
-        lines += ["| layer | dead filters, first → last step | died during training | median filter norm, "
-                  "first → last | distance from init at the end | cosine to final at the start | "
-                  "stopped moving |",
-                  "|---|---:|---|---:|---:|---:|---|"]
-        for lay in run["layers"]:
-            dead = "–" if lay["dead"] is None else f"{lay['dead'][0]} → {lay['dead'][-1]} of {lay['filters']}"
-            died = _died_text(lay) or "none"
-            norm = f"{_num(lay['median_norm'][0])} → {_num(lay['median_norm'][-1])}"
-            still_at = lay["stopped_moving"]
-            moving = (f"step {still_at}" if still_at is not None and still_at > lay["steps"][0]
-                      else "never moved" if still_at is not None else "still moving at the end")
-            lines.append(f"| {code(lay['layer'])} | {dead} | {died} | {norm} | {_num(lay['distance_from_init'][-1])} "
-                         f"| {_num(lay['cosine_to_final'][0])} | {moving} |")
-        lines.append("")
-        for lay in run["layers"]:
-            why = shrink_text(lay.get("shrink"))
-            if why:
-                lines += [f"{code(lay['layer'])}, the {lay['shrink']['filters']} filters that died: {why}.", ""]
-        for lay in run["layers"]:
-            strip = pics.get(f"{key}/{slug(lay['layer'])}.png")
-            if strip:
-                lines += [f"### {code(lay['layer'])} filters over training", "",
-                          f"![{md_escape(key)} {md_escape(lay['layer'])} filters at every step]({strip}){{ loading=lazy }}",
-                          "", f"Rows: steps {', '.join(map(str, lay['steps']))} (top to bottom); columns: filters "
-                          f"0–{lay['filters'] - 1}; one colour scale for all steps (grey is zero), so a shrinking "
-                          "filter fades; dead filters are outlined.", ""]
-    return "\n".join(lines) + "\n"
+    from reportgen.render.pages import environment
+
+    runs = [{**run, "layers": [{**lay, **_cells(lay)} for lay in run["layers"]]} for run in section["runs"]]
+    return environment().get_template("training.md.j2").render(
+        section=section, runs=runs, pictures=pics, still=f"{section['still_per_step']:.2%}")
+
+
+def _cells(lay: dict) -> dict:
+    """A layer's row of the table on training.md, and how its dying filters fell."""
+    still_at = lay["stopped_moving"]
+    return {
+        "dead_cell": "–" if lay["dead"] is None else f"{lay['dead'][0]} → {lay['dead'][-1]} of {lay['filters']}",
+        "died_cell": _died_text(lay) or "none",
+        "norm_cell": f"{_num(lay['median_norm'][0])} → {_num(lay['median_norm'][-1])}",
+        "distance_cell": _num(lay["distance_from_init"][-1]),
+        "cosine_cell": _num(lay["cosine_to_final"][0]),
+        "moving_cell": (f"step {still_at}" if still_at is not None and still_at > lay["steps"][0]
+                        else "never moved" if still_at is not None else "still moving at the end"),
+        "shrink_text": shrink_text(lay.get("shrink")),
+    }
 
 
 def _num(x) -> str:

@@ -54,7 +54,7 @@ def with_extension_findings(findings: list[dict], done: list[tuple[Extension, di
                             analyses) -> list[dict]:
     """``findings`` with the extensions' findings ranked among them (severity, then value), the
     overview and next step kept last. A finding without a model is said of the report's only model."""
-    extra = [f for ext, _ in done if ext.findings for f in ext.findings(report, analyses)]
+    extra = [f for ext, _ in done for f in ext.findings(report, analyses)]
     if not extra:
         return findings
     models = list(dict.fromkeys(r["model"] for r in report["runs"]))

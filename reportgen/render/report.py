@@ -277,9 +277,7 @@ def add_extension_files(spec: ReportSpec, done: list[tuple[Extension, dict]], re
     """Each extension's pictures under ``img/<name>/`` and its pages, into the report's files."""
     for ext, values in done:
         published: dict[str, str] = {}
-        if ext.pictures:
-            for key, data in ext.pictures(spec, report[ext.name], values).items():
-                published[key] = files.add(f"img/{ext.name}/{key}", data)
-        if ext.pages:
-            for rel, text in ext.pages(spec, report, published).items():
-                files.add(rel, text)
+        for key, data in ext.pictures(spec, report[ext.name], values).items():
+            published[key] = files.add(f"img/{ext.name}/{key}", data)
+        for rel, text in ext.pages(spec, report, published).items():
+            files.add(rel, text)

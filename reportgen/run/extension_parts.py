@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from reportgen.core.cache import Cache, digest
-from reportgen.core.extension import RunContext, active
+from reportgen.core.extension import RunContext, active, has_run_part
 from reportgen.load.images import LoadedImage
 from reportgen.core.results import RunResult
 from reportgen.run.model import LazyModel
@@ -26,7 +26,7 @@ def run_extensions(spec: ReportSpec, result: RunResult, images: list[LoadedImage
     out: dict[str, Any] = {}
     run = result.run
     for ext in active(spec):
-        if ext.run_part is None or not ext.run_wanted(spec, run):
+        if not has_run_part(ext) or not ext.run_wanted(spec, run):
             continue
         ctx = RunContext(spec=spec, run=run, model=None, device=device, images=images,
                          layers={lr.name: lr for lr in result.layers})

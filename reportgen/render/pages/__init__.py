@@ -14,7 +14,7 @@ from functools import lru_cache
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from reportgen.analysis.wording import anchor
-from reportgen.core.names import code, md_escape, slug
+from reportgen.core.names import anchor_id, code, md_escape, slug
 from reportgen.load.spec import ReportSpec
 
 TOP_FINDINGS = 10  # findings on the home page; the rest are on findings.md
@@ -99,8 +99,10 @@ def _offdiag_median(m: list | None) -> float | None:
 
 
 @lru_cache(maxsize=1)
-def template_env() -> Environment:
-    """The template environment, built once per process (templates compile on first use)."""
+def environment() -> Environment:
+    """The template environment of the report's pages and the extensions' pages, built once per
+    process (templates compile on first use): StrictUndefined, no autoescaping (Markdown; escape
+    values with ``|md``), the filters below."""
     env = Environment(
         loader=PackageLoader("reportgen.render.pages", "templates"),
         undefined=StrictUndefined,
@@ -110,8 +112,8 @@ def template_env() -> Environment:
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
     env.filters.update(md=md_escape, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct,
-                       shape=_shape, anchor=anchor, slug=slug, code=code, offdiag_median=_offdiag_median,
-                       relink=relink)
+                       shape=_shape, anchor=anchor, anchor_id=anchor_id, slug=slug, code=code,
+                       offdiag_median=_offdiag_median, relink=relink)
     return env
 
 
@@ -226,7 +228,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
     image path -> the CSS width it is drawn for (see ``size_images``). filter_pics:
     (run key, layer) -> each filter's pictures and matches (assemble._filter_pictures).
     """
-    env = template_env()
+    env = environment()
     runs = report["runs"]
     model_names = list(dict.fromkeys(r["model"] for r in runs))
     multi = len(model_names) > 1
