@@ -142,6 +142,7 @@ class _Detector(torch.nn.Module):
         return self.head(self.body(x).mean(dim=(2, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not onnx_available(), reason='the ONNX extra is not installed (pip install "reportgen[onnx]")')
 def test_onnx_model_with_slashes_in_names_builds_a_strict_site(project, one_thread):
     torch.manual_seed(0)

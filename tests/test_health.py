@@ -12,7 +12,7 @@ from scipy import stats
 from torch import nn
 
 from reportgen.analysis.filters import near_duplicates, norm_over_init
-from reportgen.analysis.init_check import FAMILIES, fans, init_likeness, ks_limit
+from reportgen.analysis.init_check import FAMILIES, fans, init_likeness
 from tests.conftest import ROOT
 
 CKPT = ROOT / "examples/towncenter/checkpoints"

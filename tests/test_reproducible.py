@@ -82,12 +82,14 @@ def reference(tmp_path_factory):
     return spec, files
 
 
+@pytest.mark.slow
 def test_process_pool_build_is_byte_identical(reference, tmp_path):
     spec, ref = reference
     build(spec, tmp_path / "docs", device="cpu", cache_dir=None, jobs=2, executor="process")
     assert differences(published(tmp_path / "docs"), ref) == []
 
 
+@pytest.mark.slow
 def test_builds_from_a_full_cache_are_byte_identical(reference, tmp_path):
     spec, ref = reference
     cache = tmp_path / "cache"
@@ -98,6 +100,7 @@ def test_builds_from_a_full_cache_are_byte_identical(reference, tmp_path):
     assert differences(published(tmp_path / "warm"), ref) == []
 
 
+@pytest.mark.slow
 def test_a_build_resumed_after_a_kill_is_byte_identical(reference, tmp_path):
     """Killed (SIGKILL: no clean-up at all) while it analyses its second location, so the
     first location's results are in the cache; the next build reads those and computes the
@@ -127,6 +130,7 @@ def test_a_build_resumed_after_a_kill_is_byte_identical(reference, tmp_path):
     assert differences(published(docs), ref) == []
 
 
+@pytest.mark.slow
 def test_the_order_of_the_extensions_does_not_depend_on_import_order(reference):
     """The analyses imported and registered in reverse order in a fresh interpreter, the entry
     points read in reverse, are still listed (and so their pages and findings made) in the same

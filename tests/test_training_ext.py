@@ -131,6 +131,7 @@ def test_pictures_page_and_findings(planted):
     assert moving and "stopped moving: `conv2` at step 20;" in moving[0]["text"]
 
 
+@pytest.mark.slow
 def test_partial_step_files_keep_the_layers_they_hold(tmp_path, one_thread):
     _, report, *_ = _run_extension(_planted(tmp_path / "p", only_conv1=True), tmp_path / "docs")
     run = report["training"]["runs"][0]
@@ -153,6 +154,7 @@ def test_the_value_survives_the_cache(planted):
     assert back.layers["conv1"].snapshots.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_a_process_pool_gives_the_same_training_section(planted, tmp_path):
     import json
 

@@ -12,9 +12,8 @@ from PIL import Image
 
 from reportgen.analysis import datastats as ds
 from reportgen.core.extension import RunContext
-from reportgen.extensions import data as D
 from reportgen.extensions.data import DataExtension
-from reportgen.extensions.data_text import findings, page
+from reportgen.extensions.data_text import findings
 from reportgen.load.images import load_image
 from reportgen.load.spec import load_spec
 from tests.conftest import TINY_ARCH
@@ -277,6 +276,7 @@ def _planted_project(tmp_path, k: int = 7) -> None:
         """))
 
 
+@pytest.mark.slow
 def test_build_finds_that_the_planted_networks_follow_the_background(tmp_path):
     from reportgen.build import build
 

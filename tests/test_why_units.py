@@ -225,8 +225,8 @@ def test_concepts_too_large_for_the_quantile_are_named():
 
 
 def test_dead_filters_that_still_fire_and_matter_are_named():
-    from reportgen.run.ablation import relate_to_flags
     from reportgen.extensions.importance import ImportanceExtension
+    from reportgen.run.ablation import relate_to_flags
 
     overall = [0.5, 0.0, 0.3, 0.1, 0.0, 0.2, 0.05, 0.4]
     dead = [True, True, False, False, True, False, False, False]  # unit 0: dead weights, yet it matters
@@ -263,6 +263,7 @@ def test_every_key_of_both_sections_is_documented(boxes):
     assert not missing
 
 
+@pytest.mark.slow
 def test_a_build_writes_both_sections_pages_and_findings(boxes):
     from reportgen.build import build
 
