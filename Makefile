@@ -34,7 +34,7 @@ test: setup
 # playwright and /usr/bin/chromium; see .ci/run). The example builds keep their cache in
 # .reportgen-cache, so a second run takes a fraction of the first.
 screenshots: setup
-	REPORTGEN_REQUIRE_BROWSER=1 REPORTGEN_SITE_CACHE=.reportgen-cache $(BIN)/python -m pytest tests/test_site.py -k "page_kind" -q
+	REPORTGEN_REQUIRE_BROWSER=1 REPORTGEN_SITE_CACHE=.reportgen-cache $(BIN)/python -m pytest tests/publish/test_site.py -k "page_kind" -q
 	@echo "Open the PNGs in screenshots/"
 
 serve: example

@@ -4,7 +4,7 @@ workers, from nothing, from a full cache, and resumed from the cache a killed bu
 The spec is the TownCentre example cut down to two locations with the data, training,
 concepts and importance analyses on: their findings tie on severity and value, and once came
 out in an order that depended on which extension module the build happened to import first.
-(The Ray executor gets the same check in tests/test_executors_ray.py.)
+(The Ray executor gets the same check in tests/run/test_executors_ray.py.)
 """
 
 from __future__ import annotations

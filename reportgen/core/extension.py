@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 GROUP = "reportgen.extensions"  # the entry-point group extensions are declared in
 
 # The built-in extensions, in the order their pages and findings appear, and where each one
-# is (as in the entry points of pyproject.toml; tests/test_extension_api.py checks they agree).
+# is (as in the entry points of pyproject.toml; tests/extensions/test_extension_api.py checks they agree).
 BUILTIN: dict[str, str] = {
     "data": "reportgen.extensions.data:DataExtension",
     "training": "reportgen.extensions.training:TrainingExtension",

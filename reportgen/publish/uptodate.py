@@ -25,7 +25,7 @@ cheaper than a build); pass ``--device cpu`` or ``--device cuda`` to skip that. 
 ``cuda`` on a machine with no GPU driver is never "up to date": the build says what is wrong.
 
 This module and what it imports must stay free of torch, numpy and matplotlib
-(tests/test_uptodate.py checks it in a fresh process).
+(tests/publish/test_uptodate.py checks it in a fresh process).
 """
 
 from __future__ import annotations

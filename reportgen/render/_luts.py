@@ -1,7 +1,7 @@
 """Colour maps the report uses, as 256-entry lookup tables (generated from matplotlib 3.11).
 
 Kept here so a build need not import matplotlib (a few tenths of a second) for three
-tables; tests/test_render.py checks them against matplotlib.
+tables; tests/render/test_render.py checks them against matplotlib.
 Each value: 256 RGB triples, 8 bits each, as hex.
 """
 

@@ -19,7 +19,7 @@ from reportgen.optim.receptive import ReceptiveField, receptive_field
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rf(model: nn.Module, layer: str, shape=(3, 16, 16)) -> ReceptiveField:

@@ -19,7 +19,7 @@ from torch import nn
 
 from reportgen.analysis.trace import finite_difference_check, trace_mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "colour_mlp"
 
 

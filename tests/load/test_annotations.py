@@ -11,7 +11,7 @@ import pytest
 from reportgen.core.errors import SpecError
 from reportgen.load.annotations import concept_masks, load_annotations
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _coco(tmp_path: Path, **over) -> Path:
