@@ -1,12 +1,17 @@
 """Network dissection against the user's own annotations: which concept each unit detects.
 
-For every unit of a layer (Bau et al. 2017, "Network Dissection"), its activation maps
-over all annotated images are upsampled bilinearly to the input size, thresholded at
-the unit's top quantile T_k (over all images and positions: a share ``quantile`` of the
-values lies at or above it), and the resulting masks are compared with each concept's
-masks (``reportgen.load.annotations.concept_masks``) by one IoU over the whole image set:
-the sum of the intersections over the sum of the unions. A unit's label is the concept
-of highest IoU when that IoU reaches the detection threshold (0.04 in the paper).
+For every unit of a layer (Bau et al. 2017, "Network Dissection"), the unit's threshold
+T_k is the top quantile of its activations over all positions of all annotated images, as
+the network computes them (the *raw* maps: a share ``quantile`` of the values lies at or
+above it, P(a_k > T_k) = 0.005 in the paper); its maps are then upsampled bilinearly to
+the input size and thresholded at T_k, and the resulting masks are compared with each
+concept's masks (``reportgen.load.annotations.concept_masks``) by one IoU over the whole
+image set: the sum of the intersections over the sum of the unions. A unit's label is the
+concept of highest IoU when that IoU reaches the detection threshold (0.04 in the paper).
+
+``threshold="upsampled"`` takes the quantile over the upsampled maps instead (reportgen's
+rule before 0.3): bilinear upsampling spreads a peak over more pixels than it covered, so
+the two thresholds differ and so do the masks; the paper's rule is the default.
 
 Pure numpy/torch; no model, no files.
 """
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 QUANTILE = 0.005  # Bau et al.: P(a_k > T_k) = 0.005
 IOU_DETECTS = 0.04  # Bau et al.: a unit with IoU above this detects its concept
 CHUNK_VALUES = 1 << 24  # upsampled values held at once (64 MiB of float32)
+THRESHOLDS = ("raw", "upsampled")  # where T_k is taken: the network's maps (the paper), or upsampled
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,17 @@ def stack_masks(per_image: list[dict[str, np.ndarray]], size: tuple[int, int]) -
     return names, out
 
 
-def dissect(maps: np.ndarray, concepts: list[str], masks: np.ndarray, quantile: float = QUANTILE) -> Dissection:
+def dissect(maps: np.ndarray, concepts: list[str], masks: np.ndarray, quantile: float = QUANTILE,
+            threshold: str = "raw") -> Dissection:
     """IoU of every unit's top-quantile masks with every concept over all images.
 
     maps: (N, U, h, w) activations of one layer (after its activation function);
-    masks: (N, C, H, W) bool concept masks at the input size (``stack_masks``).
+    masks: (N, C, H, W) bool concept masks at the input size (``stack_masks``);
+    threshold: "raw" (T_k from the maps as they are, the paper's rule) or "upsampled".
     Units are processed in chunks so that memory stays bounded for wide layers.
     """
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {THRESHOLDS}, not {threshold!r}")
     n, u = maps.shape[:2]
     size = masks.shape[2:]
     concept_px = masks.transpose(1, 0, 2, 3).reshape(len(concepts), -1)  # (C, P) bool
@@ -89,9 +99,16 @@ def dissect(maps: np.ndarray, concepts: list[str], masks: np.ndarray, quantile: 
     thresholds = np.zeros(u)
     share = np.zeros(u)
     for start in range(0, u, step):
-        up = upsample(maps[:, start:start + step], size)  # (N, k, H, W)
+        chunk = maps[:, start:start + step]
+        up = upsample(chunk, size)  # (N, k, H, W)
         values = up.transpose(1, 0, 2, 3).reshape(up.shape[1], -1)  # (k, P)
-        t, unit_px = top_masks(values, quantile)
+        if threshold == "raw":
+            raw = np.asarray(chunk, dtype=np.float32).transpose(1, 0, 2, 3).reshape(chunk.shape[1], -1)
+            t, _ = top_masks(raw, quantile)
+            silent = t <= raw.min(axis=1)  # as in top_masks: silence never counts as firing
+            unit_px = np.where(silent[:, None], values > t[:, None], values >= t[:, None])
+        else:
+            t, unit_px = top_masks(values, quantile)
         # Counted with bool logic, one concept at a time: exact at any image-set size.
         inter = np.stack([np.count_nonzero(unit_px & c_px, axis=1) for c_px in concept_px], axis=1
                          ).astype(np.float64) if len(concepts) else np.zeros((len(t), 0))

@@ -96,7 +96,7 @@ class ConceptsExtension(UnitAnalysis):
     name = NAME
     value_type = RunConcepts
     missing = "no concept labels"
-    key_options = ("quantile",)
+    key_options = ("quantile", "threshold")
 
     def run_inputs(self, ctx: RunContext) -> tuple:
         return (ctx.run.annotations,)  # the annotation file by content (cache.digest hashes paths so)
@@ -122,7 +122,8 @@ class ConceptsExtension(UnitAnalysis):
             if maps[name].ndim != 4:
                 out.notes.append(f"{name}: no concept labels: its output has no height and width")
                 continue
-            d = dissect(maps[name], names, masks, self.options(ctx.spec).quantile)
+            opts = self.options(ctx.spec)
+            d = dissect(maps[name], names, masks, opts.quantile, opts.threshold)
             out.layers.append(name)
             out.iou.append(d.iou)
             out.thresholds.append(d.thresholds)
@@ -162,7 +163,7 @@ class ConceptsExtension(UnitAnalysis):
                            "everywhere": [c for c, n in zip(concepts, with_any) if n == len(items)],
                            "somewhere": [c for c, n in zip(concepts, with_any) if 0 < n < len(items)],
                            "runs_without": [k for k, d, _ in items if not any(d)]})
-        section = {"quantile": opts.quantile, "iou_threshold": opts.iou, "concepts": concepts, "runs": runs,
+        section = {"quantile": opts.quantile, "threshold": opts.threshold, "iou_threshold": opts.iou, "concepts": concepts, "runs": runs,
                    "layers": layers}
         label_unit_entries(report, section)
         return section

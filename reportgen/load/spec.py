@@ -442,6 +442,9 @@ class ConceptOptions(_Strict):
     locations: Optional[list[str]] = Field(None, description="Runs to dissect (default: every run).")
     quantile: float = Field(0.005, gt=0, lt=1, description="Top quantile of each unit's activations, over all "
                             "positions of all annotated images, that counts as the unit firing.")
+    threshold: Literal["raw", "upsampled"] = Field(
+        "raw", description="Where the quantile is taken: 'raw', the unit's maps as the network computes them "
+        "(network dissection's rule), or 'upsampled', its maps upsampled to the input size.")
     iou: float = Field(0.04, gt=0, le=1, description="IoU from which a unit detects its best concept.")
 
 

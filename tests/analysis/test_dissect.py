@@ -87,3 +87,43 @@ def test_hand_set_model_unit_fires_on_the_red_box():
     d = dissect(maps, names, masks)
     assert labels(d.iou, names)[0] == ("person", 1.0)
     assert labels(d.iou, names)[1] == ("background", 1.0)
+
+
+def _paper_iou(maps: np.ndarray, masks: np.ndarray, q: float) -> np.ndarray:
+    """Network dissection as Bau et al. define it, written out for one unit at a time: T_k is
+    the (1 - q) quantile of the unit's raw activations over the data set (numpy's 'higher'
+    order statistic: the ⌈qP⌉-th largest value), the maps are upsampled bilinearly and
+    M_k = S_k >= T_k; IoU = Σ|M_k ∩ L_c| / Σ|M_k ∪ L_c| over the images."""
+    n, u = maps.shape[:2]
+    size = masks.shape[2:]
+    out = np.zeros((u, masks.shape[1]))
+    for k in range(u):
+        raw = maps[:, k].ravel()
+        m = int(np.ceil(q * raw.size))
+        t = np.sort(raw)[raw.size - m]
+        up = torch.nn.functional.interpolate(torch.from_numpy(maps[:, k:k + 1].astype(np.float32)), size=size,
+                                             mode="bilinear", align_corners=False).numpy()[:, 0]
+        fired = up > t if t <= raw.min() else up >= t
+        for c in range(masks.shape[1]):
+            inter = np.logical_and(fired, masks[:, c]).sum()
+            union = np.logical_or(fired, masks[:, c]).sum()
+            out[k, c] = inter / union if union else 0.0
+    return out
+
+
+def test_the_default_threshold_is_the_papers_raw_quantile():
+    """Smooth random maps at a quarter of the input size: the default equals the paper's rule
+    computed independently, and the upsampled variant (a lower threshold: interpolation lowers
+    the top of a peak) gives other masks."""
+    rng = np.random.default_rng(3)
+    maps = np.maximum(rng.normal(size=(6, 5, 6, 8)), 0).astype(np.float32)
+    masks = np.zeros((6, 2, 24, 32), dtype=bool)
+    masks[:, 0, 4:12, 6:14] = True
+    masks[:, 1] = rng.random((6, 24, 32)) < 0.02
+    d = dissect(maps, ["box", "speckle"], masks, quantile=0.05)
+    assert np.allclose(d.iou, _paper_iou(maps, masks, 0.05))
+    raw = maps.transpose(1, 0, 2, 3).reshape(5, -1)
+    assert np.allclose(d.thresholds, np.sort(raw, axis=1)[:, raw.shape[1] - int(np.ceil(0.05 * raw.shape[1]))])
+    up = dissect(maps, ["box", "speckle"], masks, quantile=0.05, threshold="upsampled")
+    assert np.all(up.thresholds <= d.thresholds) and not np.allclose(up.iou, d.iou)
+    assert np.allclose(up.mask_share, 0.05, atol=0.002)  # the upsampled quantile fires on exactly q
