@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 $(BIN)/reportgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,ray]"  # ray: the Ray executor's tests
-	$(BIN)/python -m pip install -q --no-deps "onnx2torch>=1.5"  # without torchvision (ONNX tests)
+	$(BIN)/python -m pip install -q -e ".[dev,ray,onnx]"  # ray: the Ray executor's tests; onnx: the ONNX tests
+	$(BIN)/python -m pip install -q --no-deps "onnx2torch>=1.5,<2"  # the ONNX converter, as `reportgen install-onnx` does
 	touch $@
 
 setup: $(BIN)/reportgen

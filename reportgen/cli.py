@@ -216,13 +216,13 @@ def layers(spec: Path) -> None:
 @click.option("--channels", type=click.Choice(["rgb", "grey"]), default="rgb", show_default=True)
 @click.option("--normalise", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
               help="Input normalisation the model was trained with.")
-@click.option("--trusted", is_flag=True, help="The checkpoint is a full pickle you trust.")
+@click.option("--trusted", is_flag=True, help="The checkpoint (or .pt2 program) holds Python objects you trust.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("specs/report.yaml"), show_default=True, help="Where to write the spec.")
 def init(arch: str, checkpoint: str | None, arch_args: str, images: str, size: int | None, channels: str,
          normalise: str, trusted: bool, output: Path) -> None:
-    """Write a commented spec for your model ARCH ('file.py:Class', 'package.module:factory' or 'model.onnx'),
-    and a minimal mkdocs.yml and docs/index.md here when they are absent."""
+    """Write a commented spec for your model ARCH ('file.py:Class', 'package.module:factory', 'model.pt2'
+    or 'model.onnx'), and a minimal mkdocs.yml and docs/index.md here when they are absent."""
     import json
 
     from reportgen.commands.init import init_spec
@@ -307,6 +307,19 @@ def _run_until_signal(cmd: list[str], env: dict) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if stopped else code
+
+
+@cli.command("install-onnx")
+def install_onnx() -> None:
+    """Install the ONNX converter (onnx2torch) without its torchvision requirement, which
+    would replace a CPU build of torch with a CUDA one. Run it after pip install "reportgen[onnx]"."""
+    from reportgen.commands.install_onnx import install_onnx as run_install
+
+    try:
+        run_install(echo=click.echo)
+    except ReportgenError as exc:
+        _fail(exc)
+    click.echo("Installed onnx2torch: ONNX models (spec key 'onnx') can now be loaded.")
 
 
 @cli.command()

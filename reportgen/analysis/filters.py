@@ -26,6 +26,20 @@ def as_filters(w: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[0], -1).astype(np.float64)
 
 
+def transposed_filters(w: np.ndarray, groups: int = 1) -> np.ndarray:
+    """A transposed convolution's weight (C_in, C_out / groups, k...) -> (C_out, C_in / groups, k...).
+
+    Output channel ``g * C_out/groups + j`` of a transposed convolution stamps, for each input
+    channel ``i`` of its group ``g``, the kernel ``w[i, j]`` into its map: its filter is that
+    slice of the weight's *second* axis, in the layout of an ordinary convolution's filters, so
+    that filter c is paired with output channel c's statistics like any other layer's.
+    """
+    w = np.asarray(w)
+    c_in, per_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    return (w.reshape(groups, c_in // groups, per_group, *kernel).swapaxes(1, 2)
+            .reshape(groups * per_group, c_in // groups, *kernel))
+
+
 @dataclass(frozen=True)
 class LayerScale:
     """Typical magnitudes of one layer pooled over runs."""

@@ -37,7 +37,7 @@ def check_spec(path: Path) -> str:
     shapes: dict[str, list[str]] = {}
     for run in spec.runs:
         if run.model.name not in checks or any(f is not None and not f.is_file()
-                                               for f in (run.checkpoint, run.torchscript)):
+                                               for f in (run.checkpoint, run.torchscript, run.onnx, run.exported)):
             continue  # said above
         try:
             module = load_model(spec, run, "cpu").module
@@ -52,7 +52,7 @@ def check_spec(path: Path) -> str:
                    if getattr(mods[ls.name], "weight", None) is not None else "(no weights)")
                 for ls in run.layers if ls.name in mods
             ]
-        source = run.checkpoint or run.torchscript or run.onnx
+        source = run.checkpoint or run.torchscript or run.onnx or run.exported
         shown = os.path.relpath(source) if source else "(initial weights)"
         lines.append(f"  run {run.key}: {shown}, {len(run.images)} images")
     images = {p for run in spec.runs for p in run.images}

@@ -143,11 +143,22 @@ def init_spec(arch: str, out: Path, checkpoint: str | None = None, arch_args: di
         checkpoint = None
         if size is None and _onnx_input_side(Path(arch)):
             size, reason = _onnx_input_side(Path(arch)), "from the ONNX graph's input shape"
+    elif arch.endswith(".pt2"):  # a torch.export program: the architecture and the weights
+        from reportgen.load.exported import load_exported
+
+        if not Path(arch).is_file():
+            raise ReportgenError(f"exported program not found: {arch}")
+        module = load_exported(Path(arch), "(init)", trusted=trusted)
+        name, source = Path(arch).stem, f"    exported: {rel(arch)}\n" + ("    trusted: true\n" if trusted else "")
+        checkpoint = None
+        side = getattr(module, "reportgen_exported_input", ())[2:]
+        if size is None and len(side) == 2 and all(isinstance(d, int) for d in side) and side[0] == side[1]:
+            size, reason = side[0], "from the exported program's input shape"
     else:
         target, _, name = arch.rpartition(":")
         if not target:
             raise ReportgenError(f"arch '{arch}' must look like 'path/to/file.py:ClassName', "
-                                 "'package.module:factory' or 'model.onnx'")
+                                 "'package.module:factory', 'model.pt2' or 'model.onnx'")
         is_file = target.endswith(".py") or "/" in target
         factory = resolve_arch(arch, Path.cwd(), "--arch")
         module = construct(factory, arch_args, arch, "--arch", "--arch-args")

@@ -59,6 +59,7 @@ class RunResult:
     units: dict = field(default_factory=dict)  # layer -> units.UnitViews (analyses.units)
     trace: dict | None = None  # {"trace": analysis.trace.Trace, "fd_error": float, "names": [...]}
     extras: dict = field(default_factory=dict)  # extension name -> its run_part value (reportgen.core.extension)
+    conversion: dict | None = None  # an ONNX run: its converted module against onnxruntime (reportgen.run.conversion)
     # Warnings of the unit views and the trace (the build lists them after every run's notes).
     unit_notes: list[str] = field(default_factory=list)
     trace_notes: list[str] = field(default_factory=list)

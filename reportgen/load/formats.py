@@ -3,9 +3,11 @@
 - ``.safetensors`` checkpoints: tensors only, read without unpickling anything.
 - Prefixed state_dicts (Lightning's ``model.``, DataParallel's ``module.``,
   ``torch.compile``'s ``_orig_mod.``, ...): matched to the architecture's own names.
-- ONNX graphs, converted to torch modules by onnx2torch (``pip install "reportgen[onnx]"``).
-  Their module names are the ONNX node names (``model/0/conv/Conv``); pages and
-  pictures use names.slug of them.
+- ONNX graphs, made convertible (reportgen.load.onnxgraph) and converted to torch modules by
+  the installed onnx2torch (``pip install "reportgen[onnx]"`` adds onnx, onnxslim and
+  onnxruntime; ``reportgen install-onnx`` adds onnx2torch without its torchvision
+  requirement, which it imports here with a stand-in). Their module names are the ONNX node names
+  (``model/0/conv/Conv``); pages and pictures use names.slug of them.
 
 Every failure is a ModelLoadError of one line that says how to fix it.
 """
@@ -15,17 +17,15 @@ from __future__ import annotations
 import struct
 import sys
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
+from reportgen.core.batching import run_one_image_at_a_time
 from reportgen.core.errors import ModelLoadError
-
-# onnx2torch's converters cover opsets up to this one; newer graphs are converted down first.
-ONNX_OPSET = 17
 
 
 def _why(exc: BaseException) -> str:
@@ -118,74 +118,203 @@ def fit_prefix(state: dict[str, torch.Tensor], module: nn.Module, prefix: str | 
 # -- ONNX ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _torchvision_optional() -> Iterator[None]:
-    """Let onnx2torch import without torchvision, which only its NMS and RoIAlign
-    converters use: a stand-in that fails when those ops are met, removed afterwards
-    so nothing else mistakes it for the real package."""
+# onnx2torch's own requirement on torchvision is left out (its wheels from the package index
+# replace a CPU build of torch with a CUDA one): `reportgen install-onnx` installs it so.
+ONNX2TORCH = "onnx2torch>=1.5,<2"
+ONNX_EXTRA = 'ONNX models need the optional extra: pip install "reportgen[onnx]" (onnx, onnxslim, onnxruntime)'
+INSTALL_CONVERTER = ("run `reportgen install-onnx` (installs the converter without its torchvision "
+                     "requirement)")
+_TORCHVISION_OPS = ("NonMaxSuppression", "RoiAlign")  # the only converters of onnx2torch that use it
+
+
+def _installed(module: str) -> bool:
     import importlib.util
 
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        yield  # the real package, or something already standing in for it
+    return importlib.util.find_spec(module) is not None
+
+
+def onnx_available() -> bool:
+    """Whether ONNX models can be loaded: the optional extra (onnx, onnxslim) and the converter
+    (onnx2torch, installed by ``reportgen install-onnx``)."""
+    return all(_installed(m) for m in ("onnx", "onnxslim", "onnx2torch"))
+
+
+def _torchvision_installed() -> bool:
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"] is not None  # None: a caller's way of saying it is absent
+    return _installed("torchvision")
+
+
+@contextmanager
+def torchvision_optional() -> Iterator[None]:
+    """Let onnx2torch import without torchvision, which only its NonMaxSuppression and
+    RoiAlign converters use: a stand-in whose functions fail in one line, removed afterwards
+    so nothing else mistakes it for the real package. (load_onnx refuses graphs with those
+    operations before converting them when torchvision is absent.)"""
+    if _torchvision_installed():
+        yield
         return
 
     def missing(*_a, **_k):
-        raise ModelLoadError("this ONNX graph uses NMS or RoIAlign, which need torchvision; "
-                             "install torchvision to load it")
+        raise ModelLoadError("this ONNX graph uses NonMaxSuppression or RoiAlign, which need torchvision; "
+                             "install the torchvision build that matches your torch")
 
     stub = types.ModuleType("torchvision")
     stub.ops = types.ModuleType("torchvision.ops")  # type: ignore[attr-defined]
     for name in ("nms", "roi_align", "box_convert", "batched_nms"):
         setattr(stub.ops, name, missing)  # type: ignore[attr-defined]
+    before = {name: sys.modules.get(name, stub) for name in ("torchvision", "torchvision.ops")}
     sys.modules["torchvision"], sys.modules["torchvision.ops"] = stub, stub.ops  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        for name in ("torchvision", "torchvision.ops"):
+        for name, old in before.items():
             if sys.modules.get(name) in (stub, stub.ops):  # type: ignore[attr-defined]
-                del sys.modules[name]
+                if old is stub:
+                    del sys.modules[name]
+                else:
+                    sys.modules[name] = old  # None: a caller's way of saying it is absent
 
 
-def onnx_available() -> bool:
-    """Whether the optional ONNX extra (onnx and onnx2torch) is installed."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnx2torch"))
-
-
-def load_onnx(path: Path | None, location: str) -> nn.Module:
-    """An ONNX file as a torch module (an fx GraphModule whose submodules carry the
-    ONNX node names), in float32 on the CPU."""
-    where = f"location '{location}': ONNX file {path}"
-    if path is None:
-        raise ModelLoadError(f"{where}: no ONNX file given")
+def import_onnx2torch(what: str):
+    """The installed onnx2torch package, imported without torchvision; a one-line
+    ModelLoadError (starting with ``what``) when it is absent or does not import."""
+    if not _installed("onnx2torch"):
+        raise ModelLoadError(f"{what}: the ONNX converter (onnx2torch) is not installed; {INSTALL_CONVERTER}")
     try:
-        import onnx
-
-        with _torchvision_optional():
+        with torchvision_optional():
             import onnx2torch
-    except ImportError:
-        raise ModelLoadError(f"{where}: ONNX models need the optional extra: "
-                             "pip install \"reportgen[onnx]\" (onnx and onnx2torch)") from None
+            from onnx2torch.node_converters import get_converter  # noqa: F401 - imported with the stand-in
+    except Exception as exc:  # noqa: BLE001 - an onnx2torch that does not fit this onnx or torch
+        raise ModelLoadError(f"{what}: the installed onnx2torch does not import ({_why(exc)}); "
+                             f"{INSTALL_CONVERTER.replace('installs', 'reinstalls')}") from None
+    return onnx2torch
+
+
+def load_onnx(path: Path | None, location: str, where: str | None = None,
+              input_size: tuple[int, int] | None = None) -> nn.Module:
+    """An ONNX file as a torch module (an fx GraphModule whose submodules carry the
+    ONNX node names), in float32 on the CPU.
+
+    The graph is first made convertible (reportgen.load.onnxgraph.normalise: opset, Constant
+    and Identity nodes, SAME padding), then checked node by node against onnx2torch's converters,
+    so a node none converts is named before converting. A graph that fixes its batch at 1 is
+    marked to take one image at a time (reportgen.core.batching). The module's
+    ``reportgen_onnx`` holds the GraphFacts. ``where``: the spec's ``file:line: key`` of the
+    file, for errors.
+    """
+    head = f"{where}: " if where else ""
+    what = f"{head}location '{location}': ONNX file {path}"
+    if path is None:
+        raise ModelLoadError(f"{what}: no ONNX file given")
+    if not (_installed("onnx") and _installed("onnxslim")):
+        then = "" if _installed("onnx2torch") else f"; then {INSTALL_CONVERTER}"
+        raise ModelLoadError(f"{what}: {ONNX_EXTRA}{then}")
+    import onnx
+
+    from reportgen.load import onnxgraph
+
+    onnx2torch = import_onnx2torch(what)
     try:
         graph = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{where} is not a readable ONNX model ({_why(exc)})") from None
-    opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        raise ModelLoadError(f"{what} is not a readable ONNX model ({_why(exc)})") from None
     try:
-        return onnx2torch.convert(graph)
-    except NotImplementedError as first:
-        hint = "onnx2torch has no converter for it; re-export the model without that operation"
-        if opset > ONNX_OPSET:
-            # onnx2torch lags behind the newest opsets; the ONNX version converter bridges many.
-            try:
-                from onnx import version_converter
-
-                return onnx2torch.convert(version_converter.convert_version(graph, ONNX_OPSET))
-            except Exception:
-                hint = f"export it with an older opset (e.g. opset_version={ONNX_OPSET})"
-        raise ModelLoadError(f"{where}: onnx2torch cannot convert this graph ({_why(first)}); {hint}") from None
+        graph, facts = onnxgraph.normalise(graph, input_size)
+    except onnxgraph.GraphError as exc:
+        raise ModelLoadError(f"{what}: {exc}; {exc.fix}") from None
+    problem = _first_unconvertible(graph, facts)
+    if problem:
+        raise ModelLoadError(f"{what}: {problem}")
+    try:
+        module = onnx2torch.convert(graph)
     except ModelLoadError:
         raise
-    except Exception as exc:
-        raise ModelLoadError(f"{where}: onnx2torch failed to convert it ({_why(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a converter's own refusal, or the graph building
+        node = _node_being_converted(exc)
+        if node is not None:
+            failure = _conversion_failure(node, _opset(graph, node.domain), _why(exc), facts)
+            raise ModelLoadError(f"{what}: {failure}") from None
+        raise ModelLoadError(f"{what}: onnx2torch cannot convert it ({_why(exc)}); export it at "
+                             f"opset {onnxgraph.CONVERTER_OPSET} (opset_version=17)") from None
+    if facts.fixed_batch == 1:
+        run_one_image_at_a_time(module)
+    module.reportgen_onnx = facts
+    return module
+
+
+def _opset(graph, domain: str) -> int | None:
+    return next((o.version for o in graph.opset_import if o.domain == domain), None)
+
+
+def _converts(op_type: str, domain: str, opset: int) -> bool:
+    """Whether onnx2torch has a converter for ``op_type`` at ``opset`` (its registry picks the
+    one registered for the operator's version in force at that opset)."""
+    from onnx2torch.node_converters import get_converter
+
+    try:
+        get_converter(operation_type=op_type, version=opset, domain=domain)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _first_unconvertible(graph, facts) -> str | None:
+    """One line about the first node onnx2torch cannot convert (no converter for its operation
+    at the graph's opset, or one that needs a torchvision that is absent), or None."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    from reportgen.load.onnxgraph import CONVERTER_OPSET, OLDEST_OPSET
+
+    torchvision = _torchvision_installed()
+    for node in OnnxGraph(graph.graph).nodes.values():  # named as the converted modules will be
+        opset = _opset(graph, node.domain)
+        if opset is None:
+            return (f"node '{node.unique_name}' ({node.operation_type}) is of the domain '{node.domain}', "
+                    "which the graph's opset_import leaves out; export the model without that operation")
+        if not _converts(node.operation_type, node.domain, opset):
+            where = [v for v in range(OLDEST_OPSET, CONVERTER_OPSET + 1)
+                     if _converts(node.operation_type, node.domain, v)]
+            if where:
+                span = f"{where[0]} to {where[-1]}" if where == list(range(where[0], where[-1] + 1)) else \
+                    ", ".join(map(str, where))
+                why = (f"onnx2torch has no converter for {node.operation_type} at opset {opset} "
+                       f"(it converts it at opsets {span})")
+                fix = f"export the model at opset {where[-1]} (opset_version={where[-1]}) or without that operation"
+            else:
+                why = f"onnx2torch has no converter for {node.operation_type} at any opset"
+                fix = "export the model without that operation"
+            return _conversion_failure(node, opset, why, facts, fix)
+        if node.operation_type in _TORCHVISION_OPS and node.domain in ("", "ai.onnx") and not torchvision:
+            return _conversion_failure(node, opset, "onnx2torch runs it with torchvision, which is not installed",
+                                       facts, "install the torchvision build that matches your torch")
+    return None
+
+
+def _node_being_converted(exc: BaseException):
+    """The onnx2torch node whose converter raised ``exc`` (read from the frame of
+    onnx2torch.convert in the traceback), or None when the failure came from elsewhere."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "convert" and frame.f_globals.get("__name__") == "onnx2torch.converter":
+            callee = tb.tb_next.tb_frame.f_globals.get("__name__", "") if tb.tb_next else ""
+            node = frame.f_locals.get("onnx_node")
+            ok = callee.startswith("onnx2torch.node_converters") and hasattr(node, "unique_name")
+            return node if ok else None
+        tb = tb.tb_next
+    return None
+
+
+def _conversion_failure(node, opset: int | None, why: str, facts, fix: str | None = None) -> str:
+    """One line: the node, its op, why, what to try."""
+    after = (f" (after onnx's version converter took the graph from opset {facts.converted_from} to {opset})"
+             if facts.converted_from else "")
+    domain = "" if node.domain in ("", "ai.onnx") else f" of {node.domain}"
+    if facts.checker:
+        why += f" (onnx's checker also faults the graph: {facts.checker})"
+    if fix is None:
+        other = 13 if opset == 17 else 17
+        fix = f"export the model at another opset (opset_version={other}) or without that operation"
+    return f"node '{node.unique_name}' ({node.operation_type}{domain}, opset {opset}){after} cannot be " \
+           f"converted to torch: {why}; {fix}"

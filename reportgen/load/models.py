@@ -4,7 +4,9 @@
 plus an optional checkpoint, loaded with ``torch.load(weights_only=True)`` unless
 the spec marks the file as trusted. ``torchscript``: a saved ScriptModule.
 ``onnx``: an ONNX graph converted to torch modules by onnx2torch (the optional
-``reportgen[onnx]`` extra). Checkpoints may be torch pickles or ``.safetensors`` files;
+``reportgen[onnx]`` extra, then ``reportgen install-onnx`` for the converter). ``exported``: a
+torch.export program (``.pt2``), unflattened into the exported model's modules
+(reportgen.load.exported). Checkpoints may be torch pickles or ``.safetensors`` files;
 weights saved under a prefix (Lightning's ``model.``, DataParallel's ``module.``, ...)
 are matched to the architecture (see fit_prefix).
 """
@@ -20,7 +22,7 @@ import pickle
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from reportgen.core.errors import DeviceError, ModelLoadError
+from reportgen.load.exported import load_exported
 from reportgen.load.formats import (
     fit_prefix,
     is_safetensors,
@@ -46,6 +49,8 @@ class LoadedModel:
     kind: str  # a key of LOADERS
     hookable: bool  # TorchScript modules do not run Python forward hooks
     source: Path | None  # the checkpoint or TorchScript file, if any
+    # Parameters read from quantized checkpoint tensors: name -> how (said on the layer's page).
+    dequantized: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,13 +86,15 @@ def load_model(spec: ReportSpec, run: Run, device: torch.device | str = "cpu") -
 
 
 def model_kind(model) -> str:
-    """The LOADERS key for a ModelSpec: 'onnx', 'torchscript' or 'state_dict'.
+    """The LOADERS key for a ModelSpec: 'onnx', 'exported', 'torchscript' or 'state_dict'.
 
     ``torchscript`` together with ``arch`` builds the Python architecture and loads the
     TorchScript file's weights into it, so forward hooks (activations) work.
     """
     if getattr(model, "onnx", None):
         return "onnx"
+    if getattr(model, "exported", None):
+        return "exported"
     if model.torchscript and not model.arch:
         return "torchscript"
     return "state_dict"
@@ -124,10 +131,37 @@ def _load_state_dict_model(spec: ReportSpec, run: Run) -> LoadedModel:
     elif run.torchscript is not None:  # weights from a TorchScript file, hooks from the Python class
         source = run.torchscript
         state = _load_torchscript(spec, run).module.state_dict()
+    dequantized: dict[str, str] = {}
     if source is not None:
         state = fit_prefix(state, module, getattr(run.model, "checkpoint_prefix", None), run.location, source)
+        state, dequantized = real_weights(state, module, run.location, source)
         apply_state_dict(module, state, run.location, source)
-    return LoadedModel(module=module, kind="state_dict", hookable=True, source=source)
+    return LoadedModel(module=module, kind="state_dict", hookable=True, source=source, dequantized=dequantized)
+
+
+def real_weights(state: dict[str, torch.Tensor], module: nn.Module, location: str,
+                 path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Checkpoint tensors that go into the module's floating-point parameters and buffers,
+    read faithfully: quantized ones dequantized (returned by name, with how, for the pages);
+    integer, bool or complex ones refused, because copying them into a float parameter would
+    round or drop their values silently (load_state_dict casts)."""
+    own = module.state_dict()
+    out, how = dict(state), {}
+    for k, t in state.items():
+        target = own.get(k)
+        if target is None or not target.is_floating_point() or t.is_floating_point():
+            continue
+        kind = str(t.dtype).removeprefix("torch.")
+        if t.is_quantized:
+            out[k] = t.dequantize()
+            how[k] = f"dequantized from the checkpoint's {kind}: the values the layer computes with"
+            continue
+        raise ModelLoadError(
+            f"location '{location}': checkpoint {path}: tensor '{k}' is {kind}, but the model's is "
+            f"{str(target.dtype).removeprefix('torch.')}; copying it would {'drop its imaginary part' if t.is_complex() else 'read integers as weights'} "
+            "without a word; save the checkpoint with the floating-point weights the model was trained with"
+        )
+    return out, how
 
 
 def build_architecture(spec: ReportSpec, run: Run) -> nn.Module:
@@ -208,9 +242,19 @@ def _user_code(what: str, fix: str):
 LOADERS: dict[str, Callable[[ReportSpec, Run], LoadedModel]] = {
     "state_dict": _load_state_dict_model,
     "torchscript": _load_torchscript,
-    "onnx": lambda spec, run: LoadedModel(module=load_onnx(run.onnx, run.location), kind="onnx",
-                                          hookable=True, source=run.onnx),
+    "onnx": lambda spec, run: LoadedModel(module=load_onnx(run.onnx, run.location, source_where(spec, run, "onnx"),
+                                                           run.input.size), kind="onnx", hookable=True,
+                                          source=run.onnx),
+    "exported": lambda spec, run: LoadedModel(
+        module=load_exported(run.exported, run.location, source_where(spec, run, "exported"), run.model.trusted),
+        kind="exported", hookable=True, source=run.exported),
 }
+
+
+def source_where(spec: ReportSpec, run: Run, key: str) -> str:
+    """``file:line: models[i].key`` of the spec key that names a run's model file."""
+    kp = model_identity(spec, run) + (key,)
+    return f"{spec.where(kp)}: {format_key_path(kp)}"
 
 _ARCH_CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
 

@@ -199,8 +199,14 @@ class ModelSpec(_Strict):
     )
     onnx: Optional[str] = Field(
         None, description="ONNX file (template with {location}) instead of arch + checkpoint; needs "
-        "pip install \"reportgen[onnx]\". Layer names are the converted graph's module names "
+        "pip install \"reportgen[onnx]\", then reportgen install-onnx (the converter). Layer names are the converted graph's module names "
         "(run 'reportgen layers')."
+    )
+    exported: Optional[str] = Field(
+        None, description="torch.export program (a .pt2 file from torch.export.save; template with {location}) "
+        "instead of arch + checkpoint: the format to prefer for a network without its Python class. Every view "
+        "works; layer names are the exported model's own module names (run 'reportgen layers'). Read like a "
+        "checkpoint: tensors only unless 'trusted: true'."
     )
     checkpoint: Optional[str] = Field(
         None, description="Checkpoint path template, e.g. 'ckpt/{location}.pt'. Omit to use the "
@@ -317,7 +323,7 @@ class ModelSpec(_Strict):
         if (self.step_checkpoint is not None and self.locations and len(self.locations) > 1
                 and "{location}" not in self.step_checkpoint):
             raise ValueError("several locations share one 'step_checkpoint' path; put '{location}' in it")
-        if "{step}" in (self.torchscript or "") + (self.onnx or ""):
+        if "{step}" in (self.torchscript or "") + (self.onnx or "") + (self.exported or ""):
             raise ValueError("'{step}' works in 'checkpoint' and 'step_checkpoint' only")
         return self
 
@@ -326,11 +332,16 @@ class ModelSpec(_Strict):
         if self.onnx is not None and (self.arch or self.torchscript or self.checkpoint):
             raise ValueError("an ONNX model carries its architecture and weights; remove 'arch', "
                              "'torchscript' and 'checkpoint'")
-        if self.arch is None and self.torchscript is None and self.onnx is None:
-            raise ValueError("give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'")
+        if self.onnx is not None and self.exported is not None:
+            raise ValueError("give one of 'onnx' and 'exported': each file is the whole model")
+        if self.exported is not None and (self.arch or self.torchscript or self.checkpoint):
+            raise ValueError("an exported program carries its architecture and weights; remove 'arch', "
+                             "'torchscript' and 'checkpoint'")
+        if self.arch is None and self.torchscript is None and self.onnx is None and self.exported is None:
+            raise ValueError("give 'arch' (with an optional 'checkpoint'), 'exported', 'torchscript' or 'onnx'")
         if self.torchscript is not None and self.checkpoint is not None:
             raise ValueError("a TorchScript model carries its weights; remove 'checkpoint'")
-        template = self.checkpoint or self.torchscript or self.onnx or ""
+        template = self.checkpoint or self.torchscript or self.onnx or self.exported or ""
         if self.locations and len(self.locations) > 1 and template and "{location}" not in template:
             raise ValueError(
                 "several locations share one file; put '{location}' in the checkpoint path"
@@ -560,6 +571,7 @@ class Run:
     layers: tuple[LayerSpec, ...]
     input: InputSpec = InputSpec()  # the model's own input, else the top-level one
     onnx: Optional[Path] = None
+    exported: Optional[Path] = None  # a torch.export program (.pt2)
     # Checkpoints saved over training (the model's ``steps``), ascending; the last is ``checkpoint``.
     steps: tuple[int, ...] = ()
     step_checkpoints: tuple[Path, ...] = ()
@@ -674,7 +686,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
     if ref.arch is not None and _is_file_arch(ref.arch) and not (base / ref.arch.rsplit(":", 1)[0]).is_file():
         problems.append(f"{src.where(kp + ('arch',))}: reference.arch: architecture file "
                         f"'{ref.arch.rsplit(':', 1)[0]}' not found (paths are relative to the spec file)")
-    for key in ("checkpoint", "torchscript", "onnx"):
+    for key in ("checkpoint", "torchscript", "onnx", "exported"):
         value = getattr(ref, key)
         if value and not (base / value).is_file():
             problems.append(f"{src.where(kp + (key,))}: reference.{key}: file not found: {shown_path(base / value)}")
@@ -686,6 +698,7 @@ def _reference_run(schema: ReportSchema, base: Path, src: Located, problems: lis
         torchscript=base / ref.torchscript if ref.torchscript else None,
         images=(), layers=(LayerSpec(name=ref.layer),), input=ref.input or schema.input,
         onnx=base / ref.onnx if ref.onnx else None,
+        exported=base / ref.exported if ref.exported else None,
     )
 
 
@@ -724,6 +737,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                            "; check the 'checkpoint' template and the location name")
             ts = located(model.torchscript, "TorchScript file")
             onnx = located(model.onnx, "ONNX file")
+            exported = located(model.exported, "exported program")
             images = _resolve_images(image_globs, location, base, src, images_kp, problems)
             ann_kp = mkp + ("annotations",) if model.annotations is not None else ("annotations",)
             ann_template = model.annotations if model.annotations is not None else schema.annotations
@@ -746,6 +760,7 @@ def _expand_runs(schema: ReportSchema, base: Path, src: Located, problems: list[
                     layers=tuple(model.layers or schema.layers),
                     input=model.input or schema.input,
                     onnx=onnx,
+                    exported=exported,
                     steps=steps,
                     step_checkpoints=step_files + ((ckpt,) if steps and ckpt else ()),
                     annotations=annotations,

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen.core.batching import image_slices, join
 from reportgen.core.determinism import one_thread
 
 # Elementwise modules that leave a linear template unchanged (ignored like a ReLU).
@@ -449,12 +450,17 @@ def unit_gradients(model: nn.Module, layer: str, channels: Sequence[int], images
         handles.append(target.register_forward_hook(capture))
         model.eval()
         with torch.enable_grad():
-            try:
-                model(x)
-            except _Stop:
-                pass
-            if "out" not in captured:
-                raise ValueError(f"module {layer!r} never ran in a forward pass")
+            outs = []
+            for xs in image_slices(model, x):  # one image at a time where the network needs it
+                captured.clear()
+                try:
+                    model(xs)
+                except _Stop:
+                    pass
+                if "out" not in captured:
+                    raise ValueError(f"module {layer!r} never ran in a forward pass")
+                outs.append(captured["out"])
+            captured["out"] = join(outs)
             slots = torch.arange(len(channels), device=x.device)
             fmaps = captured["out"][slots, torch.as_tensor([int(c) for c in channels], device=x.device)]  # (B, h, w)
             if positions is None:

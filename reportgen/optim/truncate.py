@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from reportgen.core.batching import image_slices, join
+
 
 class _StopForward(Exception):
     """Raised by the target layer's hook so the network runs no further."""
@@ -46,7 +48,7 @@ def truncated_forward(model: nn.Module, layer: str) -> Iterator[Callable[[torch.
         store["out"] = output
         raise _StopForward
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run_one(x: torch.Tensor) -> torch.Tensor:
         store.clear()
         with torch.enable_grad():
             try:
@@ -56,6 +58,10 @@ def truncated_forward(model: nn.Module, layer: str) -> Iterator[Callable[[torch.
         if "out" not in store:
             raise LayerNotReached(f"layer {layer!r} never ran in the forward pass")
         return store.pop("out")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # A network that takes one image at a time (reportgen.core.batching) runs image by image.
+        return join([run_one(xs) for xs in image_slices(model, x)])
 
     handle = None
     try:

@@ -19,6 +19,7 @@ from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
 from reportgen.core.cache import Cache, digest, register
 from reportgen.load.models import load_model
 from reportgen.load.spec import ReportSpec
+from reportgen.run.layers import layer_weight
 
 GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
 # Fewer live (fitted) filters than this and a location's Gabor share is not ranked: with
@@ -144,12 +145,17 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
     ref_spec = spec.reference
     module = load_model(spec, run, device).module
     modules = dict(module.named_modules())
-    if ref_spec.layer not in modules or getattr(modules[ref_spec.layer], "weight", None) is None:
-        from reportgen.core.errors import SpecError
+    from reportgen.core.errors import SpecError
 
+    ref_w = None
+    if ref_spec.layer in modules:
+        try:
+            ref_w, _ = layer_weight(modules[ref_spec.layer])  # filters by output channel, float32
+        except TypeError as exc:
+            raise SpecError(f"{spec.where(('reference', 'layer'))}: reference.layer: '{ref_spec.layer}': {exc}") from None
+    if ref_w is None:
         raise SpecError(f"{spec.where(('reference', 'layer'))}: reference.layer: the reference has no "
                         f"weighted layer '{ref_spec.layer}'; run 'reportgen check' to list its layers")
-    ref_w = modules[ref_spec.layer].weight.detach().float().cpu().numpy()
     against = ref_spec.against or next(
         (lr.name for lr in results[0].layers if lr.weight is not None and lr.weight.ndim == 4
          and lr.weight.shape[1] == ref_w.shape[1]), None)
@@ -179,7 +185,7 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
         "name": run.key,
         "layer": ref_spec.layer,
         "against": against,
-        "checkpoint": str(run.checkpoint or run.torchscript or run.onnx or ""),
+        "checkpoint": str(run.checkpoint or run.torchscript or run.onnx or run.exported or ""),
         "weight_shape": list(ref_w.shape),
         "median_l2_norm": float(np.median(norms)),
         "gabor": gabor_summary(comp.reference_fits, min_score) if comp.reference_fits else None,

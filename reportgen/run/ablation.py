@@ -27,6 +27,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from reportgen.core.batching import one_image_at_a_time
 from reportgen.core.determinism import one_thread
 from reportgen.run.hooks import inference
 
@@ -66,13 +67,18 @@ def zeroed(model: nn.Module, layer: str, channels: list[int] | torch.Tensor, gro
     samples); a channel of -1 ablates nothing in its block."""
     module = dict(model.named_modules())[layer]
     chans = torch.as_tensor(channels, dtype=torch.long)
+    total = len(chans) * group
+    seen = [0]  # samples already through the layer: a network that takes one image at a time
+    # (reportgen.core.batching) calls it once per image, each call a slice of the batch
 
     def hook(mod: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"layer '{layer}' returned {type(output).__name__}, not a tensor")
+        start = seen[0] % total if output.shape[0] < total else 0
+        seen[0] = start + output.shape[0]
         keep = torch.ones(output.shape[:2], dtype=output.dtype, device=output.device)
-        rows = torch.arange(len(chans) * group, device=output.device)
-        cols = chans.to(output.device).repeat_interleave(group)
+        cols = chans.to(output.device).repeat_interleave(group)[start:start + output.shape[0]]
+        rows = torch.arange(len(cols), device=output.device)
         live = cols >= 0
         keep[rows[live], cols[live]] = 0
         return output * keep.reshape(*keep.shape, *([1] * (output.ndim - 2)))
@@ -94,8 +100,8 @@ def tail_after(model: nn.Module, layer: str):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return qualname == layer or super().is_leaf_module(m, qualname)
 
-    if isinstance(model, torch.jit.ScriptModule):
-        return None
+    if isinstance(model, torch.jit.ScriptModule) or one_image_at_a_time(model):
+        return None  # a traced tail would run a whole batch through a graph that takes one image
     try:
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - data-dependent control flow and the like: ablate with hooks

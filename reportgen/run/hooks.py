@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.core.batching import image_slices, join
 from reportgen.load.spec import ACTIVATION_KINDS, activation_kind
 
 
@@ -101,6 +102,11 @@ class LayerRecorder:
         """
         if not self._handles:
             raise RuntimeError("LayerRecorder.run() must be called inside its 'with' block")
+        parts = [self._run_one(xs, require_all) for xs in image_slices(self.model, x)]
+        return {name: join([p[name] for p in parts]) for name in parts[0] if all(name in p for p in parts)}
+
+    def _run_one(self, x: torch.Tensor, require_all: bool) -> dict[str, torch.Tensor]:
+        """One forward pass (of the whole batch, or of one image for a network that takes one at a time)."""
         self._out = {}
         try:
             self.model(x)

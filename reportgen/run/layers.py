@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from reportgen.analysis.activations import ChannelStats
+from reportgen.analysis.filters import transposed_filters
 from reportgen.analysis.locations import sample_positions
 from reportgen.core.cache import Cache, digest, file_digest
-from reportgen.core.errors import SpecError
+from reportgen.core.errors import ModelLoadError, SpecError
 from reportgen.core.results import LayerResult, RunResult
 from reportgen.core.spill import NO_SPILL, Spill
 from reportgen.load.images import LoadedImage
@@ -67,7 +68,7 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
             cache.hits["layer"] -= 1
             cache.misses["layer"] += 1
     missing = [ls for ls in run.layers if found[ls.name] is None]
-    source = run.checkpoint or run.torchscript or run.onnx
+    source = run.checkpoint or run.torchscript or run.onnx or run.exported
     if missing:
         fresh = _compute_layers(spec, run, missing, device, images, shared, with_acts, cross, model)
         for lr in fresh:
@@ -94,7 +95,7 @@ def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared
         arch_file = spec.base_dir / model.arch.rsplit(":", 1)[0]
     return digest(
         "layer", model.arch, model.arch_args, model.checkpoint_key, model.checkpoint_prefix,
-        run.checkpoint, run.torchscript, run.onnx, arch_file,  # paths hash by content
+        run.checkpoint, run.torchscript, run.onnx, run.exported, arch_file,  # paths hash by content
         ls.name, ls.activation, device.type, with_acts,
         run.input.model_dump() if with_acts else None,
         [im.digest for im in images] if with_acts else None,
@@ -117,15 +118,22 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
               else {ls.name: (None, "TorchScript modules are not traced") for ls in layer_specs})
     for ls in layer_specs:
         m = modules[ls.name]
-        w = getattr(m, "weight", None)
-        weight = w.detach().float().cpu().numpy() if isinstance(w, torch.Tensor) and w.ndim >= 2 else None
+        try:
+            weight, weights_note = layer_weight(m)
+        except TypeError as exc:
+            raise ModelLoadError(f"{_layer_where(spec, run, ls, None)}: layer '{ls.name}' of location "
+                                 f"'{run.location}': {exc}") from None
         try:
             act = resolve_activation(model, ls.name, ls.activation, found.get(ls.name, NO_ACTIVATION))
         except ValueError as exc:
             problems.append(f"{_layer_where(spec, run, ls)}: {exc}")
             continue
         acts[ls.name] = act
-        layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
+        info = _layer_info(m)
+        note = loaded.dequantized.get(f"{ls.name}.weight") or weights_note
+        if note:
+            info["weights_note"] = note
+        layers.append(LayerResult(name=ls.name, type=_type_name(m), info=info, weight=weight,
                                   relu_applied=act.kind in ("relu", "relu6") and not act.through, activation=act.kind,
                                   activation_source=act.source, chain=chains[ls.name][0],
                                   chain_note=chains[ls.name][1]))
@@ -155,12 +163,56 @@ def activation_problems(spec: ReportSpec, run: Run, module: nn.Module) -> list[s
     return problems
 
 
-def _layer_where(spec: ReportSpec, run: Run, ls) -> str:
-    """``file:line: key.path`` of a layer's ``activation`` (for errors found with the model loaded)."""
+def _layer_where(spec: ReportSpec, run: Run, ls, key: str | None = "activation") -> str:
+    """``file:line: key.path`` of a layer's ``activation`` (for errors found with the model
+    loaded); with ``key=None``, of the layer's entry."""
     mi = [m.name for m in spec.models].index(run.model.name)
     kp = ("models", mi, "layers") if run.model.layers is not None else ("layers",)
-    kp = kp + (list(run.layers).index(ls), "activation" if ls.relu is None else "relu")
+    kp = kp + (list(run.layers).index(ls),)
+    if key is not None:
+        kp = kp + ("activation" if ls.relu is None else "relu",)
     return f"{spec.where(kp)}: {format_key_path(kp)}"
+
+
+def layer_weight(m: nn.Module) -> tuple[np.ndarray | None, str | None]:
+    """A layer's filters as float32 (N, ...), one row per output channel, and a note for the
+    page when they were not read as stored; (None, None) for a layer without a weight matrix.
+
+    - A transposed convolution stores (C_in, C_out / groups, k...): its filters are read along
+      the second axis (analysis.filters.transposed_filters), so filter c is output channel c's.
+    - A quantized layer (its ``weight()`` a quantized tensor) is dequantized: the values it
+      computes with.
+    - Weights that are not real floating point (integer, complex, bool) raise TypeError: no
+      reading of them as filters would be faithful.
+    """
+    w = getattr(m, "weight", None)
+    if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized modules: weight() unpacks
+        try:
+            w = w()
+        except Exception:  # noqa: BLE001 - a method named weight that is something else
+            return None, None
+    if not isinstance(w, torch.Tensor) or w.ndim < 2:
+        return None, None
+    note = None
+    if w.is_quantized:
+        note = f"dequantized from {str(w.dtype).removeprefix('torch.')} ({_qscheme(w)}): the values the layer computes with"
+        w = w.dequantize()
+    elif not w.is_floating_point():
+        raise TypeError(f"its weight is {str(w.dtype).removeprefix('torch.')}, not real floating point, so it "
+                        "has no faithful picture as filters; leave the layer out, or save the model with float "
+                        "weights (a quantized model's own modules are read dequantized)")
+    weight = w.detach().float().cpu().numpy()
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        weight = transposed_filters(weight, int(m.groups))
+        note = "of a transposed convolution, stored input channel first: filter c is the weight's slice " \
+               "[:, c] (the kernel output channel c stamps), paired with channel c's statistics"
+    return weight, note
+
+
+def _qscheme(w: torch.Tensor) -> str:
+    return ("per-channel scales" if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                                                    torch.per_channel_affine_float_qparams)
+            else f"scale {w.q_scale():.3g}, zero point {w.q_zero_point()}")
 
 
 SHARED_MAPS = 2  # shared images whose maps are kept for the stages view

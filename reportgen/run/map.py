@@ -12,6 +12,7 @@ from reportgen.core.cache import Cache
 from reportgen.core.results import RunResult
 from reportgen.core.spill import NO_SPILL, Spill
 from reportgen.load.spec import ReportSpec
+from reportgen.run.conversion import conversion_warning
 from reportgen.run.executors import Executor, Sequential
 from reportgen.run.task import RunTask, remember_spec, run_task
 from reportgen.run.trace import trace_batch
@@ -61,6 +62,7 @@ def map_runs(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | No
         if close is not None:
             close()
     warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
+    warnings += [w for r in results if (w := conversion_warning(r.run.key, getattr(r, "conversion", None)))]
     warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
     return results, warnings
 

@@ -58,10 +58,10 @@ def dry_run_models(spec: ReportSpec, skip: frozenset[str] = frozenset()) -> tupl
     for run in spec.runs:
         if run.model.name in found or run.model.name in failed or run.model.name in skip:
             continue
-        if any(p is not None and not p.is_file() for p in (run.torchscript, run.onnx)):
+        if any(p is not None and not p.is_file() for p in (run.torchscript, run.onnx, run.exported)):
             continue  # the spec check said so
         try:
-            # TorchScript and ONNX files are their own architecture; with 'arch' the class is.
+            # TorchScript, ONNX and exported files are their own architecture; with 'arch' the class is.
             module = (load_model(spec, run, "cpu").module if run.model.arch is None
                       else build_architecture(spec, run))
         except ReportgenError as exc:

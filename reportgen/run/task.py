@@ -21,6 +21,7 @@ from reportgen.core.results import RunResult
 from reportgen.core.spill import Spill
 from reportgen.load.images import LoadedImage, load_image
 from reportgen.load.spec import ReportSpec, load_spec
+from reportgen.run.conversion import check_conversion
 from reportgen.run.crossmodel import cross_model_runs, cross_shared_images
 from reportgen.run.extension_parts import run_extensions
 from reportgen.run.layers import analyse_run, shared_images
@@ -65,6 +66,7 @@ def run_task(task: RunTask, log: Log | None = None, cached_only: bool = False) -
         result.unit_notes = run_units(spec, result, images, model, device, cache, log)
         result.trace_notes = run_trace(spec, result, model)
         result.extras = run_extensions(spec, result, images, model, device, cache, spill)
+        result.conversion = check_conversion(run, images, model, cache)
     except ModelNeeded:
         return None
     for lr in result.layers:

@@ -216,8 +216,8 @@ def test_onnx_without_the_extra_says_how_to_install(project, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx2torch" else real(name, *a))
-    monkeypatch.setitem(__import__("sys").modules, "onnx2torch", None)  # import fails as if absent
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxslim" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "onnxslim", None)  # import fails as if absent
     (project / "m.onnx").write_bytes(b"\x08\x07")
     spec = write_spec(project, SPEC.replace("    arch: arch.py:TinyNet\n    arch_args: {width: 4}\n"
                                             "    checkpoint: ckpt/{location}.pt\n    locations: [a, b, c]\n",

@@ -133,7 +133,7 @@ def test_model_sources_that_do_not_go_together(project):
     ]
     text = SPEC.replace("    arch: arch.py:TinyNet\n", "").replace("    checkpoint: ckpt/{location}.pt\n", "")
     assert problems(project, text) == [
-        "SPEC:5: models[0]: give 'arch' (with an optional 'checkpoint'), 'torchscript' or 'onnx'"
+        "SPEC:5: models[0]: give 'arch' (with an optional 'checkpoint'), 'exported', 'torchscript' or 'onnx'"
     ]
 
 
