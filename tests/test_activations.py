@@ -183,19 +183,19 @@ def test_sigmoid_and_tanh_definitions():
     got = _stats("sigmoid", y)
     per_c = y.transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(got["active_fraction"], (per_c > 0.5).mean(axis=1))
-    np.testing.assert_array_equal(got["saturated_on_all"], _per_image_all(y * (1 - y) < 0.025, 0.9))
-    assert got["silent"].tolist() == [False, True, False]
-    assert got["saturated_on_all"].tolist() == [False, True, False]  # always on is not "saturated" for a sigmoid
+    np.testing.assert_array_equal(got["saturated"], _per_image_all(y * (1 - y) < 0.025, 0.9))
+    assert got["never_active"].tolist() == [False, True, False]
+    assert got["saturated"].tolist() == [False, True, False]  # always on is not "saturated" for a sigmoid
     # 5 images are too few to state either label (analysis/evidence.py: 29 are needed)
-    assert not got["never_active"].any() and not got["saturated"].any()
+    assert not got["never_active_label"].any() and not got["saturated_label"].any()
     assert got["active_images"].tolist() == [5, 0, 5]
 
     t = np.tanh(z)
     got = _stats("tanh", t)
     per_c = t.transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(got["active_fraction"], (per_c > 0).mean(axis=1))
-    np.testing.assert_array_equal(got["saturated_on_all"], _per_image_all(1 - t ** 2 < 0.1, 0.9))
-    assert got["silent"].tolist() == [False, True, False]
+    np.testing.assert_array_equal(got["saturated"], _per_image_all(1 - t ** 2 < 0.1, 0.9))
+    assert got["never_active"].tolist() == [False, True, False]
 
 
 def test_rectifier_like_definitions():
@@ -210,8 +210,8 @@ def test_rectifier_like_definitions():
         per_c = y.transpose(0, 1).reshape(3, -1).numpy()
         np.testing.assert_allclose(got["active_fraction"], (per_c > 0).mean(axis=1))
         np.testing.assert_allclose(got["mean"], per_c.mean(axis=1))
-        np.testing.assert_array_equal(got["silent"], per_c.max(axis=1) <= 0)
-        assert got["saturated_on_all"][0] and not got["saturated"][0]  # 4 images: observed, not stated
+        np.testing.assert_array_equal(got["never_active"], per_c.max(axis=1) <= 0)
+        assert got["saturated"][0] and not got["saturated_label"][0]  # 4 images: observed, not stated
     # a negative PReLU slope makes negative inputs positive outputs: "active" is about the output
     assert _stats("prelu", F.prelu(z, torch.tensor([0.25, -0.5, 0.1], dtype=z.dtype)).numpy())["active_fraction"][1] == 1
 

@@ -53,9 +53,9 @@ def test_channel_stats_streaming_equals_numpy():
     np.testing.assert_allclose(r["mean"], per.mean(axis=1))
     np.testing.assert_allclose(r["max"], per.max(axis=1))
     np.testing.assert_allclose(r["active_fraction"], (per > 0).mean(axis=1))
-    assert list(r["silent"]) == [False, False, False, True, False]
-    assert list(r["saturated_on_all"]) == [False, False, False, False, True]
-    assert not r["never_active"].any() and not r["saturated"].any()  # 7 images: too few to state them
+    assert list(r["never_active"]) == [False, False, False, True, False]
+    assert list(r["saturated"]) == [False, False, False, False, True]
+    assert not r["never_active_label"].any() and not r["saturated_label"].any()  # 7 images: too few to say
     np.testing.assert_array_equal(r["active_images"], (a.reshape(7, 5, -1) > 0).any(axis=2).sum(axis=0))
 
 

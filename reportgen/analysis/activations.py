@@ -13,11 +13,11 @@ statistics are taken after (docs/reference/methods.md#activations):
   y at 0 or 1, where it is flat), and a channel is saturated when that holds at
   ``saturated_fraction`` of positions or more.
 
-A channel is *silent* when no position of any image is active, and *never active* (the
-label) only when it is silent on at least ``evidence.MIN_IMAGES`` images: images, not
-positions, are the independent samples (docs/reference/methods.md#evidence). Likewise a
-channel is saturated on an image when the rule above holds over that image's positions, and
-*saturated* (the label) when it holds on every image and there are enough of them.
+``never_active``: no position of any image is active (what was observed on these images);
+the *label* (``never_active_label``) only when that holds on at least ``evidence.MIN_IMAGES``
+images: images, not positions, are the independent samples (docs/reference/methods.md#health).
+Likewise ``saturated``: the rule above holds over the positions of every image, and
+``saturated_label`` when there are enough of them.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class ChannelStats:
     def result(self, saturated_fraction: float) -> dict[str, np.ndarray]:
         """Per channel: ``mean``, ``max``, ``active_fraction`` (over every position of every
         image), ``active_images`` (images with an active position), ``saturated_images``
-        (images on which the channel is saturated), ``silent`` (active on no image),
-        ``never_active`` and ``saturated`` (the labels: only with ``MIN_IMAGES`` images or more),
-        ``saturated_pooled`` (the pooled rule, kept for the pages' counts)."""
+        (images on which the channel is saturated), ``never_active`` (active on no image),
+        ``saturated`` (saturated on every image), and the labels ``never_active_label`` and
+        ``saturated_label`` (those two, only with ``MIN_IMAGES`` images or more)."""
         n = max(self.count, 1)
         active = self.positive / n
         silent = self.max <= self.threshold
@@ -98,10 +98,10 @@ class ChannelStats:
             "active_fraction": active,
             "active_images": self.active_images.copy(),
             "saturated_images": self.saturated_images.copy(),
-            "silent": silent,
-            "never_active": silent & enough,
-            "saturated_on_all": always,
-            "saturated": always & enough,
+            "never_active": silent,
+            "never_active_label": silent & enough,
+            "saturated": always,
+            "saturated_label": always & enough,
         }
 
 

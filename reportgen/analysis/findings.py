@@ -14,7 +14,7 @@ from statistics import median
 
 import numpy as np
 
-from reportgen.analysis.findings_health import DIED_IN_TRAINING, location_findings, pattern_findings
+from reportgen.analysis.findings_health import kept_initial_size, location_findings, pattern_findings
 from reportgen.analysis.wording import finding, listing
 from reportgen.core.names import code, slug
 
@@ -286,7 +286,7 @@ def _silent_died(report: dict, key: str) -> bool:
     run = next(r for r in report["runs"] if r["key"] == key)
     for lay in run["layers"]:
         a, b = lay["summary"].get("never_active_norm_over_init"), lay["summary"].get("active_norm_over_init")
-        if lay["summary"].get("never_active") and a is not None and b is not None and a <= DIED_IN_TRAINING \
-                and b >= 1.2 * a:
+        if lay["summary"].get("never_active") and not lay.get("normalised_before_activation") \
+                and kept_initial_size(a, b):
             return True
     return False

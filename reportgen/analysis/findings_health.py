@@ -22,7 +22,7 @@ from reportgen.core.names import code, slug
 NORM_COLLAPSE = 0.25  # a run's median filter norm below this x the other runs' median
 SPARSE_LIVE = 0.5  # live filters with this share of near-zero weights: zeros everywhere (L1-like)
 INIT_EVERYWHERE = 0.75  # a layer at init at this share of locations is the layer's pattern
-DIED_IN_TRAINING = 1.25  # never-active filters at most this x their initial norm kept their start
+DIED_IN_TRAINING = 0.25  # never-active filters within this of their initial norm (x 1) kept their start
 
 # Diagnoses from the most to the least severe; a location is named under its first.
 DIAGNOSES = ["broken", "never trained", "collapsed", "untrained", "partly collapsed", "shrunk", "sparse", "silent"]
@@ -140,6 +140,17 @@ def image_evidence_of(lay: dict, n_images: int) -> dict:
             "min_images": MIN_IMAGES, "rate_upper_bound": bound, "enough": n_images >= MIN_IMAGES}
 
 
+def label_count(lay: dict, key: str, n_images: int | None = None) -> int:
+    """How many channels carry the label ``key`` ('never_active', 'saturated'): those observed
+    on every test image, counted only with enough images (``<key>_label`` in the summary; for
+    reports without it, the observed count when the evidence allows it, else 0)."""
+    s = lay["summary"]
+    if f"{key}_label" in s:
+        return s[f"{key}_label"]
+    ev = lay.get("evidence") or (image_evidence_of(lay, n_images) if n_images is not None else {})
+    return s[key] if ev.get("enough") else 0
+
+
 def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
     out = []
     weighted = [lay for lay in run["layers"] if lay["summary"]["filters"]]
@@ -209,13 +220,14 @@ def _reasons(run: dict, ctx: _Context, health) -> list[dict]:
         # A share as high as the other locations' is the layer's pattern, reported once. The count
         # is of the label, which needs enough test images (analysis/evidence.py).
         na_ref = ctx.median_of(run, lay, _na_share)
+        labelled = label_count(lay, "never_active", len(run["images"]))
         if (activated(lay) and s["channels"] and not collapsed
-                and s["never_active"] / s["channels"] >= health.never_active_share_warn
-                and (na_ref is None or s["never_active"] / s["channels"] >= na_ref + 0.15)):
-            share = s["never_active"] / s["channels"]
+                and labelled / s["channels"] >= health.never_active_share_warn
+                and (na_ref is None or labelled / s["channels"] >= na_ref + 0.15)):
+            share = labelled / s["channels"]
             ev = image_evidence_of(lay, len(run["images"]))
             out.append(_r("silent", "warning", name, share,
-                          f"[{s['never_active']} of {plural(s['channels'], cn)} of {code(name)} ({share:.0%}) never "
+                          f"[{labelled} of {plural(s['channels'], cn)} of {code(name)} ({share:.0%}) never "
                           f"activate]({link}) on any of the {plural(ev['images'], 'test image')}, so each one fires on "
                           f"under {ev['rate_upper_bound']:.1%} of images (95% bound)"
                           + (f" (median over locations {na_ref:.0%})" if na_ref is not None else ""),
@@ -258,20 +270,30 @@ def _headline(diagnosis: str, layer: str, cause: str | None, n: int, noun: str =
 
 
 def _na_share(lay: dict) -> float | None:
+    """The share of the layer's channels labelled never active (None without an activation)."""
     s = lay["summary"]
-    return s["never_active"] / s["channels"] if activated(lay) and s["channels"] else None
+    return label_count(lay, "never_active") / s["channels"] if activated(lay) and s["channels"] else None
+
+
+def kept_initial_size(a: float | None, b: float | None) -> bool:
+    """Silent channels' filters at their initial size (median ``norm_over_init`` within
+    DIED_IN_TRAINING of 1) while the active ones' grew (at least 1.2 x that)."""
+    return a is not None and b is not None and abs(a - 1) <= DIED_IN_TRAINING and b >= 1.2 * a
 
 
 def _died_in_training(items: list[tuple[dict, dict]]) -> tuple[float, float] | None:
     """Median ``norm_over_init`` of the silent channels' filters and of the active ones', when
     the silent ones kept their initial size while the active ones grew: units that stopped firing
-    early in training and got no gradient since. None otherwise."""
+    early in training and got no gradient since. None otherwise, and None where a BatchNorm
+    comes between the layer and its activation: the norm then rescales the channel whatever the
+    filter's size, and ``norm_over_init`` assumes PyTorch's default init."""
+    items = [(r, lay) for r, lay in items if not lay.get("normalised_before_activation")]
     na = [v for v in (lay["summary"].get("never_active_norm_over_init") for _, lay in items) if v is not None]
     act = [v for v in (lay["summary"].get("active_norm_over_init") for _, lay in items) if v is not None]
     if not na or not act:
         return None
     a, b = median(na), median(act)
-    return (a, b) if a <= DIED_IN_TRAINING and b >= 1.2 * a else None
+    return (a, b) if kept_initial_size(a, b) else None
 
 
 def _never_active_everywhere(ctx: _Context, health) -> dict | None:
@@ -317,14 +339,14 @@ def too_few_images(ctx: _Context) -> dict | None:
     silent, always, short = [], [], []
     for name, items in ctx.by_layer().items():
         judged = [(run, lay) for run, lay in items if activated(lay) and lay["summary"]["channels"]
-                  and "silent" in lay["summary"] and not image_evidence_of(lay, len(run["images"]))["enough"]]
+                  and not image_evidence_of(lay, len(run["images"]))["enough"]]
         if not judged:
             continue
         short += [image_evidence_of(lay, len(run["images"]))["images"] for run, lay in judged]
         lay0 = judged[0][1]
         ppi = image_evidence_of(lay0, 0).get("positions_per_image")
         one = " (one value per image)" if ppi == 1 else ""
-        for key, out in (("silent", silent), ("saturated_on_all", always)):
+        for key, out in (("never_active", silent), ("saturated", always)):
             counts = [(lay["summary"].get(key) or 0, lay["summary"]["channels"]) for _, lay in judged]
             if not any(k for k, _ in counts):
                 continue
@@ -465,8 +487,9 @@ def _saturated(ctx: _Context, health) -> dict | None:
     """Channels saturated on every one of enough test images (the label's count)."""
     parts, share, first, evidence = [], 0.0, None, []
     for name, items in ctx.by_layer().items():
-        hits = [(r["key"], lay["summary"]["saturated"], lay["summary"]["channels"]) for r, lay in items
-                if activated(lay) and lay["summary"]["saturated"]]
+        hits = [(r["key"], label_count(lay, "saturated", len(r["images"])), lay["summary"]["channels"])
+                for r, lay in items if activated(lay)]
+        hits = [h for h in hits if h[1]]
         if not hits:
             continue
         first = first or name

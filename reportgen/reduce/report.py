@@ -22,8 +22,8 @@ FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "de
 
 
 
-CHANNEL_KEYS = ["mean", "max", "active_fraction", "active_images", "saturated_images", "silent", "never_active",
-                "saturated_on_all", "saturated"]
+CHANNEL_KEYS = ["mean", "max", "active_fraction", "active_images", "saturated_images", "never_active",
+                "never_active_label", "saturated", "saturated_label"]
 
 
 
@@ -172,9 +172,9 @@ def layer_summary(layer: dict) -> dict:
         "near_zero_fraction": float(np.mean(nz)) if nz else None,
         "channels": len(c),
         "never_active": sum(x["never_active"] for x in c),
-        "silent": sum(x.get("silent", x["never_active"]) for x in c),
+        "never_active_label": sum(x.get("never_active_label", False) for x in c),
         "saturated": sum(x["saturated"] for x in c),
-        "saturated_on_all": sum(x.get("saturated_on_all", x["saturated"]) for x in c),
+        "saturated_label": sum(x.get("saturated_label", False) for x in c),
     }
     if "gabor" in layer:
         out["gabor_like"] = layer["gabor"]["share_gabor_like"]
@@ -184,10 +184,8 @@ def layer_summary(layer: dict) -> dict:
     # Filters of channels silent on every test image against those of active ones, both against
     # the initial norm: channels that died in training kept the size they started with.
     out["never_active_norm_over_init"], out["active_norm_over_init"] = (
-        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch.get("silent", ch["never_active"])
-                 and not x["dead"]]),
-        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch.get("silent", ch["never_active"])
-                 and not x["dead"]]))
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
+        _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))
     return out
 
 

@@ -131,7 +131,10 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
             problems.append(f"{_layer_where(spec, run, ls)}: {exc}")
             continue
         acts[ls.name] = act
-        layers.append(LayerResult(name=ls.name, type=_type_name(m), info=_layer_info(m), weight=weight,
+        info = _layer_info(m)
+        if any(isinstance(modules.get(n), nn.modules.batchnorm._BatchNorm) for n in act.through):
+            info["normalised_before_activation"] = True  # filter norms say little about the channel's size
+        layers.append(LayerResult(name=ls.name, type=_type_name(m), info=info, weight=weight,
                                   relu_applied=act.kind in ("relu", "relu6") and not act.through, activation=act.kind,
                                   activation_source=act.source, activation_note=act.note,
                                   chain=chains[ls.name][0],

@@ -151,14 +151,11 @@ def filter_flags(lay: dict) -> list[list[str]]:
             flags.append(f"≈ {f['duplicate_of']}" + (" (as often as chance)" if chance else ""))
         n = (lay.get("evidence") or {}).get("images")
         images = f"all {n} test images" if n else "every test image"
+        enough = (lay.get("evidence") or {}).get("enough", "never_active_label" not in c)
         if c.get("never_active"):
-            flags.append("never active")
-        elif c.get("silent"):
-            flags.append(f"silent on {images}")
+            flags.append("never active" if c.get("never_active_label", enough) else f"silent on {images}")
         if c.get("saturated"):
-            flags.append("saturated")
-        elif c.get("saturated_on_all"):
-            flags.append(f"saturated on {images}")
+            flags.append("saturated" if c.get("saturated_label", enough) else f"saturated on {images}")
         out.append(flags)
     return out
 
