@@ -273,7 +273,10 @@ def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activatio
 
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return qualname in wanted or super().is_leaf_module(m, qualname)
+            # onnx2torch's operation modules (a clip, a hard sigmoid, an Add) stay whole, as the
+            # converted graph has them, so they can be recognised.
+            return (qualname in wanted or type(m).__module__.startswith("onnx2torch")
+                    or super().is_leaf_module(m, qualname))
 
     try:
         graph = _Tracer().trace(model)
