@@ -353,6 +353,10 @@ def too_few_images(ctx: _Context) -> dict | None:
             shares = [k / c for k, c in counts]
             if len(counts) == 1:
                 said = f"{code(name)} {counts[0][0]} of {plural(counts[0][1], channel_noun(lay0))}{one}"
+            elif median(shares) == 0:
+                top = max(range(len(shares)), key=lambda i: shares[i])
+                said = (f"{code(name)} none at most locations, up to {shares[top]:.0%} of {channel_noun(lay0)}s{one} "
+                        f"(at {judged[top][0]['key']})")
             else:
                 said = (f"{code(name)} a median of {median(shares):.0%} of {channel_noun(lay0)}s{one} (range "
                         f"{min(shares):.0%}–{max(shares):.0%} over {len(counts)} locations)")
