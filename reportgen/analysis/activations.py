@@ -7,12 +7,17 @@ statistics are taken after (docs/reference/methods.md#activations):
   mish), a raw output ('none') and any other module: a position is active when the output
   is > 0; a channel is saturated when it is active at ``saturated_fraction`` of positions
   or more (it barely selects);
-- sigmoid: active when the output is > 0.5 (the input is > 0); tanh: active when > 0;
-  for both a position is saturated when it sits near an asymptote, where the slope is
-  below a tenth of its peak (sigmoid: y(1 - y) < 0.025; tanh: 1 - y^2 < 0.1), and a
-  channel is saturated when that holds at ``saturated_fraction`` of positions or more.
+- sigmoid and hardsigmoid: active when the output is > 0.5 (the input is > 0); tanh: active
+  when > 0; for these a position is saturated when it sits near an asymptote, where the slope
+  is below a tenth of its peak (sigmoid: y(1 - y) < 0.025; tanh: 1 - y^2 < 0.1; hardsigmoid:
+  y at 0 or 1, where it is flat), and a channel is saturated when that holds at
+  ``saturated_fraction`` of positions or more.
 
-A channel is never active when no position of any image is active.
+``never_active``: no position of any image is active (what was observed on these images);
+the *label* (``never_active_label``) only when that holds on at least ``evidence.MIN_IMAGES``
+images: images, not positions, are the independent samples (docs/reference/methods.md#health).
+Likewise ``saturated``: the rule above holds over the positions of every image, and
+``saturated_label`` when there are enough of them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-ACTIVE_ABOVE = {"sigmoid": 0.5}  # the output level above which a position is active (else 0)
+from reportgen.analysis.evidence import MIN_IMAGES
+
+ACTIVE_ABOVE = {"sigmoid": 0.5, "hardsigmoid": 0.5}  # the output level above which a position is active (else 0)
 SLOPE_SHARE = 0.1  # "near an asymptote": the slope is below this share of its peak
 
 
@@ -30,6 +37,8 @@ def saturated_positions(a: torch.Tensor, kind: str) -> torch.Tensor | None:
         return a * (1 - a) < SLOPE_SHARE * 0.25
     if kind == "tanh":
         return 1 - a * a < SLOPE_SHARE
+    if kind == "hardsigmoid":  # flat (slope 0) outside its linear ramp
+        return (a <= 0) | (a >= 1)
     return None
 
 
@@ -48,29 +57,51 @@ class ChannelStats:
         self.positive = np.zeros(channels, dtype=np.int64)
         self.near_asymptote = np.zeros(channels, dtype=np.int64)
         self.count = 0  # positions per channel seen so far
+        self.images = 0  # images seen so far
+        self.active_images = np.zeros(channels, dtype=np.int64)  # images with an active position
+        self.saturated_images = np.zeros(channels, dtype=np.int64)  # images the channel saturates on
+        self.positions_per_image: int | None = None
 
-    def update(self, acts: torch.Tensor) -> None:
-        a = acts.detach().to(torch.float64)
-        a = a.reshape(a.shape[0], a.shape[1], -1).transpose(0, 1).reshape(a.shape[1], -1)
+    def update(self, acts: torch.Tensor, saturated_fraction: float = 0.99) -> None:
+        """Add a batch (N, C, ...) of N images; ``saturated_fraction`` is the per-image rule."""
+        per_image = acts.detach().to(torch.float64)
+        per_image = per_image.reshape(per_image.shape[0], per_image.shape[1], -1)  # (N, C, P)
+        a = per_image.transpose(0, 1).reshape(per_image.shape[1], -1)
         self.sum += a.sum(dim=1).cpu().numpy()
         self.max = np.maximum(self.max, a.max(dim=1).values.cpu().numpy())
-        self.positive += (a > self.threshold).sum(dim=1).cpu().numpy()
-        sat = saturated_positions(a, self.kind)
+        on = per_image > self.threshold  # (N, C, P)
+        self.positive += on.sum(dim=(0, 2)).cpu().numpy()
+        self.active_images += on.any(dim=2).sum(dim=0).cpu().numpy()
+        sat = saturated_positions(per_image, self.kind)
         if sat is not None:
-            self.near_asymptote += sat.sum(dim=1).cpu().numpy()
+            self.near_asymptote += sat.sum(dim=(0, 2)).cpu().numpy()
+        share = (sat if sat is not None else on).to(torch.float64).mean(dim=2)  # (N, C)
+        self.saturated_images += (share >= saturated_fraction).sum(dim=0).cpu().numpy()
         self.count += a.shape[1]
+        self.images += per_image.shape[0]
+        self.positions_per_image = per_image.shape[2]
 
     def result(self, saturated_fraction: float) -> dict[str, np.ndarray]:
-        """``mean``, ``max``, ``active_fraction``, ``never_active``, ``saturated`` per channel."""
+        """Per channel: ``mean``, ``max``, ``active_fraction`` (over every position of every
+        image), ``active_images`` (images with an active position), ``saturated_images``
+        (images on which the channel is saturated), ``never_active`` (active on no image),
+        ``saturated`` (saturated on every image), and the labels ``never_active_label`` and
+        ``saturated_label`` (those two, only with ``MIN_IMAGES`` images or more)."""
         n = max(self.count, 1)
         active = self.positive / n
-        bounded = self.kind in ("sigmoid", "tanh")
+        silent = self.max <= self.threshold
+        enough = self.images >= MIN_IMAGES
+        always = (self.saturated_images == self.images) & (self.images > 0)
         return {
             "mean": self.sum / n,
             "max": self.max.copy(),
             "active_fraction": active,
-            "never_active": self.max <= self.threshold,
-            "saturated": (self.near_asymptote / n if bounded else active) >= saturated_fraction,
+            "active_images": self.active_images.copy(),
+            "saturated_images": self.saturated_images.copy(),
+            "never_active": silent,
+            "never_active_label": silent & enough,
+            "saturated": always,
+            "saturated_label": always & enough,
         }
 
 

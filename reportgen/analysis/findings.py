@@ -14,8 +14,8 @@ from statistics import median
 
 import numpy as np
 
-from reportgen.analysis.findings_health import location_findings, pattern_findings
-from reportgen.analysis.wording import finding
+from reportgen.analysis.findings_health import kept_initial_size, location_findings, pattern_findings
+from reportgen.analysis.wording import finding, listing
 from reportgen.core.names import code, slug
 
 SEVERITY_ORDER = {"danger": 0, "warning": 1, "info": 2}
@@ -44,7 +44,8 @@ def findings(report: dict, analyses) -> list[dict]:
     ranked = sorted(verdicts + gabor + sims + patterns, key=rank_key)
     unhealthy = sorted({k for f in verdicts if f["severity"] != "info" for k in f["locations"]})
     notes = any(f["severity"] == "warning" or f.get("pattern") == "dead" for f in patterns)
-    out = ranked + [_overview(report, unhealthy, notes)]
+    short = any(f.get("pattern") == "too_few_images" for f in patterns)
+    out = ranked + [_overview(report, unhealthy, notes, verdicts, short)]
     nxt = _next_step(report, verdicts, gabor, patterns)
     if nxt:
         out.append(nxt)
@@ -169,8 +170,14 @@ def gabor_findings(report: dict, min_score: float) -> list[dict]:
     med = median(g["share_gabor_like"] for g in ranked.values())
     best = max(ranked, key=lambda k: ranked[k]["share_gabor_like"])
     text = (f"{code(layer_name)}: few filters are Gabor-like" if med < 0.5 else f"{code(layer_name)}: most filters are Gabor-like")
+    margin = next((g["margin"] for g in ranked.values() if g.get("margin") is not None), None)
     text += (f": the median location has {med:.0%} of its live filters whose Gabor fit reaches an adjusted R² of "
-             f"{min_score:g} (highest: {best}, {ranked[best]['share_gabor_like']:.0%} of {_live(ranked[best])}).")
+             f"{min_score:g}" + (f" and beats a centre-surround (blob) fit by {margin:g} or more" if margin else "")
+             + f" (highest: {best}, {ranked[best]['share_gabor_like']:.0%} of {_live(ranked[best])}).")
+    blobs = sorted((g.get("blob_like") or 0, k) for k, g in ranked.items())
+    if blobs and blobs[-1][0]:
+        text += (f" Fits that reach {min_score:g} but a blob explains as well are not counted (up to "
+                 f"{blobs[-1][0]} at {blobs[-1][1]}).")
     text += few
     ref = report.get("reference")
     severity, value = "info", 1 - med
@@ -193,16 +200,24 @@ def _live(g: dict) -> str:
     return "its filters" if n is None else f"{n} live filter{'s' if n != 1 else ''}"
 
 
-def _overview(report: dict, unhealthy: list[str], notes: bool) -> dict:
-    """``notes``: health patterns (dead filters, layers at init everywhere) that name no one location."""
+def _overview(report: dict, unhealthy: list[str], notes: bool, verdicts: list[dict] = (),
+              short: bool = False) -> dict:
+    """``notes``: health patterns (dead filters, layers at init everywhere) that name no one location.
+    ``short``: too few test images to tell which channels never activate (a finding says so).
+    The overview heads the findings, so it points down to them, and names what they diagnose."""
     runs = [r["key"] for r in report["runs"]]
     n = len(runs)
+    images = (" Too few test images to tell yet which channels never activate or saturate: a finding below "
+              "says how many would." if short else "")
     if unhealthy:
         ok = n - len(unhealthy)
         first = ", ".join(f"**{b}**" for b in unhealthy)
-        if ok == 0:
-            text = (f"Every location shows a health problem at the inspected layers; look first at {first}."
-                    if n > 1 else f"The location shows a health problem at the inspected layers: see above.")
+        if ok == 0 and n == 1:
+            what = listing(list(dict.fromkeys(
+                f"{f['diagnosis']} at {code(f['layer'])}" for f in verdicts if f["severity"] != "info")))
+            text = f"The location shows a health problem: {what}; the findings below give the numbers."
+        elif ok == 0:
+            text = f"Every location shows a health problem at the inspected layers; look first at {first}."
         else:
             text = (f"{ok} of {n} locations show no health problem at the inspected layers; "
                     f"look first at {first}.")
@@ -211,8 +226,9 @@ def _overview(report: dict, unhealthy: list[str], notes: bool) -> dict:
                 "apply" + ("." if n > 1 else " to it."))
     else:
         everyone = "The location passes" if n == 1 else "Both locations pass" if n == 2 else f"All {n} locations pass"
-        text = f"{everyone} every health check at the inspected layers."
-    return _f("info", text, None, None, None, len(unhealthy) / max(1, n), kind="overview")
+        text = f"{everyone} every health check at the inspected layers" + (" that the test images allow." if short
+                                                                             else ".")
+    return _f("info", text + images, None, None, None, len(unhealthy) / max(1, n), kind="overview")
 
 
 def _next_step(report: dict, verdicts: list[dict], gabor: list[dict], patterns: list[dict]) -> dict | None:
@@ -237,8 +253,14 @@ def _next_step(report: dict, verdicts: list[dict], gabor: list[dict], patterns: 
         steps.append(f"retrain {', '.join(sorted(shrunk))} with a lighter penalty (L1, group lasso, weight decay) "
                      "and rebuild")
     if by_kind.get("silent"):
-        steps.append(f"check {', '.join(by_kind['silent'])} on more varied images; if channels stay silent, "
-                     "retrain with a lower learning rate")
+        died = [k for k in by_kind["silent"] if _silent_died(report, k)]
+        learned = [k for k in by_kind["silent"] if k not in died]
+        if died:
+            steps.append(f"retrain {', '.join(died)} with a lower learning rate, warm-up or a leaky activation: its "
+                         "never-active channels' filters kept their initial size, so they died early in training")
+        if learned:
+            steps.append(f"run {', '.join(learned)} on images closer to its own data: its never-active channels' "
+                         "filters learned, so they may answer something these test images lack")
     ref = report.get("reference")
     runs = report["runs"]
     if gabor and ref and ref.get("gabor") and gabor[0]["severity"] == "warning":
@@ -256,3 +278,15 @@ def _next_step(report: dict, verdicts: list[dict], gabor: list[dict], patterns: 
 def _f(severity: str, text: str, location: str | None, layer: str | None, link: str | None, value: float,
        kind: str = "note", locations: list[str] | None = None) -> dict:
     return finding(severity, text, location, layer, link, value, kind=kind, locations=locations)
+
+
+def _silent_died(report: dict, key: str) -> bool:
+    """Whether run ``key``'s never-active channels kept their initial filter size while its active
+    ones grew (the evidence of units lost in training, findings_health.DIED_IN_TRAINING)."""
+    run = next(r for r in report["runs"] if r["key"] == key)
+    for lay in run["layers"]:
+        a, b = lay["summary"].get("never_active_norm_over_init"), lay["summary"].get("active_norm_over_init")
+        if lay["summary"].get("never_active") and not lay.get("normalised_before_activation") \
+                and kept_initial_size(a, b):
+            return True
+    return False

@@ -50,9 +50,15 @@ __all__ = [
     "rgb_to_spatial",
     "gabor_scores",
     "orientation_histogram",
+    "is_gabor_like",
+    "GABOR_MARGIN",
 ]
 
 N_PARAMS = 9
+DOG_PARAMS = 7
+# A filter is Gabor-like only when its Gabor fit's adjusted R^2 exceeds the centre-surround's by
+# this much: an oriented pattern must explain clearly more than a blob.
+GABOR_MARGIN = 0.1
 _TWO_PI = 2.0 * np.pi
 _GAMMA_RANGE = (0.5, 2.0)  # envelope aspect: up to 2:1 elongation either way
 _NYQUIST = 0.5  # cycles/pixel
@@ -69,6 +75,7 @@ class GaborFit:
     score:  Gabor-likeness, adjusted R^2 clipped to [0, 1]; 0 for a constant
             filter, NaN for a filter containing NaN/inf or with <= 10 pixels.
     fitted: (h, w) float64 the fitted Gabor (read-only).
+    dog_score, dog_r2: the same for the best centre-surround (difference of Gaussians) fit.
 
     ``eq=False`` because ``fitted`` is an array (``==`` has no single truth value).
     """
@@ -85,6 +92,8 @@ class GaborFit:
     r2: float
     score: float
     fitted: np.ndarray
+    dog_score: float = float("nan")  # adjusted R^2 of the centre-surround fit (7 parameters)
+    dog_r2: float = float("nan")
 
     @property
     def params(self) -> dict:
@@ -351,27 +360,29 @@ def _canonical(p: np.ndarray) -> np.ndarray:
     return np.array([theta, freq, phase, sigma, gamma, x0, y0, amp, off])
 
 
-def _adjusted(r2: float, n: int) -> float:
-    if n <= N_PARAMS + 1:
+def _adjusted(r2: float, n: int, params: int = N_PARAMS) -> float:
+    if n <= params + 1:
         return float("nan")
-    adj = 1.0 - (1.0 - r2) * (n - 1) / (n - N_PARAMS - 1)
+    adj = 1.0 - (1.0 - r2) * (n - 1) / (n - params - 1)
     return float(np.clip(adj, 0.0, 1.0))
 
 
-def _make_fit(p: np.ndarray, r2: float, score: float, fitted: np.ndarray) -> GaborFit:
+def _make_fit(p: np.ndarray, r2: float, score: float, fitted: np.ndarray, dog_r2: float = float("nan"),
+              dog_score: float = float("nan")) -> GaborFit:
     fitted = np.array(fitted, dtype=np.float64)
     fitted.setflags(write=False)
-    return GaborFit(*(float(v) for v in p), r2=float(r2), score=float(score), fitted=fitted)
+    return GaborFit(*(float(v) for v in p), r2=float(r2), score=float(score), fitted=fitted,
+                    dog_score=float(dog_score), dog_r2=float(dog_r2))
 
 
 def _constant_fit(value: float, shape: tuple[int, int]) -> GaborFit:
     """The fit reported for a constant filter: zero amplitude, score 0."""
     h, w = shape
     p = np.array([0.0, 0.0, 0.0, 1.0, 1.0, (w - 1) / 2.0, (h - 1) / 2.0, 0.0, value])
-    return _make_fit(p, 0.0, 0.0, np.full((h, w), value))
+    return _make_fit(p, 0.0, 0.0, np.full((h, w), value), 0.0, 0.0)
 
 
-def _levenberg_marquardt(p, cost, targets, xs, ys, lo, hi, max_iter):
+def _levenberg_marquardt(p, cost, targets, xs, ys, lo, hi, max_iter, model_jac=None, model_fn=None):
     """Bounds-projected Levenberg-Marquardt on a batch of independent problems.
 
     p: (B, 9) starts, cost: (B,) their residual sums of squares, targets: (B, n),
@@ -384,20 +395,22 @@ def _levenberg_marquardt(p, cost, targets, xs, ys, lo, hi, max_iter):
     decrease < 1e-6 or a relative step < 1e-6 on an accepted step, or their cap);
     only the items still running are evaluated.
     """
+    model_jac = model_jac or _model_and_jacobian
+    model_fn = model_fn or gabor_model
     p = p.copy()
     cost = cost.copy()
-    b_n = p.shape[0]
+    b_n, n_par = p.shape
     lam = np.full(b_n, 1e-3)
     nu = np.full(b_n, 2.0)
-    dscale = np.zeros((b_n, N_PARAMS))
+    dscale = np.zeros((b_n, n_par))
     done = np.zeros(b_n, dtype=bool)
-    eye = np.eye(N_PARAMS)
+    eye = np.eye(n_par)
     for it in range(int(max_iter.max(initial=0))):
         act = np.flatnonzero(~done & (it < max_iter))
         if act.size == 0:
             break
         pa, ca, ta = p[act], cost[act], targets[act]
-        model, jac = _model_and_jacobian(pa, xs, ys)
+        model, jac = model_jac(pa, xs, ys)
         r = model - ta
         jt = np.swapaxes(jac, 1, 2)
         a_mat = jt @ jac  # (b, 9, 9)
@@ -415,7 +428,7 @@ def _levenberg_marquardt(p, cost, targets, xs, ys, lo, hi, max_iter):
         step = np.linalg.solve(lhs, -(grad * keep)[:, :, None])[:, :, 0]
         trial = np.clip(pa + step, lo, hi)
         d = trial - pa
-        new_cost = np.sum((gabor_model(trial, xs, ys) - ta) ** 2, axis=1)
+        new_cost = np.sum((model_fn(trial, xs, ys) - ta) ** 2, axis=1)
         pred = -(2.0 * np.sum(grad * d, axis=1) + np.einsum("bi,bij,bj->b", d, a_mat, d))
         gain = ca - new_cost
         ok = np.isfinite(new_cost) & (gain > 0)
@@ -490,13 +503,16 @@ def _fit_batch(maps: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> list[GaborFi
             best = np.argmin(final, axis=1)
             rows = np.arange(m_f)
             best_p, best_cost = params[rows, best], final[rows, best]
+            dog_cost = _fit_dog(g, xs, ys, (h, w))
         r2 = np.clip(1.0 - best_cost / ss_tot, 0.0, 1.0)
+        dog_r2 = np.clip(1.0 - dog_cost / ss_tot, 0.0, 1.0)
         for k, i in enumerate(fin):
             pk = _canonical(best_p[k])
             pk[7] *= scale[k]
             pk[8] = pk[8] * scale[k] + mean[k]
             fitted = gabor_model(pk, xs, ys).reshape(h, w)
-            out[i] = _make_fit(pk, r2[k], _adjusted(float(r2[k]), n), fitted)
+            out[i] = _make_fit(pk, r2[k], _adjusted(float(r2[k]), n), fitted, dog_r2[k],
+                               _adjusted(float(dog_r2[k]), n, DOG_PARAMS))
     return out  # type: ignore[return-value]
 
 
@@ -523,6 +539,95 @@ def fit_gabor(f: np.ndarray) -> GaborFit:
         raise ValueError(f"fit_gabor needs an (h, w) filter, got shape {f.shape}")
     xs, ys = gabor_grid(f.shape)
     return _fit_batch(f[None], xs, ys)[0]
+
+
+# --------------------------------------------------------------------------- centre-surround
+
+def dog_model(p: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Difference of two concentric round Gaussians: p (..., 7) = (x0, y0, sigma1, sigma2, a1, a2,
+    offset) -> (..., n): a1 exp(-r²/2σ1²) - a2 exp(-r²/2σ2²) + offset, r the distance to (x0, y0)."""
+    return _dog_model_and_jacobian(p, xs, ys)[0]
+
+
+def _dog_model_and_jacobian(p: np.ndarray, xs: np.ndarray, ys: np.ndarray):
+    col = lambda k: p[..., k, None]  # noqa: E731
+    x0, y0, s1, s2, a1, a2 = (col(k) for k in range(6))
+    dx, dy = xs - x0, ys - y0
+    r2 = dx * dx + dy * dy
+    g1 = np.exp(-r2 / (2.0 * s1 * s1))
+    g2 = np.exp(-r2 / (2.0 * s2 * s2))
+    t1, t2 = a1 * g1, a2 * g2
+    jac = np.empty(r2.shape + (DOG_PARAMS,))
+    w = t1 / (s1 * s1) - t2 / (s2 * s2)
+    jac[..., 0] = w * dx
+    jac[..., 1] = w * dy
+    jac[..., 2] = t1 * r2 / (s1 ** 3)
+    jac[..., 3] = -t2 * r2 / (s2 ** 3)
+    jac[..., 4] = g1
+    jac[..., 5] = -g2
+    jac[..., 6] = 1.0
+    return t1 - t2 + p[..., 6, None], jac
+
+
+def _dog_bounds(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = shape
+    size = float(max(h, w))
+    inf = np.inf
+    lo = np.array([-_CENTRE_PAD, -_CENTRE_PAD, 0.3, 0.3, -inf, -inf, -inf])
+    hi = np.array([w - 1 + _CENTRE_PAD, h - 1 + _CENTRE_PAD, size, 2.0 * size, inf, inf, inf])
+    return lo, hi
+
+
+def _fit_dog(g: np.ndarray, xs: np.ndarray, ys: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Residual sums of squares of the best centre-surround fit of each row of g (M, n) (zero-mean,
+    max |.| = 1): starts at three centres (kernel centre, peak pixel, energy centroid), five inner
+    widths and two surround ratios, amplitudes and offset solved linearly, the best two polished
+    by the same Levenberg-Marquardt as the Gabor."""
+    m_f, n = g.shape
+    h, w = shape
+    size = float(max(h, w))
+    e = g * g
+    esum = np.maximum(e.sum(axis=1), 1e-300)
+    k = np.argmax(np.abs(g), axis=1)
+    centres = [(np.full(m_f, (w - 1) / 2.0), np.full(m_f, (h - 1) / 2.0)), (xs[k], ys[k]),
+               (e @ xs / esum, e @ ys / esum)]
+    widths = (0.5, 0.8, 1.2, size / 4.0, size / 2.5)
+    ratios = (1.6, 3.0)
+    cand = np.zeros((m_f, len(centres) * len(widths) * len(ratios), DOG_PARAMS))
+    j = 0
+    for cx, cy in centres:
+        for s1 in widths:
+            for r in ratios:
+                cand[:, j, 0], cand[:, j, 1], cand[:, j, 2], cand[:, j, 3] = cx, cy, s1, s1 * r
+                j += 1
+    lo, hi = _dog_bounds(shape)
+    cand = np.clip(cand, lo + 1e-6, hi - 1e-6)
+    dx, dy = xs - cand[..., 0:1], ys - cand[..., 1:2]
+    r2 = dx * dx + dy * dy
+    g1 = np.exp(-r2 / (2.0 * cand[..., 2:3] ** 2))
+    g2 = np.exp(-r2 / (2.0 * cand[..., 3:4] ** 2))
+    design = np.stack([g1, -g2, np.ones_like(g1)], axis=-1)  # (M, C, n, 3)
+    t = g[:, None, :, None]
+    coef = np.linalg.pinv(design) @ t
+    cand[..., 4], cand[..., 5], cand[..., 6] = coef[..., 0, 0], coef[..., 1, 0], coef[..., 2, 0]
+    costs = np.sum((design @ coef - t)[..., 0] ** 2, axis=-1)  # (M, C)
+    costs = np.where(np.isfinite(costs), costs, np.inf)
+    best = np.argsort(costs, axis=1, kind="stable")[:, :2]
+    rows = np.repeat(np.arange(m_f), 2)
+    starts = cand[rows, best.ravel()]
+    p, c = _levenberg_marquardt(starts, costs[rows, best.ravel()], g[rows], xs, ys, lo, hi,
+                                np.full(len(rows), _MAX_ITER[0]), _dog_model_and_jacobian, dog_model)
+    c = np.where(np.isfinite(c), c, np.inf).reshape(m_f, 2)
+    return np.minimum(c.min(axis=1), costs.min(axis=1))
+
+
+def is_gabor_like(fit: GaborFit, min_score: float, margin: float = GABOR_MARGIN) -> bool:
+    """A Gabor fit that reaches ``min_score`` and explains at least ``margin`` more (adjusted R²)
+    than the filter's centre-surround fit: an oriented pattern, not a blob."""
+    if not np.isfinite(fit.score) or fit.score < min_score:
+        return False
+    dog = fit.dog_score if np.isfinite(fit.dog_score) else 0.0
+    return fit.score - dog >= margin
 
 
 # --------------------------------------------------------------------------- colour
@@ -625,7 +730,7 @@ def orientation_histogram(
     min_score: float = 0.7,
     min_orientedness: float = 0.2,
 ) -> np.ndarray:
-    """Histogram of orientations theta (mod pi) of the Gabor-like filters.
+    """Histogram of orientations theta (mod pi) of the Gabor-like filters (``is_gabor_like``).
 
     fits: sequence of GaborFit -> (bins,) int64 counts over [0, pi) in equal
     bins, bin 0 starting at theta = 0 (vertical stripes; see module docstring).
@@ -639,8 +744,7 @@ def orientation_histogram(
     thetas = [
         fit.theta % np.pi
         for fit in fits
-        if np.isfinite(fit.score) and fit.score >= min_score
-        and _theta_sensitivity(fit) >= min_orientedness
+        if is_gabor_like(fit, min_score) and _theta_sensitivity(fit) >= min_orientedness
     ]
     counts, _ = np.histogram(np.asarray(thetas, dtype=np.float64), bins=bins, range=(0.0, np.pi))
     return counts.astype(np.int64)

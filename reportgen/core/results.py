@@ -34,6 +34,7 @@ class LayerResult:
     shared_maps: list[np.ndarray] = field(default_factory=list)  # (C, H, W) of the first shared images
     activation: str = "none"  # the activation kind the statistics and maps come after
     activation_source: str = ""  # how it was found, e.g. "module 'act1'", "F.silu in forward"
+    activation_note: str = ""  # with no activation found: why (the output feeds a residual add, ...)
     cross_pooled: np.ndarray | None = None  # (N, C, G, G) images all models see, pooled to a G x G grid
     cross_mean: np.ndarray | None = None  # (N, C) the same images' spatial means
     feature_images: np.ndarray | None = None  # (S,) int: the shared image each row of ``features`` comes from

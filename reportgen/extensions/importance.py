@@ -81,7 +81,7 @@ def _sort_p(p) -> float:
 
 
 def _no_effect(items: list[tuple[dict, dict]]) -> str:
-    """How many never-active and other units change nothing when ablated."""
+    """How many units silent on the test images, and how many others, change nothing when ablated."""
     units = [u for _, lay in items for u in lay["units"]]
     silent = [u for u in units if u["never_active"]]
     silent_none = sum(u["overall"] == 0 for u in silent)
@@ -89,7 +89,7 @@ def _no_effect(items: list[tuple[dict, dict]]) -> str:
     text = ""
     if silent:
         why = " (as they must: their channel is zero on every image)" if silent_none == len(silent) else ""
-        text += f" Ablating a never-active unit changes no output at all for {silent_none} of {len(silent)}{why}"
+        text += f" Ablating a unit silent on every test image changes no output at all for {silent_none} of {len(silent)}{why}"
         text += f"; so does ablating {plural(other_none, 'other unit')}." if other_none else "."
     elif other_none:
         text += f" Ablating {plural(other_none, 'unit')} changes no output at all."
@@ -117,7 +117,7 @@ def _still_matter(with_flags: list[tuple[dict, dict]]) -> str:
 
 
 def _flag_words(u: dict) -> str:
-    return "/".join(w for w, k in (("dead", "dead"), ("never active", "never_active"), ("duplicate", "duplicate"))
+    return "/".join(w for w, k in (("dead", "dead"), ("silent", "never_active"), ("duplicate", "duplicate"))
                     if u[k])
 
 
@@ -198,7 +198,7 @@ class ImportanceExtension(UnitAnalysis):
                                np.array([u["dead"] or u["never_active"] or u["duplicate"] for u in units])))
             out[f"{slug(layer)}.png"] = importance_bars(
                 panels, f"{layer}: effect of ablating each unit, most important first\n"
-                "(mean relative change over heads; red: dead, never active or duplicate)")
+                "(mean relative change over heads; red: dead, silent on the test images or duplicate)")
         return out
 
     def pages(self, spec, report: dict, pics: dict[str, str]) -> dict[str, str]:
@@ -224,7 +224,7 @@ class ImportanceExtension(UnitAnalysis):
                             f"{lay['flags']['flagged']} flagged ones ({lay['flags']['expected_in_least']:.1f} "
                             f"expected by chance{_p(lay['flags']['p_value'])})"
                             for r, lay in sorted(with_flags, key=lambda t: _sort_p(t[1]["flags"]["p_value"]))]
-                text = (f"Dead, never-active and duplicate {code(layer)} units are {verdict} (ablation): at "
+                text = (f"Dead, silent and duplicate {code(layer)} units are {verdict} (ablation): at "
                         f"{len(above)} of {len(with_flags)} locations with such units the least important quarter "
                         f"holds more of them than chance, e.g. {listing(examples, 2)}.")
                 text += _no_effect(items) + _still_matter(with_flags)

@@ -52,7 +52,7 @@ class _Strict(BaseModel):
 ACTIVATION_KINDS = {
     "relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU",
     "selu": "SELU", "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish", "mish": "Mish",
-    "sigmoid": "Sigmoid", "tanh": "Tanh",
+    "sigmoid": "Sigmoid", "tanh": "Tanh", "hardsigmoid": "Hardsigmoid",
 }
 _KIND_ALIASES = {cls.lower(): kind for kind, cls in ACTIVATION_KINDS.items()} | {"swish": "silu"}
 _RELU_ALIAS = {"auto": "auto", "yes": "relu", "no": "none"}
@@ -88,8 +88,10 @@ class LayerSpec(_Strict):
         "auto", min_length=1,
         description="Activation the statistics and maps are taken after. 'auto' finds the one applied "
         "to the layer's output (a module such as nn.PReLU, or a functional call such as F.silu in "
-        "forward); 'none' takes the raw output; a kind (relu, relu6, leaky_relu, prelu, elu, selu, "
-        "silu, gelu, hardswish, mish, sigmoid, tanh) applies that function; a module name of the "
+        "forward), following it through a bias added apart, identities, dropouts, a BatchNorm and "
+        "element-wise operations with a constant; 'none' takes the raw output; a kind (relu, relu6, "
+        "leaky_relu, prelu, elu, selu, silu, gelu, hardswish, mish, sigmoid, tanh, hardsigmoid) applies "
+        "that function; a module name of the "
         "model (e.g. 'features.1') applies that module, learned parameters included.",
     )
     relu: Optional[Literal["auto", "yes", "no"]] = Field(

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reportgen.analysis.compare import matched_similarity
-from reportgen.analysis.filters import near_duplicates, norm_over_init
-from reportgen.analysis.gabor import GaborFit, gabor_scores, orientation_histogram
+from reportgen.analysis.filters import duplicate_evidence, near_duplicates, norm_over_init
+from reportgen.analysis.gabor import GABOR_MARGIN, GaborFit, gabor_scores, is_gabor_like, orientation_histogram
 from reportgen.analysis.init_check import init_likeness
 from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
 from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
@@ -26,6 +26,7 @@ GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameter
 # 16 filters one filter moves the share by 6 points and the 95% binomial interval of a
 # 50% share is about +-25 points; below that a ranking is noise.
 GABOR_MIN_LIVE = 16
+GABOR_VERSION = 2  # 2: with the centre-surround fit
 
 register(GaborFit)  # cached per layer ("gabor" entries)
 
@@ -41,8 +42,25 @@ class Comparisons:
     models: list = field(default_factory=list)  # crossmodel.ModelPair per pair of models
 
 
-def gabor_applies(w: np.ndarray | None) -> bool:
-    return w is not None and w.ndim == 4 and w.shape[1] in (1, 3) and min(w.shape[2:]) >= GABOR_MIN_SIZE
+def gabor_applies(w: np.ndarray | None, groups: int = 1) -> bool:
+    """Gabor-likeness is a property of image-space filters: a convolution that reads a grey or
+    colour image (1 or 3 input channels, not grouped) with kernels of 4x4 or more."""
+    return (w is not None and w.ndim == 4 and groups == 1 and w.shape[1] in (1, 3)
+            and min(w.shape[2:]) >= GABOR_MIN_SIZE)
+
+
+def gabor_note(w: np.ndarray | None, groups: int = 1) -> str | None:
+    """Why a convolution with kernels big enough to fit is not fitted (None when it is, or when it
+    has no spatial kernel worth a note)."""
+    if w is None or w.ndim != 4 or min(w.shape[2:]) < GABOR_MIN_SIZE or gabor_applies(w, groups):
+        return None
+    if groups > 1:
+        return (f"not measured: a {'depthwise' if w.shape[1] == 1 else 'grouped'} kernel filters "
+                f"{'one channel' if w.shape[1] == 1 else 'a group of channels'} of the layer below, not the image, "
+                "so its pattern is not an image-space filter and its likeness to a Gabor says nothing about "
+                "edge or grating detectors")
+    return (f"not measured: the layer reads {w.shape[1]} channels of the layer below, not a grey or colour image; "
+            "Gabor-likeness applies to first layers")
 
 
 def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
@@ -60,8 +78,12 @@ def add_health_extras(spec: ReportSpec, results, cache: Cache) -> None:
                 dup, opp = near_duplicates(lr.weight, h.duplicate_cosine, skip, groups=int(lr.info.get("groups", 1)))
                 return {"duplicate_of": dup, "opposite_of": opp, "norm_over_init": norm_over_init(lr.weight)}
 
-            lr.health.update(cache.memo("health", digest("health-extras-3", lr.weight, skip, h.duplicate_cosine, lr.info.get("groups", 1)),
+            groups = int(lr.info.get("groups", 1))
+            lr.health.update(cache.memo("health", digest("health-extras-3", lr.weight, skip, h.duplicate_cosine, groups),
                                         extras))
+            lr.info["duplicate_evidence"] = duplicate_evidence(lr.weight, lr.health["duplicate_of"],
+                                                               lr.health["opposite_of"], h.duplicate_cosine, skip,
+                                                               groups)
             lr.info["init_check"] = cache.memo("health", digest("init-check-1", lr.weight),
                                                lambda lr=lr: init_likeness(lr.weight))
 
@@ -71,13 +93,17 @@ def fit_gabors(spec: ReportSpec, results, comp: Comparisons, cache: Cache) -> No
         return
     for r in results:
         for lr in r.layers:
-            if gabor_applies(lr.weight):
+            note = gabor_note(lr.weight, int(lr.info.get("groups", 1)))
+            if note:
+                lr.info["gabor_note"] = note
+            if gabor_applies(lr.weight, int(lr.info.get("groups", 1))):
                 # Dead and non-finite filters are not fitted (score NaN): their pattern is noise.
                 w = lr.weight.astype(np.float64)
                 w[lr.health["dead"] | lr.health["nonfinite"]] = np.nan
-                fits = cache.memo("gabor", digest("gabor", w), lambda w=w: gabor_scores(w))
+                fits = cache.memo("gabor", digest("gabor", GABOR_VERSION, w), lambda w=w: gabor_scores(w))
                 comp.gabor[(r.run.key, lr.name)] = fits
                 lr.health["gabor_score"] = np.array([f.score for f in fits])
+                lr.health["dog_score"] = np.array([f.dog_score for f in fits])
 
 
 class _Features:
@@ -124,13 +150,22 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
-    """Shares are of the live filters: dead and non-finite ones are not fitted (score NaN)."""
+    """Shares are of the live filters: dead and non-finite ones are not fitted (score NaN). A
+    filter is Gabor-like when its fit reaches ``min_score`` and beats its centre-surround fit by
+    ``GABOR_MARGIN`` (``is_gabor_like``); ``blob_like``: those reaching ``min_score`` that a
+    centre-surround explains about as well."""
     scores = np.array([f.score for f in fits], dtype=np.float64)
+    live = [f for f in fits if np.isfinite(f.score)]
     finite = scores[np.isfinite(scores)]
+    like = sum(is_gabor_like(f, min_score) for f in live)
+    dog = np.array([f.dog_score for f in live], dtype=np.float64)
     return {
         "median_score": float(np.median(finite)) if finite.size else None,
-        "share_gabor_like": float((finite >= min_score).mean()) if finite.size else None,
-        "gabor_like": int((finite >= min_score).sum()),
+        "median_dog_score": float(np.nanmedian(dog)) if np.isfinite(dog).any() else None,
+        "share_gabor_like": like / len(live) if live else None,
+        "gabor_like": int(like),
+        "blob_like": int(sum(f.score >= min_score and not is_gabor_like(f, min_score) for f in live)),
+        "margin": GABOR_MARGIN,
         "live": int(finite.size),
         "filters": int(scores.size),
         "ranked": bool(finite.size >= GABOR_MIN_LIVE),
@@ -161,8 +196,10 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
          and lr.weight.shape[1] == ref_w.shape[1]), None)
     comp.reference_weight = ref_w
     min_score = spec.analyses.gabor.min_score
-    comp.reference_fits = (cache.memo("gabor", digest("gabor", ref_w.astype(np.float64)), lambda: gabor_scores(ref_w))
-                           if gabor_applies(ref_w) and spec.analyses.gabor.enabled else None)
+    comp.reference_fits = (cache.memo("gabor", digest("gabor", GABOR_VERSION, ref_w.astype(np.float64)),
+                                      lambda: gabor_scores(ref_w))
+                           if gabor_applies(ref_w, int(getattr(modules[ref_spec.layer], "groups", 1)))
+                           and spec.analyses.gabor.enabled else None)
     norms = np.linalg.norm(ref_w.reshape(len(ref_w), -1), axis=1)
     per_run = []
     for r in results:

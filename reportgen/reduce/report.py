@@ -10,17 +10,20 @@ import numpy as np
 import torch
 
 from reportgen import __version__
+from reportgen.analysis.evidence import CONFIDENCE, MAX_RATE, MIN_IMAGES
 from reportgen.analysis.findings import Z_ABOVE_CHANCE
+from reportgen.analysis.gabor import GABOR_MARGIN
 from reportgen.core.report_json import SCHEMA_VERSION
 from reportgen.load.spec import ReportSpec
 from reportgen.reduce.compare import GABOR_MIN_LIVE, Comparisons, gabor_summary
 
 FILTER_KEYS = ["l2_norm", "norm_over_init", "max_abs", "near_zero_fraction", "dead", "nonfinite",
-               "duplicate_of", "opposite_of", "gabor_score"]
+               "duplicate_of", "opposite_of", "gabor_score", "dog_score"]
 
 
 
-CHANNEL_KEYS = ["mean", "max", "active_fraction", "never_active", "saturated"]
+CHANNEL_KEYS = ["mean", "max", "active_fraction", "active_images", "saturated_images", "never_active",
+                "never_active_label", "saturated", "saturated_label"]
 
 
 
@@ -38,6 +41,7 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
                 "relu_applied": lr.relu_applied,
                 "activation": lr.activation,
                 "activation_source": lr.activation_source,
+                "activation_note": getattr(lr, "activation_note", ""),
                 **lr.info,
                 "filters": table_rows(lr.health, FILTER_KEYS),
                 "channels": table_rows(lr.stats, CHANNEL_KEYS),
@@ -88,7 +92,9 @@ def report_dict(spec: ReportSpec, results, comp: Comparisons, device: torch.devi
         "device": str(device),
         "thresholds": {**spec.analyses.health.model_dump(), "gabor_min_score": min_score,
                        "gabor_min_live": GABOR_MIN_LIVE, "similar": spec.analyses.compare.similar,
-                       "above_chance_sd": Z_ABOVE_CHANCE},
+                       "above_chance_sd": Z_ABOVE_CHANCE, "gabor_margin": GABOR_MARGIN,
+                       "evidence_confidence": CONFIDENCE, "evidence_max_rate": MAX_RATE,
+                       "evidence_min_images": MIN_IMAGES},
         "runs": runs,
         "comparisons": comparisons,
         "reference": reference,
@@ -146,6 +152,8 @@ def json_value(key: str, v):
         return bool(v)
     if key in ("duplicate_of", "opposite_of"):
         return None if int(v) < 0 else int(v)
+    if isinstance(v, (np.integer, int)):
+        return int(v)
     f = float(v)
     return f if np.isfinite(f) else None  # JSON has no NaN; null means "not a number"
 
@@ -165,15 +173,17 @@ def layer_summary(layer: dict) -> dict:
         "near_zero_fraction": float(np.mean(nz)) if nz else None,
         "channels": len(c),
         "never_active": sum(x["never_active"] for x in c),
+        "never_active_label": sum(x.get("never_active_label", False) for x in c),
         "saturated": sum(x["saturated"] for x in c),
+        "saturated_label": sum(x.get("saturated_label", False) for x in c),
     }
     if "gabor" in layer:
         out["gabor_like"] = layer["gabor"]["share_gabor_like"]
     init = layer.get("init_check")
     out["looks_like_init"] = init["looks_like_init"] if init else None
     out["init_family"] = init["family"] if init else None
-    # Filters of never-active channels against those of active ones, both against the
-    # initial norm: channels that died in training kept the size they started with.
+    # Filters of channels silent on every test image against those of active ones, both against
+    # the initial norm: channels that died in training kept the size they started with.
     out["never_active_norm_over_init"], out["active_norm_over_init"] = (
         _median([x.get("norm_over_init") for x, ch in zip(f, c) if ch["never_active"] and not x["dead"]]),
         _median([x.get("norm_over_init") for x, ch in zip(f, c) if not ch["never_active"] and not x["dead"]]))

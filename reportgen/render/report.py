@@ -77,7 +77,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             fits = comp.gabor.get((r.run.key, layer))
             if fits:
                 paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
-                    "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits]),
+                    "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits], [f.dog_score for f in fits]),
                     lambda: gabor_triplets(lr.weight, fits)))
             # Spilled maps are read only when a picture is not cached: there is one per shown image.
             layer_maps = _Once(lambda lr=lr: spill.load(lr, "maps"))
@@ -149,7 +149,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
         if comp.reference_fits:
             fits = comp.reference_fits
             images[("reference", "__ref__")]["gabor"] = files.add("img/reference/gabor.png", png(
-                "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits]),
+                "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits], [f.dog_score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
     filter_pages = _filter_pictures(results, comp, files, cache, spill)

@@ -206,7 +206,8 @@ def across_locations(base: np.ndarray, others: list[np.ndarray],
 
 
 def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = FILTER_CSS) -> np.ndarray:
-    """Per filter: the filter (RGB or grey, min-max), its spatial pattern and the fitted Gabor.
+    """Per filter: the filter (RGB or grey, min-max), its spatial pattern and the fitted Gabor,
+    labelled 'index: Gabor score/centre-surround score'.
 
     w: (N, C, kh, kw) with C in (1, 3); fits: N GaborFit. The spatial pattern is the
     rank-1 spatial map the fit used (see analysis.gabor.rgb_to_spatial); pattern and
@@ -226,8 +227,9 @@ def gabor_triplets(w: np.ndarray, fits: list, tile_px: int = FILTER_CSS) -> np.n
         out += [first[i], grey[0], grey[1]]
     labels = []
     for i in range(n):
-        score = fits[i].score
-        labels += [f"{i}: {'nan' if not np.isfinite(score) else f'{score:.2f}'}", "", ""]
+        score, dog = fits[i].score, getattr(fits[i], "dog_score", float("nan"))
+        label = f"{i}: {'nan' if not np.isfinite(score) else f'{score:.2f}'}"
+        labels += [label + (f"/{dog:.2f}" if np.isfinite(dog) else ""), "", ""]
     up = T.upscale_for(max(kh, kw), tile_px)
     triplets = T.fit_columns(n, 3 * (kw * up + 2 * MARGIN), MAX_WIDTH, ncols=min(8, n))
     img = T.grid(np.stack(out), ncols=3 * triplets, upscale=up, margin=MARGIN, labels=labels, font_px=LABEL_PX)

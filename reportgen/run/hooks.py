@@ -141,6 +141,9 @@ class Activation:
     module: str | None = None
     params: dict = field(default_factory=dict)
     through: tuple[str, ...] = ()  # modules between the layer and the activation (a BatchNorm), applied first
+    steps: tuple = ()  # how to replay ``through``: Step per pass-through; empty: call each ``through`` module on x
+    gate: bool = False  # the activation is x * module(x) (SiLU or HardSwish written out)
+    note: str = field(default="", compare=False)  # with no activation: why none was found (said on the pages)
 
     @property
     def applied(self) -> bool:
@@ -150,10 +153,40 @@ class Activation:
 
 NO_ACTIVATION = Activation("none", "")
 
+
+@dataclass(frozen=True)
+class Step:
+    """One pass-through between a layer and its activation, replayed on the recorded output:
+    a call of ``target`` (a module name, a function, or a method name, per ``op``) with the
+    recorded tensor at ``position`` and the other arguments ``operands``, each ('attr', dotted
+    path of a tensor of the model) or ('const', value)."""
+
+    op: str  # 'module', 'function' or 'method'
+    target: object
+    position: int = 0
+    operands: tuple = ()
+    label: str = ""
+
+
+def _replay(step: Step, modules: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    args = []
+    for kind, value in step.operands:
+        if kind == "attr":
+            owner, _, attr = value.rpartition(".")
+            args.append(getattr(modules[owner], attr))
+        else:
+            args.append(value)
+    args.insert(step.position, x)
+    if step.op == "module":
+        return modules[step.target](*args)
+    if step.op == "function":
+        return step.target(*args)
+    return getattr(args[0], step.target)(*args[1:])
+
 _FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "relu": F.relu, "relu6": F.relu6, "leaky_relu": F.leaky_relu, "elu": F.elu, "selu": F.selu,
     "silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish, "mish": F.mish,
-    "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "hardsigmoid": F.hardsigmoid,
 }
 # Functional calls recognised in a traced forward, and the names of their positional arguments
 # after the input (only constants are kept; 'inplace' is dropped: we never write in place).
@@ -161,11 +194,17 @@ _TRACED_FUNCTIONS: dict[object, str] = {
     F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
     F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.silu: "silu",
     F.gelu: "gelu", F.hardswish: "hardswish", F.mish: "mish", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+    F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh", F.hardsigmoid: "hardsigmoid",
 }
 _TRACED_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
                    "tanh": "tanh", "tanh_": "tanh"}
 _ARG_NAMES = {"leaky_relu": ("negative_slope",), "elu": ("alpha",), "gelu": ("approximate",)}
+
+
+# Activation modules of converted ONNX graphs (onnx2torch), by class name: their kinds. A Clip
+# from 0 to 6 (or to nothing) is converted to nn.ReLU6 (nn.ReLU) already; other bounds stay
+# OnnxClip, a clamp, counted as active above 0 like any other module.
+_CONVERTED_KINDS = {"OnnxHardSigmoid": "hardsigmoid", "OnnxClip": "module"}
 
 
 def module_kind(module: nn.Module) -> str | None:
@@ -173,15 +212,27 @@ def module_kind(module: nn.Module) -> str | None:
     for kind, cls_name in ACTIVATION_KINDS.items():
         if isinstance(module, getattr(nn, cls_name)):
             return kind
-    return None
+    return _CONVERTED_KINDS.get(type(module).__name__)
+
+
+def _module_label(name: str, module: nn.Module) -> str:
+    if type(module).__name__ == "OnnxClip":
+        return f"module '{name}' (a clamp to [{module.min_val}, {module.max_val}])"
+    return f"module '{name}'"
 
 
 def apply_activation(act: Activation, modules: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
     """``x`` (a layer's captured output, any shape with channels on dim 1) after ``act``."""
     if not act.applied:
         return x
-    for name in act.through:
-        x = modules[name](x)
+    if act.steps:
+        for step in act.steps:
+            x = _replay(step, modules, x)
+    else:
+        for name in act.through:
+            x = modules[name](x)
+    if act.module is not None and act.gate:
+        return x * modules[act.module](x.clone())
     if act.module is not None:
         return modules[act.module](x.clone())  # clone: the module may work in place
     return _FUNCTIONS[act.kind](x, **act.params)
@@ -191,11 +242,17 @@ def find_activations(model: nn.Module, layers: list[str]) -> dict[str, Activatio
     """For each layer, the activation applied to its output in ``model``'s forward.
 
     A layer that is itself an activation module describes its own output. Otherwise the
-    forward is traced with torch.fx (the listed layers kept as leaves) and the single
-    consumer of the layer's output is read: an activation module or a functional call such
-    as ``F.silu(x)``, or a BatchNorm whose single consumer is one (conv -> BN -> ReLU: the
-    statistics are then of the normalised, activated output). Where tracing fails (data-dependent control flow, TorchScript) or
-    does not reach the layer, the next module registered beside it is used instead.
+    forward is traced with torch.fx (the listed layers kept as leaves) and the layer's output
+    is followed, consumer by consumer, through the operations exporters put between a layer and
+    its activation: a bias added separately (an add of a constant tensor), identities and
+    dropouts (which do nothing in eval mode), a BatchNorm, and other element-wise operations
+    with a constant; the first activation met is the one (a module, a functional call such as
+    ``F.silu(x)``, a clamp, or SiLU / HardSwish written out as ``x * sigmoid(x)`` /
+    ``x * hardsigmoid(x)``), applied after replaying what it went through. Where the output
+    feeds several operations, is added to another tensor (a residual) or reaches anything else
+    first, no activation is applied and ``note`` says why. Where tracing fails (data-dependent
+    control flow, TorchScript) or does not reach the layer, the next module registered beside
+    it is used instead.
     """
     modules = dict(model.named_modules())
     out: dict[str, Activation] = {}
@@ -222,7 +279,10 @@ def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activatio
 
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return qualname in wanted or super().is_leaf_module(m, qualname)
+            # onnx2torch's operation modules (a clip, a hard sigmoid, an Add) stay whole, as the
+            # converted graph has them, so they can be recognised.
+            return (qualname in wanted or type(m).__module__.startswith("onnx2torch")
+                    or super().is_leaf_module(m, qualname))
 
     try:
         graph = _Tracer().trace(model)
@@ -237,14 +297,132 @@ def _trace_consumers(model: nn.Module, layers: list[str]) -> dict[str, Activatio
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted or node.target in found:
             continue
-        users = list(node.users)
-        act = _as_activation(users[0], modules) if len(users) == 1 else _gated(node, users, modules)
-        if act is None and len(users) == 1 and _is_batchnorm(users[0], modules):
-            after = list(users[0].users)
-            act = _as_activation(after[0], modules) if len(after) == 1 else None
-            act = _behind(act, users[0].target) if act else None
-        found[node.target] = act or NO_ACTIVATION
+        found[node.target] = _follow(node, modules)
     return found
+
+
+MAX_PASS_THROUGH = 8  # pass-throughs followed before giving up
+
+
+def _follow(node, modules: dict[str, nn.Module]) -> Activation:
+    """The activation reached from ``node``'s output through pass-throughs, or NO_ACTIVATION
+    with a note saying where the search stopped."""
+    steps: list[Step] = []
+    cur = node
+    for _ in range(MAX_PASS_THROUGH + 1):
+        users = list(cur.users)
+        if not users:
+            return _none("nothing in the forward uses its output" if cur is node else
+                         f"nothing uses the output of {steps[-1].label}", steps)
+        if len(users) == 1:
+            act = _as_activation(users[0], modules)
+            if act is not None:
+                return _behind(act, steps)
+            if users[0].op == "output":
+                return _none(f"it{_via(steps)} is what the model returns; no activation follows it", steps)
+            step = _pass_through(users[0], cur, modules)
+            if step is None:
+                return _none(f"its output{_via(steps)} goes to {_describe(users[0], cur, modules)}, "
+                             "not an activation", steps)
+            steps.append(step)
+            cur = users[0]
+            continue
+        gated = _gated(cur, users, modules)
+        if gated is not None:
+            return _behind(gated, steps)
+        said = ", ".join(_describe(u, cur, modules) for u in users[:4]) + (" and more" if len(users) > 4 else "")
+        return _none(f"its output{_via(steps)} feeds {len(users)} operations ({said}), so no single activation "
+                     "follows it", steps)
+    return _none(f"no activation within {MAX_PASS_THROUGH} pass-through operations of it", steps)
+
+
+def _none(note: str, steps: list[Step]) -> Activation:
+    return Activation("none", "", note=note)
+
+
+def _via(steps: list[Step]) -> str:
+    return f" (after {', '.join(s.label for s in steps)})" if steps else ""
+
+
+_ADDS = {"add", "sub", "mul", "div", "truediv"}
+
+
+def _op_name(node, modules: dict[str, nn.Module]) -> str | None:
+    """'add', 'mul', ... for an element-wise binary operation node, else None."""
+    import operator
+
+    fns = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub", operator.mul: "mul",
+           torch.mul: "mul", operator.truediv: "div", torch.div: "div", torch.true_divide: "div"}
+    if node.op == "call_function":
+        return fns.get(node.target)
+    if node.op == "call_method":
+        return node.target if node.target in _ADDS else None
+    if node.op == "call_module":
+        fn = getattr(modules.get(node.target), "math_op_function", None)  # onnx2torch's OnnxBinaryMathOperation
+        if fn is not None:
+            return fns.get(fn) or getattr(fn, "__name__", "").lstrip("_").replace("onnx_", "") or None
+    return None
+
+
+def _pass_through(user, cur, modules: dict[str, nn.Module]) -> Step | None:
+    """A Step replaying ``user`` when it passes ``cur``'s value on without changing its shape's
+    meaning: an identity or dropout, a BatchNorm, or an element-wise op with a constant."""
+    import torch.fx
+
+    if user.op == "call_module":
+        m = modules.get(user.target)
+        if (isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm))
+                or type(m).__name__ in ("OnnxCopyIdentity", "OnnxIdentity")) and user.args[:1] == (cur,) \
+                and len(user.args) == 1:
+            return Step("module", user.target, label=f"module '{user.target}'")
+    if user.op == "call_method" and user.target in ("contiguous", "clone") and user.args[:1] == (cur,):
+        return Step("method", user.target, label=f".{user.target}()")
+    op = _op_name(user, modules)
+    if op not in ("add", "sub", "mul", "div") or len(user.args) != 2 or user.kwargs:
+        return None
+    position = 0 if user.args[0] is cur else 1 if user.args[1] is cur else None
+    if position is None:
+        return None
+    other = user.args[1 - position]
+    if isinstance(other, torch.fx.Node):
+        if other.op != "get_attr":
+            return None
+        operand = ("attr", other.target)
+        what = {"add": "a constant added", "sub": "a constant subtracted", "mul": "a constant scale",
+                "div": "a constant divisor"}[op]
+    elif isinstance(other, (int, float)):
+        operand = ("const", other)
+        what = f"{op} {other:g}"
+    else:
+        return None
+    op_fn = user.target if user.op == "call_function" else None
+    label = (f"module '{user.target}' ({what}, e.g. a bias exported apart)" if user.op == "call_module" and op == "add"
+             else f"module '{user.target}' ({what})" if user.op == "call_module" else what)
+    if user.op == "call_module":
+        return Step("module", user.target, position, (operand,), label)
+    if user.op == "call_function":
+        return Step("function", op_fn, position, (operand,), label)
+    return Step("method", user.target, 0, (operand,), label) if position == 0 else None
+
+
+def _describe(user, cur, modules: dict[str, nn.Module]) -> str:
+    """A few words on a node that is not followed: what it is and, for an addition of another
+    tensor, that it is a residual."""
+    import torch.fx
+
+    op = _op_name(user, modules)
+    if op == "add" and any(isinstance(a, torch.fx.Node) and a is not cur and a.op != "get_attr" for a in user.args):
+        name = f"'{user.target}'" if user.op == "call_module" else "an addition"
+        return f"{name}, which adds another tensor (a residual or skip connection)"
+    if user.op == "call_module":
+        return f"module '{user.target}' ({type(modules[user.target]).__name__})"
+    if user.op == "call_function":
+        return f"{getattr(user.target, '__name__', str(user.target))}()"
+    if user.op == "call_method":
+        return f".{user.target}()"
+    if user.op == "output":
+        return "the model's output"
+    return str(user.op)
 
 
 def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
@@ -253,7 +431,7 @@ def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
 
     if node.op == "call_module":
         kind = module_kind(modules[node.target])
-        return Activation(kind, f"module '{node.target}'", module=node.target) if kind else None
+        return Activation(kind, _module_label(node.target, modules[node.target]), module=node.target) if kind else None
     if node.op == "call_function":
         kind = _TRACED_FUNCTIONS.get(node.target)
         label = f"F.{kind}" if kind else ""
@@ -273,22 +451,30 @@ def _as_activation(node, modules: dict[str, nn.Module]) -> Activation | None:
 
 
 def _gated(node, users: list, modules: dict[str, nn.Module]) -> Activation | None:
-    """SiLU written out as ``x * sigmoid(x)`` (how ONNX exports store it): the layer's output
-    feeds a sigmoid and a product of itself with that sigmoid, and nothing else."""
+    """SiLU written out as ``x * sigmoid(x)`` and HardSwish as ``x * hardsigmoid(x)`` (how ONNX
+    exports store them): the output feeds a (hard) sigmoid and a product of itself with it, and
+    nothing else."""
     import operator
 
     if len(users) != 2:
         return None
     for sig, mul in (users, users[::-1]):
         act = _as_activation(sig, modules)
-        if act is None or act.kind != "sigmoid":
+        if act is None or act.kind not in ("sigmoid", "hardsigmoid"):
             continue
         is_mul = ((mul.op == "call_function" and mul.target in (operator.mul, torch.mul))
                   or (mul.op == "call_method" and mul.target == "mul")
                   or (mul.op == "call_module"
                       and getattr(modules.get(mul.target), "math_op_function", None) in (torch.mul, operator.mul)))
-        if is_mul and set(mul.args[:2]) == {node, sig} and len(mul.args) == 2:
+        if not (is_mul and set(mul.args[:2]) == {node, sig} and len(mul.args) == 2):
+            continue
+        if act.kind == "sigmoid":
             return Activation("silu", "x * sigmoid(x) in forward")
+        hs = modules.get(sig.target) if sig.op == "call_module" else None
+        if hs is not None and not isinstance(hs, nn.Hardsigmoid):  # onnx2torch's, with its own slope
+            return Activation("hardswish", f"x * module '{sig.target}'(x) in forward (HardSwish written out)",
+                              module=sig.target, gate=True)
+        return Activation("hardswish", "x * hardsigmoid(x) in forward")
     return None
 
 
@@ -296,10 +482,15 @@ def _is_batchnorm(node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm)
 
 
-def _behind(act: Activation, norm: str) -> Activation:
-    """``act`` applied after the BatchNorm ``norm``."""
-    return Activation(act.kind, f"module '{norm}' then {act.source}", module=act.module, params=act.params,
-                      through=(norm,))
+def _behind(act: Activation, steps) -> Activation:
+    """``act`` applied after the pass-throughs ``steps`` (Step list, or one BatchNorm's name)."""
+    if isinstance(steps, str):
+        steps = [Step("module", steps, label=f"module '{steps}'")]
+    if not steps:
+        return act
+    through = tuple(s.target if s.op == "module" else s.label for s in steps)
+    return Activation(act.kind, f"{' then '.join(s.label for s in steps)} then {act.source}", module=act.module,
+                      params=act.params, through=through, steps=tuple(steps), gate=act.gate)
 
 
 def _next_registered(modules: dict[str, nn.Module], name: str) -> Activation:
@@ -321,7 +512,8 @@ def _next_registered(modules: dict[str, nn.Module], name: str) -> Activation:
         if kind is not None:
             act = Activation(kind, f"module '{full(i + 1)}' (registration order)", module=full(i + 1))
             return _behind(act, norm) if norm else act
-    return NO_ACTIVATION
+    return Activation("none", "", note="torch.fx cannot trace the model, and the module registered right after "
+                      "the layer is not an activation")
 
 
 def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activation) -> Activation:
@@ -338,7 +530,7 @@ def resolve_activation(model: nn.Module, layer: str, wanted: str, found: Activat
     if kind is not None and wanted not in modules:
         if found.kind == kind:
             return Activation(kind, found.source + ", as the spec says", module=found.module, params=found.params,
-                              through=found.through)
+                              through=found.through, steps=found.steps, gate=found.gate)
         if found.source == "the layer itself" and module_kind(modules[layer]) == kind:
             return found
         if kind == "prelu":

@@ -15,6 +15,7 @@ from torch import nn
 
 from reportgen.analysis.activations import ChannelStats
 from reportgen.analysis.filters import transposed_filters
+from reportgen.analysis.evidence import image_evidence
 from reportgen.analysis.locations import sample_positions
 from reportgen.core.cache import Cache, digest, file_digest
 from reportgen.core.errors import ModelLoadError, SpecError
@@ -86,6 +87,11 @@ def analyse_run(spec: ReportSpec, run: Run, device: torch.device, images: list[L
     )
 
 
+# Bumped when what a layer entry holds changes (3: per-image channel counts and the evidence;
+# the activation followed through bias adds, identities and clips).
+LAYER_VERSION = 3
+
+
 def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared: list[Path],
                device: torch.device, with_acts: bool, cross: list[Path] = ()) -> str:
     """Everything one layer's weights, statistics and maps depend on."""
@@ -94,7 +100,7 @@ def _layer_key(spec: ReportSpec, run: Run, ls, images: list[LoadedImage], shared
     if model.arch and ":" in model.arch and model.arch.rsplit(":", 1)[0].endswith(".py"):
         arch_file = spec.base_dir / model.arch.rsplit(":", 1)[0]
     return digest(
-        "layer", model.arch, model.arch_args, model.checkpoint_key, model.checkpoint_prefix,
+        "layer", LAYER_VERSION, model.arch, model.arch_args, model.checkpoint_key, model.checkpoint_prefix,
         run.checkpoint, run.torchscript, run.onnx, run.exported, arch_file,  # paths hash by content
         ls.name, ls.activation, device.type, with_acts,
         run.input.model_dump() if with_acts else None,
@@ -133,9 +139,12 @@ def _compute_layers(spec: ReportSpec, run: Run, layer_specs: list, device: torch
         note = loaded.dequantized.get(f"{ls.name}.weight") or weights_note
         if note:
             info["weights_note"] = note
+        if any(isinstance(modules.get(n), nn.modules.batchnorm._BatchNorm) for n in act.through):
+            info["normalised_before_activation"] = True  # filter norms say little about the channel's size
         layers.append(LayerResult(name=ls.name, type=_type_name(m), info=info, weight=weight,
                                   relu_applied=act.kind in ("relu", "relu6") and not act.through, activation=act.kind,
-                                  activation_source=act.source, chain=chains[ls.name][0],
+                                  activation_source=act.source, activation_note=act.note,
+                                  chain=chains[ls.name][0],
                                   chain_note=chains[ls.name][1]))
     if problems:
         raise SpecError(problems)
@@ -239,7 +248,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                 if lr.name not in stats:
                     stats[lr.name] = ChannelStats(a.shape[1], lr.activation)
                     lr.info["output_shape"] = list(a.shape[1:])
-                stats[lr.name].update(a)
+                stats[lr.name].update(a, saturated)
                 for j, im in enumerate(batch):
                     if start + j < keep:
                         lr.maps.append(a[j].cpu().numpy())
@@ -253,6 +262,7 @@ def _stream_activations(model: nn.Module, layers: list[LayerResult], images: lis
                         pooled[lr.name].append(a[j].cpu())
     for lr in layers:
         lr.stats = stats[lr.name].result(saturated)
+        lr.info["evidence"] = image_evidence(stats[lr.name].images, stats[lr.name].positions_per_image)
         if feats[lr.name] and len(feats[lr.name]) == len(shared):
             lr.features = np.concatenate(feats[lr.name]).astype(np.float64)
             lr.feature_images = np.concatenate(feat_images[lr.name])

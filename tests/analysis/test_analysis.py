@@ -55,6 +55,8 @@ def test_channel_stats_streaming_equals_numpy():
     np.testing.assert_allclose(r["active_fraction"], (per > 0).mean(axis=1))
     assert list(r["never_active"]) == [False, False, False, True, False]
     assert list(r["saturated"]) == [False, False, False, False, True]
+    assert not r["never_active_label"].any() and not r["saturated_label"].any()  # 7 images: too few to say
+    np.testing.assert_array_equal(r["active_images"], (a.reshape(7, 5, -1) > 0).any(axis=2).sum(axis=0))
 
 
 def test_near_duplicates_skip_dead_and_a_grown_filter_is_not_flagged():

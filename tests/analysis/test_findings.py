@@ -24,7 +24,10 @@ from reportgen.analysis.findings import findings
 from reportgen.analysis.init_check import init_likeness
 from reportgen.analysis.wording import plural
 from reportgen.load.spec import AnalysesSpec
-from reportgen.reduce.report import FILTER_KEYS, layer_summary, table_rows
+from reportgen.analysis.evidence import image_evidence
+from reportgen.reduce.report import CHANNEL_KEYS, FILTER_KEYS, layer_summary, table_rows
+
+IMAGES = 40  # test images per run in these reports: enough to state every label (29 are needed)
 
 
 def _trained_like(shape, seed):
@@ -39,30 +42,34 @@ def _fresh(module_factory, seed):
     return module_factory().weight.detach().numpy().copy()
 
 
-def _layer(name, w, scale, never_active=None, relu=True, type_="Conv2d", saturated=None):
+def _layer(name, w, scale, never_active=None, relu=True, type_="Conv2d", saturated=None, images=IMAGES):
     h = filter_health(w, scale, 0.1, 0.1)
     dup, opp = near_duplicates(w, 0.95, h["dead"] | h["nonfinite"])
     h.update(duplicate_of=dup, opposite_of=opp, norm_over_init=norm_over_init(w))
     n = len(w)
     na = np.zeros(n, bool) if never_active is None else np.asarray(never_active)
     sat = np.zeros(n, bool) if saturated is None else np.asarray(saturated)
+    ev = image_evidence(images, 16)
     stats = {"mean": np.where(na, 0.0, 1.0), "max": np.where(na, 0.0, 2.0), "active_fraction": np.where(na, 0.0, 0.5),
-             "never_active": na, "saturated": sat}
+             "active_images": np.where(na, 0, images), "never_active": na, "never_active_label": na & ev["enough"],
+             "saturated": sat, "saturated_label": sat & ev["enough"]}
     entry = {"name": name, "type": type_, "weight_shape": list(w.shape), "relu_applied": relu,
              "init_check": init_likeness(w), "filters": table_rows(h, FILTER_KEYS),
-             "channels": table_rows(stats, ["mean", "max", "active_fraction", "never_active", "saturated"])}
+             "channels": table_rows(stats, CHANNEL_KEYS), "evidence": ev}
     entry["summary"] = layer_summary(entry)
     return entry
 
 
-def _report(layers_by_run: dict[str, list[tuple]]) -> dict:
-    """layers_by_run: run key -> [(name, weights, kwargs)]; scales pooled per layer name."""
+def _report(layers_by_run: dict[str, list[tuple]], images: int = IMAGES) -> dict:
+    """layers_by_run: run key -> [(name, weights, kwargs)]; scales pooled per layer name; each run
+    seen on ``images`` test images."""
     names = {n for spec in layers_by_run.values() for n, _, _ in spec}
     scales = {n: pooled_scale([w for spec in layers_by_run.values() for m, w, _ in spec if m == n]) for n in names}
-    runs = [{"key": k, "model": "m", "location": k, "images": ["a.png", "b.png"],
-             "layers": [_layer(n, w, scales[n], **kw) for n, w, kw in spec]} for k, spec in layers_by_run.items()]
+    runs = [{"key": k, "model": "m", "location": k, "images": [f"{i}.png" for i in range(images)],
+             "layers": [_layer(n, w, scales[n], images=images, **kw) for n, w, kw in spec]}
+            for k, spec in layers_by_run.items()]
     return {"runs": runs, "comparisons": [], "reference": None,
-            "thresholds": {"dead_norm_ratio": 0.1}}
+            "thresholds": {"dead_norm_ratio": 0.1, "saturated_fraction": 0.99}}
 
 
 OPTS = AnalysesSpec()

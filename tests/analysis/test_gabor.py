@@ -348,7 +348,9 @@ def test_layer_of_gabors_and_noise_is_told_apart_in_one_batch():
     n = 48
     gabors = np.empty((n, 3, 5, 5))
     for i in range(n):
-        g = gabor((5, 5), theta=rng.uniform(0, np.pi), freq=rng.uniform(0.1, 0.4), phase=rng.uniform(-np.pi, np.pi),
+        # from 0.2 cycles/px: on a 5x5 kernel a lower frequency under a 1-px envelope is a blob, which
+        # the centre-surround fit explains as well (so not Gabor-like: test_blob_and_centre_surround_...)
+        g = gabor((5, 5), theta=rng.uniform(0, np.pi), freq=rng.uniform(0.2, 0.4), phase=rng.uniform(-np.pi, np.pi),
                   sigma=rng.uniform(1.0, 1.75), gamma=rng.uniform(0.6, 1.5), x0=2 + rng.uniform(-0.5, 0.5),
                   y0=2 + rng.uniform(-0.5, 0.5))
         gabors[i] = 0.05 * rng.normal(size=3)[:, None, None] * (g / g.std() + 0.1 * rng.normal(size=(5, 5)))
@@ -397,3 +399,33 @@ def test_dead_filters_are_left_out_of_shares_and_thin_locations_are_not_ranked()
     assert "loc08 (62% of 8 live filters)" in text and "Not ranked" in text
     med = np.median([g["share_gabor_like"] for g in healthy.values()])  # the thin location is not in the median
     assert f"median location has {med:.0%} of its live filters" in text
+
+
+def _dog(shape, s1, s2, a2=0.6, x0=None, y0=None):
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    x0 = (w - 1) / 2 if x0 is None else x0
+    y0 = (h - 1) / 2 if y0 is None else y0
+    r2 = (xx - x0) ** 2 + (yy - y0) ** 2
+    return np.exp(-r2 / (2 * s1 * s1)) - a2 * np.exp(-r2 / (2 * s2 * s2))
+
+
+@pytest.mark.parametrize("size", [5, 7, 11])
+def test_blob_and_centre_surround_are_not_gabor_like_and_gabors_are(size):
+    """The Gabor fits a blob almost perfectly (a Gabor of low frequency is a blob), so its score
+    alone would call blobs Gabor-like; the centre-surround fit explains them as well, and only
+    an oriented pattern beats it by GABOR_MARGIN."""
+    from reportgen.analysis.gabor import GABOR_MARGIN, is_gabor_like
+
+    rng = np.random.default_rng(size)
+    sh = (size, size)
+    oriented = [gabor(sh, 0.6, 0.25, 0.0, sigma=size / 4), gabor(sh, 1.1, 0.2, np.pi / 2, sigma=size / 4),
+                gabor(sh, 0.3, 0.35, 0.4, sigma=size / 3, gamma=0.7)]
+    round_ = [_dog(sh, size / 4, 1, a2=0), _dog(sh, size / 5, 1, a2=0, x0=1.3, y0=size - 2), _dog(sh, 0.8, 2.0)]
+    for f in oriented:
+        fit = fit_gabor(f + 0.03 * rng.normal(size=sh))
+        assert is_gabor_like(fit, 0.7) and fit.score - fit.dog_score > 3 * GABOR_MARGIN
+    for f in round_:
+        fit = fit_gabor(f + 0.03 * rng.normal(size=sh))
+        assert fit.dog_score > 0.9 and not is_gabor_like(fit, 0.7)
+        assert fit.score - fit.dog_score < 0.05 or fit.score < 0.7

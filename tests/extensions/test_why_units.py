@@ -173,7 +173,7 @@ def test_importance_finds_the_dead_unit_unimportant(boxes):
     # at b the untrained unit 0 ties with the dead one: both lead the least important group
     assert "b: its 2 least important units (with ties) include 1 of its 1" in flags
     # unit 2 is never active in the report given: zeroing it cannot change anything
-    assert ("Ablating a never-active unit changes no output at all for 2 of 2 (as they must: their channel is "
+    assert ("Ablating a unit silent on every test image changes no output at all for 2 of 2 (as they must: their channel is "
             "zero on every image); so does ablating 1 other unit." in flags)
     assert tops.startswith("The `conv1` unit whose ablation changes the outputs most: a unit 1 (a ")
     pics = importance.pictures(spec, sec, values)

@@ -293,7 +293,7 @@ def test_an_activation_the_model_cannot_apply_is_a_spec_error(cascade):
         f"{path}:14: models[1].layers[2].activation: a PReLU has learned slopes; name the PReLU module "
         "instead (e.g. 'activation: features.1'), or use 'auto'",
         f"{path}:19: models[2].layers[1].activation: 'relu9' is neither an activation kind (relu, relu6, "
-        "leaky_relu, prelu, elu, selu, silu, gelu, hardswish, mish, sigmoid, tanh, auto, none) nor a module "
+        "leaky_relu, prelu, elu, selu, silu, gelu, hardswish, mish, sigmoid, tanh, hardsigmoid, auto, none) nor a module "
         "of the model; did you mean 'relu'?",
     ]
     with pytest.raises(SpecError):

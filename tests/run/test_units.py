@@ -95,9 +95,9 @@ def test_never_active_unit_is_flagged_and_gets_no_crops(project):
         assert u["inactive"] is False and len(u["top_values"]) == 3 and u["max_activation"] > 0
     page = (project / "docs/tiny/units/a/conv1.md").read_text()
     sections = page.split("## Unit ")
-    assert "**Never active**" in sections[2] and sections[2].startswith("1 {")
-    assert all("Never active" not in s for i, s in enumerate(sections[1:]) if i != 1)
-    assert "1 of 4 units never active" in page
+    assert "**Silent on the test images**" in sections[2] and sections[2].startswith("1 {")
+    assert all("Silent on the test images" not in s for i, s in enumerate(sections[1:]) if i != 1)
+    assert "1 of 4 units silent on all" in page
 
 
 def test_unit_crops_are_nms_top_n_over_all_positions_and_the_nf_their_weighted_mean(project):

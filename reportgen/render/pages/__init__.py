@@ -80,6 +80,11 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
+def _pct1(x: float | None) -> str:
+    """A percentage with one decimal: a bound of 9.8% must not print as the 10% it is compared with."""
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
 def _shape(s: list | int | None) -> str:
     if isinstance(s, int) and not isinstance(s, bool):
         return str(s)
@@ -112,7 +117,7 @@ def environment() -> Environment:
         autoescape=False,  # Markdown output; values are escaped explicitly with |md
     )
     env.filters.update(md=md_escape, html_only=html_escape_only, user_md=user_markdown, fmt=_fmt, pct=_pct,
-                       shape=_shape, anchor=anchor, anchor_id=anchor_id, slug=slug, code=code,
+                       pct1=_pct1, shape=_shape, anchor=anchor, anchor_id=anchor_id, slug=slug, code=code,
                        offdiag_median=_offdiag_median, relink=relink)
     return env
 
@@ -144,18 +149,23 @@ def filter_flags(lay: dict) -> list[list[str]]:
         c = cs[i] if i < len(cs) else {}
         flags = [name for key, name in (("dead", "dead"), ("nonfinite", "NaN/Inf")) if f.get(key)]
         if f.get("duplicate_of") is not None:
-            flags.append(f"≈ {f['duplicate_of']}")
+            chance = not ((lay.get("duplicate_evidence") or {}).get("duplicates") or {}).get("enough", True)
+            flags.append(f"≈ {f['duplicate_of']}" + (" (as often as chance)" if chance else ""))
+        n = (lay.get("evidence") or {}).get("images")
+        images = f"all {n} test images" if n else "every test image"
+        enough = (lay.get("evidence") or {}).get("enough", "never_active_label" not in c)
         if c.get("never_active"):
-            flags.append("never active")
+            flags.append("never active" if c.get("never_active_label", enough) else f"silent on {images}")
         if c.get("saturated"):
-            flags.append("saturated")
+            flags.append("saturated" if c.get("saturated_label", enough) else f"saturated on {images}")
         out.append(flags)
     return out
 
 
 def unit_flags(u: dict, low_fit: float) -> list[str]:
-    """A unit's flags in words (report.json ``units.units[i]``): never active, stuck, low fit."""
-    flags = ["never active"] if u.get("inactive") else []
+    """A unit's flags in words (report.json ``units.units[i]``): silent on the test images, stuck,
+    low fit."""
+    flags = ["silent on the test images"] if u.get("inactive") else []
     if u.get("stuck"):
         flags.append("stuck")
     if u.get("fidelity") is not None and u["fidelity"] < low_fit:
