@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reportgen.analysis.evidence import distinct
 from reportgen.analysis.wording import finding, listing, plural
 from reportgen.core.names import anchor_id, code, md_escape
 
@@ -115,7 +116,9 @@ def training_findings(section: dict | None, analyses) -> list[dict]:
             if moving:
                 said.append(listing([code(lay["layer"]) for lay in moving])
                             + (" was" if len(moving) == 1 else " were") + " still moving at the last step "
-                            + f"({_pct_per_step(moving)} of the size per step)")
+                            + f"({_pct_per_step(moving, section['still_per_step'])} of the size per step, "
+                            + f"above the {distinct(section['still_per_step'], section['still_per_step'], percent=True)[1]} "
+                            + "that counts as stopped)")
             text = (f"**{md_escape(key)}** over {plural(run['steps'][-1] - run['steps'][0], 'training step')}: "
                     + "; ".join(said) + f". [Training]({link})")
             out.append(finding("info", text, run["location"], (still or moving)[0]["layer"], link, 0.0,
@@ -123,6 +126,7 @@ def training_findings(section: dict | None, analyses) -> list[dict]:
     return out
 
 
-def _pct_per_step(layers: list[dict]) -> str:
-    return listing([f"{lay['relative_change'][-1]:.2%}" if lay["relative_change"][-1] is not None else "–"
-                    for lay in layers])
+def _pct_per_step(layers: list[dict], bound: float) -> str:
+    """Each layer's last change per step, printed with the digits that keep it apart from ``bound``."""
+    return listing([distinct(lay["relative_change"][-1], bound, percent=True)[0]
+                    if lay["relative_change"][-1] is not None else "–" for lay in layers])
