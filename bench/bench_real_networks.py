@@ -39,7 +39,7 @@ first table shows what ran, that activation and the largest differences.
 
 Then the evidence: for every network, every warning and danger finding with what it rests on
 (`findings[].evidence`: the images, or the weights, and whether that meets the rule of
-docs/reference/methods.md#evidence), and per layer the labels with their evidence (images,
+docs/reference/methods.md#filter-health), and per layer the labels with their evidence (images,
 positions per image, channels silent on all of them against the never-active label, the
 per-image rate bound; near-duplicates against the pairs chance gives; the Gabor-like share
 against the blob-like one, or why the measure does not apply). The run exits 1 when a

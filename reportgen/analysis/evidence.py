@@ -1,6 +1,6 @@
 """How much evidence a health label rests on, and whether that is enough to state it.
 
-Pure numbers, no I/O (docs/reference/methods.md#evidence).
+Pure numbers, no I/O (docs/reference/methods.md#filter-health).
 
 A channel's behaviour on images ("never active", "saturated") is a rate over the images
 the network will meet: the share of images on which the channel fires at all, or on which
