@@ -59,3 +59,15 @@ def _forward_image_by_image(self: nn.Module, x, *args, **kwargs):
     if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] <= 1:  # fx proxies, batches of one
         return whole(self, x, *args, **kwargs)
     return join([whole(self, x[i:i + 1], *args, **kwargs) for i in range(x.shape[0])])
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """A module's outputs as a flat list of tensors, in order: a tensor, or tuples, lists and
+    dicts of them (the order onnxruntime lists a graph's outputs in)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in output_tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in output_tensors(o)]
+    return []

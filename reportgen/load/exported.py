@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reportgen.core.batching import run_one_image_at_a_time
+from reportgen.core.batching import output_tensors, run_one_image_at_a_time
 from reportgen.core.errors import ModelLoadError
 
 
@@ -219,7 +219,7 @@ def rebuild_layers(module: nn.Module, example: torch.Tensor | None) -> list[str]
     before = None
     if example is not None:
         with torch.no_grad():
-            before = _outputs(module(example))
+            before = output_tensors(module(example))
     done: list[tuple[nn.Module, str, nn.Module]] = []
     for name, leaf in list(module.named_modules()):
         if not name or not isinstance(leaf, InterpreterModule) or any(True for _ in leaf.children()):
@@ -233,7 +233,7 @@ def rebuild_layers(module: nn.Module, example: torch.Tensor | None) -> list[str]
         setattr(parent, child, new)
     if done and before is not None:
         with torch.no_grad():
-            after = _outputs(module(example))
+            after = output_tensors(module(example))
         same = len(after) == len(before) and all(
             a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5) for a, b in zip(after, before))
         if not same:
@@ -291,16 +291,6 @@ def _params(m: nn.Module, **tensors) -> nn.Module:
             if t is not None:
                 getattr(m, k).copy_(t)
     return m
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _outputs(o)]
-    return []
 
 
 def _first(exc: BaseException) -> str:

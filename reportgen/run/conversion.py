@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from reportgen.core.batching import one_image_at_a_time
+from reportgen.core.batching import one_image_at_a_time, output_tensors
 from reportgen.core.cache import Cache, digest
 from reportgen.load.images import LoadedImage
 from reportgen.load.models import model_kind
@@ -68,7 +68,7 @@ def _compare(run: Run, images: list[LoadedImage], lazy: LazyModel, onnxruntime) 
                 want = session.run(None, {feed.name: x.numpy().astype(dtype)})
             except Exception as exc:  # noqa: BLE001
                 return {"checked": False, "why": f"onnxruntime cannot run the file on {im.path.name} ({_first(exc)})"}
-            got = _flat(module(x.to(device)))
+            got = output_tensors(module(x.to(device)))
             if len(got) != len(want):
                 return _result(math.inf, 0.0, 0, len(images), loaded, session,
                                f"the module gives {len(got)} outputs and onnxruntime {len(want)}")
@@ -107,17 +107,6 @@ def _result(diff: float, scale: float, outputs: int, n_images: int, loaded, sess
         "rewrites": list(getattr(facts, "rewrites", [])),
         "one_image_at_a_time": one_image_at_a_time(loaded.module),
     }
-
-
-def _flat(out) -> list[torch.Tensor]:
-    """A module's outputs in onnxruntime's order: a tensor, or tuples and lists of them."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flat(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _flat(o)]
-    return []
 
 
 def conversion_warning(key: str, conversion: dict | None) -> str | None:
