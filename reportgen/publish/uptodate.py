@@ -131,13 +131,19 @@ def _module_file(dotted: str) -> Path | None:
     return None
 
 
+def source_files() -> tuple[Path, list[Path]]:
+    """The package folder and every file of reportgen's own code, templates and styles in it."""
+    root = Path(__file__).resolve().parents[1]  # reportgen/, above publish/
+    return root, [p for p in sorted(root.rglob("*"))
+                  if p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts and p.is_file()]
+
+
 def source_digest() -> str:
     """SHA-256 of reportgen's own code and templates (a change of any rebuilds)."""
-    root = Path(__file__).resolve().parent
+    root, paths = source_files()
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.suffix in _SOURCE_SUFFIXES and "__pycache__" not in p.parts and p.is_file():
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    for p in paths:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 

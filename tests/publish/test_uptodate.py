@@ -186,3 +186,18 @@ def test_library_versions_match_importlib_metadata():
 
     got = uptodate.library_versions()
     assert got == {name: version(name) for name in uptodate.LIBRARIES}
+
+
+def test_the_code_digest_covers_every_stage_of_the_package():
+    """A change to any of reportgen's code, templates or styles rebuilds a report: the digest
+    reads every stage folder, not only the module computing it."""
+    import reportgen
+    from reportgen.publish.uptodate import source_files
+
+    root, paths = source_files()
+    assert root == Path(reportgen.__file__).resolve().parent
+    rel = {p.relative_to(root).as_posix() for p in paths}
+    for must in ("cli.py", "build.py", "load/spec.py", "run/map.py", "reduce/report.py", "render/report.py",
+                 "render/pages/templates/filters.md.j2", "render/pages/report.css", "publish/site.py",
+                 "core/cache.py", "analysis/evidence.py", "extensions/concepts.py"):
+        assert must in rel, must
