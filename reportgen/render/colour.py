@@ -135,6 +135,13 @@ def _is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's header (nothing decoded)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 def display_width(png: bytes) -> int | None:
     """CSS width to show a PNG at: its pixel width / the density in its pHYs chunk.
 

@@ -15,6 +15,8 @@ models (pages.layer_page); models.md compares the models.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from reportgen.analysis.locations import best_matches
@@ -25,9 +27,11 @@ from reportgen.render.pages import render_pages
 from reportgen.reduce.health import group_layers
 from reportgen.reduce.report import json_value
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
-from reportgen.render.colour import display_width, encode_png
+from reportgen.render.atlas import Atlas, grid_atlas
+from reportgen.render.colour import DENSITY, display_width, encode_png, png_size
 from reportgen.render.tiles import health_marks, layer_scale
-from reportgen.render.views import activation_grid, across_locations, filter_views, gabor_triplets, stage_strip
+from reportgen.render.views import (MAX_CHANNEL_COLUMNS, across_locations, activation_atlas, activation_grid,
+                                    filter_atlas, filter_atlas_cells, filter_views, gabor_triplets, stage_strip)
 from reportgen.core.report_json import to_json
 from reportgen.core.extension import Extension
 from reportgen.core.files import ReportFiles
@@ -54,6 +58,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
 
     files = ReportFiles()
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
+    act_atlases: dict[tuple[str, str], list[Atlas]] = {}  # (run key, layer) -> per shown image
     # (model, layer) -> kind -> [(model, path)]
     layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     h = spec.analyses.health
@@ -81,12 +86,14 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
                     lambda: gabor_triplets(lr.weight, fits)))
             # Spilled maps are read only when a picture is not cached: there is one per shown image.
             layer_maps = _Once(lambda lr=lr: spill.load(lr, "maps"))
+            grids = act_atlases.setdefault((r.run.key, layer), [])
             for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
                 # The layer's key already digests everything the maps come from.
-                act_key = digest("activations", lr.key, k) if lr.key else digest("activations", lr.maps[k])
-                data, order = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
+                act_key = digest("activation-grid", lr.key, k) if lr.key else digest("activation-grid", lr.maps[k])
+                data, order, shape = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
                 paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
+                grids.append(activation_atlas(paths[f"act_{k}"], tuple(shape), png_size(data), order))
         if ws:
             norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
             median = items[0][1].info["pooled_scale"]["median_norm"]
@@ -152,7 +159,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
                 "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits], [f.dog_score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
     unit_pages = _unit_pictures(results, files, cache)
-    filter_pages = _filter_pictures(results, comp, files, cache, spill)
+    filter_pages = _filter_pictures(results, comp, files, cache, act_atlases) if spec.analyses.filters.enabled else {}
     files.add("report.json", to_json(report))
     add_extension_files(spec, done, report, files)
     widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
@@ -194,46 +201,41 @@ def _base_index(spec: ReportSpec, keys: list[str]) -> int:
 
 
 def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
-    """Grids and per-unit cards of every (run, layer) with unit views; returns their paths."""
-    from reportgen.render.tiles import mapped_tiles, per_layer
-    from reportgen.render.unit_cards import CARD_TILE, card_legend, unit_cards, unit_grids
+    """The grids of every (run, layer) with unit views, one per view and the top crops; each unit's
+    card on the pages is crops of them. Returns (run, layer) -> {"grids": view -> path,
+    "atlases": view -> Atlas}."""
+    from reportgen.render.unit_cards import unit_grids_and_cells
 
     pages = {}
     for r in results:
         for layer, u in r.units.items():
-            lr = next(x for x in r.layers if x.name == layer)
-            key = digest("unit-pictures-named", CARD_TILE, u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
-                         u.stuck, lr.weight, getattr(u, "inactive", None))
-
-            def draw(u=u, lr=lr) -> dict:
-                w_tiles = None
-                if lr.weight is not None and lr.weight.ndim == 4:
-                    mean = lr.weight.mean(axis=1)
-                    w_tiles = mapped_tiles(per_layer(mean), "gray")
-                grids = {name: encode_png(img) for name, img in unit_grids(u).items()}
-                cards = [encode_png(card) for card in unit_cards(u, w_tiles)]
-                return {"grids": grids, "cards": cards, "legend": card_legend(u, w_tiles is not None)}
-
-            pics = cache.memo("png", key, draw)
+            key = digest("unit-grids", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+                         u.stuck, getattr(u, "inactive", None))
+            pics = cache.memo("png", key, lambda u=u: {
+                name: [encode_png(img), list(cells)] for name, (img, cells) in unit_grids_and_cells(u).items()})
             base = f"img/{r.run.key}/{slug(layer)}/units"
-            pages[(r.run.key, layer)] = {
-                "grids": {name: files.add(f"{base}/{name}.png", data) for name, data in pics["grids"].items()},
-                "cards": [files.add(f"{base}/unit_{i}.png", data) for i, data in enumerate(pics["cards"])],
-                "legend": pics["legend"],
-            }
+            grids, atlases = {}, {}
+            for name, (data, (cols, cell_w, cell_h, margin)) in pics.items():
+                grids[name] = files.add(f"{base}/{name}.png", data)
+                atlases[name] = grid_atlas(grids[name], png_size(data), cols, cell_w, cell_h, margin, DENSITY)
+            atlases["top_patches"] = replace(atlases["top_patches"], item_cells=atlases["top_patches"].cols)
+            pages[(r.run.key, layer)] = {"grids": grids, "atlases": atlases}
     return pages
 
 
 def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cache,
-                     spill: Spill = NO_SPILL) -> dict[tuple[str, str], dict]:
-    """Each conv filter's own pictures (filter pages) and its match at every other location.
+                     act_atlases: dict[tuple[str, str], list[Atlas]]) -> dict[tuple[str, str], dict]:
+    """What the filter pages show of each conv filter, as crops of a few pictures per
+    (run, layer): its tile, its kernels per input and its match at every other location from
+    one filter atlas (views.filter_atlas), its feature maps from the activation grids.
 
-    Returns (run key, layer) -> {"tiles", "inputs", "maps": [path or None per filter],
-    "matches": per filter [{"run", "index", "sign", "score"}]}: the comparison's matching
-    (aligned through the network where it was) with |cos| in each run's own input order.
+    Returns (run key, layer) -> {"atlas": the filter atlas, "inputs": (first column, count)
+    or None, "maps": the activation grids' atlases whose channels are the filters, "n": filters,
+    "match_runs": the other locations, "matches": per filter and other location {"run",
+    "index", "sign", "score"} or None, "match_col": the atlas column of the first match (the
+    others follow)}: the comparison's matching (aligned through the network where it was)
+    with |cos| in each run's own input order.
     """
-    from reportgen.render.views import one_filter_pictures
-
     out = {}
     for (model, layer), items in group_layers(results).items():
         ws = [lr.weight for _, lr in items]
@@ -244,32 +246,35 @@ def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cach
         keys = [r.run.key for r, _ in items]
         same = len({w.shape for w in ws}) == 1 and cmp is not None and cmp.weights is not None and cmp.runs == keys
         for b, (r, lr) in enumerate(items):
-            maps = list(spill.load(lr, "maps"))  # one run's maps at a time (reportgen.core.spill)
-            key = digest("filter-pictures", lr.weight, shared, lr.key or tuple(maps))
-            pics = cache.memo("png", key, lambda lr=lr, maps=maps: [
-                {k: encode_png(v) for k, v in p.items()} for p in one_filter_pictures(lr.weight, shared, maps)])
-            base = f"img/{r.run.key}/{slug(layer)}/filter"
-            entry = {kind: [files.add(f"{base}/{kind}_{i}.png", p[kind]) if kind in p else None
-                            for i, p in enumerate(pics)] for kind in ("tile", "inputs", "maps")}
-            entry["tiles"] = entry.pop("tile")
-            matches: list[list[dict]] = [[] for _ in pics]
-            if same:
-                others = [j for j in range(len(items)) if j != b]
-                found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b))
-                for j, (idx, sign, score) in zip(others, found):
-                    for i in range(len(pics)):
-                        if idx[i] >= 0:
-                            matches[i].append({"run": keys[j], "index": int(idx[i]), "sign": int(sign[i]),
-                                               "score": json_value("", score[i])})
-            entry["matches"] = matches
-            entry["n_maps"] = sum(1 for m in maps if np.ndim(m) == 3 and len(m) == len(pics))
-            out[(r.run.key, layer)] = entry
+            n, _, kh, kw = lr.weight.shape
+            others = [j for j in range(len(items)) if j != b] if same else []
+            found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b)) if others else []
+            matched = [(ws[j], idx) for j, (idx, _, _) in zip(others, found)]
+            key = digest("filter-atlas-2", lr.weight, shared, [m for pair in matched for m in pair], MAX_CHANNEL_COLUMNS)
+            data, columns = cache.memo("png", key, lambda lr=lr, matched=matched: _atlas_png(
+                lr.weight, shared, matched))
+            atlas = filter_atlas_cells(files.add(f"img/{r.run.key}/{slug(layer)}/filter_atlas.png", data),
+                                       png_size(data), (kh, kw), columns)
+            matches: list[list[dict | None]] = [[] for _ in range(n)]
+            for j, (idx, sign, score) in zip(others, found):
+                for i in range(n):
+                    matches[i].append({"run": keys[j], "index": int(idx[i]), "sign": int(sign[i]),
+                                       "score": json_value("", score[i])} if idx[i] >= 0 else None)
+            grids = [a for a in act_atlases.get((r.run.key, layer), []) if len(a.position or ()) == n]
+            out[(r.run.key, layer)] = {"atlas": atlas, "inputs": columns["inputs"], "maps": grids, "n": n,
+                                       "matches": matches, "match_runs": [keys[j] for j in others],
+                                       "match_col": columns["matches"][0] if others else None}
     return out
 
 
-def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray]:
+def _atlas_png(w: np.ndarray, shared: float, matched: list) -> tuple[bytes, dict]:
+    img, columns = filter_atlas(w, shared, matched, MAX_CHANNEL_COLUMNS)
+    return encode_png(img), columns
+
+
+def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray, tuple]:
     img, order = activation_grid(maps)
-    return encode_png(img), order
+    return encode_png(img), order, np.shape(maps)
 
 
 def add_extension_files(spec: ReportSpec, done: list[tuple[Extension, dict]], report: dict,

@@ -1,15 +1,16 @@
-"""Pictures of a layer's units: grids over all units, and one card per unit."""
+"""Pictures of a layer's units: a grid over all units per view, and the top crops of each unit.
+
+The pages show one card per unit as crops of these grids (render.atlas)."""
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from reportgen.render import tiles as T
 from reportgen.render.colour import DENSITY, at_density, fit_width, to_uint8
 from reportgen.render.views import LABEL_PX, MARGIN, MAX_WIDTH
 
-CARD_TILE = 48  # CSS px per tile on a unit card (drawn at DENSITY)
+CARD_TILE = 48  # CSS px per tile on a unit card
 # Fill of the tiles a unit has no picture for (never active: no crops, no
 # feature, nothing to project; or fewer separate crops than top_n). Plain grey,
 # not the NaN colour, so it reads as "nothing here" rather than "broken".
@@ -66,6 +67,13 @@ def _crop_tiles(patches: np.ndarray) -> np.ndarray:
 
 def unit_grids(u) -> dict[str, np.ndarray]:
     """Grids of all units for the layer page: one per view, plus the top patches (rows = units)."""
+    return {name: img for name, (img, _) in unit_grids_and_cells(u).items()}
+
+
+def unit_grids_and_cells(u) -> dict[str, tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """``unit_grids`` with each grid's cells: (columns, cell width, cell height, margin) in px
+    before any shrinking (render.atlas.grid_atlas). A unit is one cell of a view's grid and
+    one row of ``top_patches``: the unit cards on the pages are crops of these."""
     grids = {}
     stuck = u.stuck if u.stuck is not None else None
     off = _inactive(u)
@@ -73,15 +81,17 @@ def unit_grids(u) -> dict[str, np.ndarray]:
         marks = stuck if name == "maximise_plain" else off if name in DATA_VIEWS else None
         labels = [str(i) for i in range(len(tiles))]
         up = T.upscale_for(tiles.shape[1], 48)
-        cols = T.fit_columns(len(tiles), tiles.shape[2] * up + 4 * MARGIN, MAX_WIDTH)
-        grids[name] = _fit(T.grid(tiles, ncols=cols, upscale=up, margin=2 * MARGIN, marks=marks, labels=labels,
-                                  font_px=LABEL_PX))
+        cell_w, cell_h = tiles.shape[2] * up + 4 * MARGIN, tiles.shape[1] * up + 4 * MARGIN
+        cols = T.fit_columns(len(tiles), cell_w, MAX_WIDTH)
+        grids[name] = (_fit(T.grid(tiles, ncols=cols, upscale=up, margin=2 * MARGIN, marks=marks, labels=labels,
+                                   font_px=LABEL_PX)), (cols, cell_w, cell_h, 2 * MARGIN))
     k = u.patches.shape[1]
     crops = _crop_tiles(u.patches.reshape(-1, *u.patches.shape[2:]))
     labels = [str(i) if j == 0 else "" for i in range(len(u.patches)) for j in range(k)]
     up = min(T.upscale_for(crops.shape[1], 40), max(1, (MAX_WIDTH // k - 2 * MARGIN) // crops.shape[2]))
-    grids["top_patches"] = _fit(T.grid(crops, ncols=k, upscale=up, margin=MARGIN, marks=np.repeat(off, k),
-                                       labels=labels, font_px=LABEL_PX))
+    cells = (k, crops.shape[2] * up + 2 * MARGIN, crops.shape[1] * up + 2 * MARGIN, MARGIN)
+    grids["top_patches"] = (_fit(T.grid(crops, ncols=k, upscale=up, margin=MARGIN, marks=np.repeat(off, k),
+                                        labels=labels, font_px=LABEL_PX)), cells)
     return grids
 
 
@@ -89,59 +99,6 @@ def _fit(img: np.ndarray) -> np.ndarray:
     return fit_width(at_density(img, DENSITY), MAX_WIDTH)
 
 
-# Names drawn above the tiles of a unit card (short: a tile is CARD_TILE CSS px wide).
+# Names of a unit card's pictures (short: a tile is CARD_TILE CSS px wide).
 CARD_NAMES = {"maximise_plain": "max. plain", "maximise_fourier": "max. reg.", "decoded": "decoded",
               "neuron_feature": "feature", "deconvnet": "deconv", "guided_backprop": "guided"}
-
-
-def unit_card(u, i: int, weight_tile: np.ndarray | None, tiles: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """One unit in one row: weights, decoded filter, maximisation images, neuron feature,
-    deconvnet, guided backprop; below them its top-activating crops; each tile named in
-    a band above it. Drawn at DENSITY px per CSS px: (H, W, 3) uint8 Picture.
-
-    ``tiles``: ``unit_tiles(u)`` when the caller has it already (drawing every card of a
-    layer computes it once, not once per card)."""
-    views = unit_tiles(u) if tiles is None else tiles
-    tiles = [] if weight_tile is None else [weight_tile]
-    names = [] if weight_tile is None else ["weights"]
-    tiles += [t[i] for t in views.values()]
-    names += [CARD_NAMES.get(v, v) for v in views]
-    crops = list(_crop_tiles(u.patches[i]))
-    side = CARD_TILE * DENSITY
-    parts = []
-    for row_tiles, row_names in ((tiles, names), (crops, [f"crop {k + 1}" for k in range(len(crops))])):
-        if not row_tiles:
-            continue
-        big = [np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST)) for t in row_tiles]
-        row = T.grid(np.stack(big), ncols=len(big), margin=2 * DENSITY)
-        parts += [_name_band(row_names, side + 4 * DENSITY, row.shape[1]), row]
-    width = max(p.shape[1] for p in parts)
-    parts = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
-    return at_density(np.concatenate(parts, axis=0))
-
-
-def _name_band(names: list[str], cell: int, width: int) -> np.ndarray:
-    """A white band with ``names[k]`` in dark grey above column k (cells ``cell`` px wide)."""
-    from PIL import ImageDraw, ImageFont
-
-    font_px = 10 * DENSITY
-    band = Image.new("RGB", (width, font_px + 4 * DENSITY), (255, 255, 255))
-    draw = ImageDraw.Draw(band)
-    font = ImageFont.load_default(size=font_px)
-    for k, name in enumerate(names):
-        if name:
-            draw.text((k * cell + 2 * DENSITY, DENSITY), name, fill=(40, 40, 40), font=font)
-    return np.asarray(band)
-
-
-def unit_cards(u, weight_tiles: np.ndarray | None) -> list[np.ndarray]:
-    """``unit_card`` of every unit of the layer; weight_tiles: (U, h, w, 3) or None."""
-    tiles = unit_tiles(u)
-    return [unit_card(u, i, None if weight_tiles is None else weight_tiles[i], tiles) for i in range(len(u.patches))]
-
-
-def card_legend(u, with_weights: bool) -> list[str]:
-    """Names of the card's tiles, left to right (for the page)."""
-    names = ["weights (mean over inputs)"] if with_weights else []
-    names += [n.replace("_", " ") for n in unit_tiles(u)]
-    return names + ["", f"top {u.patches.shape[1]} crops"]

@@ -10,6 +10,7 @@ import numpy as np
 
 from reportgen.analysis.activations import rank_channels
 from reportgen.render import tiles as T
+from reportgen.render.atlas import Atlas, grid_atlas
 from reportgen.render.colour import DENSITY, apply_lut, at_density, fit_width
 
 # The report's content column is about 680 CSS px wide in a 1400 px window (Material,
@@ -105,12 +106,26 @@ def activation_grid(maps: np.ndarray, target_px: int = MAP_CSS) -> tuple[np.ndar
     if maps.ndim == 1:
         maps = maps[:, None, None]
     order = rank_channels(maps)
-    h, w = maps.shape[1:]
-    up = T.upscale_for(max(h, w), target_px if h * w > 1 else 24)
-    cols = T.fit_columns(len(maps), w * up + 2 * MARGIN, MAX_WIDTH)
+    up, cols, _, _ = _activation_layout(maps.shape, target_px)
     img = T.grid(coloured_maps(maps)[order], ncols=cols, upscale=up, margin=MARGIN,
                  labels=[str(int(i)) for i in order], font_px=LABEL_PX)
     return _fit(img), order
+
+
+def _activation_layout(shape: tuple, target_px: int) -> tuple[int, int, int, int]:
+    """(upscale, columns, cell width, cell height) of ``activation_grid`` for maps of ``shape``."""
+    h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
+    up = T.upscale_for(max(h, w), target_px if h * w > 1 else 24)
+    cell_w, cell_h = w * up + 2 * MARGIN, h * up + 2 * MARGIN
+    return up, T.fit_columns(shape[0], cell_w, MAX_WIDTH), cell_w, cell_h
+
+
+def activation_atlas(path: str, shape: tuple, size: tuple[int, int], order: np.ndarray,
+                     target_px: int = MAP_CSS) -> Atlas:
+    """Where each channel lies in ``activation_grid``'s picture of maps of ``shape``, saved at
+    ``path`` with pixel ``size`` (width, height) and channel ``order``: its per-channel crops."""
+    _, cols, cell_w, cell_h = _activation_layout(shape, target_px)
+    return grid_atlas(path, size, cols, cell_w, cell_h, MARGIN, DENSITY, order)
 
 
 def coloured_maps(maps: np.ndarray) -> np.ndarray:
@@ -125,49 +140,54 @@ def coloured_maps(maps: np.ndarray) -> np.ndarray:
     return apply_lut(maps / hi if hi > 0 else np.where(np.isfinite(maps), 0.0, np.nan), "viridis")
 
 
-FILTER_LARGE_CSS = 128  # CSS px of one filter on its own section (tables show it at 48)
+def atlas_upscale(kh: int, kw: int) -> int:
+    """Whole-pixel enlargement of a kernel in ``filter_atlas``: about 12 px on its larger side,
+    so the 2 px between kernels stay thin next to them when a page enlarges a row."""
+    return max(1, -(-12 // max(kh, kw)))
 
 
-def _nearest(tile: np.ndarray, css: int) -> np.ndarray:
-    """(h, w, 3) uint8 enlarged by whole pixels to at least ``css`` CSS px at DENSITY."""
-    up = T.upscale_for(max(tile.shape[:2]), css)
-    return tile.repeat(up, axis=0).repeat(up, axis=1)
+def filter_atlas(w: np.ndarray, scale: float, matched: list[tuple[np.ndarray, np.ndarray]],
+                 max_inputs: int) -> tuple[np.ndarray, dict]:
+    """Every filter of a layer, a row per filter, at a few pixels per weight (atlas_upscale).
 
+    w: (N, C, kh, kw) conv weights on the shared symmetric ``scale``; matched: per other
+    location, its weights (M, C, kh, kw) and the index of its filter matched to each of
+    ours (-1: none). Row i: filter i's tile (RGB, or the mean over inputs in grey, as in
+    the layer's grid), its kernel for each of the first ``max_inputs`` input channels in
+    grey (when C > 1), then its match at each other location as that filter is (white
+    where none). Cells are 1 px apart (white), so a crop never shows its neighbour.
 
-def one_filter_pictures(w: np.ndarray, scale: float, maps: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """The pictures of each filter's own section (the filter pages), drawn at DENSITY.
-
-    w: (N, C, kh, kw) conv weights; scale: the layer's shared symmetric scale; maps: per
-    test image (C_out, H, W) feature maps (C_out = N). Per filter:
-    ``tile``: the filter alone (RGB, or the mean over inputs in grey; 0 is mid grey) at
-    FILTER_LARGE_CSS; ``inputs``: its kernel for each input channel (up to
-    MAX_CHANNEL_COLUMNS), grey on the shared scale, when it has more than one;
-    ``maps``: its feature map on each image, left to right, MAP_CSS tall, coloured on the
-    same scale as that image's activation grid (so a weak channel looks weak here too).
+    Returns the picture and its columns: {"tile": 0, "inputs": (first, count) or None,
+    "matches": [column per other location]}.
     """
     w = np.asarray(w, dtype=np.float64)
     n, c, kh, kw = w.shape
-    tiles = filter_tiles(w, scale)
-    cc = min(c, MAX_CHANNEL_COLUMNS)
-    per_input = T.mapped_tiles(T.per_layer(w[:, :cc], scale).reshape(n * cc, kh, kw), "gray") if c > 1 else None
-    up_in = T.upscale_for(max(kh, kw), 64 if cc <= 4 else 24)
-    cols_in = T.fit_columns(cc, kw * up_in + 2 * MARGIN, MAX_WIDTH, ncols=min(cc, 16))
-    coloured = [coloured_maps(m) for m in maps if np.ndim(m) == 3 and len(m) == n]
-    gap = None
-    out = []
-    for i in range(n):
-        pics = {"tile": at_density(_nearest(tiles[i], FILTER_LARGE_CSS))}
-        if per_input is not None:
-            pics["inputs"] = at_density(T.grid(per_input[i * cc:(i + 1) * cc], ncols=cols_in, upscale=up_in,
-                                               margin=MARGIN))
-        if coloured:
-            row = [_nearest(cm[i], MAP_CSS) for cm in coloured]
-            gap = np.full((row[0].shape[0], 4 * DENSITY, 3), 255, np.uint8) if gap is None else gap
-            if all(r.shape[0] == row[0].shape[0] for r in row):
-                joined = np.concatenate([p for r in row for p in (r, gap)][:-1], axis=1)
-                pics["maps"] = _fit(joined)
-        out.append(pics)
-    return out
+    cols = [filter_tiles(w, scale)]
+    inputs = None
+    if c > 1:
+        cc = min(c, max_inputs)
+        grey = T.mapped_tiles(T.per_layer(w[:, :cc], scale).reshape(n * cc, kh, kw), "gray")
+        cols += list(grey.reshape(n, cc, kh, kw, 3).transpose(1, 0, 2, 3, 4))
+        inputs = (1, cc)
+    match_cols = []
+    for other, idx in matched:
+        tiles = filter_tiles(np.asarray(other, dtype=np.float64), scale)
+        idx = np.asarray(idx)
+        col = np.full((n, kh, kw, 3), 255, dtype=np.uint8)
+        col[idx >= 0] = tiles[idx[idx >= 0]]
+        match_cols.append(len(cols))
+        cols.append(col)
+    stacked = np.stack(cols, axis=1).reshape(n * len(cols), kh, kw, 3)
+    up = atlas_upscale(kh, kw)
+    img = T.grid(stacked, ncols=len(cols), upscale=up, margin=1)
+    return img, {"tile": 0, "inputs": inputs, "matches": match_cols, "cols": len(cols), "upscale": up}
+
+
+def filter_atlas_cells(path: str, size: tuple[int, int], kernel: tuple[int, int], columns: dict) -> Atlas:
+    """The atlas of a ``filter_atlas`` picture of kernels of ``kernel`` (kh, kw) saved at ``path``
+    with pixel ``size``; ``columns`` as it returned. A filter's row is its item."""
+    up, cols = columns["upscale"], columns["cols"]
+    return Atlas(path, size[0], size[1], cols, kernel[1] * up + 2, kernel[0] * up + 2, margin=1, item_cells=cols)
 
 
 def filter_tiles(w: np.ndarray, scale: float) -> np.ndarray:

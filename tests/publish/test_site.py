@@ -165,6 +165,26 @@ OVERFLOW_JS = """() => {
 }"""
 
 
+def _assert_shows_conv1_filter(crop, index: int) -> None:
+    """The browser's pixels of a crop are filter ``index`` of loc08's conv1, computed here from
+    the checkpoints: 0.5 + 0.5 w / s in RGB, s the largest |w| at any location (the shared scale)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    ckpts = sorted((ROOT / "examples" / "towncenter" / "checkpoints").glob("loc*.pt"))
+    ws = {p.stem: torch.load(p, weights_only=True)["state_dict"]["conv1.weight"].double().numpy() for p in ckpts}
+    s = max(np.abs(w).max() for w in ws.values())
+    want = np.round(np.clip(0.5 + 0.5 * ws["loc08"][index] / s, 0, 1) * 255).transpose(1, 2, 0)
+    shot = np.asarray(Image.open(io.BytesIO(crop.screenshot())).convert("RGB")).astype(int)
+    kh, kw = want.shape[:2]
+    ys = ((np.arange(kh) + 0.5) * shot.shape[0] / kh).astype(int)
+    xs = ((np.arange(kw) + 0.5) * shot.shape[1] / kw).astype(int)
+    assert np.abs(shot[ys][:, xs] - want).max() <= 3, "the crop does not show the filter"
+
+
 def _tile_css_px(site: Path, page, selector: str) -> float:
     """CSS px of the first tile of the first picture matching ``selector``, as rendered."""
     import numpy as np
@@ -233,17 +253,21 @@ def test_every_page_kind_as_a_reviewer_sees_it(site, server):
                     _all_images_load(page)
                     grid_tile = page.locator('a[href="#filter-5"] img').first
                     assert grid_tile.bounding_box()["width"] >= 48 - 0.5
-                    assert page.locator("#filter-5 ~ p img").first.bounding_box()["width"] >= 96
-                    assert _tile_css_px(site, page, 'img[src$="filter/maps_5.png"]') >= 96
+                    # the filter large: a crop of the layer's atlas that shows filter 5 and nothing else
+                    tile = page.locator("#filter-5 ~ p a.rg-crop").first
+                    assert tile.bounding_box()["width"] >= 128 - 0.5
+                    _assert_shows_conv1_filter(tile, 5)
+                    for a in page.locator('#filter-5 ~ p a.rg-crop[href$="activations_0.png"]').all()[:1]:
+                        box = a.bounding_box()  # its feature map, a crop of the activation grid
+                        assert max(box["width"], box["height"]) >= 96 - 0.5, box
                     grid_tile.click()
                     page.wait_for_url("**/filters/loc08/conv1/#filter-5")
                     page.goto(f"{server}/towncenter/units/loc01/conv2/")
                     _all_images_load(page)
-                    card = page.locator('img[src$="units/unit_0.png"]').first
-                    natural = card.evaluate("i => i.naturalWidth")
-                    # a card's tiles are CARD_TILE CSS px, in 2 CSS px frames, drawn at DENSITY
+                    # a card's pictures are crops of the unit grids, CARD_TILE CSS px each
                     from reportgen.render.unit_cards import CARD_TILE
-                    assert card.bounding_box()["width"] / natural * 2 * (CARD_TILE + 4) >= 48 + 4 - 0.5
+                    cards = page.locator("#unit-0 ~ div a.rg-crop").all()
+                    assert len(cards) >= 3 and all(c.bounding_box()["width"] >= CARD_TILE - 0.5 for c in cards[:3])
                     page.goto(f"{server}/colour-mlp/locations/colourmlp/")
                     _all_images_load(page)
                     _show_all_tabs(page)
@@ -286,7 +310,9 @@ def test_every_filter_links_to_its_story(site):
         assert f'href="#filter-{i}"' in page  # the tile grid
         section = page[page.index(f'id="filter-{i}"'):]
         section = section[:section.index('id="filter-', 10)] if i < 63 else section
-        assert f"filter/tile_{i}.png" in section and f"filter/maps_{i}.png" in section
+        # its tile (a crop of the filter atlas) and its feature maps (crops of the activation grids)
+        assert "conv1/filter_atlas.png" in section and "conv1/activations_0.png" in section
+        assert 'alt="map 0"' in section and 'alt="filter {i}"'.format(i=i) in section
         j = pair["b_index"][i]
         assert f'href="../../loc08/conv1/#filter-{j}"' in section, (i, j)
         others = set(re.findall(r'href="\.\./\.\./(loc\d+)/conv1/#filter-\d+"', section))
@@ -453,37 +479,6 @@ def test_filter_pages_are_paged_by_64():
     assert filter_page("loc01", "conv1", 200) == "filters/loc01/conv1-4.md#filter-200"
 
 
-def test_one_filter_pictures_against_numpy():
-    """The tile is the filter on the shared scale (0.5 + 0.5 w / s), enlarged by whole pixels;
-    the map row is channel i of each image on that image's scale (viridis on [0, max])."""
-    import matplotlib
-    import numpy as np
-
-    from reportgen.render.views import FILTER_LARGE_CSS, MAP_CSS, one_filter_pictures
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(4, 3, 5, 5))
-    s = 2 * np.abs(w).max()
-    maps = [np.abs(rng.normal(size=(4, 6, 8))) for _ in range(2)]
-    pics = one_filter_pictures(w, s, maps)
-    assert len(pics) == 4
-    tile = np.asarray(pics[2]["tile"])
-    up = tile.shape[0] // 5
-    assert tile.shape == (5 * up, 5 * up, 3) and up * 5 >= 2 * FILTER_LARGE_CSS
-    expect = np.round(np.clip(0.5 + 0.5 * w[2] / s, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
-    assert np.abs(tile[::up, ::up].astype(int) - expect).max() <= 1
-    row = np.asarray(pics[2]["maps"])
-    k = -(-2 * MAP_CSS // 8)  # whole-pixel factor for an 8-px-wide map at 96 CSS px, 2x density
-    assert row.shape[0] == 6 * k
-    viridis = matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
-    for j, m in enumerate(maps):
-        want = np.round(viridis[np.round(m[2] / m.max() * 255).astype(int)] * 255)
-        x0 = j * (8 * k + 8)  # maps side by side with a 4 CSS px gap
-        got = row[::k, x0:x0 + 8 * k:k].astype(int)
-        assert np.abs(got - want).max() <= 1, j
-    assert pics[2]["inputs"].shape[1] > 0  # R, G, B kernels
-
-
 def test_filter_sections_match_the_hungarian_assignment(tiny_site):
     """conv1 has no layer below it, so its matching is the plain optimal assignment of |cos|:
     scipy's, on numpy's cosines, names the same filter and the same |cos| on the page."""
@@ -531,16 +526,20 @@ def test_unit_page_opens_with_units_ranked_by_activation(tiny_site):
     active = [u for u in units if u["max_activation"] is not None]
     assert shown == [u["index"] for u in sorted(active, key=lambda u: -u["max_activation"])]
     assert "### Unit 0 { #unit-0 }" in text and "[back to the ranking](#overview)" in text
-    # a card names its tiles: the legend explains every name drawn on it
-    for name in ("weights", "max. plain", "feature", "crop 1"):
-        assert f"*{name}*" in text
+    # a card names its tiles in its header row, and the legend explains every name
+    card = text[text.index("### Unit 0 "):]
+    header = re.search(r"^\| weights \|(.*)\|$", card, re.M).group(1)
+    for name in ("weights", "max. plain", "feature"):
+        assert f"*{name}*" in text and (name == "weights" or f" {name} " in header)
+    assert "crops that drive the unit most" in text
 
 
 def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
     """Room for an optional best concept per unit (``concept``, ``concept_iou``)."""
     import json
 
-    from reportgen.render.pages import environment
+    from reportgen.render.atlas import Atlas
+    from reportgen.render.pages import crop, environment
 
     report_dir, _ = tiny_site
     report = json.loads((report_dir / "report.json").read_text())
@@ -548,9 +547,10 @@ def test_a_concept_shows_when_the_units_data_has_one(tiny_site):
     lay = next(x for x in run["layers"] if x["name"] == "conv2")
     lay["units"]["units"][1].update(concept="stripes", concept_iou=0.31)
     text = environment().get_template("units.md.j2").render(
-        run=run, lay=lay, pics={"grids": {}, "cards": ["c.png"] * 8, "legend": []}, report=report,
-        layer_page=lambda m, l: "layers/x.md", has_filter_page=lambda k, l: False, filter_page=None,
-        unit_flags=lambda u, f: [])
+        run=run, lay=lay, pics={"grids": {}, "atlases": {"top_patches": Atlas("t.png", 30, 80, 3, 10, 10,
+                                                                                item_cells=3)}},
+        report=report, layer_page=lambda m, l: "layers/x.md", has_filter_page=lambda k, l: False,
+        filter_page=lambda *a: "f.md", unit_flags=lambda u, f: [], crop=crop, card_names={}, filter_atlas={})
     assert "Concept (IoU)" in text and "stripes (0.31)" in text and "concept **stripes** (IoU 0.31)" in text
 
 

@@ -28,7 +28,9 @@ def test_unit_views_reach_pages_and_report_json(project):
     vals = conv2["units"][0]["top_values"]
     assert vals == sorted(vals, reverse=True) and vals[0] <= runs["c"]["layers"][1]["channels"][0]["max"] + 1e-6
     page = (project / "docs/tiny/units/a/conv1.md").read_text()
-    assert "## Unit 3 { #unit-3 }" in page and "../../img/a/conv1/units/unit_3.png" in page
+    assert "## Unit 3 { #unit-3 }" in page
+    card = page.split("## Unit 3 ")[1].split("## Unit 4 ")[0]  # crops of the grids, each the same cell
+    assert "../../img/a/conv1/units/maximise_plain.png" in card and "../../img/a/conv1/units/top_patches.png" in card
     # each maximisation with its objective, the clipped image's objective and the share out of range
     u0 = conv1["units"][0]
     assert 0 <= u0["plain_outside"] <= 1 and u0["fourier_outside"] == 0

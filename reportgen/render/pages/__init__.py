@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from reportgen.analysis.wording import anchor
 from reportgen.core.names import anchor_id, code, md_escape, slug
 from reportgen.load.spec import ReportSpec
+from reportgen.render.unit_cards import CARD_NAMES
 
 TOP_FINDINGS = 10  # findings on the home page; the rest are on findings.md
 
@@ -130,6 +131,9 @@ def layer_page(model: str, layer: str, multi: bool) -> str:
 
 
 FILTERS_PER_PAGE = 64  # sections per filter page: a layer of 512 filters gets 8 pages
+# Other locations a filter's section shows its match at: a page of 64 filters grows with the
+# locations, so with many locations the first 24 are shown (report.json holds every matching).
+MATCHES_SHOWN = 24
 
 
 def filter_page(run: str, layer: str, index: int) -> str:
@@ -179,7 +183,7 @@ def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ct
     for (key, layer), pics in filter_pics.items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
-        n = len(pics["tiles"])
+        n = pics["n"]
         n_pages = -(-n // FILTERS_PER_PAGE)
         for p in range(n_pages):
             first, last = p * FILTERS_PER_PAGE, min(n, (p + 1) * FILTERS_PER_PAGE) - 1
@@ -187,9 +191,30 @@ def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ct
             pages[path] = env.get_template("filters.md.j2").render(
                 run=run, lay=lay, pics=pics, units=unit_pages.get((key, layer)), first=first, last=last,
                 page_no=p, n_pages=n_pages, n_filters=n, per_page=FILTERS_PER_PAGE, cols=8,
-                flags=filter_flags(lay), root="../../", map_images=run["images"][:pics.get("n_maps", 0)],
-                tiles_of=lambda other, layer=layer: filter_pics[(other, layer)]["tiles"], **ctx)
+                flags=filter_flags(lay), root="../../", map_images=run["images"][:len(pics["maps"])],
+                max_matches=MATCHES_SHOWN, **ctx)
     return pages
+
+
+def _px(v: float) -> str:
+    return f"{v:.2f}".rstrip("0").rstrip(".") + "px"
+
+
+def crop(atlas, cell: int, href: str, alt: str, root: str = "", width: float | None = None, span: int = 1) -> str:
+    """Markdown showing one cell of an atlas (render.atlas; ``span`` cells of its row) as a
+    picture of its own, linked to ``href``: each cell ``width`` CSS px wide (None: the
+    atlas's natural size).
+
+    The image is the whole atlas, moved by negative margins inside a link box of the cell's
+    size that hides the rest (``.rg-crop`` in report.css): attribute lists only, no script, so
+    it shows the same offline and with JavaScript off. The link keeps the lightbox from
+    opening the whole atlas; CSS enlarges it with square pixels.
+    """
+    x, y, w, h = atlas.box(cell, span)
+    s = width / atlas.box(cell)[2] if width else 1 / atlas.density  # CSS px per picture px
+    img = (f"![{md_escape(alt)}]({root}{atlas.path}){{ loading=lazy "
+           f'style="width:{_px(atlas.width * s)};margin:-{_px(y * s)} 0 0 -{_px(x * s)}" }}')
+    return f'[{img}]({href}){{ .rg-crop style="width:{_px(w * s)};height:{_px(h * s)}" }}'
 
 
 # ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
@@ -267,7 +292,10 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "filter_page": filter_page,
         "unit_flags": unit_flags,
         "has_filter_page": lambda key, layer: (key, layer) in (filter_pics or {}),
-        "filter_tiles": {f"{k}|{layer}": v["tiles"] for (k, layer), v in (filter_pics or {}).items()},
+        "filter_atlas": {f"{k}|{layer}": v["atlas"] for (k, layer), v in (filter_pics or {}).items()},
+        "filter_count": {f"{k}|{layer}": v["n"] for (k, layer), v in (filter_pics or {}).items()},
+        "crop": crop,
+        "card_names": CARD_NAMES,
     }
     pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
              "findings.md": env.get_template("findings.md.j2").render(**ctx),
