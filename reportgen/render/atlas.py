@@ -42,7 +42,7 @@ class Atlas:
     cell_w: int
     cell_h: int
     margin: int = 0
-    density: int = 1
+    density: float = 1
     scale: float = 1.0
     position: tuple[int, ...] | None = None
     item_cells: int = 1
@@ -64,7 +64,7 @@ class Atlas:
 
 
 def grid_atlas(path: str, size: tuple[int, int], cols: int, cell_w: int, cell_h: int, margin: int,
-               density: int, order: np.ndarray | None = None) -> Atlas:
+               density: float, order: np.ndarray | None = None) -> Atlas:
     """The atlas of a picture drawn by ``tiles.grid`` (cells of ``cell_w`` x ``cell_h`` px in
     ``cols`` columns), saved with pixel ``size`` (width, height): shrunk to fit the content
     column when ``cols * cell_w`` was wider. ``order``: the item drawn in each cell."""

@@ -6,6 +6,8 @@ view names become file names (``{run}/{layer}/{view}.png``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from reportgen.analysis.activations import rank_channels
@@ -21,7 +23,8 @@ MAX_CHANNEL_COLUMNS = 64  # per-input-channel view shows at most this many input
 FILTER_CSS = 48  # CSS px per filter tile (kernels of any size)
 MAP_CSS = 96  # CSS px per activation map (the larger side)
 MARGIN = DENSITY  # 1 CSS px around tiles; 2 CSS px frames mark flagged filters
-LABEL_PX = 10 * DENSITY
+LABEL_CSS = 10  # CSS px of the numbers stamped on tiles
+LABEL_PX = LABEL_CSS * DENSITY
 
 
 def _fit(img: np.ndarray) -> np.ndarray:
@@ -101,31 +104,42 @@ def activation_grid(maps: np.ndarray, target_px: int = MAP_CSS) -> tuple[np.ndar
     on its larger side (a dense layer's 1 x 1 maps: 24). Non-negative maps use one colour
     scale [0, max] for all channels (weak channels look weak); maps with negative
     values use a diverging scale symmetric around 0. Returns (image, order).
+
+    Each activation is drawn as a square of whole pixels, no more than needed: a map that
+    is already ``target_px`` wide keeps one pixel per activation (density 1), a smaller one
+    is enlarged by the smallest whole factor that reaches it and the picture's density
+    (``colour.at_density``, a fraction) shows it at exactly ``target_px`` CSS px. The page
+    keeps the squares sharp (``image-rendering: pixelated``); drawing every map at twice
+    its size for high-density screens made activation grids most of a report's bytes.
     """
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim == 1:
         maps = maps[:, None, None]
     order = rank_channels(maps)
-    up, cols, _, _ = _activation_layout(maps.shape, target_px)
-    img = T.grid(coloured_maps(maps)[order], ncols=cols, upscale=up, margin=MARGIN,
-                 labels=[str(int(i)) for i in order], font_px=LABEL_PX)
-    return _fit(img), order
+    up, cols, _, _, density = _activation_layout(maps.shape, target_px)
+    img = T.grid(coloured_maps(maps)[order], ncols=cols, upscale=up, margin=1,
+                 labels=[str(int(i)) for i in order], font_px=round(LABEL_CSS * density))
+    return fit_width(at_density(img, density), int(CONTENT_CSS * density)), order
 
 
-def _activation_layout(shape: tuple, target_px: int) -> tuple[int, int, int, int]:
-    """(upscale, columns, cell width, cell height) of ``activation_grid`` for maps of ``shape``."""
+def _activation_layout(shape: tuple, target_px: int) -> tuple[int, int, int, int, float]:
+    """(upscale, columns, cell width, cell height, density) of ``activation_grid`` for maps of
+    ``shape``: 1 px margins, as many columns as fit the content column."""
     h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
-    up = T.upscale_for(max(h, w), target_px if h * w > 1 else 24)
-    cell_w, cell_h = w * up + 2 * MARGIN, h * up + 2 * MARGIN
-    return up, T.fit_columns(shape[0], cell_w, MAX_WIDTH), cell_w, cell_h
+    target = target_px if h * w > 1 else 24
+    side = max(h, w)
+    up = math.ceil(target / side) if side < target else 1
+    density = up * side / target if side < target else 1.0  # shows an enlarged map at exactly target
+    cell_w, cell_h = w * up + 2, h * up + 2
+    return up, T.fit_columns(shape[0], cell_w, int(CONTENT_CSS * density)), cell_w, cell_h, density
 
 
 def activation_atlas(path: str, shape: tuple, size: tuple[int, int], order: np.ndarray,
                      target_px: int = MAP_CSS) -> Atlas:
     """Where each channel lies in ``activation_grid``'s picture of maps of ``shape``, saved at
     ``path`` with pixel ``size`` (width, height) and channel ``order``: its per-channel crops."""
-    _, cols, cell_w, cell_h = _activation_layout(shape, target_px)
-    return grid_atlas(path, size, cols, cell_w, cell_h, MARGIN, DENSITY, order)
+    _, cols, cell_w, cell_h, density = _activation_layout(shape, target_px)
+    return grid_atlas(path, size, cols, cell_w, cell_h, 1, density, order)
 
 
 def coloured_maps(maps: np.ndarray) -> np.ndarray:
