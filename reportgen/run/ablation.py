@@ -40,7 +40,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from reportgen.core.batching import one_image_at_a_time
+from reportgen.core.batching import one_image_at_a_time, output_tensors
 from reportgen.core.determinism import one_thread
 from reportgen.run.hooks import inference
 
@@ -157,7 +157,7 @@ def widest_activation(model: nn.Module) -> Iterator[list[int]]:
     widest = [0]
 
     def hook(mod: nn.Module, inputs: object, output: object) -> None:
-        for t in _tensors(output):
+        for t in output_tensors(output):
             if t.ndim and t.shape[0]:
                 widest[0] = max(widest[0], t.numel() // t.shape[0] * t.element_size())
 
@@ -167,16 +167,6 @@ def widest_activation(model: nn.Module) -> Iterator[list[int]]:
     finally:
         for h in handles:
             h.remove()
-
-
-def _tensors(out: object) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for t in out if isinstance(t, torch.Tensor)]
-    return []
 
 
 def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int],
