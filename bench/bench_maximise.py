@@ -17,7 +17,11 @@ mean objective, ``--steps`` steps, default 20) on every channel:
   grad here either, so (b) is not charged for weight gradients;
 * (c) reportgen at 128x128, for equal image size;
 * (d) ``fourier_ascent``, all channels x ``--fourier-steps`` steps (default 48, Adam
-  lr ``--fourier-lr`` 0.15: the report's defaults) at the default size.
+  lr ``--fourier-lr`` 0.15: the report's defaults) at the default size;
+* (e) the limit of the approach: a plain torch forward and backward (gradient to the
+  input only) of the same truncated network (conv1 .. conv3 as an ``nn.Sequential``), on
+  the same batch (``--fourier-chunk`` images of the default size), as many steps as (d),
+  nothing else: no decoding, transforms or optimiser. The table's last line is (d)/(e).
 
 Besides time and memory the table gives the mean final objective, the mean
 objective of the same images clipped to the valid pixel range [0, 1] and the
@@ -43,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,6 +103,27 @@ def loop_one_at_a_time(model, layer, channels, size, steps, step, device, seed=0
     return losses
 
 
+def plain_forward_backward(model, channels, size, steps, batch, device, seed=0):
+    """Forward and backward of conv1 .. conv3 alone, ``batch`` images at a time, the gradient
+    of each image's channel mean to the input, a fixed input: what one step of any
+    maximisation has to compute at least."""
+    names = list(dict(model.named_children()))
+    upto = nn.Sequential(*[getattr(model, n) for n in names[: names.index(LAYER) + 1]])
+    for p in upto.parameters():
+        p.requires_grad_(False)  # as reportgen runs it: gradients to the input only
+    losses = []
+    for lo in range(0, len(channels), batch):
+        index = torch.tensor(channels[lo : lo + batch], device=device)
+        x = torch.rand((len(index), 3, *size), generator=torch.Generator().manual_seed(seed)).to(device)
+        x.requires_grad_(True)
+        for _ in range(steps):
+            out = upto(x)
+            value = out[torch.arange(len(index), device=device), index].mean(dim=(1, 2))
+            (g,) = torch.autograd.grad(value.sum(), x)
+        losses += value.detach().tolist()
+    return losses
+
+
 def run_variant(name: str, args) -> dict:
     """Time one variant in this process; returns a row of the table."""
     if args.threads:
@@ -107,12 +133,14 @@ def run_variant(name: str, args) -> dict:
     rf = receptive_field(model, LAYER, (3, 32, 32))
     auto = default_size(rf)
     channels = list(range(args.channels))
-    steps = args.fourier_steps if name == "d" else args.steps
-    size = {"a": auto, "b": (128, 128), "c": (128, 128), "d": auto}[name]
+    steps = args.fourier_steps if name in "de" else args.steps
+    size = {"a": auto, "b": (128, 128), "c": (128, 128), "d": auto, "e": auto}[name]
 
     def work(chs, n_steps):
         if name == "b":
             return loop_one_at_a_time(model, LAYER, chs, size, n_steps, 1.0, device)
+        if name == "e":
+            return plain_forward_backward(model, chs, size, n_steps, args.fourier_chunk, device)
         if name == "d":
             return fourier_ascent(model, LAYER, chs, size, steps=n_steps, device=device, chunk=args.fourier_chunk,
                                   lr=args.fourier_lr)
@@ -133,9 +161,9 @@ def run_variant(name: str, args) -> dict:
     else:
         # ru_maxrss is in KiB on Linux
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    losses = result if name == "b" else result.loss.tolist()
-    clipped = None if name == "b" else result.clipped_loss.mean().item()
-    outside = None if name == "b" else result.outside.mean().item()
+    losses = result if name in "be" else result.loss.tolist()
+    clipped = None if name in "be" else result.clipped_loss.mean().item()
+    outside = None if name in "be" else result.outside.mean().item()
     return {
         "variant": name,
         "size": f"{size[0]}x{size[1]}",
@@ -156,6 +184,7 @@ LABELS = {
     "b": "(b) one channel at a time, full net",
     "c": "(c) reportgen batched, 128x128",
     "d": "(d) reportgen fourier_ascent, RF size",
+    "e": "(e) plain torch fwd+bwd, same net and batch",
 }
 
 
@@ -169,7 +198,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--fourier-chunk", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--variants", default="abcd")
+    ap.add_argument("--variants", default="abcde")
     ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -202,6 +231,9 @@ def main() -> None:
         for v in "acd":
             if v in rows:
                 print(f"throughput ratio ({v})/(b): {rows[v]['rate'] / rows['b']['rate']:.1f}x")
+    if "d" in rows and "e" in rows:
+        print(f"fourier_ascent against the plain forward+backward, (d)/(e): {rows['d']['rate'] / rows['e']['rate']:.2f} "
+              f"({rows['d']['rate']:.1f} against {rows['e']['rate']:.1f} images x steps per second)")
 
 
 if __name__ == "__main__":

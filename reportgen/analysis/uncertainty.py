@@ -27,7 +27,7 @@ CHANCE_DRAWS = 100
 BOOTSTRAP_RESAMPLES = 200
 POSITION_BLOCKS = 8  # blocks of consecutive sampled positions per image
 MIN_IMAGES = 5  # fewer shared images than this: too few distinct resamples for an interval
-_CHUNK = 25  # resamples evaluated at once (memory: chunk x C^2)
+CHUNK_BYTES = 64 << 20  # float64 arrays of one chunk of resamples (chunk x C x D each, a few alive at once)
 
 
 @lru_cache(maxsize=64)
@@ -60,19 +60,32 @@ def resample_counts(images: np.ndarray, n_resamples: int = BOOTSTRAP_RESAMPLES, 
             units[p] = u
             u += 1
         groups.append(np.arange(u - len(parts), u))
+    # The draws, in this order: per resample the images, then per drawn image its blocks. They
+    # stay one generator call each (numpy's bounded draws are not the same when concatenated);
+    # the counting is one bincount over all of them.
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n_resamples, u), dtype=np.int64)
+    drawn: list[np.ndarray] = []
     for r in range(n_resamples):
         for k in rng.integers(0, len(groups), len(groups)):
             g = groups[k]
-            np.add.at(counts[r], g[rng.integers(0, len(g), len(g))], 1)
+            drawn.append(r * u + g[rng.integers(0, len(g), len(g))])
+    flat = np.concatenate(drawn) if drawn else np.zeros(0, dtype=np.intp)
+    counts = np.bincount(flat, minlength=n_resamples * u).astype(np.int64).reshape(n_resamples, u)
     return units, counts
+
+
+def resamples_per_chunk(c: int, d: int, budget: int = CHUNK_BYTES) -> int:
+    """Resamples evaluated at once for C x D cross-products: about four float64 arrays of
+    chunk x C x D fit ``budget`` bytes; at least 1. Results do not depend on it."""
+    return max(1, budget // (4 * 8 * max(1, c * d)))
 
 
 class BootRun:
     """One run's features (S, C) prepared for resampled correlation and CKA."""
 
-    def __init__(self, x: np.ndarray, units: np.ndarray, counts: np.ndarray):
+    def __init__(self, x: np.ndarray, units: np.ndarray, counts: np.ndarray, chunk: int | None = None):
+        """chunk: resamples evaluated at once (default ``resamples_per_chunk``)."""
+        self.chunk = chunk
         xc = centre_columns(x)
         peak = float(np.abs(xc).max(initial=0.0))
         self.finite = bool(np.isfinite(xc).all())
@@ -95,17 +108,21 @@ class BootRun:
         self.norm = np.empty(len(counts))
         for sl, cov in self._cov(self):
             var[sl] = np.diagonal(cov, axis1=1, axis2=2)
-            self.norm[sl] = np.sqrt((cov ** 2).sum(axis=(1, 2)))
+            self.norm[sl] = np.sqrt(_squares(cov))
         self.var = np.where(self.const, 0.0, np.maximum(var, 0.0))
+        # a zero deviation (constant) as infinity: dividing by it gives the correlation 0
+        sd = np.sqrt(self.var)
+        self.sd = np.where(sd > 0, sd, np.inf)
 
     def _cov(self, other: "BootRun"):
         """Yields (slice of resamples, (r, C, D) centred cross-products of self and other)."""
         cross = np.stack([self.x[r].T @ other.x[r] for r in self.rows])  # (U, C, D)
         flat = cross.reshape(len(cross), -1)
-        for start in range(0, len(self.counts), _CHUNK):
-            sl = slice(start, start + _CHUNK)
+        step = self.chunk or resamples_per_chunk(cross.shape[1], cross.shape[2])
+        for start in range(0, len(self.counts), step):
+            sl = slice(start, start + step)
             cov = (self.counts[sl] @ flat).reshape(-1, cross.shape[1], cross.shape[2])
-            cov -= self.s[sl, :, None] * other.s[sl, None, :] / self.n[sl, None, None]
+            cov -= (self.s[sl] / self.n[sl, None])[:, :, None] * other.s[sl, None, :]
             yield sl, cov
 
     def pair(self, other: "BootRun") -> tuple[np.ndarray, np.ndarray]:
@@ -117,12 +134,13 @@ class BootRun:
         act, cka = np.empty(r_count), np.empty(r_count)
         for sl, cov in self._cov(other):
             ca, cb = self.const[sl], other.const[sl]  # (r, C), (r, D)
-            denom = np.sqrt(self.var[sl][:, :, None] * other.var[sl][:, None, :])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                corr = np.clip(np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
-            # constant_rule, for a chunk of resamples at once
-            corr[ca[:, :, None] | cb[:, None, :]] = 0.0
-            corr[ca[:, :, None] & cb[:, None, :]] = 1.0
+            # Pearson r; constant_rule for a chunk of resamples at once: a constant channel has
+            # the deviation inf (r = 0), two constant channels r = 1
+            corr = cov / self.sd[sl][:, :, None]
+            corr /= other.sd[sl][:, None, :]
+            np.clip(corr, -1.0, 1.0, out=corr)
+            if ca.any() and cb.any():
+                corr[ca[:, :, None] & cb[:, None, :]] = 1.0
             # One assignment per resample (scipy has no batched solver); everything around
             # it is done for the whole chunk at once.
             m = min(corr.shape[1:])
@@ -137,9 +155,15 @@ class BootRun:
             both = ca.all(axis=1) & cb.all(axis=1)
             either = ca.all(axis=1) | cb.all(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                value = (cov ** 2).sum(axis=(1, 2)) / (self.norm[sl] * other.norm[sl])
+                value = _squares(cov) / (self.norm[sl] * other.norm[sl])
             cka[sl] = np.where(either, np.where(both, 1.0, 0.0), value)
         return act, cka
+
+
+def _squares(cov: np.ndarray) -> np.ndarray:
+    """(r,) sums of squares of (r, C, D) cross-products."""
+    flat = cov.reshape(len(cov), -1)
+    return np.einsum("ri,ri->r", flat, flat)
 
 
 def interval(values: np.ndarray, point: float | None = None) -> list[float | None]:

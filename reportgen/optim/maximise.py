@@ -98,11 +98,13 @@ class AscentResult:
     clipped_loss: torch.Tensor | None = None
 
 
-def _objective(out: torch.Tensor, index: torch.Tensor, objective: str) -> torch.Tensor:
-    """(B,) objective of slot b's own channel ``index[b]`` in ``out`` (B, C, h, w)."""
-    if out.dim() != 4:
+def _objective(out: torch.Tensor, index: torch.Tensor, objective: str, check: bool = True) -> torch.Tensor:
+    """(B,) objective of slot b's own channel ``index[b]`` in ``out`` (B, C, h, w). ``check``:
+    validate the shapes and channels first (reading ``index`` back from its device: once per
+    optimisation, not every step)."""
+    if check and out.dim() != 4:
         raise ValueError(f"target layer output has shape {tuple(out.shape)}, expected (B, C, h, w)")
-    if int(index.max()) >= out.shape[1]:
+    if check and int(index.max()) >= out.shape[1]:
         raise IndexError(f"channel {int(index.max())} out of range for a layer with {out.shape[1]} channels")
     maps = out[torch.arange(out.shape[0], device=out.device), index]  # (B, h, w)
     if objective == "mean":
@@ -262,14 +264,25 @@ def spectrum_to_image(spectrum: torch.Tensor, size: tuple[int, int]) -> torch.Te
     orthonormal inverse real FFT, divided by 4, mixed by the ImageNet colour
     matrix ``COLOR_MATRIX``, sigmoid. A zero spectrum decodes to uniform 0.5.
     """
-    H, W = int(size[0]), int(size[1])
-    if spectrum.shape[-3:] != (H, W // 2 + 1, 2):
-        raise ValueError(f"spectrum shape {tuple(spectrum.shape)} does not fit size {(H, W)}")
-    scale = _frequency_scale(H, W).to(spectrum.device, spectrum.dtype)
-    coeffs = torch.view_as_complex(spectrum.contiguous()) * scale
-    img = torch.fft.irfft2(coeffs, s=(H, W), norm="ortho") / _SPECTRUM_DIVISOR
-    img = torch.einsum("ij,bjhw->bihw", COLOR_MATRIX.to(img.device, img.dtype), img)
-    return torch.sigmoid(img)
+    return _Decoder(size, spectrum.device, spectrum.dtype)(spectrum)
+
+
+class _Decoder:
+    """``spectrum_to_image`` for one size, device and dtype, its constant tensors made once."""
+
+    def __init__(self, size: tuple[int, int], device: str | torch.device, dtype: torch.dtype):
+        self.H, self.W = int(size[0]), int(size[1])
+        self.scale = _frequency_scale(self.H, self.W).to(device, dtype)
+        self.colour = COLOR_MATRIX.to(device, dtype)
+
+    def __call__(self, spectrum: torch.Tensor) -> torch.Tensor:
+        H, W = self.H, self.W
+        if spectrum.shape[-3:] != (H, W // 2 + 1, 2):
+            raise ValueError(f"spectrum shape {tuple(spectrum.shape)} does not fit size {(H, W)}")
+        coeffs = torch.view_as_complex(spectrum.contiguous()) * self.scale
+        img = torch.fft.irfft2(coeffs, s=(H, W), norm="ortho") / _SPECTRUM_DIVISOR
+        img = torch.einsum("ij,bjhw->bihw", self.colour, img)
+        return torch.sigmoid(img)
 
 
 def robustness_transforms(
@@ -372,6 +385,7 @@ def fourier_ascent(
     slots = [(c, r) for c in chans for r in range(per_unit)]
     units_per_chunk = max(1, chunk // per_unit)
     images, hists = [], []
+    decode = _Decoder((H, W), device, torch.float32)
     with truncated_forward(model, layer) as run:
         for lo in range(0, len(chans), units_per_chunk):
             part = slots[lo * per_unit : (lo + units_per_chunk) * per_unit]
@@ -381,15 +395,15 @@ def fourier_ascent(
                 [0.01 * torch.randn((3, H, W // 2 + 1, 2), generator=g) for g in gens]
             ).to(device).requires_grad_(True)
             # All of a slot's transform draws up front, from its own generator.
-            draws = torch.stack([torch.rand((max(steps, 1), 4), generator=g) for g in gens], dim=1)
+            draws = torch.stack([torch.rand((max(steps, 1), 4), generator=g) for g in gens], dim=1).to(device)
             opt = torch.optim.Adam([spectrum], lr=lr)
             hist = []
             for k in range(steps):
-                img = spectrum_to_image(spectrum, (H, W))
+                img = decode(spectrum)
                 if transforms:
                     img = robustness_transforms(img, draws[k], pad_mode)
                 out = run((img - mu) / sd)
-                value = _objective(out, index, objective)
+                value = _objective(out, index, objective, check=k == 0)
                 hist.append(value.detach())
                 loss = -value.sum()
                 if diversity and per_unit > 1:
@@ -398,7 +412,7 @@ def fourier_ascent(
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                img = spectrum_to_image(spectrum, (H, W))
+                img = decode(spectrum)
                 hist.append(_objective(run((img - mu) / sd), index, objective))
             images.append(img.detach())
             hists.append(torch.stack(hist))

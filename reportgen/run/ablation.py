@@ -7,12 +7,25 @@ exception). The effect on an output head is its relative L2 change,
 output is all zero are left out). A forward that returns a tuple, list or dict of
 tensors has one head per element; a plain tensor is the head "output".
 
-Several units are ablated in one forward pass: the images are repeated once per unit
-and each copy zeroes its own unit, in batches of at most ``batch_images`` that also hold the images unablated, the
-baseline each ablation is compared with. When torch.fx
-can trace the model and the layer is called once, only the part of the network after the
-layer is run again (the layer's output is computed once and fed to that *tail*);
-otherwise every pass runs the whole model with the zeroing hook.
+Many units are ablated in one forward pass, as batch slots: the N images are repeated once
+per unit and each copy zeroes its own unit; every pass also carries the images unablated
+(block 0), the baseline each ablation of that pass is compared with, so that a unit that
+changes nothing comes out as exactly 0 whatever a kernel's rounding does with the batch
+size. How many units share a pass (``units_per_pass``) follows from a memory budget
+(``budget`` bytes; ``PASS_BYTES`` per device type) and the widest activation one image
+makes in the network (measured on the baseline pass): a deterministic function of the
+shapes, the dtype and the device type only, never of the free memory or the thread count,
+so a report's numbers are the same wherever it is built. (A kernel may round one image's
+output differently in batches of different sizes, so the last bits of an effect may depend
+on that chunking; the effects equal one forward per unit to float tolerance.)
+
+A model that mixes the images of a batch in eval mode (a BatchNorm without running
+statistics normalises with the batch's own) would see every ablation of a pass at once:
+there each unit, and the baseline, get a forward pass of their own N images.
+
+When torch.fx can trace the model and the layer is called once, only the part of the
+network after the layer is run again (the layer's output is computed once and fed to that
+*tail*); otherwise every pass runs the whole model with the zeroing hook.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from reportgen.core.batching import one_image_at_a_time
+from reportgen.core.batching import one_image_at_a_time, output_tensors
 from reportgen.core.determinism import one_thread
 from reportgen.run.hooks import inference
 
@@ -120,49 +133,102 @@ def tail_after(model: nn.Module, layer: str):
     return tail
 
 
+PASS_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}  # activations one ablation pass may hold, per device type
+OTHER_DEVICES_BYTES = 64 << 20
+
+
+def units_per_pass(images: int, image_bytes: int, budget: int) -> int:
+    """Units ablated in one pass: the copies of ``images`` images (one per unit, one for the
+    baseline) whose widest activation, ``image_bytes`` per image, fits ``budget``; at least 1."""
+    return max(1, budget // max(1, images * image_bytes) - 1)
+
+
+def mixes_batch(model: nn.Module) -> bool:
+    """Whether an eval-mode forward lets one image change another's output: a BatchNorm that
+    keeps no running statistics normalises with the statistics of the batch it is given."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    return any(isinstance(m, norms) and (m.running_mean is None or m.running_var is None) for m in model.modules())
+
+
+@contextmanager
+def widest_activation(model: nn.Module) -> Iterator[list[int]]:
+    """While active, ``[bytes]`` holds the largest per-image size of any tensor a module of
+    ``model`` returned (the first axis is the batch); hooks removed on exit."""
+    widest = [0]
+
+    def hook(mod: nn.Module, inputs: object, output: object) -> None:
+        for t in output_tensors(output):
+            if t.ndim and t.shape[0]:
+                widest[0] = max(widest[0], t.numel() // t.shape[0] * t.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield widest
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def ablate_units(model: nn.Module, layer: str, x: torch.Tensor, units: list[int],
-                 batch_images: int = 64) -> Ablation:
+                 budget: int | None = None) -> Ablation:
     """Effect of zeroing each of ``units`` of ``layer`` on every output head.
 
-    x: (N, C, H, W) the model's input images on the model's device.
+    x: (N, C, H, W) the model's input images on the model's device. budget: bytes of
+    activations one pass may hold (default ``PASS_BYTES`` of the device type); it sets how
+    many units share a forward pass (``units_per_pass``).
     """
     from reportgen.run.hooks import LayerRecorder
 
     n = x.shape[0]
     tail = tail_after(model, layer)
+    if budget is None:
+        budget = PASS_BYTES.get(x.device.type, OTHER_DEVICES_BYTES)
     with inference(model), one_thread():
         mid = None
         if tail is not None:
             with LayerRecorder(model, [layer]) as rec:
                 mid = rec.run(x)[layer]
-        base = {k: v.float() for k, v in output_heads(model(x) if tail is None else tail(x, mid)).items()}
+        with widest_activation(model) as widest:
+            base_out = output_heads(model(x) if tail is None else tail(x, mid))
+        base = {k: v.float() for k, v in base_out.items()}
         heads = tuple(base)
+        image_bytes = max([widest[0], _per_image_bytes(x), _per_image_bytes(mid)]
+                          + [_per_image_bytes(v) for v in base_out.values()])
         # Norms in float64 numpy, not torch: a torch reduction's order (and so its last bits)
         # depends on the thread count, and the report must not depend on the executor.
         norms = {k: _norms(v.reshape(n, -1)) for k, v in base.items()}
         effect = np.zeros((len(units), len(heads)))
-        # Each pass also carries the images unablated (block 0) and compares against that copy:
-        # a kernel's float rounding can depend on the batch size, and a unit that changes
-        # nothing must come out as exactly 0, not as 1e-7.
-        per_pass = max(1, batch_images // max(1, n) - 1)
-        for start in range(0, len(units), per_pass):
-            chunk = [-1] + list(units[start:start + per_pass])
-            k = len(chunk) - 1
+        mixing = mixes_batch(model)
+        per_pass = 1 if mixing else units_per_pass(n, image_bytes, budget)
+
+        def run(chunk: list[int]) -> dict[str, torch.Tensor]:
+            """Heads' outputs of one pass: block j has unit chunk[j] zeroed (-1: none)."""
             xs = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
             if tail is not None:
                 ms = mid.repeat(len(chunk), *([1] * (mid.ndim - 1)))
-                for j, u in enumerate(chunk[1:], start=1):
-                    ms[j * n:(j + 1) * n, u] = 0
-                out = output_heads(tail(xs, ms))
-            else:
-                with zeroed(model, layer, chunk, group=n):
-                    out = output_heads(model(xs))
+                for j, u in enumerate(chunk):
+                    if u >= 0:
+                        ms[j * n:(j + 1) * n, u] = 0
+                return output_heads(tail(xs, ms))
+            with zeroed(model, layer, chunk, group=n):
+                return output_heads(model(xs))
+
+        for start in range(0, len(units), per_pass):
+            part = list(units[start:start + per_pass])
+            # mixing: the baseline is the unablated pass above, each unit gets a pass alone
+            blocks = part if mixing else [-1] + part
+            out = run(blocks)
             for h, name in enumerate(heads):
-                y = out[name].float().reshape(len(chunk), n, -1)
-                diff = _norms(y[1:] - y[:1])  # (k, N)
+                y = out[name].float().reshape(len(blocks), n, -1)
+                ref = base[name].reshape(1, n, -1) if mixing else y[:1]
+                diff = _norms(y[len(blocks) - len(part):] - ref)  # (units in the pass, N)
                 ok = norms[name] > 0
-                effect[start:start + k, h] = (diff[:, ok] / norms[name][ok]).mean(axis=1) if ok.any() else np.nan
+                effect[start:start + len(part), h] = (diff[:, ok] / norms[name][ok]).mean(axis=1) if ok.any() else np.nan
     return Ablation(heads=heads, units=np.asarray(units, dtype=np.int64), effect=effect)
+
+
+def _per_image_bytes(t: torch.Tensor | None) -> int:
+    return t.numel() // t.shape[0] * t.element_size() if t is not None and t.ndim and t.shape[0] else 0
 
 
 def _norms(t: torch.Tensor) -> np.ndarray:

@@ -55,10 +55,10 @@ def _reference(x: np.ndarray, drop: int) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("batch_images", [5, 64])
-def test_effects_match_the_hand_computation(batch_images):
+@pytest.mark.parametrize("budget", [1, 1 << 30])
+def test_effects_match_the_hand_computation(budget):
     net, x = TwoHeads(), _images()
-    res = ablate_units(net, "conv1", x, [0, 1, 2], batch_images=batch_images)
+    res = ablate_units(net, "conv1", x, [0, 1, 2], budget=budget)
     assert res.heads == ("a", "b")
     for u in range(3):
         ref = _reference(x[:, 0].numpy().astype(np.float64), u)
@@ -145,3 +145,105 @@ def test_ties_at_the_quarter_are_not_split():
     assert rel["expected_in_least"] == pytest.approx(4 * 6 / 8)
     assert rel["p_value"] == pytest.approx(stats.hypergeom.sf(3, 8, 4, 6))
     assert rel["no_effect"] == 6 and rel["flagged_no_effect"] == 4
+
+
+class Normed(nn.Module):
+    """conv -> BatchNorm -> ReLU twice, two heads; ``branch`` adds data-dependent control flow,
+    which torch.fx cannot trace (the zeroing-hook path)."""
+
+    def __init__(self, branch: bool = False, running_stats: bool = True):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8, track_running_stats=running_stats)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6, track_running_stats=running_stats)
+        self.head = nn.Conv2d(6, 2, 1)
+        self.pool = nn.Linear(6, 3)
+        self.branch = branch
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.2, 0.2)
+                if running_stats:
+                    bn.running_mean.uniform_(-0.3, 0.3)
+                    bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        if self.branch and bool(h.sum() > 0):
+            h = h * 1.0
+        h = torch.relu(self.bn2(self.conv2(h)))
+        return self.head(h), self.pool(h.mean(dim=(2, 3)))
+
+
+def _one_unit_at_a_time(net: nn.Module, layer: str, x: torch.Tensor, units: list[int]) -> np.ndarray:
+    """The plain recipe: a forward of the images alone per unit, a hook zeroing its channel,
+    the relative L2 change of each output per image in float64, averaged over the images."""
+    net.eval()
+    module = dict(net.named_modules())[layer]
+    with torch.no_grad():
+        base = [t.double().reshape(len(x), -1).numpy() for t in net(x)]
+        rows = []
+        for u in units:
+            def hook(m, i, o, u=u):
+                o = o.clone()
+                o[:, u] = 0
+                return o
+            handle = module.register_forward_hook(hook)
+            try:
+                out = [t.double().reshape(len(x), -1).numpy() for t in net(x)]
+            finally:
+                handle.remove()
+            rows.append([np.mean(np.linalg.norm(o - b, axis=1) / np.linalg.norm(b, axis=1))
+                         for o, b in zip(out, base)])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_batched_passes_equal_one_forward_per_unit(branch):
+    """Several passes of three units each give what one forward per unit gives."""
+    import reportgen.run.ablation as ab
+
+    net, x = Normed(branch=branch), torch.randn(4, 3, 10, 12, generator=torch.Generator().manual_seed(1))
+    assert (ab.tail_after(net, "conv1") is None) == branch
+    widest = 8 * 10 * 12 * 4  # bytes of conv1's output per image, the widest activation
+    budget = 4 * len(x) * widest  # four blocks: the baseline and three units
+    assert ab.units_per_pass(len(x), widest, budget) == 3
+    calls = []
+    handle = net.head.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        res = ab.ablate_units(net, "conv1", x, list(range(8)), budget=budget)
+    finally:
+        handle.remove()
+    assert calls[1:] == [4 * len(x), 4 * len(x), 3 * len(x)]  # the baseline, then 3 + 3 + 2 units
+    ref = _one_unit_at_a_time(net, "conv1", x, list(range(8)))
+    np.testing.assert_allclose(res.effect, ref, rtol=1e-5, atol=1e-7)
+    assert (res.effect > 0).all()
+    one = ab.ablate_units(net, "conv1", x, list(range(8)), budget=1)  # one unit per pass
+    np.testing.assert_allclose(one.effect, res.effect, rtol=1e-5, atol=1e-7)
+    assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_a_model_that_mixes_the_batch_gets_a_pass_per_unit():
+    """A BatchNorm without running statistics normalises with the batch: batching the ablations
+    would let each change the others; each unit is ablated in a pass of its own."""
+    import reportgen.run.ablation as ab
+
+    net, x = Normed(running_stats=False), torch.randn(5, 3, 10, 12, generator=torch.Generator().manual_seed(2))
+    assert ab.mixes_batch(net) and not ab.mixes_batch(Normed())
+    res = ab.ablate_units(net, "conv1", x, list(range(8)), budget=1 << 30)
+    np.testing.assert_allclose(res.effect, _one_unit_at_a_time(net, "conv1", x, list(range(8))), rtol=1e-5, atol=1e-7)
+
+
+def test_units_per_pass_follows_the_budget():
+    """Copies of the images, the baseline and one per unit, that fit the budget; at least one unit."""
+    assert ab_units(10, 1000, 10 * 1000 * 5) == 4
+    assert ab_units(10, 1000, 1) == 1  # less than one copy: still one unit per pass
+    assert ab_units(1, 1 << 20, 64 << 20) == 63
+
+
+def ab_units(images, image_bytes, budget):
+    from reportgen.run.ablation import units_per_pass
+
+    return units_per_pass(images, image_bytes, budget)
