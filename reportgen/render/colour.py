@@ -83,7 +83,7 @@ def encode_png(img: np.ndarray, density: int | None = None) -> bytes:
     pHYs chunk (72 x density dpi) so the pages can show the picture at
     ``width / density`` CSS px (see ``display_width``). An RGB image whose every pixel
     is grey (R = G = B) is stored as an 8-bit greyscale PNG: the same pixels in a third
-    of the data.
+    of the data; one of at most 256 colours with a palette (``_palette``).
 
     Written here rather than by Pillow because encoding was the largest cost of a
     build: Pillow tries every PNG row filter on every row, which our pictures do not
@@ -95,9 +95,14 @@ def encode_png(img: np.ndarray, density: int | None = None) -> bytes:
     if density is None:
         density = getattr(img, "density", 1)
     a = np.ascontiguousarray(np.asarray(img), dtype=np.uint8)
+    palette = None
     if a.ndim == 3 and a.shape[2] == 3 and _is_grey(a):
         a = np.ascontiguousarray(a[..., 0])
-    if a.ndim == 2:
+    elif a.ndim == 3 and a.shape[2] == 3 and (found := _palette(a)) is not None:
+        a, palette = found
+    if palette is not None:
+        colour_type = 3
+    elif a.ndim == 2:
         colour_type = 0
     elif a.ndim == 3 and a.shape[2] in (3, 4):
         colour_type = 2 if a.shape[2] == 3 else 6
@@ -113,6 +118,8 @@ def encode_png(img: np.ndarray, density: int | None = None) -> bytes:
     data[same, 1:] = 0
     data[same, 0] = 2  # filter "Up": the row above, unchanged
     out = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))]
+    if palette is not None:
+        out.append(_chunk(b"PLTE", palette.tobytes()))
     if density != 1:
         per_metre = int(_CSS_DPI * density / 0.0254 + 0.5)
         out.append(_chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)))
@@ -128,6 +135,32 @@ _ZLIB_LEVEL = 2
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+
+def _palette(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(H, W) uint8 indices and the (K, 3) uint8 palette of an (H, W, 3) picture of at most
+    256 colours, else None: such a picture (an activation grid) is stored with a palette, a
+    third of the data to compress, so about half the bytes in a fifth of the time.
+
+    Colours are collected where a row differs from the one above and a pixel from the one
+    on its left (each colour starts a run somewhere), which is few pixels in a picture of
+    enlarged tiles; a first batch of them rules out a many-coloured picture early.
+    """
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    fresh = np.ones(len(packed), dtype=bool)
+    fresh[1:] = (packed[1:] != packed[:-1]).any(axis=1)
+    rows = packed[fresh]
+    starts = np.ones(rows.shape, dtype=bool)
+    starts[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    seen = rows[starts]
+    if len(np.unique(seen[:4096])) > 256:
+        return None
+    colours = np.unique(seen)
+    if len(colours) > 256:
+        return None
+    index = np.searchsorted(colours, packed).astype(np.uint8)
+    table = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+    return index, table
 
 
 def _is_grey(rgb: np.ndarray) -> bool:

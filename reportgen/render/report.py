@@ -89,7 +89,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             grids = act_atlases.setdefault((r.run.key, layer), [])
             for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
                 # The layer's key already digests everything the maps come from.
-                act_key = digest("activation-grid-2", lr.key, k) if lr.key else digest("activation-grid-2", lr.maps[k])
+                act_key = digest("activation-grid-3", lr.key, k) if lr.key else digest("activation-grid-3", lr.maps[k])
                 data, order, shape = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
                 paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
                 paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))

@@ -93,14 +93,16 @@ def fit_columns(n: int, cell_w: int, max_width: int, ncols: int | None = None) -
 
 
 def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: int = 2,
-         marks: np.ndarray | None = None, labels: list[str] | None = None, font_px: int = 11) -> np.ndarray:
+         marks: np.ndarray | None = None, labels: list[str] | None = None, font_px: int = 11,
+         two_tone_labels: bool = False) -> np.ndarray:
     """Compose tiles into one image.
 
     tiles: (N, h, w, 3) uint8. Each tile is enlarged ``upscale`` times (nearest
     neighbour) and surrounded by ``margin`` pixels of white; where ``marks[i]`` is
     non-zero the margin is drawn in ``MARK_COLOURS[marks[i]]`` instead (True: red). Tiles fill rows of
     ``ncols`` (default: a near-square layout). ``labels[i]`` is written (``font_px``
-    high) in the tile's top-left corner when tiles are at least 2.5 x ``font_px`` wide.
+    high) in the tile's top-left corner when tiles are at least 2.5 x ``font_px`` wide;
+    ``two_tone_labels``: in pure black and white, not smoothed (no new colours).
     Returns (H, W, 3) uint8.
     """
     tiles = np.asarray(tiles)
@@ -130,12 +132,12 @@ def grid(tiles: np.ndarray, ncols: int | None = None, upscale: int = 1, margin: 
                                            (s[0], s[1] * upscale, s[1], s[2], s[3], s[4]), writeable=True)
     view[...] = src[:, :, None]
     if labels is not None and tw >= 2.5 * font_px:
-        out = _draw_labels(out, labels, ncols, ch, cw, margin, font_px)
+        out = _draw_labels(out, labels, ncols, ch, cw, margin, font_px, two_tone_labels)
     return out
 
 
 def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: int, margin: int,
-                 font_px: int) -> np.ndarray:
+                 font_px: int, two_tone: bool = False) -> np.ndarray:
     """Each non-empty label stamped at its cell's top-left inside the margin (in place)."""
     h_img, w_img = img.shape[:2]
     for i, text in enumerate(labels):
@@ -143,14 +145,14 @@ def _draw_labels(img: np.ndarray, labels: list[str], ncols: int, ch: int, cw: in
             continue
         r, c = divmod(i, ncols)
         x, y = c * cw + margin, r * ch + margin
-        stamp = _label_stamp(text, font_px)
+        stamp = _label_stamp(text, font_px, two_tone)
         h, w = min(stamp.shape[0], h_img - y), min(stamp.shape[1], w_img - x)
         img[y:y + h, x:x + w] = stamp[:h, :w]
     return img
 
 
 @lru_cache(maxsize=2048)
-def _label_stamp(text: str, font_px: int) -> np.ndarray:
+def _label_stamp(text: str, font_px: int, two_tone: bool = False) -> np.ndarray:
     """(h, w, 3) uint8: white digits on the dark box under them, drawn once per text.
 
     A dark box under white digits stays readable on any tile colour; the box covers the
@@ -165,6 +167,8 @@ def _label_stamp(text: str, font_px: int) -> np.ndarray:
     stamp = Image.new("RGB", (box[2] + pad + 1, box[3] + pad + 1), (0, 0, 0))
     ImageDraw.Draw(stamp).text((pad, 0), text, fill=(255, 255, 255), font=font)
     out = np.asarray(stamp)
+    if two_tone:
+        out = np.where(out >= 128, 255, 0).astype(np.uint8)
     out.setflags(write=False)
     return out
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from reportgen.render.colour import encode_png, png_size
-from reportgen.render.views import (MAP_CSS, activation_atlas, activation_grid, filter_atlas, filter_atlas_cells)
+from reportgen.render.views import (ACTIVATION_SHADES, MAP_CSS, activation_atlas, activation_grid, filter_atlas, filter_atlas_cells)
 
 
 def _cut(img: np.ndarray, box) -> np.ndarray:
@@ -97,7 +97,8 @@ def test_activation_atlas_finds_each_channel_in_the_ranked_grid(shape):
         crop = _cut(np.asarray(img), atlas.box(atlas.cell(i)))
         h, w = crop.shape[:2]
         assert abs(h / w - shape[1] / shape[2]) < 0.05, (h, w)
-        want = np.round(viridis[np.round(maps[i] / maps.max() * 255).astype(int)] * 255)
+        shade = np.round(maps[i] / maps.max() * (ACTIVATION_SHADES - 1)) / (ACTIVATION_SHADES - 1)
+        want = np.round(viridis[np.round(shade * 255).astype(int)] * 255)  # in the grid's shades
         # sample the centre of each map pixel (the grid may have been shrunk by a fraction)
         ys = ((np.arange(shape[1]) + 0.5) * h / shape[1]).astype(int)
         xs = ((np.arange(shape[2]) + 0.5) * w / shape[2]).astype(int)

@@ -89,18 +89,20 @@ def test_lut_matches_matplotlib(name):
 
 def test_png_roundtrip():
     img = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    back = np.asarray(Image.open(io.BytesIO(encode_png(img))))
+    back = np.asarray(Image.open(io.BytesIO(encode_png(img))).convert("RGB"))
     np.testing.assert_array_equal(back, img)
     assert encode_png(img) == encode_png(img)  # deterministic bytes
 
 
-@pytest.mark.parametrize("kind", ["rgb", "grey", "rgba", "2d"])
+@pytest.mark.parametrize("kind", ["rgb", "many", "grey", "rgba", "2d"])
 def test_png_encoder_decodes_to_the_same_pixels(kind):
     # Pillow's decoder is the reference: repeated rows (stored as "Up"), a flat image,
-    # a single row and a grey RGB picture (stored as greyscale) all come back exactly.
+    # a single row, a grey RGB picture (stored as greyscale) and one of at most 256
+    # colours (stored with a palette) all come back exactly.
     rng = np.random.default_rng(7)
     base = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8).repeat(4, axis=0).repeat(3, axis=1)
-    img = {"rgb": base, "grey": base[..., :1].repeat(3, axis=2), "2d": base[..., 0],
+    many = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)  # 600 colours
+    img = {"rgb": base, "many": many, "grey": base[..., :1].repeat(3, axis=2), "2d": base[..., 0],
            "rgba": np.concatenate([base, base[..., :1]], axis=2)}[kind]
     for x in (img, img[:1], np.zeros_like(img)):
         im = Image.open(io.BytesIO(encode_png(x)))
@@ -109,7 +111,7 @@ def test_png_encoder_decodes_to_the_same_pixels(kind):
         want = x if x.ndim == 3 else x[..., None].repeat(3, axis=2)
         np.testing.assert_array_equal(back, want)
         if x is img:
-            assert im.mode == {"rgb": "RGB", "rgba": "RGBA", "grey": "L", "2d": "L"}[kind]
+            assert im.mode == {"rgb": "P", "many": "RGB", "rgba": "RGBA", "grey": "L", "2d": "L"}[kind]
 
 
 def test_filter_views_by_layer_kind():
@@ -322,3 +324,16 @@ def test_histogram_bars_follow_the_counts():
     assert ha[1] > 0 and abs(ha[0] - ha[1] / 2) <= 2 and ha[0] == ha[2]
     assert height(b0[len(b0) // 2]) == ha[1] and abs(height(b3[len(b3) // 2]) - ha[1] / 4) <= 2
     assert len(b0) == len(b3) and abs(len(a) - 3 * len(b0)) <= 3  # equal bin widths
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_activation_grids_fit_a_palette_and_keep_their_pixels(signed):
+    """An activation grid (its shades, white margins, the NaN colour, two-tone channel numbers)
+    has at most 256 colours, so it is stored with a palette, and decodes to the same pixels."""
+    rng = np.random.default_rng(5)
+    maps = rng.normal(size=(40, 12, 20)) if signed else np.abs(rng.normal(size=(40, 12, 20)))
+    maps[3, 2, 2] = np.nan
+    img, _ = activation_grid(maps)
+    im = Image.open(io.BytesIO(encode_png(img)))
+    assert im.mode == "P"
+    np.testing.assert_array_equal(np.asarray(im.convert("RGB")), np.asarray(img))
