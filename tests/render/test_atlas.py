@@ -173,3 +173,18 @@ def test_unit_grid_cells_hold_each_units_picture_and_its_top_crops():
             up = cell.shape[0] // 9
             assert cell.shape[:2] == (9 * up, 9 * up) and 9 * up >= 2 * 48
             assert np.abs(cell[::up, ::up].astype(int) - tiles[name][i])[5:].max() <= 1, (name, i)
+
+
+def test_a_row_of_many_kernels_fits_the_column_and_halves_on_a_phone():
+    import markdown
+
+    from reportgen.render.atlas import Atlas
+    from reportgen.render.pages import NARROW_CSS, crop
+
+    atlas = Atlas("a.png", 66 * 14, 14 * 3, cols=66, cell_w=14, cell_h=14, margin=1, item_cells=66)
+    html = markdown.markdown(crop(atlas, atlas.cell(1, 1), "#x", "inputs", "", 24, 64, 640), extensions=["attr_list"])
+    box = re.search(r'<a class="([^"]+)" href="#x" style="width:([\d.]+)px;height:([\d.]+)px"', html)
+    assert box.group(1) == "rg-crop rg-wide" and abs(float(box.group(2)) - 640) < 0.01
+    assert abs(float(box.group(3)) - 12 * 640 / (64 * 14 - 2)) < 0.01  # one scale for both sides
+    small = markdown.markdown(crop(atlas, atlas.cell(1), "#x", "t", "", 48), extensions=["attr_list"])
+    assert 'class="rg-crop"' in small and 48 <= NARROW_CSS

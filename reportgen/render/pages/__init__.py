@@ -196,14 +196,18 @@ def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ct
     return pages
 
 
+NARROW_CSS = 340  # CSS px of the content column on a phone (390 px wide)
+
+
 def _px(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".") + "px"
 
 
-def crop(atlas, cell: int, href: str, alt: str, root: str = "", width: float | None = None, span: int = 1) -> str:
+def crop(atlas, cell: int, href: str, alt: str, root: str = "", width: float | None = None, span: int = 1,
+         at_most: float | None = None) -> str:
     """Markdown showing one cell of an atlas (render.atlas; ``span`` cells of its row) as a
     picture of its own, linked to ``href``: each cell ``width`` CSS px wide (None: the
-    atlas's natural size).
+    atlas's natural size), the whole crop at most ``at_most`` CSS px wide.
 
     The image is the whole atlas, moved by negative margins inside a link box of the cell's
     size that hides the rest (``.rg-crop`` in report.css): attribute lists only, no script, so
@@ -212,9 +216,12 @@ def crop(atlas, cell: int, href: str, alt: str, root: str = "", width: float | N
     """
     x, y, w, h = atlas.box(cell, span)
     s = width / atlas.box(cell)[2] if width else 1 / atlas.density  # CSS px per picture px
+    if at_most and w * s > at_most:
+        s = at_most / w
     img = (f"![{md_escape(alt)}]({root}{atlas.path}){{ loading=lazy "
            f'style="width:{_px(atlas.width * s)};margin:-{_px(y * s)} 0 0 -{_px(x * s)}" }}')
-    return f'[{img}]({href}){{ .rg-crop style="width:{_px(w * s)};height:{_px(h * s)}" }}'
+    wide = " .rg-wide" if w * s > NARROW_CSS else ""  # halved on a phone (report.css)
+    return f'[{img}]({href}){{ .rg-crop{wide} style="width:{_px(w * s)};height:{_px(h * s)}" }}'
 
 
 # ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
