@@ -6,8 +6,9 @@
 (reportgen.run.executors): each run's model is loaded once, and only when some result is
 not cached. *reduce*: health pooled per model and layer, comparisons of locations, the
 reference and models (reportgen.reduce.compare, reportgen.reduce.crossmodel). *render*: pictures,
-report.json, findings and pages in memory (reportgen.render.report). *publish*: an atomic
-swap into docs/<report>/ (reportgen.publish.site). Everything between loading and publishing
+report.json, findings and pages, each written as it is made into a staging folder beside the
+report (reportgen.render.report). *publish*: an atomic swap of that folder into docs/<report>/
+(reportgen.publish.site). Everything between loading and publishing
 takes values and returns values.
 """
 
@@ -26,7 +27,7 @@ from reportgen.core.spill import spill_store
 from reportgen.core.stopping import building, shielded
 from reportgen.load.models import resolve_device
 from reportgen.load.spec import load_spec
-from reportgen.publish.site import build_lock, publish
+from reportgen.publish.site import build_lock, publish, staging
 from reportgen.publish.siteconfig import site_warnings
 from reportgen.publish.uptodate import build_key, stamp
 from reportgen.reduce.compare import run_comparisons
@@ -93,9 +94,10 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         done = reduce_extensions(spec, results, report)
         report["findings"] = report_findings(report, done, spec.analyses)
         log("drawing pictures and writing pages")
-        files = render_report(spec, results, comp, report, done, cache, spill)
-        stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
-        out = publish(files, docs, spec.report)
+        with staging(docs, spec.report) as folder:  # the files are written there as they are made
+            files = render_report(spec, results, comp, report, done, folder, cache, spill)
+            stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
+            out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict);
     # nor does a site's mkdocs.yml that lacks a Markdown extension the pages use (the report is right).
     warnings += cache.warnings + site_warnings(docs)

@@ -42,7 +42,10 @@ from reportgen.analysis.uncertainty import (
 )
 
 MEASURES = ("weights", "activations", "cka")
-PAIR_BLOCK = 16  # runs per block of pairs: the features of at most two blocks are prepared at once
+# Runs per block of pairs: the features of at most two blocks are prepared at once (a conv
+# layer's prepared features are a few MB a run), so the memory of a comparison stops
+# growing at 2 x PAIR_BLOCK runs; a smaller block reads each run's features more often.
+PAIR_BLOCK = 8
 # Bootstrap intervals cost a resampled comparison per pair (O(K^2) for K runs). Up to this many
 # runs every pair gets them; above, each run gets them against BOOTSTRAP_PARTNERS others (its
 # neighbours in run order, wrapping around), which is what the pages' intervals need.
@@ -234,6 +237,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     chance = chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok and k > 1 else (None, None)
     act_mat = matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None
     cka_mat = matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None
+    prep.clear()  # the bootstrap prepares the features its own way
     boot, ci = {}, {}
     if (f_ok and resamples > 0 and feature_images is not None and k > 1
             and len(np.unique(feature_images)) >= MIN_IMAGES):
@@ -279,6 +283,9 @@ class _Recent:
                 self.items.popitem(last=False)
         return self.items[i]
 
+    def clear(self) -> None:
+        self.items.clear()
+
 
 def _bootstrap(features: list[np.ndarray], images: np.ndarray, resamples: int, memo: Callable) -> dict:
     """measure -> (K, K, R) bootstrap values of every pair, all pairs on the same resamples."""
@@ -323,7 +330,7 @@ def _sampled_bootstrap(features, images: np.ndarray, resamples: int, memo: Calla
     for m, point in points.items():
         per_pair = {p: np.asarray(v[m], dtype=np.float64) for p, v in vals.items()}
         partners: dict[int, list[np.ndarray]] = {i: [] for i in range(k)}
-        for (i, j), v in per_pair.items():
+        for (i, j), v in sorted(per_pair.items()):  # sums in an order that does not depend on PAIR_BLOCK
             partners[i].append(v)
             partners[j].append(v)
         with warnings.catch_warnings():

@@ -1,10 +1,10 @@
 """The only code that writes a report to disk.
 
-A build collects every file in memory-backed ``ReportFiles``, then ``publish``
-writes them into a hidden staging directory beside the target and swaps it into
-place with two renames. A failed or interrupted build (SIGINT, SIGTERM:
-reportgen.core.stopping) removes its staging directory and leaves the previous report as it
-was. A lock file makes a second build of the same report refuse cleanly instead of
+``staging`` makes a hidden staging directory beside the target; the render step writes
+every file of the report into it as the file is made (reportgen.core.files.ReportFiles),
+and ``publish`` swaps it into place with two renames. A failed or interrupted build
+(SIGINT, SIGTERM: reportgen.core.stopping) removes its staging directory and leaves the
+previous report as it was. A lock file makes a second build of the same report refuse cleanly instead of
 racing the first; it is removed when the build ends.
 
 Every helper file of a build is named ``.<report>~<what>``: '~' cannot occur in a
@@ -161,35 +161,50 @@ def _umask() -> int:
     return mask
 
 
-def publish(files: ReportFiles, docs_dir: Path, slug: str) -> Path:
-    """Write ``files`` to ``docs_dir/slug`` atomically; return that directory."""
+@contextmanager
+def staging(docs_dir: Path, slug: str) -> Iterator[Path]:
+    """A fresh staging folder ``docs_dir/.slug~staging-*`` for the files of the report
+    ``slug``, removed when the block ends unless ``publish`` swapped it in. Call it while
+    holding the report's build lock. A file system error writing into it is reported as
+    one line (a full disk, a folder made read-only)."""
     target = report_dir(docs_dir, slug)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{slug}~staging-", dir=docs_dir))
+        folder = Path(tempfile.mkdtemp(prefix=f".{slug}~staging-", dir=docs_dir))
     except OSError as exc:
         raise _os_error(exc, docs_dir, "write to") from None
-    old: Path | None = None
     try:
         # mkdtemp makes a private (0700) folder; publish it like any other folder.
-        os.chmod(staging, 0o777 & ~_umask())
-        for rel, data in files.items():
-            path = staging / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        os.chmod(folder, 0o777 & ~_umask())
+        yield folder
+    except OSError as exc:
+        if exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(folder):
+            raise _os_error(exc, docs_dir, "write the report to", where=target) from None
+        raise
+    finally:
+        with shielded():  # a stop signal meanwhile must not leave half the folder behind
+            shutil.rmtree(folder, ignore_errors=True)  # gone already once published
+
+
+def publish(files: ReportFiles, docs_dir: Path, slug: str) -> Path:
+    """Swap ``files``' staging folder (made by ``staging``) in as ``docs_dir/slug``
+    atomically; return that directory."""
+    target = report_dir(docs_dir, slug)
+    old: Path | None = None
+    try:
         with shielded():  # the swap, and from then on a stop signal lets the build finish
             if target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{slug}~old-", dir=docs_dir))
                 os.rmdir(old)
                 target.rename(old)
-            staging.rename(target)
+            files.root.rename(target)
             published()
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         if not target.exists() and old is not None and old.exists():
             old.rename(target)
         if isinstance(exc, OSError):
             raise _os_error(exc, docs_dir, "write the report to", where=target) from None
         raise
+    files.root = target
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target

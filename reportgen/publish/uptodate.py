@@ -216,11 +216,11 @@ def cheap_device(requested: str) -> str | None:
 # ----------------------------------------------------------------------------- the manifest
 
 
-def manifest(key: str, files: list[tuple[str, bytes]], warnings: list[str], summary: dict) -> bytes:
-    """The manifest a build publishes with the report's ``files`` (relative path, bytes)."""
+def manifest(key: str, digests: dict[str, str], warnings: list[str], summary: dict) -> bytes:
+    """The manifest a build publishes with the report's files (relative path -> SHA-256)."""
     return (json.dumps({
         "format": FORMAT, "key": key, "warnings": list(warnings), "summary": summary,
-        "files": {rel: hashlib.sha256(data).hexdigest() for rel, data in files},
+        "files": dict(digests),
     }, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -302,4 +302,4 @@ def stamp(files, key: str, warnings: list[str], report: dict) -> None:
     """Add the manifest to a build's ReportFiles, just before they are published."""
     summary = {"pages": files.count(".md"), "images": files.count(".png"),
                "findings": len(report.get("findings", []))}
-    files.add(MANIFEST, manifest(key, files.items(), warnings, summary))
+    files.add(MANIFEST, manifest(key, files.digests(), warnings, summary))

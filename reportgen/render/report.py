@@ -1,4 +1,5 @@
-"""Results and the report dict -> the report's files, in memory: pictures, report.json and pages.
+"""Results and the report dict -> the report's files, written as they are made into the folder the
+publish step swaps in (reportgen.core.files): pictures, report.json and pages.
 
 Paths inside a report (all relative to docs/<report>/):
   img/{run}/{layer}/{view}.png      filter views and activations of one run
@@ -16,6 +17,7 @@ models (pages.layer_page); models.md compares the models.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -39,10 +41,11 @@ from reportgen.load.spec import ReportSpec
 from reportgen.core.spill import NO_SPILL, Spill
 
 def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
-                  done: list[tuple[Extension, dict]], cache: Cache | None = None,
+                  done: list[tuple[Extension, dict]], out: Path, cache: Cache | None = None,
                   spill: Spill = NO_SPILL) -> ReportFiles:
     """All pictures, report.json and pages of a report, from the reduce step's results: the
     report dict (reportgen.reduce.report, with its findings) and the extensions' values.
+    Each file is written into the folder ``out`` as soon as it is made.
 
     Every picture is cached under a digest of the arrays and options it is drawn
     from, so an unchanged layer is not drawn again. Spilled maps (reportgen.core.spill) are
@@ -56,7 +59,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
     def chart(tag: str, inputs: tuple, draw) -> bytes:
         return cache.memo_bytes("png", digest("chart", tag, inputs), draw)
 
-    files = ReportFiles()
+    files = ReportFiles(out, width=display_width)
     images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
     act_atlases: dict[tuple[str, str], list[Atlas]] = {}  # (run key, layer) -> per shown image
     # (model, layer) -> kind -> [(model, path)]
@@ -162,7 +165,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
     filter_pages = _filter_pictures(results, comp, files, cache, act_atlases) if spec.analyses.filters.enabled else {}
     files.add("report.json", to_json(report))
     add_extension_files(spec, done, report, files)
-    widths = {rel: w for rel, data in files.items() if rel.endswith(".png") and (w := display_width(data))}
+    widths = files.widths()
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
                                   cross_imgs, widths, filter_pages).items():
         files.add(rel, text)

@@ -336,11 +336,15 @@ def test_navigation_names_reports_by_title(site):
 
 # --------------------------------------------------------------------------- files and names
 
+import errno  # noqa: E402
 import stat  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
 
 from reportgen.cli import cli  # noqa: E402
+from reportgen.core.errors import ReportgenError  # noqa: E402
+from reportgen.core.files import ReportFiles  # noqa: E402
+from reportgen.publish.site import build_lock, publish, staging  # noqa: E402
 from tests.conftest import SPEC, write_spec  # noqa: E402
 
 
@@ -382,6 +386,57 @@ def test_cleanup_touches_only_its_own_report(project):
     (docs / ".tiny~staging-dead").mkdir()
     build(write_spec(project), docs, device="cpu", cache_dir=None)
     assert not (docs / ".tiny~staging-dead").exists()
+
+
+def _report(docs: Path, slug: str, text: str) -> None:
+    with build_lock(docs, slug), staging(docs, slug) as folder:
+        files = ReportFiles(folder)
+        files.add("index.md", text)
+        files.add("img/a/x.png", text.encode() * 3)
+        publish(files, docs, slug)
+
+
+def test_files_stream_into_the_staging_folder_that_publish_swaps_in(tmp_path):
+    docs = tmp_path / "docs"
+    _report(docs, "r", "old")
+    with build_lock(docs, "r"), staging(docs, "r") as folder:
+        assert folder.parent == docs and folder.name.startswith(".r~staging-")
+        files = ReportFiles(folder)
+        files.add("index.md", "new")
+        assert (folder / "index.md").read_text() == "new"  # on disk before publishing
+        assert (docs / "r" / "index.md").read_text() == "old"
+        out = publish(files, docs, "r")
+    assert out == (docs / "r").resolve() and files.root == out
+    assert (out / "index.md").read_text() == "new" and not (out / "img").exists()
+    assert sorted(p.name for p in docs.iterdir()) == ["r"]  # no staging, old copy or lock left
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("a bug"), KeyboardInterrupt()])
+def test_a_failed_render_removes_its_staging_folder_and_keeps_the_report(tmp_path, stop):
+    docs = tmp_path / "docs"
+    _report(docs, "r", "old")
+    before = {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()}
+    with pytest.raises(type(stop)):
+        with build_lock(docs, "r"), staging(docs, "r") as folder:
+            files = ReportFiles(folder)
+            files.add("index.md", "half")
+            raise stop
+    assert not folder.exists()
+    assert {p.relative_to(docs): p.read_bytes() for p in docs.rglob("*") if p.is_file()} == before
+
+
+def test_a_write_error_in_the_staging_folder_is_one_line_and_others_pass(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    with pytest.raises(ReportgenError, match=r"cannot write the report to .*r: No space left on device; free"):
+        with staging(docs, "r") as folder:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "img" / "x.png"))
+    elsewhere = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "cache" / "x"))
+    with pytest.raises(OSError) as info:
+        with staging(docs, "r"):
+            raise elsewhere
+    assert info.value is elsewhere
+    assert list(docs.iterdir()) == []
 
 
 def test_report_as_another_user_sees_it(tiny_build):
