@@ -25,7 +25,7 @@ from reportgen.analysis.locations import best_matches
 from reportgen.core.cache import Cache, digest
 from reportgen.reduce.compare import Comparisons
 from reportgen.core.names import slug
-from reportgen.render.pages import render_pages
+from reportgen.render.pages import MATCHES_SHOWN, render_pages
 from reportgen.reduce.health import group_layers
 from reportgen.reduce.report import json_value
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
@@ -167,7 +167,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
     add_extension_files(spec, done, report, files)
     widths = files.widths()
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
-                                  cross_imgs, widths, filter_pages).items():
+                                  cross_imgs, widths, filter_pages):
         files.add(rel, text)
     return files
 
@@ -250,24 +250,37 @@ def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cach
         same = len({w.shape for w in ws}) == 1 and cmp is not None and cmp.weights is not None and cmp.runs == keys
         for b, (r, lr) in enumerate(items):
             n, _, kh, kw = lr.weight.shape
-            others = [j for j in range(len(items)) if j != b] if same else []
-            found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b)) if others else []
+            # the first MATCHES_SHOWN other locations: a page's size, an atlas's width and this
+            # step's memory grow with the locations, never with their square
+            others = [j for j in range(len(items)) if j != b][:MATCHES_SHOWN] if same else []
+            found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b)[:len(others)]) if others else []
             matched = [(ws[j], idx) for j, (idx, _, _) in zip(others, found)]
             key = digest("filter-atlas-2", lr.weight, shared, [m for pair in matched for m in pair], MAX_CHANNEL_COLUMNS)
             data, columns = cache.memo("png", key, lambda lr=lr, matched=matched: _atlas_png(
                 lr.weight, shared, matched))
             atlas = filter_atlas_cells(files.add(f"img/{r.run.key}/{slug(layer)}/filter_atlas.png", data),
                                        png_size(data), (kh, kw), columns)
-            matches: list[list[dict | None]] = [[] for _ in range(n)]
-            for j, (idx, sign, score) in zip(others, found):
-                for i in range(n):
-                    matches[i].append({"run": keys[j], "index": int(idx[i]), "sign": int(sign[i]),
-                                       "score": json_value("", score[i])} if idx[i] >= 0 else None)
+            matches = Matches([keys[j] for j in others], *(np.array([f[k] for f in found]).reshape(len(found), n)
+                                                             for k in range(3)))
             grids = [a for a in act_atlases.get((r.run.key, layer), []) if len(a.position or ()) == n]
             out[(r.run.key, layer)] = {"atlas": atlas, "inputs": columns["inputs"], "maps": grids, "n": n,
-                                       "matches": matches, "match_runs": [keys[j] for j in others],
+                                       "matches": matches, "match_runs": [keys[j] for j in others], "n_others": len(items) - 1,
                                        "match_col": columns["matches"][0] if others else None}
     return out
+
+
+class Matches:
+    """Each filter's match at other locations, kept as arrays (other, filter) and made into
+    the template's rows one filter at a time: ``matches[i]`` is, per other location, {"run",
+    "index", "sign", "score"} or None where filter i has no match there."""
+
+    def __init__(self, runs: list[str], index: np.ndarray, sign: np.ndarray, score: np.ndarray):
+        self.runs, self.index, self.sign, self.score = runs, index.astype(np.int64), sign, score
+
+    def __getitem__(self, i: int) -> list[dict | None]:
+        return [{"run": run, "index": int(self.index[k, i]), "sign": int(self.sign[k, i]),
+                 "score": json_value("", self.score[k, i])} if self.index[k, i] >= 0 else None
+                for k, run in enumerate(self.runs)]
 
 
 def _atlas_png(w: np.ndarray, shared: float, matched: list) -> tuple[bytes, dict]:

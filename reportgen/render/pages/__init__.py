@@ -10,6 +10,7 @@ import html
 import posixpath
 import re
 from functools import lru_cache
+from typing import Iterator
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -177,9 +178,8 @@ def unit_flags(u: dict, low_fit: float) -> list[str]:
     return flags
 
 
-def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ctx: dict) -> dict[str, str]:
-    """The filter pages of every (run, layer) with per-filter pictures (see filter_page)."""
-    pages = {}
+def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ctx: dict) -> Iterator[tuple[str, str]]:
+    """The filter pages of every (run, layer) with per-filter pictures (see filter_page), one at a time."""
     for (key, layer), pics in filter_pics.items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
@@ -188,12 +188,11 @@ def _filter_pages(env, runs: list[dict], filter_pics: dict, unit_pages: dict, ct
         for p in range(n_pages):
             first, last = p * FILTERS_PER_PAGE, min(n, (p + 1) * FILTERS_PER_PAGE) - 1
             path = filter_page(key, layer, first).partition("#")[0]
-            pages[path] = env.get_template("filters.md.j2").render(
+            yield path, env.get_template("filters.md.j2").render(
                 run=run, lay=lay, pics=pics, units=unit_pages.get((key, layer)), first=first, last=last,
                 page_no=p, n_pages=n_pages, n_filters=n, per_page=FILTERS_PER_PAGE, cols=8,
                 flags=filter_flags(lay), root="../../", map_images=run["images"][:len(pics["maps"])],
                 max_matches=MATCHES_SHOWN, **ctx)
-    return pages
 
 
 NARROW_CSS = 340  # CSS px of the content column on a phone (390 px wide)
@@ -259,8 +258,10 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
                  layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]],
                  shared_inputs: dict[str, list[str]], unit_pages: dict | None = None,
                  cross_imgs: dict[str, str] | None = None, widths: dict[str, int] | None = None,
-                 filter_pics: dict | None = None) -> dict[str, str]:
-    """All Markdown pages of a report, keyed by path relative to the report directory.
+                 filter_pics: dict | None = None) -> Iterator[tuple[str, str]]:
+    """All Markdown pages of a report, (path relative to the report directory, text), one at a
+    time: the caller writes each and lets it go (a report's filter pages grow with its
+    locations).
 
     images: (run key, layer) -> {view name: path relative to the report directory};
     ("reference", "__ref__") holds the reference's views and (run, "__stages__") the
@@ -304,36 +305,39 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "crop": crop,
         "card_names": CARD_NAMES,
     }
-    pages = {"index.md": env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx),
-             "findings.md": env.get_template("findings.md.j2").render(**ctx),
-             # Ships inside every report, so its links never leave docs/<report>/.
-             "methods.md": env.get_template("methods.md.j2").render(**ctx)}
+    def page(path: str, text: str) -> tuple[str, str]:
+        return path, size_images(text, path, widths or {}) + page_style()
+
+    yield page("index.md", env.get_template("index.md.j2").render(top_findings=TOP_FINDINGS, **ctx))
+    yield page("findings.md", env.get_template("findings.md.j2").render(**ctx))
+    # Ships inside every report, so its links never leave docs/<report>/.
+    yield page("methods.md", env.get_template("methods.md.j2").render(**ctx))
     for run in runs:
-        pages[f"locations/{run['key']}.md"] = env.get_template("location.md.j2").render(run=run, **ctx)
+        yield page(f"locations/{run['key']}.md", env.get_template("location.md.j2").render(run=run, **ctx))
     ref = ctx["reference"]
     for m in models:
         for layer in m["layers"]:
             entries = [(r, lay) for r in m["runs"] for lay in r["layers"] if lay["name"] == layer]
             keys = {r["key"] for r, _ in entries}
             path = layer_page(m["name"], layer, multi)
-            pages[path] = env.get_template("layer.md.j2").render(
+            yield page(path, env.get_template("layer.md.j2").render(
                 layer=layer, model=m["name"], entries=entries, imgs=layer_imgs.get((m["name"], layer), {}),
                 root="../" * path.count("/"),
                 ref_here=bool(ref and ref["against"] == layer and any(p["run"] in keys for p in ref["per_run"])),
-                **ctx)
+                **ctx))
     for run in runs:
         if run.get("trace"):
-            pages[f"trace/{run['key']}.md"] = env.get_template("trace.md.j2").render(
+            yield page(f"trace/{run['key']}.md", env.get_template("trace.md.j2").render(
                 run=run, traced=[lay for lay in run["layers"] if lay.get("trace")],
-                all_layers={lay["name"]: lay for lay in run["layers"]}, **ctx)
+                all_layers={lay["name"]: lay for lay in run["layers"]}, **ctx))
     for (key, layer), pics in (unit_pages or {}).items():
         run = next(r for r in runs if r["key"] == key)
         lay = next(x for x in run["layers"] if x["name"] == layer)
-        pages[f"units/{key}/{slug(layer)}.md"] = env.get_template("units.md.j2").render(
-            run=run, lay=lay, pics=pics, **ctx)
-    pages.update(_filter_pages(env, runs, filter_pics or {}, unit_pages or {}, ctx))
+        yield page(f"units/{key}/{slug(layer)}.md", env.get_template("units.md.j2").render(
+            run=run, lay=lay, pics=pics, **ctx))
+    for path, text in _filter_pages(env, runs, filter_pics or {}, unit_pages or {}, ctx):
+        yield page(path, text)
     if ctx["has_stages"]:
-        pages["stages.md"] = env.get_template("stages.md.j2").render(**ctx)
+        yield page("stages.md", env.get_template("stages.md.j2").render(**ctx))
     if ctx["model_comparisons"]:
-        pages["models.md"] = env.get_template("models.md.j2").render(**ctx)
-    return {path: size_images(text, path, widths or {}) + page_style() for path, text in pages.items()}
+        yield page("models.md", env.get_template("models.md.j2").render(**ctx))
