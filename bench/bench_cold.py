@@ -18,8 +18,8 @@ model and computes every result. Per build the table gives:
   and the peak of the sum over the process and its descendants, sampled every 20 ms
   from /proc (what a pool costs in memory together).
 
-It also counts what the build wrote: pictures (PNG files) and their megabytes, all files
-and all megabytes of the report. The last lines are the median wall time and its ratio to
+It also counts what the build wrote into the report's folder: pictures (PNG files) and
+their megabytes, all files and all megabytes. The last lines are the median wall time and its ratio to
 the target (issue 20: at most 15 s on a quiet 2-core machine with both cores in use), and
 the pictures against theirs (at most 800 files, 20 MB). ``--jobs`` is passed through
 only when ``reportgen build --help`` lists it. Numbers from a loaded machine are not
@@ -79,11 +79,12 @@ def cold_build(spec: str, jobs: int | None, env: dict) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise SystemExit(f"build failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-        files = [p for p in Path(tmp, "docs").rglob("*") if p.is_file()]
-        pngs = [p.stat().st_size for p in files if p.suffix == ".png"]
+        report = next(p for p in Path(tmp, "docs").iterdir() if p.is_dir())
+        sizes = {p: p.stat().st_size for p in report.rglob("*") if p.is_file()}
+        pngs = [size for p, size in sizes.items() if p.suffix == ".png"]
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024,
-            "tree_rss": peak[0], "pngs": len(pngs), "png_mb": sum(pngs) / 1e6, "files": len(files),
-            "mb": sum(p.stat().st_size for p in files) / 1e6}
+            "tree_rss": peak[0], "pngs": len(pngs), "png_mb": sum(pngs) / 1e6, "files": len(sizes),
+            "mb": sum(sizes.values()) / 1e6}
 
 
 def main() -> None:
