@@ -116,9 +116,9 @@ def test_activation_atlas_finds_each_channel_in_the_ranked_grid(shape):
     assert (atlas.scale < 1) == (shape[2] > 700)  # only the 800-px-wide maps overflow the column
 
 
-def test_a_crop_is_markdown_the_page_builders_turn_into_a_window_on_the_atlas():
-    """Python-Markdown with attr_list (what MkDocs, ProperDocs and Zensical run) makes the crop a
-    link of the cell's size around the whole atlas shifted by negative margins."""
+def test_a_crop_is_markdown_the_page_builders_turn_into_one_cropped_image():
+    """Python-Markdown with attr_list (what MkDocs, ProperDocs and Zensical run) makes the crop
+    one image: the whole atlas in a box of the cell's size, placed and enlarged by its style."""
     import markdown
 
     from reportgen.render.atlas import Atlas
@@ -127,20 +127,23 @@ def test_a_crop_is_markdown_the_page_builders_turn_into_a_window_on_the_atlas():
     atlas = Atlas("img/a/b/filter_atlas.png", 40, 70, cols=4, cell_w=10, cell_h=14, margin=1, item_cells=4)
     text = crop(atlas, atlas.cell(2, 3), "#filter-2", "filter 2 [x]", "../", width=48)
     html = markdown.markdown(text, extensions=["attr_list"])
-    a = re.search(r'<a class="rg-crop" href="#filter-2" style="([^"]+)"><img alt="filter 2 \[x\]" '
-                  r'loading="lazy" src="../img/a/b/filter_atlas.png" style="([^"]+)"', html)
+    a = re.search(r'<a href="#filter-2"><img alt="filter 2 \[x\]" class="rg-crop" loading="lazy" '
+                  r'src="../img/a/b/filter_atlas.png" style="([^"]+)" /></a>', html)
     assert a, html
     # cell 11 = row 2, column 3; inner box x = 31, y = 29, 8 x 12 px, shown 48 px wide: 6 CSS px per px
-    assert a.group(1) == "width:48px;height:72px"
-    assert a.group(2) == "width:240px;margin:-174px 0 0 -186px"
+    assert a.group(1) == "width:8px;height:12px;object-position:-31px -29px;--z:6"
+    plain = markdown.markdown(crop(atlas, 0, None, "t"), extensions=["attr_list"])
+    assert plain.startswith('<p><img alt="t" class="rg-crop"') and "<a" not in plain  # the lightbox's
 
 
-def test_the_report_css_clips_crops_and_keeps_their_pixels_square():
+def test_the_report_css_crops_and_enlarges_with_square_pixels():
     from importlib.resources import files
 
     css = files("reportgen.render.pages").joinpath("report.css").read_text(encoding="utf-8")
-    assert re.search(r"a\.rg-crop \{[^}]*overflow: hidden", css)
-    assert re.search(r"a\.rg-crop > img \{[^}]*max-width: none[^}]*image-rendering: pixelated", css)
+    rule = re.search(r"img\.rg-crop \{([^}]*)\}", css).group(1)
+    for decl in ("object-fit: none", "zoom: var(--z)", "max-width: none", "image-rendering: pixelated"):
+        assert decl in rule, decl
+    assert re.search(r"max-width: 44\.9375em\) \{ \.md-typeset img\.rg-crop\.rg-wide \{ zoom: calc\(var\(--z\) / 2\)", css)
 
 
 def test_unit_grid_cells_hold_each_units_picture_and_its_top_crops():
@@ -182,9 +185,10 @@ def test_a_row_of_many_kernels_fits_the_column_and_halves_on_a_phone():
     from reportgen.render.pages import NARROW_CSS, crop
 
     atlas = Atlas("a.png", 66 * 14, 14 * 3, cols=66, cell_w=14, cell_h=14, margin=1, item_cells=66)
-    html = markdown.markdown(crop(atlas, atlas.cell(1, 1), "#x", "inputs", "", 24, 64, 640), extensions=["attr_list"])
-    box = re.search(r'<a class="([^"]+)" href="#x" style="width:([\d.]+)px;height:([\d.]+)px"', html)
-    assert box.group(1) == "rg-crop rg-wide" and abs(float(box.group(2)) - 640) < 0.01
-    assert abs(float(box.group(3)) - 12 * 640 / (64 * 14 - 2)) < 0.01  # one scale for both sides
+    html = markdown.markdown(crop(atlas, atlas.cell(1, 1), None, "inputs", "", 24, 64, 640), extensions=["attr_list"])
+    box = re.search(r'class="([^"]+)" .*style="width:([\d.]+)px;height:([\d.]+)px;[^"]*--z:([\d.]+)"', html)
+    assert box.group(1) == "rg-crop rg-wide"
+    zoom = float(box.group(4))
+    assert abs(float(box.group(2)) * zoom - 640) < 0.05 and float(box.group(3)) == 12  # the row, 640 CSS px
     small = markdown.markdown(crop(atlas, atlas.cell(1), "#x", "t", "", 48), extensions=["attr_list"])
     assert 'class="rg-crop"' in small and 48 <= NARROW_CSS

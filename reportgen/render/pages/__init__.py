@@ -202,25 +202,31 @@ def _px(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".") + "px"
 
 
-def crop(atlas, cell: int, href: str, alt: str, root: str = "", width: float | None = None, span: int = 1,
+def crop(atlas, cell: int, href: str | None, alt: str, root: str = "", width: float | None = None, span: int = 1,
          at_most: float | None = None) -> str:
     """Markdown showing one cell of an atlas (render.atlas; ``span`` cells of its row) as a
-    picture of its own, linked to ``href``: each cell ``width`` CSS px wide (None: the
-    atlas's natural size), the whole crop at most ``at_most`` CSS px wide.
+    picture of its own: each cell ``width`` CSS px wide (None: the atlas's natural size), the
+    whole crop at most ``at_most`` CSS px wide; linked to ``href`` when given (else the
+    lightbox opens the whole atlas).
 
-    The image is the whole atlas, moved by negative margins inside a link box of the cell's
-    size that hides the rest (``.rg-crop`` in report.css): attribute lists only, no script, so
-    it shows the same offline and with JavaScript off. The link keeps the lightbox from
-    opening the whole atlas; CSS enlarges it with square pixels.
+    The image is the whole atlas in a box of the cell's size in atlas pixels, placed by
+    ``object-position`` (``object-fit: none`` in report.css) and enlarged by CSS ``zoom``
+    (``--z``, CSS px per atlas pixel) with square pixels: one element and an attribute list,
+    no script, so it shows the same offline and with JavaScript off, and each atlas is
+    downloaded once however many of its cells a page shows.
     """
     x, y, w, h = atlas.box(cell, span)
     s = width / atlas.box(cell)[2] if width else 1 / atlas.density  # CSS px per picture px
     if at_most and w * s > at_most:
         s = at_most / w
-    img = (f"![{md_escape(alt)}]({root}{atlas.path}){{ loading=lazy "
-           f'style="width:{_px(atlas.width * s)};margin:-{_px(y * s)} 0 0 -{_px(x * s)}" }}')
     wide = " .rg-wide" if w * s > NARROW_CSS else ""  # halved on a phone (report.css)
-    return f'[{img}]({href}){{ .rg-crop{wide} style="width:{_px(w * s)};height:{_px(h * s)}" }}'
+    img = (f"![{md_escape(alt)}]({root}{atlas.path}){{ .rg-crop{wide} loading=lazy "
+           f'style="width:{_px(w)};height:{_px(h)};object-position:-{_px(x)} -{_px(y)};--z:{_num(s)}" }}')
+    return f"[{img}]({href})" if href else img
+
+
+def _num(v: float) -> str:
+    return f"{v:.4f}".rstrip("0").rstrip(".")
 
 
 # ![alt](target){ loading=lazy ... } as the templates write images, unless a width is set
