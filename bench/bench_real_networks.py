@@ -155,7 +155,9 @@ def _images(folder: Path, wheel_dir: Path, count: int) -> list[str]:
     return [name for name, _ in photos[:count]]
 
 
-def _strict_site(docs: Path, tmp: Path) -> bool:
+def strict_site(docs: Path, tmp: Path) -> bool:
+    """Whether `mkdocs build --strict` passes for a site of ``docs`` (the mkdocs.yml `reportgen
+    init` writes, in ``tmp``; the site goes to ``tmp/site``); prints MkDocs' errors when not."""
     cfg = tmp / "mkdocs.yml"
     cfg.write_text(mkdocs_yml("bench", str(docs)) + f"site_dir: {tmp / 'site'}\n")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(cfg)],
@@ -420,7 +422,7 @@ def main() -> None:
                 evidence_rows.append((name, "-", "no warning or danger", "", True))
             for lay in report["runs"][0]["layers"]:
                 label_rows.append((name, lay["name"], lay["activation"], _labels(lay)))
-        strict = _strict_site(docs, tmp)
+        strict = strict_site(docs, tmp)
     print(f"test images ({len(names)}): {', '.join(names)}")
     print(f"{'network':<21} {'layers':>6} {'build s':>8} {'conv1 act':>9} {'max |dnorm|':>12} {'max |dmax|':>11} "
           f"{'findings':>8}")

@@ -85,19 +85,21 @@ def make_locations(folder: Path, n: int) -> list[str]:
     return names
 
 
-def run_build(spec: Path, docs: Path, jobs: int) -> tuple[float, int]:
-    """(seconds, peak bytes of the process tree) of one build in a fresh process."""
+def run_build(spec: Path, docs: Path, jobs: int, log: Path | None = None) -> tuple[float, int]:
+    """(seconds, peak bytes of the process tree) of one build in a fresh process; its
+    standard output (the summary line) goes to the file ``log`` when given."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "reportgen", "build", str(spec), "--docs-dir", str(docs), "--no-cache", "-q",
            "--jobs", str(jobs), "--device", "cpu"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     linux = os.path.isdir("/proc/self")
-    while proc.poll() is None:
-        if linux:
-            peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.05)
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE)
+        while proc.poll() is None:
+            if linux:
+                peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.05)
     seconds = time.perf_counter() - t0
     err = proc.stderr.read().decode()
     if proc.returncode:
