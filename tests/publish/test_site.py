@@ -202,9 +202,9 @@ def _tile_css_px(site: Path, page, selector: str) -> float:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
         return list(zip(edges[::2], edges[1::2] - edges[::2]))
 
-    col = np.flatnonzero(tile_px.any(axis=0))[0] + 2  # inside the first column of tiles
-    top, height = runs(tile_px[:, col])[0]
-    _, tile = runs(tile_px[top + height // 2])[0]
+    # the first run of tile pixels on each row: its longest is the first tile's width (a row
+    # through the channel number stamped in its corner is cut short by the number's white)
+    tile = max(r[0][1] for r in (runs(row) for row in tile_px) if r)
     return float(tile * info["shown"] / info["natural"])
 
 
