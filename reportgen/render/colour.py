@@ -142,11 +142,15 @@ def _palette(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     256 colours, else None: such a picture (an activation grid) is stored with a palette, a
     third of the data to compress, so about half the bytes in a fifth of the time.
 
-    Colours are collected where a row differs from the one above and a pixel from the one
-    on its left (each colour starts a run somewhere), which is few pixels in a picture of
-    enlarged tiles; a first batch of them rules out a many-coloured picture early.
+    A sample of rows rules out a many-coloured picture (a photograph, RGB filters) early.
+    Otherwise colours are collected where a row differs from the one above and a pixel from
+    the one on its left (each colour starts a run somewhere), few pixels in a picture of
+    enlarged tiles.
     """
-    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    step = max(1, len(rgb) // 32)  # 32 rows first: most many-coloured pictures show it there
+    if len(np.unique(_packed(rgb[::step]))) > 256:
+        return None
+    packed = _packed(rgb)
     fresh = np.ones(len(packed), dtype=bool)
     fresh[1:] = (packed[1:] != packed[:-1]).any(axis=1)
     rows = packed[fresh]
@@ -161,6 +165,11 @@ def _palette(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     index = np.searchsorted(colours, packed).astype(np.uint8)
     table = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
     return index, table
+
+
+def _packed(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 -> (...) uint32 0xRRGGBB."""
+    return (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
 
 
 def _is_grey(rgb: np.ndarray) -> bool:
