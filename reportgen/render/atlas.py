@@ -52,13 +52,14 @@ class Atlas:
         k = self.position[i] if self.position is not None else i
         return int(k) * self.item_cells + col
 
-    def box(self, cell: int, span: int = 1, inner: bool = True) -> tuple[float, float, float, float]:
+    def box(self, cell: int, span: int = 1, inner: bool = True, rows: int = 1) -> tuple[float, float, float, float]:
         """(x, y, w, h) in picture px of ``cell`` and the ``span - 1`` cells after it on its
-        row; ``inner``: without the margin around the cells."""
+        row, and the same cells of the ``rows - 1`` rows below; ``inner``: without the margin
+        around the cells."""
         row, col = divmod(int(cell), self.cols)
         m = self.margin if inner else 0
         x, y = col * self.cell_w + m, row * self.cell_h + m
-        w, h = span * self.cell_w - 2 * m, self.cell_h - 2 * m
+        w, h = span * self.cell_w - 2 * m, rows * self.cell_h - 2 * m
         s = self.scale
         return x * s, y * s, w * s, h * s
 

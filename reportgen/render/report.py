@@ -77,7 +77,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             paths = images.setdefault((r.run.key, layer), {})
             if lr.weight is not None and spec.analyses.filters.enabled:
                 marks = health_marks(lr.health)
-                views = cache.memo("png", digest("filter-views", lr.weight, marks, shared, spec.analyses.filters.tile_px),
+                views = cache.memo("png", digest("filter-views-2", lr.weight, marks, shared, spec.analyses.filters.tile_px),
                                    lambda: {v: encode_png(img) for v, img in filter_views(
                                        lr.weight, marks, shared, spec.analyses.filters.tile_px).items()})
                 for view, data in views.items():
@@ -152,7 +152,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
                 col_names=[f"{b}: {n}" for n in pair.layers[1]])))
     if comp.reference_weight is not None:
         ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
-        ref_views = cache.memo("png", digest("filter-views", ref_w, None, None, tile_px), lambda: {
+        ref_views = cache.memo("png", digest("filter-views-2", ref_w, None, None, tile_px), lambda: {
             v: encode_png(img) for v, img in filter_views(ref_w, None, None, tile_px).items()})
         for view, data in ref_views.items():
             images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", data)

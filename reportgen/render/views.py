@@ -73,13 +73,7 @@ def filter_views(w: np.ndarray, dead: np.ndarray | None = None, scale: float | N
         l2max = T.layer_scale(l2)
         views["filters_l2"] = _filter_grid(T.mapped_tiles(l2 / l2max if l2max > 0 else l2 * 0, "gray"),
                                            dead, labels, css)
-        if c > 1:
-            cc = min(c, MAX_CHANNEL_COLUMNS)
-            sub = T.per_layer(w[:, :cc], s).reshape(n * cc, kh, kw)
-            # as large as 12 CSS px per kernel, but one row of cc kernels must fit unresampled
-            up_c = min(T.upscale_for(max(kh, kw), 12), max(1, (MAX_WIDTH // cc - 2) // kw))
-            views["filters_channels"] = T.grid(T.mapped_tiles(sub, "gray"), ncols=cc, upscale=up_c, margin=1)
-        else:
+        if c == 1:
             views["filters_per_filter"] = _filter_grid(T.mapped_tiles(T.per_filter(w[:, 0]), "gray"),
                                                        dead, labels, css)
     return {k: _fit(v) for k, v in views.items()}

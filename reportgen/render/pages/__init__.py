@@ -203,11 +203,11 @@ def _px(v: float) -> str:
 
 
 def crop(atlas, cell: int, href: str | None, alt: str, root: str = "", width: float | None = None, span: int = 1,
-         at_most: float | None = None) -> str:
+         at_most: float | None = None, rows: int = 1) -> str:
     """Markdown showing one cell of an atlas (render.atlas; ``span`` cells of its row) as a
-    picture of its own: each cell ``width`` CSS px wide (None: the atlas's natural size), the
-    whole crop at most ``at_most`` CSS px wide; linked to ``href`` when given (else the
-    lightbox opens the whole atlas).
+    picture of its own (and the same cells of the ``rows - 1`` rows below): each cell
+    ``width`` CSS px wide (None: the atlas's natural size), the whole crop at most ``at_most``
+    CSS px wide; linked to ``href`` when given (else the lightbox opens the whole atlas).
 
     The image is the whole atlas in a box of the cell's size in atlas pixels, placed by
     ``object-position`` (``object-fit: none`` in report.css) and enlarged by CSS ``zoom``
@@ -215,7 +215,7 @@ def crop(atlas, cell: int, href: str | None, alt: str, root: str = "", width: fl
     no script, so it shows the same offline and with JavaScript off, and each atlas is
     downloaded once however many of its cells a page shows.
     """
-    x, y, w, h = atlas.box(cell, span)
+    x, y, w, h = atlas.box(cell, span, rows=rows)
     s = width / atlas.box(cell)[2] if width else 1 / atlas.density  # CSS px per picture px
     if at_most and w * s > at_most:
         s = at_most / w
@@ -308,6 +308,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "has_filter_page": lambda key, layer: (key, layer) in (filter_pics or {}),
         "filter_atlas": {f"{k}|{layer}": v["atlas"] for (k, layer), v in (filter_pics or {}).items()},
         "filter_count": {f"{k}|{layer}": v["n"] for (k, layer), v in (filter_pics or {}).items()},
+        "filter_inputs": {f"{k}|{layer}": v["inputs"] for (k, layer), v in (filter_pics or {}).items()},
         "crop": crop,
         "card_names": CARD_NAMES,
     }
