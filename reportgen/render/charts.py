@@ -57,6 +57,10 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
     k, kc = len(names), len(cols)
     d = DENSITY
     cell = (44 if max(k, kc) <= 12 else 28) * d
+    if max(k, kc) > HEATMAP_ANNOTATED:
+        # too many runs to write every value and name: the matrix fills the content column,
+        # whole pixels a cell (a picture growing with the square of the runs outgrew memory)
+        return _plain_heatmap(m, title)
     font = ImageFont.load_default(size=(11 if max(k, kc) <= 12 else 9) * d)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(probe.textlength(n, font=font)) for n in names) + 8 * d
@@ -93,6 +97,29 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
         # the end labels sit inside the bar's span, so neither is cut at the image's edge
         anchor = {0.0: "ld", 0.5: "lm", 1.0: "la"}[v]
         draw.text((x_bar + 16 * d, top + (1 - v) * (k * cell - 1)), f"{v:g}", fill="black", font=font, anchor=anchor)
+    return encode_png(np.asarray(img), density=d)
+
+
+HEATMAP_ANNOTATED = 24  # runs up to which a similarity matrix shows every value and name
+
+
+def _plain_heatmap(m: np.ndarray, title: str) -> bytes:
+    """A large similarity matrix (viridis on [0, 1]) at whole pixels a cell, no wider than the
+    content column, under its title; values and names are in the page's table and report.json."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from reportgen.render.colour import apply_lut, encode_png
+
+    d = DENSITY
+    side = 640 * d
+    cell = max(1, side // max(m.shape))
+    cells = apply_lut(np.clip(np.nan_to_num(m, nan=0.0), 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
+    font = ImageFont.load_default(size=11 * d)
+    top = 24 * d
+    img = Image.new("RGB", (max(cells.shape[1], 8 * d + int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(
+        title, font=font))) + 8 * d, top + cells.shape[0] + 8 * d), "white")
+    img.paste(Image.fromarray(cells), (4 * d, top))
+    ImageDraw.Draw(img).text((4 * d, 4 * d), title, fill="black", font=font)
     return encode_png(np.asarray(img), density=d)
 
 

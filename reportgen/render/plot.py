@@ -83,9 +83,11 @@ def splat(shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray, radius: float,
     px = (np.round(xs).astype(np.int64)[:, None] + ox[None]).ravel()
     ok = (py >= 0) & (py < shape[0]) & (px >= 0) & (px < shape[1])
     count = np.bincount(py[ok] * shape[1] + px[ok], minlength=shape[0] * shape[1]).reshape(shape)
-    keep = (1.0 - alpha) ** count  # share of the white background left
-    rgb = 255.0 * keep[..., None] + np.asarray(colour, dtype=np.float64) * (1.0 - keep[..., None])
-    return np.round(rgb).astype(np.uint8)
+    keep = ((1.0 - alpha) ** count).astype(np.float32)  # share of the white background left
+    out = np.empty((*shape, 3), dtype=np.uint8)
+    for c, v in enumerate(colour):  # a channel at a time: no (H, W, 3) float copy
+        out[..., c] = np.round(255.0 * keep + float(v) * (1.0 - keep))
+    return out
 
 
 def strip_chart(columns: dict[str, np.ndarray], threshold: float | None, title: str, ylabel: str,
@@ -110,7 +112,8 @@ def strip_chart(columns: dict[str, np.ndarray], threshold: float | None, title: 
     left = 6 * d + ylab.width + 6 * d + tick_w + (TICK_CSS + 3) * d
     top = 26 * d
     bottom = (TICK_CSS + 4) * d + max(im.height for im in xlab) + 6 * d
-    plot_w = max(400 * d, (55 * n + 150) * d) - left - 12 * d
+    # a column a run, 55 CSS px each up to 12 runs, then narrower: at most 1,200 CSS px in all
+    plot_w = max(400 * d, min(55 * n + 150, 1200) * d) - left - 12 * d
     plot_h = 230 * d
     width, height = left + plot_w + 12 * d, top + plot_h + bottom
     x_of = lambda i: left + (i + 0.5) / n * plot_w  # noqa: E731  column i at the middle of its slot

@@ -120,14 +120,17 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             wts = [lr.weight for _, lr in items]
             if cmp.weights is not None and wts[0].ndim == 4:
                 base_i = _base_index(spec, [r.run.key for r, _ in items])
-                others = [w for i, w in enumerate(wts) if i != base_i]
+                # the first MATCHES_SHOWN other locations, as in the filter sections: a picture
+                # whose width grew with the locations outgrew any page (and the build's memory)
+                shown = [i for i in range(len(wts)) if i != base_i][:MATCHES_SHOWN]
+                others = [wts[i] for i in shown]
+                matched = cmp.matched_to(base_i)[:len(shown)]
                 add_layer_img("across", "across_locations", png(
-                    "across", (wts[base_i], others, shared, [m for pair in cmp.matched_to(base_i) if pair
-                                                             for m in pair]),
-                    lambda: across_locations(wts[base_i], others,
-                                             best_matches(wts[base_i], others, cmp.matched_to(base_i)), shared)))
+                    "across", (wts[base_i], others, shared, [m for pair in matched if pair for m in pair]),
+                    lambda: across_locations(wts[base_i], others, best_matches(wts[base_i], others, matched),
+                                             shared)))
                 per_layer["across_order"] = [(model, ",".join(
-                    [items[base_i][0].run.key] + [r.run.key for i, (r, _) in enumerate(items) if i != base_i]))]
+                    [items[base_i][0].run.key] + [items[i][0].run.key for i in shown]))]
     for r in results:
         for k, im in enumerate(r.images):
             files.add(f"img/{r.run.key}/input_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))

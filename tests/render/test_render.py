@@ -338,3 +338,26 @@ def test_activation_grids_fit_a_palette_and_keep_their_pixels(signed):
     im = Image.open(io.BytesIO(encode_png(img)))
     assert im.mode == "P"
     np.testing.assert_array_equal(np.asarray(im.convert("RGB")), np.asarray(img))
+
+
+def test_layer_charts_stay_bounded_at_many_locations():
+    """The similarity matrix and the strip chart of norms of 200 locations fit the page's
+    width instead of growing with the locations (their square, for the matrix); the matrix
+    still shows each cell's value in its colour."""
+    from reportgen.render.charts import norms_by_run, similarity_heatmap
+    from reportgen.render.colour import lut
+
+    rng = np.random.default_rng(9)
+    n = 200
+    mat = rng.uniform(size=(n, n))
+    png = similarity_heatmap(mat, [f"loc{i:03d}" for i in range(n)], "conv1: linear CKA")
+    css = display_width(png)
+    assert css is not None and css <= 680
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    cell = (640 * 2) // n
+    y0 = img.shape[0] - 8 * 2 - n * cell  # the matrix sits above an 8 CSS px margin
+    for i, j in ((0, 0), (17, 150), (199, 3)):
+        want = lut("viridis")[int(np.round(mat[i, j] * 255))]
+        assert np.abs(img[y0 + i * cell + cell // 2, 8 + j * cell + cell // 2].astype(int) - want).max() <= 1
+    norms = {f"loc{i:03d}": rng.uniform(0.5, 1.5, 64) for i in range(n)}
+    assert display_width(norms_by_run(norms, 0.1, "conv1: filter L2 norms")) <= 1200 + 1
