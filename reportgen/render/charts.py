@@ -70,17 +70,20 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
     width = max(label_w + kc * cell + bar_w + 10 * d, int(probe.textlength(title, font=font)) + 8 * d)
     height = top + k * cell + 8 * d
     img = Image.new("RGB", (width, height), "white")
-    cells = apply_lut(np.clip(m, 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
+    cells = apply_lut(_shades(np.clip(m, 0, 1)), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
     grid = cells.copy()
     grid[::cell, :] = 255
     grid[:, ::cell] = 255
     img.paste(Image.fromarray(grid), (label_w, top))
     draw = ImageDraw.Draw(img)
+    draw.fontmode = "1"  # two-tone text: with SHADES colours the chart fits a palette (colour.encode_png)
     draw.text((4 * d, 4 * d), title, fill="black", font=font)
     for j, name in enumerate(cols):
         # column labels, written vertically above the matrix
         txt = Image.new("RGB", (col_h, cell), "white")
-        ImageDraw.Draw(txt).text((4 * d, cell // 2), name, fill="black", font=font, anchor="lm")
+        label = ImageDraw.Draw(txt)
+        label.fontmode = "1"
+        label.text((4 * d, cell // 2), name, fill="black", font=font, anchor="lm")
         img.paste(txt.rotate(90, expand=True), (label_w + j * cell, top - col_h))
     for i, name in enumerate(names):
         y = top + i * cell + cell // 2
@@ -90,7 +93,7 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
             if np.isfinite(v):
                 draw.text((label_w + j * cell + cell // 2, y), f"{v:.2f}", font=font, anchor="mm",
                           fill="white" if v < 0.6 else "black")
-    bar = apply_lut(np.linspace(1, 0, k * cell)[:, None].repeat(12 * d, axis=1), "viridis")
+    bar = apply_lut(_shades(np.linspace(1, 0, k * cell))[:, None].repeat(12 * d, axis=1), "viridis")
     x_bar = label_w + kc * cell + 8 * d
     img.paste(Image.fromarray(bar), (x_bar, top))
     for v in (0.0, 0.5, 1.0):
@@ -101,6 +104,13 @@ def similarity_heatmap(mat: np.ndarray, names: list[str], title: str, col_names:
 
 
 HEATMAP_ANNOTATED = 24  # runs up to which a similarity matrix shows every value and name
+# Shades of viridis a similarity matrix uses (steps of 0.0042): with two-tone text it has at
+# most 242 colours, so it is stored with a palette, a third of the bytes of RGB.
+SHADES = 240
+
+
+def _shades(x01: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(x01, dtype=np.float64) * (SHADES - 1)) / (SHADES - 1)
 
 
 def _plain_heatmap(m: np.ndarray, title: str) -> bytes:
@@ -113,13 +123,16 @@ def _plain_heatmap(m: np.ndarray, title: str) -> bytes:
     d = DENSITY
     side = 640 * d
     cell = max(1, side // max(m.shape))
-    cells = apply_lut(np.clip(np.nan_to_num(m, nan=0.0), 0, 1), "viridis").repeat(cell, axis=0).repeat(cell, axis=1)
+    cells = apply_lut(_shades(np.clip(np.nan_to_num(m, nan=0.0), 0, 1)), "viridis").repeat(cell, axis=0).repeat(
+        cell, axis=1)
     font = ImageFont.load_default(size=11 * d)
     top = 24 * d
     img = Image.new("RGB", (max(cells.shape[1], 8 * d + int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(
         title, font=font))) + 8 * d, top + cells.shape[0] + 8 * d), "white")
     img.paste(Image.fromarray(cells), (4 * d, top))
-    ImageDraw.Draw(img).text((4 * d, 4 * d), title, fill="black", font=font)
+    draw = ImageDraw.Draw(img)
+    draw.fontmode = "1"
+    draw.text((4 * d, 4 * d), title, fill="black", font=font)
     return encode_png(np.asarray(img), density=d)
 
 

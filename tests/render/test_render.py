@@ -344,7 +344,7 @@ def test_layer_charts_stay_bounded_at_many_locations():
     """The similarity matrix and the strip chart of norms of 200 locations fit the page's
     width instead of growing with the locations (their square, for the matrix); the matrix
     still shows each cell's value in its colour."""
-    from reportgen.render.charts import norms_by_run, similarity_heatmap
+    from reportgen.render.charts import SHADES, norms_by_run, similarity_heatmap
     from reportgen.render.colour import lut
 
     rng = np.random.default_rng(9)
@@ -357,7 +357,20 @@ def test_layer_charts_stay_bounded_at_many_locations():
     cell = (640 * 2) // n
     y0 = img.shape[0] - 8 * 2 - n * cell  # the matrix sits above an 8 CSS px margin
     for i, j in ((0, 0), (17, 150), (199, 3)):
-        want = lut("viridis")[int(np.round(mat[i, j] * 255))]
+        shade = np.round(mat[i, j] * (SHADES - 1)) / (SHADES - 1)  # the chart's shades of viridis
+        want = lut("viridis")[int(np.round(shade * 255))]
         assert np.abs(img[y0 + i * cell + cell // 2, 8 + j * cell + cell // 2].astype(int) - want).max() <= 1
     norms = {f"loc{i:03d}": rng.uniform(0.5, 1.5, 64) for i in range(n)}
     assert display_width(norms_by_run(norms, 0.1, "conv1: filter L2 norms")) <= 1200 + 1
+
+
+def test_a_similarity_matrix_is_stored_with_a_palette_and_keeps_its_shades():
+    from reportgen.render.charts import SHADES, similarity_heatmap
+    from reportgen.render.colour import lut
+
+    mat = np.random.default_rng(2).uniform(size=(10, 10))
+    im = Image.open(io.BytesIO(similarity_heatmap(mat, [f"loc{i:02d}" for i in range(10)], "t")))
+    assert im.mode == "P"
+    colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
+    shades = {tuple(lut("viridis")[int(np.round(k / (SHADES - 1) * 255))]) for k in range(SHADES)}
+    assert len(colours - shades - {(0, 0, 0), (255, 255, 255)}) == 0  # viridis shades, black, white only
