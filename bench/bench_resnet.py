@@ -32,12 +32,11 @@ files and 150 MB; peak(40) / peak(10) at most 1.3; PP-LCNet at one location at m
 
 Measured 2026-12-07 on the quiet 2-core CPU, --jobs 2, after the atlases (render/atlas.py),
 activation grids at their own density with a palette and bounded matches: ResNet-18, 1
-location: 6.7 s build, 10 cpu s, 563 MiB, 130 files, 16 MB; 10 locations: 250 s build (25 s
-a location), 427 cpu s, 1,667 MiB, 1,044 files (target met), 184 MB (missed by 23%; of it
-activation grids 55 MB, filter atlases 24 MB, per-input kernel views 23 MB since folded into
-the atlases, Markdown 44 MB), heaviest page a location page, 12.4 MB with 67 pictures (8
-layers x 4 activation grids), `mkdocs build --strict` 96 s. PP-LCNet, 1 location: 5.1 s,
-567 MiB (target met), 137 files, 11 MB.
+location: 6.7 s build, 10 cpu s, 563 MiB, 130 files, 16 MB; 10 locations: 184 s build (18 s
+a location), 324 cpu s, 1,655 MiB, 974 files (target met), 159 MB (missed by 6%: activation
+grids 55 MB, filter atlases 24 MB, Markdown 44 MB, ...), heaviest page a location page,
+10.0 MB with 60 pictures (8 layers x 4 activation grids), `mkdocs build --strict` 66 s.
+PP-LCNet, 1 location: 5.1 s, 567 MiB (target met), 137 files, 11 MB.
 
 Before them (shared 2-core CPU, nice -n 10, --jobs 2, load average 1 to 3; a first
 10-location run under a load of 5 to 8 took 1,269 s and its site 315 s):
