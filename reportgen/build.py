@@ -83,7 +83,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         results, warnings = map_runs(spec, dev, log, cache, executor, spill)
         pool_health(spec, results)
         log("comparing locations")
-        comp = run_comparisons(spec, results, dev, cache, spill)
+        comp = run_comparisons(spec, results, dev, cache, spill, executor)
         comp.models = cross_model_cka(spec, results, spill)
         warnings += comp.warnings
         if strict and warnings:
@@ -95,7 +95,7 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         report["findings"] = report_findings(report, done, spec.analyses)
         log("drawing pictures and writing pages")
         with staging(docs, spec.report) as folder:  # the files are written there as they are made
-            files = render_report(spec, results, comp, report, done, folder, cache, spill)
+            files = render_report(spec, results, comp, report, done, folder, cache, spill, executor)
             stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
             out = publish(files, docs, spec.report)
     # A cache that could not be used is reported but never fails the build (not even --strict);

@@ -239,13 +239,8 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     cka_mat = matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None
     prep.clear()  # the bootstrap prepares the features its own way
     boot, ci = {}, {}
-    if (f_ok and resamples > 0 and feature_images is not None and k > 1
-            and len(np.unique(feature_images)) >= MIN_IMAGES):
-        if k <= BOOTSTRAP_ALL_PAIRS:
-            boot = _bootstrap(features, feature_images, resamples, memo)
-        else:
-            ci = _sampled_bootstrap(features, feature_images, resamples, memo,
-                                    {"activations": act_mat, "cka": cka_mat})
+    if wants_bootstrap(feature_rows, feature_images, resamples):
+        boot, ci = layer_bootstrap(features, feature_images, resamples, memo, act_mat, cka_mat)
     return LayerComparison(
         runs=runs,
         weights=weight_mat,
@@ -256,6 +251,24 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
             chain_note or "the layers feeding it were not recorded"),
         matching=matching, signs=signs, boot=boot, ci=ci,
     )
+
+
+def wants_bootstrap(feature_rows: list[int | None], feature_images: np.ndarray | None, resamples: int) -> bool:
+    """Whether a layer's comparison gets bootstrap values: every run has features on the same
+    rows, at least two runs, resamples asked for and at least MIN_IMAGES shared images."""
+    return (len(feature_rows) > 1 and all(r is not None for r in feature_rows) and len(set(feature_rows)) == 1
+            and resamples > 0 and feature_images is not None and len(np.unique(feature_images)) >= MIN_IMAGES)
+
+
+def layer_bootstrap(features, feature_images: np.ndarray, resamples: int, memo: Callable,
+                    act_mat: np.ndarray, cka_mat: np.ndarray) -> tuple[dict, dict]:
+    """The bootstrap part of ``compare_layer`` (its ``boot`` and ``ci``), on its own so that a
+    build can run it elsewhere (reportgen.reduce.compare): every pair's values up to
+    BOOTSTRAP_ALL_PAIRS runs, else the intervals from each run's partners; ``act_mat`` and
+    ``cka_mat`` are the point values the intervals are centred on."""
+    if len(features) <= BOOTSTRAP_ALL_PAIRS:
+        return _bootstrap(features, feature_images, resamples, memo), {}
+    return {}, _sampled_bootstrap(features, feature_images, resamples, memo, {"activations": act_mat, "cka": cka_mat})
 
 
 def block_pairs(k: int, block: int = PAIR_BLOCK):

@@ -48,6 +48,13 @@ class ReportFiles:
                                       self._width(data) if rel.endswith(".png") else None)
         return rel
 
+    def adopt(self, records: list[tuple[str, FileRecord]]) -> None:
+        """Count files another ReportFiles on the same folder wrote (a build's worker)."""
+        for rel, record in records:
+            if rel in self._files:
+                raise ValueError(f"file written twice: {rel}")
+            self._files[rel] = record
+
     def __contains__(self, rel: str) -> bool:
         return rel in self._files
 

@@ -594,6 +594,8 @@ class ReportSpec:
 
     def __getattr__(self, name: str) -> Any:
         # Convenience: spec.report, spec.title, spec.analyses, ...
+        if name.startswith("__"):  # pickle asks for __setstate__ and others before the fields exist
+            raise AttributeError(name)
         return getattr(self.schema, name)
 
     def where(self, key_path: KeyPath) -> str:

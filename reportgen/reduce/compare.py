@@ -6,7 +6,7 @@ except loading the reference model through the ordinary loaders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.filters import duplicate_evidence, near_duplicates, norm_over_init
 from reportgen.analysis.gabor import GABOR_MARGIN, GaborFit, gabor_scores, is_gabor_like, orientation_histogram
 from reportgen.analysis.init_check import init_likeness
-from reportgen.analysis.locations import LayerComparison, compare_layer, resize_filters
+from reportgen.analysis.locations import LayerComparison, compare_layer, layer_bootstrap, resize_filters, wants_bootstrap
 from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
 from reportgen.core.cache import Cache, digest, register
 from reportgen.load.models import load_model
@@ -119,34 +119,107 @@ class _Features:
         return self.spill.load(self.lrs[i], "features") if self.spill is not None else self.lrs[i].features
 
 
-def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> None:
+def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> list:
+    """Compare each layer across the runs, into ``comp.layers``, without the bootstrap values;
+    returns the bootstrap jobs (``BootstrapJob``) of the layers that get them, which
+    ``run_comparisons`` runs (in the build's pool when it has one) and adds."""
     if not spec.analyses.compare.enabled:
-        return
+        return []
     groups: dict[tuple[str, str], list] = {}
     for r in results:
         for lr in r.layers:
             groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
     aligned_pairs: dict[tuple[str, str], dict] = {}  # matchings of a pair of runs, shared by their layers
+    jobs = []
     for key, items in groups.items():
         if len(items) < 2:
             continue
         # One cache entry per pair and measure, keyed by the two runs' inputs: a changed
         # location recomputes only its own pairs.
         ids = [lr.key or digest("compare-input", lr.weight, lr.features) for _, lr in items]
-
-        def memo(measure: str, i: int, j: int, compute, ids=ids) -> float:
-            return cache.memo("pair", digest("pair", measure, ids[i], ids[j]), compute)
-
         lrs = [lr for _, lr in items]
         images = lrs[0].feature_images
         same_rows = images is not None and all(
             lr.feature_images is not None and np.array_equal(lr.feature_images, images) for lr in lrs)
+        rows = [None if lr.feature_images is None else len(lr.feature_images) for lr in lrs]
         comp.layers[key] = compare_layer(
-            [k for k, _ in items], [lr.weight for lr in lrs], _Features(lrs, spill), memo=memo,
-            feature_rows=[None if lr.feature_images is None else len(lr.feature_images) for lr in lrs],
+            [k for k, _ in items], [lr.weight for lr in lrs], _Features(lrs, spill), memo=_PairMemo(cache, ids),
+            feature_rows=rows,
             chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
-            feature_images=images if same_rows else None, resamples=BOOTSTRAP_RESAMPLES,
+            feature_images=images if same_rows else None, resamples=0,
             align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
+        if same_rows and wants_bootstrap(rows, images, BOOTSTRAP_RESAMPLES):
+            c = comp.layers[key]
+            jobs.append(BootstrapJob(key, [_FeatureRef.of(lr, spill) for lr in lrs], images, BOOTSTRAP_RESAMPLES,
+                                     ids, str(cache.root) if cache.enabled else None, c.activations, c.cka))
+    return jobs
+
+
+class _PairMemo:
+    """``memo(measure, i, j, compute)`` of compare_layer: one cache entry per pair of runs
+    (by their inputs' digests ``ids``) and measure."""
+
+    def __init__(self, cache: Cache, ids: list[str]):
+        self.cache, self.ids = cache, ids
+
+    def __call__(self, measure: str, i: int, j: int, compute):
+        return self.cache.memo("pair", digest("pair", measure, self.ids[i], self.ids[j]), compute)
+
+
+@dataclass
+class _FeatureRef:
+    """One run's comparison features for a worker: the array, or where the spill store keeps it."""
+
+    key: str | None
+    name: str
+    spilled: list
+    features: np.ndarray | None
+    root: str | None
+
+    @classmethod
+    def of(cls, lr, spill) -> "_FeatureRef":
+        if spill is not None and "features" in lr.spilled:
+            return cls(lr.key, lr.name, ["features"], None, spill.root)
+        return cls(lr.key, lr.name, [], lr.features, None)
+
+    def load(self) -> np.ndarray:
+        from reportgen.core.spill import Spill
+
+        return Spill(self.root).load(self, "features") if self.spilled else self.features
+
+
+class _LoadedFeatures:
+    def __init__(self, refs: list[_FeatureRef]):
+        self.refs = refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.refs[i].load()
+
+
+@dataclass
+class BootstrapJob:
+    """The bootstrap of one layer's comparison (analysis.locations.layer_bootstrap): what a
+    worker needs, light to send (features are read from the spill store there)."""
+
+    layer: tuple[str, str]
+    features: list[_FeatureRef]
+    images: np.ndarray
+    resamples: int
+    ids: list[str]
+    cache_root: str | None
+    activations: np.ndarray
+    cka: np.ndarray
+
+
+def run_bootstrap(job: BootstrapJob) -> tuple[dict, dict, dict, dict]:
+    """(boot, ci, cache hits, cache misses) of a BootstrapJob: the task a worker runs."""
+    cache = Cache(job.cache_root)
+    boot, ci = layer_bootstrap(_LoadedFeatures(job.features), job.images, job.resamples,
+                               _PairMemo(cache, job.ids), job.activations, job.cka)
+    return boot, ci, dict(cache.hits), dict(cache.misses)
 
 
 def gabor_summary(fits: list[GaborFit], min_score: float) -> dict:
@@ -232,13 +305,23 @@ def compare_reference(spec: ReportSpec, results, comp: Comparisons, device, cach
     }
 
 
-def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None, spill=None) -> Comparisons:
+def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = None, spill=None,
+                    executor=None) -> Comparisons:
     """Health extras, Gabor fits, comparisons of locations (features loaded pair block by pair
-    block from ``spill``, reportgen.core.spill, when given) and the reference."""
+    block from ``spill``, reportgen.core.spill, when given) and the reference.
+
+    ``executor``: the build's executor (reportgen.run.executors). When its workers are already
+    running (``executor.warm``), the layers' bootstrap values are computed there while this
+    process does the rest; else here."""
     cache = cache or Cache(None)
     comp = Comparisons()
+    jobs = compare_locations(spec, results, comp, cache, spill)
+    boots = executor.map(run_bootstrap, jobs) if getattr(executor, "warm", False) and jobs else map(run_bootstrap, jobs)
     add_health_extras(spec, results, cache)
     fit_gabors(spec, results, comp, cache)
-    compare_locations(spec, results, comp, cache, spill)
     compare_reference(spec, results, comp, device, cache)
+    for job, (boot, ci, hits, misses) in zip(jobs, boots):
+        comp.layers[job.layer] = replace(comp.layers[job.layer], boot=boot, ci=ci)
+        cache.hits.update(hits)  # counted with the build's own, as the per-run tasks' are
+        cache.misses.update(misses)
     return comp

@@ -16,8 +16,8 @@ models (pages.layer_page); models.md compares the models.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -29,11 +29,12 @@ from reportgen.render.pages import MATCHES_SHOWN, render_pages
 from reportgen.reduce.health import group_layers
 from reportgen.reduce.report import json_value
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
-from reportgen.render.atlas import Atlas, grid_atlas
-from reportgen.render.colour import DENSITY, display_width, encode_png, png_size
-from reportgen.render.tiles import health_marks, layer_scale
-from reportgen.render.views import (MAX_CHANNEL_COLUMNS, across_locations, activation_atlas, activation_grid,
-                                    filter_atlas, filter_atlas_cells, filter_views, gabor_triplets, stage_strip)
+from reportgen.render.atlas import Atlas
+from reportgen.render.colour import display_width, encode_png, png_size
+from reportgen.render.runs import DrawnRun, RunPictures, draw_run, draw_run_task
+from reportgen.render.tiles import layer_scale
+from reportgen.render.views import (MAX_CHANNEL_COLUMNS, across_locations, filter_atlas, filter_atlas_cells,
+                                    filter_views, gabor_triplets)
 from reportgen.core.report_json import to_json
 from reportgen.core.extension import Extension
 from reportgen.core.files import ReportFiles
@@ -42,10 +43,15 @@ from reportgen.core.spill import NO_SPILL, Spill
 
 def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
                   done: list[tuple[Extension, dict]], out: Path, cache: Cache | None = None,
-                  spill: Spill = NO_SPILL) -> ReportFiles:
+                  spill: Spill = NO_SPILL, executor=None) -> ReportFiles:
     """All pictures, report.json and pages of a report, from the reduce step's results: the
     report dict (reportgen.reduce.report, with its findings) and the extensions' values.
     Each file is written into the folder ``out`` as soon as it is made.
+
+    ``executor``: the build's executor (reportgen.run.executors). When its workers are already
+    running (a process pool the map step started: ``executor.warm``), each run's own pictures
+    (reportgen.render.runs) and the extensions' pictures (mostly matplotlib charts) are drawn
+    there while this process draws the layers' charts; else here.
 
     Every picture is cached under a digest of the arrays and options it is drawn
     from, so an unchanged layer is not drawn again. Spilled maps (reportgen.core.spill) are
@@ -60,43 +66,22 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
         return cache.memo_bytes("png", digest("chart", tag, inputs), draw)
 
     files = ReportFiles(out, width=display_width)
-    images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
-    act_atlases: dict[tuple[str, str], list[Atlas]] = {}  # (run key, layer) -> per shown image
     # (model, layer) -> kind -> [(model, path)]
     layer_imgs: dict[tuple[str, str], dict[str, list[tuple[str, str]]]] = {}
     h = spec.analyses.health
-    for (model, layer), items in group_layers(results).items():
+    groups = group_layers(results)
+    scales = {key: max((layer_scale(lr.weight) for _, lr in items if lr.weight is not None), default=0.0)
+              for key, items in groups.items()}
+    # Each run's own pictures (reportgen.render.runs), also drawn meanwhile when there are workers
+    drawn_runs = _draw_runs(spec, results, comp, scales, out, cache, spill, executor)
+    for (model, layer), items in groups.items():
         ws = [lr.weight for _, lr in items if lr.weight is not None]
-        shared = max((layer_scale(w) for w in ws), default=0.0)
+        shared = scales[(model, layer)]
         per_layer = layer_imgs.setdefault((model, layer), {})
 
         def add_layer_img(kind: str, name: str, png: bytes) -> None:
             per_layer.setdefault(kind, []).append((model, files.add(f"img/{model}/{slug(layer)}/{name}.png", png)))
 
-        for r, lr in items:
-            paths = images.setdefault((r.run.key, layer), {})
-            if lr.weight is not None and spec.analyses.filters.enabled:
-                marks = health_marks(lr.health)
-                views = cache.memo("png", digest("filter-views-2", lr.weight, marks, shared, spec.analyses.filters.tile_px),
-                                   lambda: {v: encode_png(img) for v, img in filter_views(
-                                       lr.weight, marks, shared, spec.analyses.filters.tile_px).items()})
-                for view, data in views.items():
-                    paths[view] = files.add(f"img/{r.run.key}/{slug(layer)}/{view}.png", data)
-            fits = comp.gabor.get((r.run.key, layer))
-            if fits:
-                paths["gabor"] = files.add(f"img/{r.run.key}/{slug(layer)}/gabor.png", png(
-                    "gabor", (lr.weight, [f.fitted for f in fits], [f.score for f in fits], [f.dog_score for f in fits]),
-                    lambda: gabor_triplets(lr.weight, fits)))
-            # Spilled maps are read only when a picture is not cached: there is one per shown image.
-            layer_maps = _Once(lambda lr=lr: spill.load(lr, "maps"))
-            grids = act_atlases.setdefault((r.run.key, layer), [])
-            for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
-                # The layer's key already digests everything the maps come from.
-                act_key = digest("activation-grid-3", lr.key, k) if lr.key else digest("activation-grid-3", lr.maps[k])
-                data, order, shape = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
-                paths[f"act_{k}"] = files.add(f"img/{r.run.key}/{slug(layer)}/activations_{k}.png", data)
-                paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
-                grids.append(activation_atlas(paths[f"act_{k}"], tuple(shape), png_size(data), order))
         if ws:
             norms = {r.run.key: lr.health["l2_norm"] for r, lr in items if lr.weight is not None}
             median = items[0][1].info["pooled_scale"]["median_norm"]
@@ -131,19 +116,6 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
                                              shared)))
                 per_layer["across_order"] = [(model, ",".join(
                     [items[base_i][0].run.key] + [items[i][0].run.key for i in shown]))]
-    for r in results:
-        for k, im in enumerate(r.images):
-            files.add(f"img/{r.run.key}/input_{k}.png", png("input", (im.pixels,), lambda im=im: im.pixels))
-        # One stage map per shared image shown (r.shared_shown), read only to draw a missing picture.
-        stage_maps = _Once(lambda r=r: [spill.load(lr, "shared_maps") for lr in r.layers])
-        n_stages = min((len(r.shared_shown) if "shared_maps" in lr.spilled else len(lr.shared_maps)
-                        for lr in r.layers), default=0)
-        for k in range(n_stages):
-            keyed = all(lr.key for lr in r.layers)
-            stage_inputs = tuple(lr.key for lr in r.layers) if keyed else tuple(m[k] for m in stage_maps())
-            images.setdefault((r.run.key, "__stages__"), {})[str(k)] = files.add(
-                f"img/{r.run.key}/stages_{k}.png", png("stages", (stage_inputs, k),
-                                                        lambda k=k, m=stage_maps: stage_strip([x[k] for x in m()])))
     shared_inputs = _shared_inputs(spec, results, files, png)
     cross_imgs = {}
     for pair in comp.models:
@@ -153,38 +125,52 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             lambda pair=pair, a=a, b=b: similarity_heatmap(
                 pair.cka, [f"{a}: {n}" for n in pair.layers[0]], f"linear CKA, {a} (rows) vs {b} (columns)",
                 col_names=[f"{b}: {n}" for n in pair.layers[1]])))
+    ref_images: dict[tuple[str, str], dict[str, str]] = {}
     if comp.reference_weight is not None:
         ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
         ref_views = cache.memo("png", digest("filter-views-2", ref_w, None, None, tile_px), lambda: {
             v: encode_png(img) for v, img in filter_views(ref_w, None, None, tile_px).items()})
         for view, data in ref_views.items():
-            images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", data)
+            ref_images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", data)
         if comp.reference_fits:
             fits = comp.reference_fits
-            images[("reference", "__ref__")]["gabor"] = files.add("img/reference/gabor.png", png(
+            ref_images[("reference", "__ref__")]["gabor"] = files.add("img/reference/gabor.png", png(
                 "gabor", (ref_w, [f.fitted for f in fits], [f.score for f in fits], [f.dog_score for f in fits]),
                 lambda: gabor_triplets(ref_w, fits)))
-    unit_pages = _unit_pictures(results, files, cache)
+    images: dict[tuple[str, str], dict[str, str]] = {}  # (run key, layer) -> view -> path
+    act_atlases: dict[tuple[str, str], list[Atlas]] = {}  # (run key, layer) -> per shown image
+    unit_pages: dict[tuple[str, str], dict] = {}
+    for drawn in drawn_runs:
+        files.adopt(drawn.records)
+        images.update(drawn.images)
+        act_atlases.update(drawn.act_atlases)
+        unit_pages.update(drawn.units)
+        cache.hits.update(drawn.hits)  # a worker's cache use, counted with the build's
+        cache.misses.update(drawn.misses)
+    images.update(ref_images)
+    # drawn meanwhile when there are workers, read last: the extensions' pages are their own
+    ext_pictures = _extension_pictures(spec, done, report, executor)
     filter_pages = _filter_pictures(results, comp, files, cache, act_atlases) if spec.analyses.filters.enabled else {}
     files.add("report.json", to_json(report))
-    add_extension_files(spec, done, report, files)
     widths = files.widths()
     for rel, text in render_pages(spec, report, images, layer_imgs, shared_inputs, unit_pages,
                                   cross_imgs, widths, filter_pages):
         files.add(rel, text)
+    add_extension_files(spec, done, report, files, ext_pictures)
     return files
 
 
-class _Once:
-    """``make()`` called on first use only, then remembered."""
-
-    def __init__(self, make):
-        self.make, self.value, self.done = make, None, False
-
-    def __call__(self):
-        if not self.done:
-            self.value, self.done = self.make(), True
-        return self.value
+def _draw_runs(spec: ReportSpec, results, comp: Comparisons, scales: dict, out: Path, cache: Cache,
+               spill: Spill, executor=None) -> Iterator[DrawnRun]:
+    """Each run's own pictures (reportgen.render.runs), in run order: from the executor's
+    running workers (see render_report), else drawn here as they are read."""
+    jobs = (RunPictures.of(r, {layer: scales[(r.run.model.name, layer)] for layer in (lr.name for lr in r.layers)},
+                           {lr.name: comp.gabor[(r.run.key, lr.name)] for lr in r.layers if comp.gabor.get((r.run.key, lr.name))},
+                           spec.analyses.filters.enabled, spec.analyses.filters.tile_px, out, cache, spill)
+            for r in results)
+    if getattr(executor, "warm", False):
+        return executor.map(draw_run_task, list(jobs))
+    return (draw_run(job, cache, spill) for job in jobs)
 
 
 def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[str, list[str]]:
@@ -204,29 +190,6 @@ def _shared_inputs(spec: ReportSpec, results, files: ReportFiles, png) -> dict[s
 def _base_index(spec: ReportSpec, keys: list[str]) -> int:
     base = spec.analyses.compare.base
     return keys.index(base) if base in keys else 0
-
-
-def _unit_pictures(results, files: ReportFiles, cache: Cache) -> dict[tuple[str, str], dict]:
-    """The grids of every (run, layer) with unit views, one per view and the top crops; each unit's
-    card on the pages is crops of them. Returns (run, layer) -> {"grids": view -> path,
-    "atlases": view -> Atlas}."""
-    from reportgen.render.unit_cards import unit_grids_and_cells
-
-    pages = {}
-    for r in results:
-        for layer, u in r.units.items():
-            key = digest("unit-grids", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
-                         u.stuck, getattr(u, "inactive", None))
-            pics = cache.memo("png", key, lambda u=u: {
-                name: [encode_png(img), list(cells)] for name, (img, cells) in unit_grids_and_cells(u).items()})
-            base = f"img/{r.run.key}/{slug(layer)}/units"
-            grids, atlases = {}, {}
-            for name, (data, (cols, cell_w, cell_h, margin)) in pics.items():
-                grids[name] = files.add(f"{base}/{name}.png", data)
-                atlases[name] = grid_atlas(grids[name], png_size(data), cols, cell_w, cell_h, margin, DENSITY)
-            atlases["top_patches"] = replace(atlases["top_patches"], item_cells=atlases["top_patches"].cols)
-            pages[(r.run.key, layer)] = {"grids": grids, "atlases": atlases}
-    return pages
 
 
 def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cache,
@@ -291,17 +254,32 @@ def _atlas_png(w: np.ndarray, shared: float, matched: list) -> tuple[bytes, dict
     return encode_png(img), columns
 
 
-def _act_png(maps: np.ndarray) -> tuple[bytes, np.ndarray, tuple]:
-    img, order = activation_grid(maps)
-    return encode_png(img), order, np.shape(maps)
+def _extension_pictures(spec: ReportSpec, done: list[tuple[Extension, dict]], report: dict,
+                        executor=None) -> Iterator[dict[str, bytes]]:
+    """Each extension's pictures ({key: PNG bytes}), in the order of ``done``: from the
+    executor's running workers (see render_report), else drawn here as they are read."""
+    parts = [(ext, spec, report[ext.name], values) for ext, values in done]
+    if getattr(executor, "warm", False):
+        return executor.map(draw_extension_pictures, parts)
+    return (draw_extension_pictures(part) for part in parts)
+
+
+def draw_extension_pictures(part: tuple) -> dict[str, bytes]:
+    """One extension's pictures from (extension, spec, its report section, its per-run values):
+    the task a worker runs."""
+    ext, spec, section, values = part
+    return ext.pictures(spec, section, values)
 
 
 def add_extension_files(spec: ReportSpec, done: list[tuple[Extension, dict]], report: dict,
-                        files: ReportFiles) -> None:
-    """Each extension's pictures under ``img/<name>/`` and its pages, into the report's files."""
+                        files: ReportFiles, pictures: Iterator[dict[str, bytes]] | None = None) -> None:
+    """Each extension's pictures under ``img/<name>/`` and its pages, into the report's files.
+    ``pictures``: the extensions' pictures in the order of ``done`` (see _extension_pictures),
+    None: drawn here."""
+    pictures = iter(pictures if pictures is not None else _extension_pictures(spec, done, report))
     for ext, values in done:
         published: dict[str, str] = {}
-        for key, data in ext.pictures(spec, report[ext.name], values).items():
+        for key, data in next(pictures).items():
             published[key] = files.add(f"img/{ext.name}/{key}", data)
         for rel, text in ext.pages(spec, report, published).items():
             files.add(rel, text)

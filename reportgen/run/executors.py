@@ -9,9 +9,10 @@ entries are written atomically and named by the digest of their inputs.
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from reportgen.run.cores import default_jobs
@@ -45,46 +46,98 @@ class ProcessPool:
     Each worker gets ``threads`` torch threads, by default the cores shared out between
     the workers, so N workers do not fight over the same cores. At most ``2 * jobs`` tasks
     are in flight, so results that finish early wait in memory only a little.
+
+    The workers are started by the first ``map`` (as many as it has tasks, up to ``jobs``)
+    and kept for the next ones, so the steps of a build after the per-run tasks (drawing,
+    reportgen.render.report) use them without paying for a start (importing torch) again;
+    ``close`` ends them. ``map`` submits its first tasks when it is called, so the caller
+    can do other work while they run and read the results after.
     """
 
     jobs: int
     threads: int = 0  # torch threads per worker; 0: the cores divided by jobs (at least 1)
     name: str = "process"
+    _pool: Any = field(default=None, init=False, repr=False, compare=False)
+    _running: set = field(default_factory=set, init=False, repr=False, compare=False)  # futures not done
+
+    @property
+    def warm(self) -> bool:
+        """Whether the workers are running: a map started them and nothing has ended them."""
+        return self._pool is not None
 
     def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
-        import multiprocessing
         from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
-
-        from reportgen.core.stopping import shielded
 
         args = list(args)
         if not args:
-            return
-        workers = max(1, min(self.jobs, len(args)))
-        threads = self.threads or max(1, default_jobs() // workers)
+            return iter(())
+        pool = self._started()
+        todo = iter(args)
+        pending: deque = deque(self._submit(pool, fn, a) for _, a in zip(range(2 * self.jobs), todo))
+        return self._results(pool, fn, todo, pending)
+
+    def _submit(self, pool, fn, arg):
+        # A submit may start a worker: it inherits the blocked SIGINT (see _init_worker) and
+        # an environment that gives its numerical libraries as many threads as torch.
+        with _sigint_blocked(), _environment(_thread_limits(self._threads())):
+            future = pool.submit(fn, arg)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        return future
+
+    def _started(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = self._threads()
+            self._pool = ProcessPoolExecutor(max_workers=max(1, self.jobs),
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(threads,))
+        return self._pool
+
+    def _threads(self) -> int:
+        return self.threads or max(1, default_jobs() // max(1, self.jobs))
+
+    def _results(self, pool, fn, todo, pending) -> Iterator[Any]:
+        from reportgen.core.stopping import shielded
+
         finished = False
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
         try:
-            todo = iter(args)
-            with _sigint_blocked():  # the first submits start the workers (see _init_worker)
-                pending: deque = deque(pool.submit(fn, a) for _, a in zip(range(2 * workers), todo))
             while pending:
                 result = pending.popleft().result()
                 nxt = next(todo, _DONE)
                 if nxt is not _DONE:
-                    pending.append(pool.submit(fn, nxt))
-                finished = not pending  # every task done: the workers may exit on their own
+                    pending.append(self._submit(pool, fn, nxt))
+                finished = not pending
                 yield result
         finally:
             # A failed task, an interrupt (Ctrl-C, or SIGTERM in the CLI: reportgen.core.stopping) or
             # a consumer that stops early: end the workers now, without waiting for the tasks
-            # they run (a task may take minutes), and drop what has not started.
-            with shielded():
-                if not finished:
-                    _end_workers(pool)
-                pool.shutdown(wait=True, cancel_futures=not finished)
+            # they run (a task may take minutes), and drop what has not started. The next map
+            # starts new workers.
+            if not finished:
+                with shielded():
+                    self._end(pool)
+
+    def _end(self, pool) -> None:
+        if self._pool is pool:
+            self._pool = None
+        _end_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        """End the workers: at once when tasks are still running (a map whose results were
+        not all read), else after they exit on their own."""
+        from reportgen.core.stopping import shielded
+
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with shielded():
+            if self._running:
+                _end_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _end_workers(pool) -> None:
@@ -130,6 +183,29 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 _DONE = object()
+# The variables that size the thread pools of numpy's BLAS and of OpenMP: read once, when a
+# worker loads the library, so they must be in its environment from the start.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _thread_limits(threads: int) -> dict[str, str]:
+    """The environment of a worker with ``threads`` threads; a limit the user set is kept."""
+    return {name: os.environ.get(name) or str(threads) for name in _THREAD_VARIABLES}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set while a worker may start, restored after."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _init_worker(threads: int) -> None:

@@ -43,29 +43,49 @@ def map_runs(spec: ReportSpec, device: torch.device, log: Log, cache: Cache | No
                 cached[i] = result
         if len(tasks) - len(cached) <= 1:
             executor = Sequential()
-    todo = [task for i, task in enumerate(tasks) if i not in cached]
+    todo = [i for i in range(len(tasks)) if i not in cached]
+    if not isinstance(executor, Sequential):
+        # The heaviest runs first, so no worker is left with one long run at the end while
+        # the others wait (the results still come in spec order).
+        work = expected_work(spec)
+        todo.sort(key=lambda i: -work[tasks[i].run_key])
     fn = functools.partial(run_task, log=log) if isinstance(executor, Sequential) else run_task
-    results = []
-    shown: dict = {}
-    mapped = executor.map(fn, todo)
+    got: dict[int, RunResult] = dict(cached)
+    mapped = executor.map(fn, [tasks[i] for i in todo])
     try:
-        for i, task in enumerate(tasks, 1):
-            log(f"[{i}/{len(tasks)}] {task.run_key}")
-            result = cached[i - 1] if i - 1 in cached else next(mapped)
-            _merge_cache_counts(cache, result)
-            _share_images(result, shown)
-            results.append(result)
+        for n, i in enumerate([*cached, *todo], 1):
+            log(f"[{n}/{len(tasks)}] {tasks[i].run_key}")
+            if i not in got:
+                got[i] = next(mapped)
     finally:
         # At once, even when an interrupt arrived out here: the traceback would keep the
         # map's workers running until it is dropped (reportgen.run.executors ends them on close).
         close = getattr(mapped, "close", None)
         if close is not None:
             close()
+    results = []
+    shown: dict = {}
+    for i in range(len(tasks)):
+        _merge_cache_counts(cache, got[i])
+        _share_images(got[i], shown)
+        results.append(got[i])
     warnings = [f"{r.run.key}: {n}" for r in results for n in r.notes]
     warnings += [w for r in results if (w := conversion_warning(r.run.key, getattr(r, "conversion", None)))]
     warnings += [w for r in results for w in r.unit_notes] + [w for r in results for w in r.trace_notes]
     return results, warnings
 
+
+
+def expected_work(spec: ReportSpec) -> dict[str, int]:
+    """Run key -> a rough rank of how long its task takes (the order the pool starts them in):
+    unit views (activation maximisation) weigh most, then each extension's per-run part."""
+    from reportgen.core.extension import active, has_run_part
+    from reportgen.run.units import unit_runs
+
+    units = set(unit_runs(spec))
+    parts = [ext for ext in active(spec) if has_run_part(ext)]
+    return {run.key: 1 + 4 * len(spec.analyses.units.layers) * (run.key in units)
+            + sum(ext.run_wanted(spec, run) for ext in parts) for run in spec.runs}
 
 
 def _share_images(result: RunResult, shown: dict) -> None:

@@ -191,3 +191,12 @@ def test_one_mean_value_keeps_rgb_units_input():
     assert x.shape == (2, 3, 4, 5)
     np.testing.assert_allclose(x, (pixels - 0.5) / 0.25, rtol=1e-6)
     assert normalise_pixels(pixels, [0.5], [0.25], channels=1).shape == (2, 1, 4, 5)
+
+
+def test_a_loaded_spec_survives_pickling(project):
+    """Build steps send the spec to worker processes (render.report's extension pictures)."""
+    import pickle
+
+    spec = load_spec(write_spec(project))
+    again = pickle.loads(pickle.dumps(spec))
+    assert again == spec and again.report == "tiny" and [r.key for r in again.runs] == ["a", "b", "c"]

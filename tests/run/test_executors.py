@@ -18,13 +18,28 @@ def snapshot(folder) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_process_pool_report_is_byte_identical_to_sequential(project):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(3, 6):  # six shared images: the comparisons get bootstrap intervals
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(project / "img" / f"im{i}.png")
     spec = write_spec(project, SPEC + UNITS)
     one = build(spec, project / "seq", device="cpu", cache_dir=None, executor=Sequential())
-    two = build(spec, project / "pool", device="cpu", cache_dir=None, executor=ProcessPool(2))
+    pool = ProcessPool(2)
+    try:
+        # the map starts the workers; the bootstrap, each run's pictures and the extensions'
+        # pictures then run there too (reduce.compare.run_comparisons, render.report)
+        two = build(spec, project / "pool", device="cpu", cache_dir=None, executor=pool)
+        assert pool.warm  # a pool the caller gave is the caller's to close
+    finally:
+        pool.close()
     a, b = snapshot(project / "seq"), snapshot(project / "pool")
     assert sorted(a) == sorted(b) and len(a) > 20
     assert [k for k in a if a[k] != b[k]] == []
     assert one.warnings == two.warnings
+    layer = two.report["comparisons"][0]
+    lo, hi = layer["activation_similarity_ci"][0][1]  # runs a and b: an interval, off the diagonal
+    assert lo <= layer["activation_similarity"][0][1] <= hi and lo < hi
     # the pool's workers counted their cache use too: all computed, nothing stored
     assert sum(two.cache.misses.values()) == sum(one.cache.misses.values()) > 0
 
@@ -91,3 +106,83 @@ def test_cached_runs_are_read_in_process_not_sent_to_workers(project, tmp_path):
     norms = [f["l2_norm"] for f in runs["b"]["layers"][0]["filters"]]
     before = {r["key"]: r for r in first.report["runs"]}
     np.testing.assert_allclose(norms, [2 * f["l2_norm"] for f in before["b"]["layers"][0]["filters"]], rtol=1e-6)
+
+
+def _pid(_: int) -> int:
+    import os
+
+    return os.getpid()
+
+
+@pytest.mark.slow
+def test_process_pool_keeps_its_workers_between_maps_until_closed():
+    """The steps after the per-run tasks use the workers the map started (no second start)."""
+    pool = ProcessPool(2, threads=1)
+    assert not pool.warm
+    try:
+        first = set(pool.map(_pid, range(6)))
+        assert pool.warm
+        second = set(pool.map(_pid, range(6)))
+        assert second <= first and len(first) <= 2
+    finally:
+        pool.close()
+    assert not pool.warm
+    assert not set(pool.map(_pid, range(2))) & first  # a map after close starts new workers
+    pool.close()
+
+
+def _touch(path: str) -> str:
+    from pathlib import Path
+
+    Path(path).write_text("done")
+    return path
+
+
+@pytest.mark.slow
+def test_process_pool_map_starts_its_tasks_before_the_results_are_read(tmp_path):
+    import time
+
+    pool = ProcessPool(2, threads=1)
+    try:
+        paths = [str(tmp_path / f"{i}.txt") for i in range(3)]
+        results = pool.map(_touch, paths)
+        deadline = time.monotonic() + 60
+        while not all(__import__("os").path.exists(p) for p in paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all((tmp_path / f"{i}.txt").exists() for i in range(3))  # ran with nothing read yet
+        assert list(results) == paths
+    finally:
+        pool.close()
+
+
+def _thread_variables(_: int) -> dict:
+    import os
+
+    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+@pytest.mark.slow
+def test_workers_start_with_their_share_of_the_numerical_threads(monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a limit the user set is kept
+    pool = ProcessPool(2, threads=1)
+    try:
+        env = next(iter(pool.map(_thread_variables, [0])))
+    finally:
+        pool.close()
+    assert env == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}
+    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is as it was
+
+
+def test_the_heaviest_runs_are_started_first(project):
+    """Runs with unit views (activation maximisation) rank above the others, in spec order."""
+    from reportgen.load.spec import load_spec
+    from reportgen.run.map import expected_work
+
+    spec = load_spec(write_spec(project, SPEC + UNITS))
+    work = expected_work(spec)
+    assert work["a"] == work["c"] > work["b"]
+    order = sorted(work, key=lambda k: -work[k])
+    assert order == ["a", "c", "b"]
