@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from reportgen.analysis.locations import best_matches
-from reportgen.core.cache import Cache, digest
+from reportgen.core.cache import Cache
+from reportgen.render.keys import picture_key
 from reportgen.reduce.compare import Comparisons
 from reportgen.core.names import slug
 from reportgen.render.pages import MATCHES_SHOWN, render_pages
@@ -60,10 +61,10 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
     cache = cache or Cache(None)
 
     def png(tag: str, inputs: tuple, draw) -> bytes:
-        return cache.memo_bytes("png", digest("png", tag, inputs), lambda: encode_png(draw()))
+        return cache.memo_bytes("png", picture_key("png", tag, inputs), lambda: encode_png(draw()))
 
     def chart(tag: str, inputs: tuple, draw) -> bytes:
-        return cache.memo_bytes("png", digest("chart", tag, inputs), draw)
+        return cache.memo_bytes("png", picture_key("chart", tag, inputs), draw)
 
     files = ReportFiles(out, width=display_width)
     # (model, layer) -> kind -> [(model, path)]
@@ -128,7 +129,7 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
     ref_images: dict[tuple[str, str], dict[str, str]] = {}
     if comp.reference_weight is not None:
         ref_w, tile_px = comp.reference_weight, spec.analyses.filters.tile_px
-        ref_views = cache.memo("png", digest("filter-views-2", ref_w, None, None, tile_px), lambda: {
+        ref_views = cache.memo("png", picture_key("filter-views-2", ref_w, None, None, tile_px), lambda: {
             v: encode_png(img) for v, img in filter_views(ref_w, None, None, tile_px).items()})
         for view, data in ref_views.items():
             ref_images.setdefault(("reference", "__ref__"), {})[view] = files.add(f"img/reference/{view}.png", data)
@@ -221,7 +222,8 @@ def _filter_pictures(results, comp: Comparisons, files: ReportFiles, cache: Cach
             others = [j for j in range(len(items)) if j != b][:MATCHES_SHOWN] if same else []
             found = best_matches(ws[b], [ws[j] for j in others], cmp.matched_to(b)[:len(others)]) if others else []
             matched = [(ws[j], idx) for j, (idx, _, _) in zip(others, found)]
-            key = digest("filter-atlas-2", lr.weight, shared, [m for pair in matched for m in pair], MAX_CHANNEL_COLUMNS)
+            key = picture_key("filter-atlas-2", lr.weight, shared, [m for pair in matched for m in pair],
+                              MAX_CHANNEL_COLUMNS)
             data, columns = cache.memo("png", key, lambda lr=lr, matched=matched: _atlas_png(
                 lr.weight, shared, matched))
             atlas = filter_atlas_cells(files.add(f"img/{r.run.key}/{slug(layer)}/filter_atlas.png", data),

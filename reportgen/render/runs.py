@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen.core.cache import Cache, digest
+from reportgen.core.cache import Cache
+from reportgen.render.keys import picture_key
 from reportgen.core.files import FileRecord, ReportFiles
 from reportgen.core.names import slug
 from reportgen.core.spill import NO_SPILL, Spill
@@ -81,7 +82,7 @@ def draw_run(job: RunPictures, cache: Cache, spill: Spill = NO_SPILL) -> DrawnRu
     files = ReportFiles(job.out, width=display_width)
 
     def png(tag: str, inputs: tuple, draw) -> bytes:
-        return cache.memo_bytes("png", digest("png", tag, inputs), lambda: encode_png(draw()))
+        return cache.memo_bytes("png", picture_key("png", tag, inputs), lambda: encode_png(draw()))
 
     images: dict[tuple[str, str], dict[str, str]] = {}
     act_atlases: dict[tuple[str, str], list[Atlas]] = {}
@@ -90,7 +91,7 @@ def draw_run(job: RunPictures, cache: Cache, spill: Spill = NO_SPILL) -> DrawnRu
         base = f"img/{r.run.key}/{slug(lr.name)}"
         if lr.weight is not None and job.filters:
             marks, shared = health_marks(lr.health), job.scales.get(lr.name, 0.0)
-            views = cache.memo("png", digest("filter-views-2", lr.weight, marks, shared, job.tile_px),
+            views = cache.memo("png", picture_key("filter-views-2", lr.weight, marks, shared, job.tile_px),
                                lambda lr=lr, marks=marks, shared=shared: {
                                    v: encode_png(img) for v, img in filter_views(
                                        lr.weight, marks, shared, job.tile_px).items()})
@@ -106,7 +107,7 @@ def draw_run(job: RunPictures, cache: Cache, spill: Spill = NO_SPILL) -> DrawnRu
         grids = act_atlases.setdefault((r.run.key, lr.name), [])
         for k in range(len(r.images) if "maps" in lr.spilled else len(lr.maps)):
             # The layer's key already digests everything the maps come from.
-            act_key = digest("activation-grid-3", lr.key, k) if lr.key else digest("activation-grid-3", lr.maps[k])
+            act_key = picture_key("activation-grid-3", lr.key if lr.key else lr.maps[k], k)
             data, order, shape = cache.memo("png", act_key, lambda k=k, m=layer_maps: _act_png(m()[k]))
             paths[f"act_{k}"] = files.add(f"{base}/activations_{k}.png", data)
             paths[f"act_{k}_order"] = ",".join(map(str, order[:8]))
@@ -152,7 +153,7 @@ def _unit_pictures(r, files: ReportFiles, cache: Cache) -> dict[tuple[str, str],
 
     pages = {}
     for layer, u in r.units.items():
-        key = digest("unit-grids", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
+        key = picture_key("unit-grids", u.plain, u.fourier, u.decoded, u.nf, u.patches, u.deconv, u.guided,
                      u.stuck, getattr(u, "inactive", None))
         pics = cache.memo("png", key, lambda u=u: {
             name: [encode_png(img), list(cells)] for name, (img, cells) in unit_grids_and_cells(u).items()})

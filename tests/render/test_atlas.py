@@ -192,3 +192,14 @@ def test_a_row_of_many_kernels_fits_the_column_and_halves_on_a_phone():
     assert abs(float(box.group(2)) * zoom - 640) < 0.05 and float(box.group(3)) == 12  # the row, 640 CSS px
     small = markdown.markdown(crop(atlas, atlas.cell(1), "#x", "t", "", 48), extensions=["attr_list"])
     assert 'class="rg-crop"' in small and 48 <= NARROW_CSS
+
+
+def test_a_picture_key_changes_with_the_renderer_not_only_with_the_inputs(monkeypatch):
+    """A cached picture drawn by other code (another colour map, layout or encoder) is not reused."""
+    from reportgen.render import keys
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    before = keys.picture_key("png", "grid", a)
+    assert keys.picture_key("png", "grid", a) == before and keys.picture_key("png", "grid", a + 1) != before
+    monkeypatch.setattr(keys, "render_code", lambda: "0" * 64)
+    assert keys.picture_key("png", "grid", a) != before
