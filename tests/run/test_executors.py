@@ -108,72 +108,48 @@ def test_cached_runs_are_read_in_process_not_sent_to_workers(project, tmp_path):
     np.testing.assert_allclose(norms, [2 * f["l2_norm"] for f in before["b"]["layers"][0]["filters"]], rtol=1e-6)
 
 
-def _pid(_: int) -> int:
+def _worker_facts(path: str) -> tuple[int, dict]:
+    """Touches ``path``; returns the worker's pid and its thread variables."""
     import os
-
-    return os.getpid()
-
-
-@pytest.mark.slow
-def test_process_pool_keeps_its_workers_between_maps_until_closed():
-    """The steps after the per-run tasks use the workers the map started (no second start)."""
-    pool = ProcessPool(2, threads=1)
-    assert not pool.warm
-    try:
-        first = set(pool.map(_pid, range(6)))
-        assert pool.warm
-        second = set(pool.map(_pid, range(6)))
-        assert second <= first and len(first) <= 2
-    finally:
-        pool.close()
-    assert not pool.warm
-    assert not set(pool.map(_pid, range(2))) & first  # a map after close starts new workers
-    pool.close()
-
-
-def _touch(path: str) -> str:
     from pathlib import Path
 
     Path(path).write_text("done")
-    return path
+    return os.getpid(), {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 @pytest.mark.slow
-def test_process_pool_map_starts_its_tasks_before_the_results_are_read(tmp_path):
+def test_process_pool_starts_tasks_at_once_and_keeps_its_workers_until_closed(tmp_path, monkeypatch):
+    """The steps after the per-run tasks use the workers the map started (no second start),
+    and do their own work while the workers run theirs."""
+    import os
     import time
-
-    pool = ProcessPool(2, threads=1)
-    try:
-        paths = [str(tmp_path / f"{i}.txt") for i in range(3)]
-        results = pool.map(_touch, paths)
-        deadline = time.monotonic() + 60
-        while not all(__import__("os").path.exists(p) for p in paths) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all((tmp_path / f"{i}.txt").exists() for i in range(3))  # ran with nothing read yet
-        assert list(results) == paths
-    finally:
-        pool.close()
-
-
-def _thread_variables(_: int) -> dict:
-    import os
-
-    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-
-
-@pytest.mark.slow
-def test_workers_start_with_their_share_of_the_numerical_threads(monkeypatch):
-    import os
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a limit the user set is kept
     pool = ProcessPool(2, threads=1)
+    assert not pool.warm
     try:
-        env = next(iter(pool.map(_thread_variables, [0])))
+        paths = [str(tmp_path / f"{i}.txt") for i in range(4)]
+        results = pool.map(_worker_facts, paths)
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(os.path.exists(p) for p in paths)  # they ran with no result read yet
+        first = list(results)
+        assert pool.warm
+        pids = {pid for pid, _ in first}
+        assert len(pids) <= 2 and all(env == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                              "MKL_NUM_THREADS": "3"} for _, env in first)
+        assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is as it was
+        again = {pid for pid, _ in pool.map(_worker_facts, [str(tmp_path / f"{i}.txt") for i in range(4, 8)])}
+        assert again <= pids
     finally:
         pool.close()
-    assert env == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}
-    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is as it was
+    assert not pool.warm
+    try:
+        assert not {pid for pid, _ in pool.map(_worker_facts, [str(tmp_path / "8.txt")])} & pids  # new workers
+    finally:
+        pool.close()
 
 
 def test_the_heaviest_runs_are_started_first(project):
