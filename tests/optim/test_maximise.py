@@ -267,3 +267,22 @@ def test_fourier_images_stay_in_range():
     assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
     assert (res.outside == 0).all()
     torch.testing.assert_close(res.clipped_loss, res.loss)
+
+
+def test_the_written_out_adam_takes_torch_adams_steps():
+    """maximise.Adam against torch.optim.Adam: the same parameter after 50 steps of a bumpy loss."""
+    from reportgen.optim.maximise import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 3, 5, 4, generator=gen)
+    target = torch.randn(2, 3, 5, 4, generator=gen)
+    ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+    a, b = Adam(ours, 0.05), torch.optim.Adam([theirs], lr=0.05)
+    for _ in range(50):
+        for p in (ours, theirs):
+            p.grad = None
+            (torch.sin(3 * p) * target + (p - target) ** 2).sum().backward()
+        a.step()
+        b.step()
+    assert not torch.equal(ours, start)
+    assert torch.equal(ours, theirs)  # the same operations in the same order
