@@ -145,6 +145,12 @@ def filter_page(run: str, layer: str, index: int) -> str:
     return f"filters/{run}/{slug(layer)}{'' if part == 0 else f'-{part + 1}'}.md#filter-{index}"
 
 
+def filter_page_from_filters(run: str, layer: str, index: int) -> str:
+    """``filter_page`` as linked from a filter page (``filters/<run>/``): ``../<run>/<layer>.md#...``,
+    shorter in the sections that link each filter's matches."""
+    return "../" + filter_page(run, layer, index).removeprefix("filters/")
+
+
 def filter_flags(lay: dict) -> list[list[str]]:
     """Per filter of a report.json layer, its health flags in words (empty: healthy)."""
     fs, cs = lay.get("filters", []), lay.get("channels", [])
@@ -304,6 +310,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "cross_imgs": cross_imgs or {},
         "model_comparisons": report.get("model_comparisons", []),
         "filter_page": filter_page,
+        "filter_page_from_filters": filter_page_from_filters,
         "unit_flags": unit_flags,
         "has_filter_page": lambda key, layer: (key, layer) in (filter_pics or {}),
         "filter_atlas": {f"{k}|{layer}": v["atlas"] for (k, layer), v in (filter_pics or {}).items()},
