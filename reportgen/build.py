@@ -94,7 +94,9 @@ def build(spec_path: str | Path, docs_dir: str | Path = "docs", device: str = "a
         done = reduce_extensions(spec, results, report)
         report["findings"] = report_findings(report, done, spec.analyses)
         log("drawing pictures and writing pages")
-        with staging(docs, spec.report) as folder:  # the files are written there as they are made
+        with staging(docs, spec.report) as folder, _workers_ended_on_error(executor):
+            # the files are written there as they are made, some by the pool's workers: those
+            # are ended before a failed build removes the folder
             files = render_report(spec, results, comp, report, done, folder, cache, spill, executor)
             stamp(files, key, warnings, report)  # lets the next build see that nothing changed (reportgen.publish.uptodate)
             out = publish(files, docs, spec.report)
@@ -117,6 +119,19 @@ def _closed_after(made: Executor | None) -> Iterator[None]:
         if hasattr(made, "close"):
             with shielded():
                 made.close()
+
+
+@contextmanager
+def _workers_ended_on_error(executor: Executor) -> Iterator[None]:
+    """End a local pool's running workers (``close``) when the block fails or is stopped, before
+    the staging folder they write into is removed."""
+    try:
+        yield
+    except BaseException:
+        if getattr(executor, "warm", False):
+            with shielded():
+                executor.close()
+        raise
 
 
 def choose_executor(executor: Executor | str | None, jobs: int, address: str | None, runs: int) -> Executor:

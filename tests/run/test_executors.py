@@ -162,3 +162,46 @@ def test_the_heaviest_runs_are_started_first(project):
     assert work["a"] == work["c"] > work["b"]
     order = sorted(work, key=lambda k: -work[k])
     assert order == ["a", "c", "b"]
+
+
+class _Slowly:
+    """``fn`` after a pause: a worker's task still running when the build's process fails."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, arg):
+        import time
+
+        time.sleep(1.5)
+        return self.fn(arg)
+
+
+class _SlowPool(ProcessPool):
+    def map(self, fn, args):
+        return super().map(_Slowly(fn), args)
+
+
+@pytest.mark.slow
+def test_a_failed_render_ends_the_workers_before_their_folder_is_removed(project, monkeypatch):
+    """Workers write each run's pictures into the staging folder: when the build's process fails
+    meanwhile, they are ended first, so none of them writes into a folder already removed."""
+    import time
+
+    import reportgen.render.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in a chart")
+
+    monkeypatch.setattr(reportgen.render.report, "norms_by_run", broken)
+    spec = write_spec(project)
+    docs = project / "docs"
+    pool = _SlowPool(2, threads=1)
+    try:
+        with pytest.raises(RuntimeError, match="a bug in a chart"):
+            build(spec, docs, device="cpu", cache_dir=None, executor=pool)
+        assert not pool.warm  # ended, not left drawing
+        time.sleep(3)  # longer than a task's pause: a worker left running would have written by now
+    finally:
+        pool.close()
+    assert not docs.exists()  # the build made it, and removed it empty
