@@ -176,7 +176,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
                   chains: list[list[dict] | None] | None = None, chain_note: str | None = None,
                   feature_images: np.ndarray | None = None, resamples: int = 0,
                   align_memo: Callable[[int, int], dict] | None = None,
-                  feature_rows: list[int | None] | None = None) -> LayerComparison:
+                  feature_rows: list[int | None] | None = None, chance_level: bool = True) -> LayerComparison:
     """runs: K names; weights: K arrays (N, ...) or None; features: K arrays (S, C) on the same samples.
 
     ``features`` may be any sequence that loads a run's array when indexed (spilled
@@ -192,13 +192,15 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
     least MIN_IMAGES images, bootstrap values of the activation measures over images and
     blocks of positions.
     align_memo(i, j): a dict kept per pair of runs across layers (see ``align_chain``).
+    chance_level: False leaves ``weight_chance`` to the caller (``chance_shapes`` says for
+    which shapes), who may compute it elsewhere (reportgen.reduce.compare).
     Each run's features are centred and normalised once (``_Prepared``) rather than once
     per pair; the results equal ``correlation_matrix`` + ``match`` and ``linear_cka``.
     ``memo(measure, i, j, compute)`` may return a stored value instead of calling
     ``compute()`` (the build's cache); runs' features are prepared only on demand.
     """
     k = len(runs)
-    w_ok = all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
+    w_ok = weights_comparable(weights)
     if feature_rows is None:
         feature_rows = [None if f is None else f.shape[0] for f in features]
     f_ok = all(r is not None for r in feature_rows) and len(set(feature_rows)) == 1
@@ -234,7 +236,7 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
             return res["mean"]
 
         weight_mat = pairwise(list(range(k)), weight_score)
-    chance = chance_similarity(tuple(weights[0].shape), tuple(weights[1].shape)) if w_ok and k > 1 else (None, None)
+    chance = (chance_similarity(*chance_shapes(weights)) if chance_level and w_ok and k > 1 else (None, None))
     act_mat = matrix("activations", lambda i, j: prep(i).matched_correlation(prep(j))) if f_ok else None
     cka_mat = matrix("cka", lambda i, j: prep(i).cka(prep(j))) if f_ok else None
     prep.clear()  # the bootstrap prepares the features its own way
@@ -251,6 +253,17 @@ def compare_layer(runs: list[str], weights: list[np.ndarray | None],
             chain_note or "the layers feeding it were not recorded"),
         matching=matching, signs=signs, boot=boot, ci=ci,
     )
+
+
+def weights_comparable(weights: list[np.ndarray | None]) -> bool:
+    """Whether a layer's runs all have weights with filters of the same size (compared by weight)."""
+    return all(w is not None for w in weights) and len({flatten_filters(w).shape[1] for w in weights}) == 1
+
+
+def chance_shapes(weights: list[np.ndarray]) -> tuple[tuple, tuple]:
+    """The shapes whose chance level of matched similarity (``chance_similarity``) a layer's
+    comparison reports: those of its first two runs' weights."""
+    return tuple(weights[0].shape), tuple(weights[1].shape)
 
 
 def wants_bootstrap(feature_rows: list[int | None], feature_images: np.ndarray | None, resamples: int) -> bool:

@@ -14,8 +14,9 @@ from reportgen.analysis.compare import matched_similarity
 from reportgen.analysis.filters import duplicate_evidence, near_duplicates, norm_over_init
 from reportgen.analysis.gabor import GABOR_MARGIN, GaborFit, gabor_scores, is_gabor_like, orientation_histogram
 from reportgen.analysis.init_check import init_likeness
-from reportgen.analysis.locations import LayerComparison, compare_layer, layer_bootstrap, resize_filters, wants_bootstrap
-from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES
+from reportgen.analysis.locations import (LayerComparison, chance_shapes, compare_layer, layer_bootstrap,
+                                          resize_filters, wants_bootstrap, weights_comparable)
+from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES, CHANCE_DRAWS, chance_similarity
 from reportgen.core.cache import Cache, digest, register
 from reportgen.load.models import load_model
 from reportgen.load.spec import ReportSpec
@@ -119,21 +120,53 @@ class _Features:
         return self.spill.load(self.lrs[i], "features") if self.spill is not None else self.lrs[i].features
 
 
-def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> list:
-    """Compare each layer across the runs, into ``comp.layers``, without the bootstrap values;
-    returns the bootstrap jobs (``BootstrapJob``) of the layers that get them, which
-    ``run_comparisons`` runs (in the build's pool when it has one) and adds."""
+def _compared_layers(spec: ReportSpec, results) -> dict[tuple[str, str], list]:
+    """(model, layer) -> [(run key, layer result)] of every layer compared across runs."""
     if not spec.analyses.compare.enabled:
-        return []
+        return {}
     groups: dict[tuple[str, str], list] = {}
     for r in results:
         for lr in r.layers:
             groups.setdefault((r.run.model.name, lr.name), []).append((r.run.key, lr))
+    return {key: items for key, items in groups.items() if len(items) > 1}
+
+
+def chance_jobs(spec: ReportSpec, results, cache: Cache) -> list["ChanceJob"]:
+    """One job per pair of weight shapes whose chance level the comparisons report, the
+    largest first (a 512-filter shape takes seconds: 100 optimal matchings)."""
+    shapes = {chance_shapes([lr.weight for _, lr in items]) for items in _compared_layers(spec, results).values()
+              if weights_comparable([lr.weight for _, lr in items])}
+    root = str(cache.root) if cache.enabled else None
+    return [ChanceJob(a, b, root) for a, b in sorted(shapes, key=lambda ab: -np.prod(ab[0]) * np.prod(ab[1]))]
+
+
+@dataclass
+class ChanceJob:
+    """The chance level of matched |cos| for filters of two shapes (analysis.uncertainty)."""
+
+    shape_a: tuple
+    shape_b: tuple
+    cache_root: str | None
+
+
+def run_chance(job: ChanceJob) -> tuple[float, float, dict, dict]:
+    """(mean, sd, cache hits, cache misses) of a ChanceJob: the task a worker runs. Cached on
+    disk under the shapes and the number of draws (it depends on nothing else)."""
+    cache = Cache(job.cache_root)
+    mean, sd = cache.memo("chance", digest("chance", list(job.shape_a), list(job.shape_b), CHANCE_DRAWS),
+                          lambda: list(chance_similarity(job.shape_a, job.shape_b)))
+    return float(mean), float(sd), dict(cache.hits), dict(cache.misses)
+
+
+def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache, spill=None) -> list:
+    """Compare each layer across the runs, into ``comp.layers``, without the chance level of
+    weight similarity (``chance_jobs``) and the bootstrap values; returns the bootstrap jobs
+    (``BootstrapJob``) of the layers that get them. ``run_comparisons`` runs both (in the
+    build's pool when it has one) and adds them."""
+    groups = _compared_layers(spec, results)
     aligned_pairs: dict[tuple[str, str], dict] = {}  # matchings of a pair of runs, shared by their layers
     jobs = []
     for key, items in groups.items():
-        if len(items) < 2:
-            continue
         # One cache entry per pair and measure, keyed by the two runs' inputs: a changed
         # location recomputes only its own pairs.
         ids = [lr.key or digest("compare-input", lr.weight, lr.features) for _, lr in items]
@@ -146,7 +179,7 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
             [k for k, _ in items], [lr.weight for lr in lrs], _Features(lrs, spill), memo=_PairMemo(cache, ids),
             feature_rows=rows,
             chains=[lr.chain for lr in lrs], chain_note=next((lr.chain_note for lr in lrs if lr.chain_note), None),
-            feature_images=images if same_rows else None, resamples=0,
+            feature_images=images if same_rows else None, resamples=0, chance_level=False,
             align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
         if same_rows and wants_bootstrap(rows, images, BOOTSTRAP_RESAMPLES):
             c = comp.layers[key]
@@ -311,17 +344,31 @@ def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = Non
     block from ``spill``, reportgen.core.spill, when given) and the reference.
 
     ``executor``: the build's executor (reportgen.run.executors). When its workers are already
-    running (``executor.warm``), the layers' bootstrap values are computed there while this
-    process does the rest; else here."""
+    running (``executor.warm``), the chance levels of weight similarity (per shape, largest
+    first) and the layers' bootstrap values are computed there while this process compares the
+    layers and does the rest; else here."""
     cache = cache or Cache(None)
     comp = Comparisons()
+    warm = getattr(executor, "warm", False)
+    chances = chance_jobs(spec, results, cache)
+    levels = executor.map(run_chance, chances) if warm and chances else map(run_chance, chances)
     jobs = compare_locations(spec, results, comp, cache, spill)
-    boots = executor.map(run_bootstrap, jobs) if getattr(executor, "warm", False) and jobs else map(run_bootstrap, jobs)
+    boots = executor.map(run_bootstrap, jobs) if warm and jobs else map(run_bootstrap, jobs)
     add_health_extras(spec, results, cache)
     fit_gabors(spec, results, comp, cache)
     compare_reference(spec, results, comp, device, cache)
+    level = {}
+    for job, (mean, sd, hits, misses) in zip(chances, levels):
+        level[(job.shape_a, job.shape_b)] = (mean, sd)
+        cache.hits.update(hits)  # counted with the build's own, as the per-run tasks' are
+        cache.misses.update(misses)
+    for key, items in _compared_layers(spec, results).items():
+        c = comp.layers.get(key)
+        if c is not None and c.weights is not None:
+            mean, sd = level[chance_shapes([lr.weight for _, lr in items])]
+            comp.layers[key] = replace(c, weight_chance=mean, weight_chance_sd=sd)
     for job, (boot, ci, hits, misses) in zip(jobs, boots):
         comp.layers[job.layer] = replace(comp.layers[job.layer], boot=boot, ci=ci)
-        cache.hits.update(hits)  # counted with the build's own, as the per-run tasks' are
+        cache.hits.update(hits)
         cache.misses.update(misses)
     return comp

@@ -167,3 +167,25 @@ def test_prepared_fast_path_equals_reference_functions():
             assert np.isclose(c.cka[i, j], linear_cka(feats[i], feats[j]), atol=1e-12)
             assert np.isclose(c.activations[i, j], matched_correlation(feats[i], feats[j]).mean, atol=1e-12)
     assert c.weights is None
+
+
+def test_chance_levels_are_computed_once_per_shape_and_cached(project, tmp_path):
+    """The chance level of weight similarity depends only on the filters' shapes: one entry per
+    pair of shapes (conv1, conv2 and fc of the tiny net all differ), the value
+    chance_similarity gives, read back by the next build."""
+    from reportgen.analysis.uncertainty import chance_similarity
+
+    spec = write_spec(project)
+    cache = tmp_path / "cache"
+    first = build(spec, project / "a", device="cpu", cache_dir=cache)
+    shapes = {tuple(lay["weight_shape"]) for lay in first.report["runs"][0]["layers"] if lay.get("weight_shape")}
+    assert first.cache.misses["chance"] == len(shapes) == 3 and first.cache.hits["chance"] == 0
+    for cmp in first.report["comparisons"]:
+        if cmp["weight_similarity"] is None:
+            continue
+        shape = next(tuple(lay["weight_shape"]) for lay in first.report["runs"][0]["layers"]
+                     if lay["name"] == cmp["layer"])
+        assert (cmp["weight_chance"], cmp["weight_chance_sd"]) == pytest.approx(chance_similarity(shape, shape))
+    again = build(spec, project / "b", device="cpu", cache_dir=cache)
+    assert again.cache.hits["chance"] == first.cache.misses["chance"] and again.cache.misses["chance"] == 0
+    assert again.report["comparisons"] == first.report["comparisons"]
