@@ -80,7 +80,7 @@ class ProcessPool:
         # A submit may start a worker: it inherits the blocked SIGINT (see _init_worker) and
         # an environment that gives its numerical libraries as many threads as torch.
         with _sigint_blocked(), _environment(_thread_limits(self._threads())):
-            future = pool.submit(fn, arg)
+            future = pool.submit(_then_give_back_memory, fn, arg)
         self._running.add(future)
         future.add_done_callback(self._running.discard)
         return future
@@ -206,6 +206,44 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _then_give_back_memory(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """``fn(arg)`` in a worker, then what the task freed handed back to the system.
+
+    The workers stay for the build's later steps (see ProcessPool), and the C heap keeps what
+    a task freed (its model, its activations) unless asked to return it: about 160 MB per
+    worker after the example's runs, measured with /proc's resident size.
+    """
+    try:
+        return fn(arg)
+    finally:
+        give_back_memory()
+
+
+def give_back_memory() -> None:
+    """Collect garbage, then return the C heap's free pages to the system (glibc's
+    ``malloc_trim``; elsewhere only the collection)."""
+    import gc
+
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_TRIM: list = []
+
+
+def _malloc_trim():
+    if not _TRIM:
+        try:
+            import ctypes
+
+            _TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):  # not glibc
+            _TRIM.append(None)
+    return _TRIM[0]
 
 
 def _init_worker(threads: int) -> None:
