@@ -122,3 +122,26 @@ def test_leave_one_out_equals_scipy_without_that_location():
     b2[0, 1:] = b2[1:, 0] = 50
     assert mantel(a2, b2, permutations=99).r > 0.9
     assert leave_one_out(a2, b2)[0] == pytest.approx(loo[0]) and loo[0] < 0.9  # the same matrices without it
+
+
+def test_the_result_does_not_depend_on_how_relabellings_are_chunked(monkeypatch):
+    """Relabellings go a memory-sized chunk at a time (40 locations: 780 distances each); the
+    same r and p whether one relabelling or all of them go at once, the null's quantile to
+    rounding."""
+    from reportgen.analysis import mantel as m
+
+    rng = np.random.default_rng(3)
+    pts = rng.standard_normal((40, 2))
+    a = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    b = a + 0.5 * np.abs(rng.standard_normal((40, 40)))
+    b = (b + b.T) / 2
+    np.fill_diagonal(b, 0)
+    whole = m.mantel(a, b, permutations=199)
+    monkeypatch.setattr(m, "CHUNK_BYTES", 8 * 780)  # one relabelling per chunk
+    single = m.mantel(a, b, permutations=199)
+    monkeypatch.setattr(m, "CHUNK_BYTES", 8 * 780 * 64)  # 64 per chunk, the last one short
+    some = m.mantel(a, b, permutations=199)
+    for other in (single, some):
+        assert (other.r, other.p, other.permutations) == (whole.r, whole.p, whole.permutations)
+        assert other.null_r_95 == pytest.approx(whole.null_r_95, rel=1e-12)
+    assert 0 < whole.p < 0.05
