@@ -26,7 +26,7 @@ from reportgen.core.cache import Cache
 from reportgen.render.keys import picture_key
 from reportgen.reduce.compare import Comparisons
 from reportgen.core.names import slug
-from reportgen.render.pages import MATCHES_SHOWN, render_pages
+from reportgen.render.pages import HISTOGRAMS_SHOWN, MATCHES_SHOWN, render_pages
 from reportgen.reduce.health import group_layers
 from reportgen.reduce.report import json_value
 from reportgen.render.charts import norms_by_run, similarity_heatmap, weight_histograms
@@ -90,7 +90,11 @@ def render_report(spec: ReportSpec, results, comp: Comparisons, report: dict,
             add_layer_img("norms", "norms", chart("norms", (list(norms), list(norms.values()), threshold, layer),
                                                   lambda: norms_by_run(norms, threshold,
                                                                        f"{layer}: filter L2 norms by location")))
+            # the first HISTOGRAMS_SHOWN runs: a panel per run made a picture (and its drawing
+            # memory: 0.5 GB at 200 locations) grow with the locations
             named = {r.run.key: lr.weight for r, lr in items if lr.weight is not None}
+            per_layer["histogram_runs"] = [(model, f"{min(len(named), HISTOGRAMS_SHOWN)}/{len(named)}")]
+            named = dict(list(named.items())[:HISTOGRAMS_SHOWN])
             add_layer_img("histograms", "histograms", chart(
                 "hist", (list(named), list(named.values()), layer),
                 lambda: weight_histograms(named, f"{layer}: weight values")))

@@ -23,3 +23,26 @@ def test_a_section_shows_its_matches_at_the_first_few_other_locations(project, m
     section = page[page.index("## Filter 0 "):page.index("## Filter 1 ")]
     assert re.search(r"^\| Matched at \| b \| ?$", section, re.M)  # b only, not c
     assert "filters/c/conv1.md" not in section
+    # the layer page's weight histograms: the first HISTOGRAMS_SHOWN locations, said so
+    layer = (project / "docs/tiny/layers/conv1.md").read_text()
+    assert "Weight values of the first" not in layer  # three locations: all shown
+
+
+@pytest.mark.slow
+def test_the_weight_histograms_show_the_first_few_locations_and_say_so(project, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import reportgen.render.report as render_report
+
+    monkeypatch.setattr(render_report, "HISTOGRAMS_SHOWN", 2)
+    build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
+    layer = (project / "docs/tiny/layers/conv1.md").read_text()
+    assert "Weight values of the first 2 of the 3 locations, in run order (the norms above show every location):" in layer
+    img = np.asarray(Image.open(project / "docs/tiny/img/tiny/conv1/histograms.png").convert("L"))
+    # two panels side by side in one row, not three
+    monkeypatch.setattr(render_report, "HISTOGRAMS_SHOWN", 25)
+    build(write_spec(project), project / "docs2", device="cpu", cache_dir=None)
+    three = np.asarray(Image.open(project / "docs2/tiny/img/tiny/conv1/histograms.png").convert("L"))
+    assert img.shape[0] == three.shape[0] and img.shape[1] < three.shape[1]
+    assert "Weight values of the first" not in (project / "docs2/tiny/layers/conv1.md").read_text()

@@ -135,6 +135,9 @@ FILTERS_PER_PAGE = 64  # sections per filter page: a layer of 512 filters gets 8
 # Other locations a filter's section shows its match at: a page of 64 filters grows with the
 # locations, so with many locations the first 24 are shown (report.json holds every matching).
 MATCHES_SHOWN = 24
+# Weight histograms on a layer page: those of the first 25 locations (five rows of five); the
+# strip chart of norms above them shows every location.
+HISTOGRAMS_SHOWN = 25
 
 
 def filter_page(run: str, layer: str, index: int) -> str:
