@@ -29,16 +29,24 @@ def test_a_section_shows_its_matches_at_the_first_few_other_locations(project, m
 
 
 @pytest.mark.slow
-def test_the_weight_histograms_show_the_first_few_locations_and_say_so(project, monkeypatch):
+def test_a_layer_page_shows_the_first_few_locations_and_links_the_others(project, monkeypatch):
     import numpy as np
     from PIL import Image
 
     import reportgen.render.report as render_report
 
+    import reportgen.render.pages as pages
+
     monkeypatch.setattr(render_report, "HISTOGRAMS_SHOWN", 2)
+    monkeypatch.setattr(pages, "LAYER_CARDS_SHOWN", 1)  # the layer page's grids too
     build(write_spec(project), project / "docs", device="cpu", cache_dir=None)
     layer = (project / "docs/tiny/layers/conv1.md").read_text()
     assert "Weight values of the first 2 of the 3 locations, in run order (the norms above show every location):" in layer
+    assert ("The first 1 of the 3 locations; the others' grids are on their own pages: "
+            "[b](../locations/b.md#layer-conv1), [c](../locations/c.md#layer-conv1).") in layer
+    assert ("The first 1 of the 3 locations; the others' activations are on their own pages: "
+            "[b](../locations/b.md#layer-conv1), [c](../locations/c.md#layer-conv1).") in layer
+    assert "img/a/conv1/activations_0.png" in layer and "img/b/conv1/activations_0.png" not in layer
     img = np.asarray(Image.open(project / "docs/tiny/img/tiny/conv1/histograms.png").convert("L"))
     # two panels side by side in one row, not three
     monkeypatch.setattr(render_report, "HISTOGRAMS_SHOWN", 25)

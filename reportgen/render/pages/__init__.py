@@ -138,6 +138,10 @@ MATCHES_SHOWN = 24
 # Weight histograms on a layer page: those of the first 25 locations (five rows of five); the
 # strip chart of norms above them shows every location.
 HISTOGRAMS_SHOWN = 25
+# A layer page's grids of filters and of activations: those of the first 24 locations, then
+# a link to each other location's page (where its grids are); 40 locations of a ResNet-sized
+# network made a 15 MB page.
+LAYER_CARDS_SHOWN = 24
 
 
 def filter_page(run: str, layer: str, index: int) -> str:
@@ -321,6 +325,7 @@ def render_pages(spec: ReportSpec, report: dict, images: dict[tuple[str, str], d
         "filter_inputs": {f"{k}|{layer}": v["inputs"] for (k, layer), v in (filter_pics or {}).items()},
         "crop": crop,
         "card_names": CARD_NAMES,
+        "cards_shown": LAYER_CARDS_SHOWN,
     }
     def page(path: str, text: str) -> tuple[str, str]:
         return path, size_images(text, path, widths or {}) + page_style()
