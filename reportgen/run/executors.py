@@ -221,15 +221,16 @@ def _then_give_back_memory(fn: Callable[[Any], Any], arg: Any) -> Any:
         give_back_memory()
 
 
-def give_back_memory() -> None:
+def give_back_memory() -> bool:
     """Collect garbage, then return the C heap's free pages to the system (glibc's
-    ``malloc_trim``; elsewhere only the collection)."""
+    ``malloc_trim``; elsewhere only the collection). Returns whether the heap was trimmed."""
     import gc
 
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    return trim is not None
 
 
 _TRIM: list = []
