@@ -30,7 +30,19 @@ folder, the heaviest page (bench_pages.page_weights: Markdown plus its pictures)
 writes). Then the ratios, against issue 20's targets: 10 locations x 8 layers at most 2,000
 files and 150 MB; peak(40) / peak(10) at most 1.3; PP-LCNet at one location at most 1 GB.
 
-Measured 2026-12-07 on the quiet 2-core CPU, --jobs 2, after the atlases (render/atlas.py),
+Measured 2026-12-07 at 97817ed (quiet 2-core CPU, --jobs 2), with one pool for the
+whole build (reduce and render in its workers) and PNGs at deflate level 6: ResNet-18, 1
+location: 5.6 s build, 9 cpu s, 540 MiB, 123 files, 12.9 MB; 10 locations: 148.5 s build
+(14.8 s a location), 273 cpu s, 1,983 MiB, 974 files, 144.7 MB (both targets met), heaviest
+page a location page, 8.9 MB, `mkdocs build --strict` 66 s; 40 locations: 917 s build (22.9 s
+a location: the comparisons are N^2 pairs), 1,688 cpu s, 3,275 MiB (peak(40) / peak(10) =
+1.65, target 1.3 missed: the build's process holds every run's weights, 16.5 MB a run for
+these 8 layers, and the report; the workers add about 0.7 GB), 3,704 files, 662 MB,
+heaviest page layers/conv1.md at 15 MB (before a layer page's grids stopped at 24
+locations), `mkdocs build --strict` 391 s. PP-LCNet, 1 location: 4.6 s, 557 MiB, 137 files,
+9.9 MB.
+
+Earlier the same day, --jobs 2, after the atlases (render/atlas.py),
 activation grids at their own density with a palette and bounded matches: ResNet-18, 1
 location: 6.7 s build, 10 cpu s, 563 MiB, 130 files, 16 MB; 10 locations: 184 s build (18 s
 a location), 324 cpu s, 1,655 MiB, 974 files (target met), 159 MB (missed by 6%: activation
