@@ -18,8 +18,10 @@ from reportgen.analysis.locations import (LayerComparison, chance_shapes, compar
                                           resize_filters, wants_bootstrap, weights_comparable)
 from reportgen.analysis.uncertainty import BOOTSTRAP_RESAMPLES, CHANCE_DRAWS, chance_similarity
 from reportgen.core.cache import Cache, digest, register
+from reportgen.core.spill import Spill
 from reportgen.load.models import load_model
 from reportgen.load.spec import ReportSpec
+from reportgen.run.executors import in_workers
 from reportgen.run.layers import layer_weight
 
 GABOR_MIN_SIZE = 4  # 3x3 kernels have as many pixels as the Gabor has parameters
@@ -183,8 +185,9 @@ def compare_locations(spec: ReportSpec, results, comp: Comparisons, cache: Cache
             align_memo=lambda i, j, items=items: aligned_pairs.setdefault((items[i][0], items[j][0]), {}))
         if same_rows and wants_bootstrap(rows, images, BOOTSTRAP_RESAMPLES):
             c = comp.layers[key]
-            jobs.append(BootstrapJob(key, [_FeatureRef.of(lr, spill) for lr in lrs], images, BOOTSTRAP_RESAMPLES,
-                                     ids, str(cache.root) if cache.enabled else None, c.activations, c.cka))
+            jobs.append(BootstrapJob(key, [_FeatureRef.of(lr) for lr in lrs], images, BOOTSTRAP_RESAMPLES, ids,
+                                     str(cache.root) if cache.enabled else None, spill.root if spill else None,
+                                     c.activations, c.cka))
     return jobs
 
 
@@ -201,35 +204,19 @@ class _PairMemo:
 
 @dataclass
 class _FeatureRef:
-    """One run's comparison features for a worker: the array, or where the spill store keeps it."""
+    """What ``Spill.load`` reads of a layer result for its features: the array, or its key in
+    the spill store. Light to send to a worker."""
 
     key: str | None
     name: str
     spilled: list
     features: np.ndarray | None
-    root: str | None
 
     @classmethod
-    def of(cls, lr, spill) -> "_FeatureRef":
-        if spill is not None and "features" in lr.spilled:
-            return cls(lr.key, lr.name, ["features"], None, spill.root)
-        return cls(lr.key, lr.name, [], lr.features, None)
-
-    def load(self) -> np.ndarray:
-        from reportgen.core.spill import Spill
-
-        return Spill(self.root).load(self, "features") if self.spilled else self.features
-
-
-class _LoadedFeatures:
-    def __init__(self, refs: list[_FeatureRef]):
-        self.refs = refs
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.refs[i].load()
+    def of(cls, lr) -> "_FeatureRef":
+        if "features" in lr.spilled:
+            return cls(lr.key, lr.name, ["features"], None)
+        return cls(lr.key, lr.name, [], lr.features)
 
 
 @dataclass
@@ -243,6 +230,7 @@ class BootstrapJob:
     resamples: int
     ids: list[str]
     cache_root: str | None
+    spill_root: str | None
     activations: np.ndarray
     cka: np.ndarray
 
@@ -250,7 +238,7 @@ class BootstrapJob:
 def run_bootstrap(job: BootstrapJob) -> tuple[dict, dict, dict, dict]:
     """(boot, ci, cache hits, cache misses) of a BootstrapJob: the task a worker runs."""
     cache = Cache(job.cache_root)
-    boot, ci = layer_bootstrap(_LoadedFeatures(job.features), job.images, job.resamples,
+    boot, ci = layer_bootstrap(_Features(job.features, Spill(job.spill_root)), job.images, job.resamples,
                                _PairMemo(cache, job.ids), job.activations, job.cka)
     return boot, ci, dict(cache.hits), dict(cache.misses)
 
@@ -349,11 +337,10 @@ def run_comparisons(spec: ReportSpec, results, device, cache: Cache | None = Non
     layers and does the rest; else here."""
     cache = cache or Cache(None)
     comp = Comparisons()
-    warm = getattr(executor, "warm", False)
     chances = chance_jobs(spec, results, cache)
-    levels = executor.map(run_chance, chances) if warm and chances else map(run_chance, chances)
+    levels = in_workers(executor, run_chance, chances)
     jobs = compare_locations(spec, results, comp, cache, spill)
-    boots = executor.map(run_bootstrap, jobs) if warm and jobs else map(run_bootstrap, jobs)
+    boots = in_workers(executor, run_bootstrap, jobs)
     add_health_extras(spec, results, cache)
     fit_gabors(spec, results, comp, cache)
     compare_reference(spec, results, comp, device, cache)

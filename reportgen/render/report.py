@@ -34,6 +34,7 @@ from reportgen.render.atlas import Atlas
 from reportgen.render.colour import display_width, encode_png, png_size
 from reportgen.render.runs import DrawnRun, RunPictures, draw_run, draw_run_task
 from reportgen.render.tiles import layer_scale
+from reportgen.run.executors import in_workers
 from reportgen.render.views import (MAX_CHANNEL_COLUMNS, across_locations, filter_atlas, filter_atlas_cells,
                                     filter_views, gabor_triplets)
 from reportgen.core.report_json import to_json
@@ -264,10 +265,7 @@ def _extension_pictures(spec: ReportSpec, done: list[tuple[Extension, dict]], re
                         executor=None) -> Iterator[dict[str, bytes]]:
     """Each extension's pictures ({key: PNG bytes}), in the order of ``done``: from the
     executor's running workers (see render_report), else drawn here as they are read."""
-    parts = [(ext, spec, report[ext.name], values) for ext, values in done]
-    if getattr(executor, "warm", False):
-        return executor.map(draw_extension_pictures, parts)
-    return (draw_extension_pictures(part) for part in parts)
+    return in_workers(executor, draw_extension_pictures, [(ext, spec, report[ext.name], values) for ext, values in done])
 
 
 def draw_extension_pictures(part: tuple) -> dict[str, bytes]:

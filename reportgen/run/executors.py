@@ -259,6 +259,17 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def in_workers(executor: Executor | None, fn: Callable[[Any], Any], args: Sequence[Any]) -> Iterator[Any]:
+    """``executor.map(fn, args)`` when the executor's workers are already running (a local pool
+    the map step started: ``warm``), else ``fn`` over ``args`` in this process, lazily, as the
+    results are read. For the steps after the map, which use the pool only when it costs no
+    start."""
+    args = list(args)
+    if args and getattr(executor, "warm", False):
+        return executor.map(fn, args)
+    return map(fn, args)
+
+
 def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Executor:
     """The executor registered as ``name``; its factory gets whichever of the options
     ``jobs`` and ``address`` (a cluster's address) its signature takes.
